@@ -1,0 +1,1 @@
+"""Corpus: collect, filter, deduplicate, split, tokenize and pack multilingual code."""

@@ -1,0 +1,150 @@
+"""Atomic outputs, hashes and provenance shared by every concern.
+
+Every output directory or result file is written under a temporary name and renamed
+into place, so an interrupted run never leaves something that looks complete.
+Every result records how it was made (``provenance()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from babeltower.errors import BabelError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-serialisable object (sorted keys), e.g. a config."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BabelError(f"cannot write {path}: {e.strerror or e}") from e
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` only if the block succeeds.
+
+    On any exception (including KeyboardInterrupt) the temporary directory is removed
+    and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise BabelError(f"output {path} already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = _tmp_sibling(path)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions(names: tuple[str, ...] = (
+    "babeltower", "torch", "transformers", "tokenizers", "datasets", "numpy", "safetensors",
+)) -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def provenance(config: Any = None, seed: int | None = None, data_hashes: dict | None = None,
+               **extra: Any) -> dict:
+    """What every result file carries: config (and its hash), versions, seed, data hashes."""
+    rec = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": package_versions(),
+    }
+    if config is not None:
+        cfg = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+        rec["config"] = cfg
+        rec["config_sha256"] = sha256_json(cfg)
+    if seed is not None:
+        rec["seed"] = seed
+    if data_hashes is not None:
+        rec["data_sha256"] = data_hashes
+    rec.update(extra)
+    return rec
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise BabelError(f"{what} not found: {p}")
+    return p
