@@ -97,12 +97,15 @@ def detect_language(path: str, head: bytes | None = None) -> str | None:
         return lang
     if head and head.startswith(b"#!"):
         first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
-        words = first[2:].replace("/", " ").split()
-        if words and words[0] == "env":
-            words = words[1:]
-        for w in reversed(words[:3]):
-            w = w.rstrip("0123456789.")
-            for lang in LANGUAGES.values():
-                if w in lang.shebangs:
-                    return lang.name
+        words = first[2:].split()
+        if not words:
+            return None
+        prog = words[0].rsplit("/", 1)[-1]
+        if prog == "env":
+            args = [w for w in words[1:] if not w.startswith("-")]
+            prog = args[0].rsplit("/", 1)[-1] if args else ""
+        prog = prog.rstrip("0123456789.")
+        for lang in LANGUAGES.values():
+            if prog in lang.shebangs:
+                return lang.name
     return None
