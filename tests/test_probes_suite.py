@@ -1,0 +1,109 @@
+"""Probe suites: the data files, the loader and the tokenizer check."""
+
+from __future__ import annotations
+
+import pytest
+
+from babeltower.cli import main
+from babeltower.errors import BabelError
+from babeltower.probes.suite import ATTRIBUTION, available_suites, load_suite
+from test_probes_helpers import tiny_tokenizer
+
+REQUIRED = ["python-php", "python-go", "python-cpp", "python-java", "python-javascript",
+            "python-rust"]
+
+
+def test_builtin_suites_are_big_enough():
+    names = available_suites()
+    for name in REQUIRED:
+        if name not in names:
+            pytest.fail(f"missing built-in suite {name}")
+    for name in names:
+        primary, new = name.split("-", 1)
+        s = load_suite(primary, new)
+        assert (s.primary, s.new) == (primary, new)
+        assert len(s.pairs) >= 20, name
+        assert {p.kind for p in s.pairs} == {"builtin", "keyword"}, name
+        for p in s.pairs:
+            assert len(p.primary.prompts) >= 3 and len(p.new.prompts) >= 3, (name, p.id)
+            assert all(pr.strip() for pr in p.primary.prompts + p.new.prompts), (name, p.id)
+
+
+def test_check_splits_prompt_and_identifier_exactly():
+    tok = tiny_tokenizer()
+    checked = load_suite("python", "php").check(tok, add_bos=False)
+    assert checked.attribution == ATTRIBUTION == "first-token"
+    assert len(checked.items) > 100
+    for it in checked.items + checked.shared:
+        full = tok(it.prompt + it.target, add_special_tokens=False)["input_ids"]
+        # context + continuation is exactly the tokenization of prompt + identifier
+        assert it.prompt_ids + it.target_ids == full
+        assert it.target_first_id == it.target_ids[0]
+        cont = tok.decode(it.target_ids)
+        assert cont.strip() == it.target and it.context + cont == it.prompt + it.target
+        assert it.target_first_id not in it.control_ids
+        assert it.counterpart_first_id not in it.control_ids
+        assert it.shared_first_token == (it.target_first_id == it.counterpart_first_id)
+    assert all(not it.shared_first_token for it in checked.items)
+
+
+def test_trailing_space_moves_into_continuation():
+    tok = tiny_tokenizer()
+    it = next(i for i in load_suite("python", "php").check(tok, add_bos=False).items
+              if i.pair_id == "strlen-len" and i.prompt == "n = ")
+    assert it.context == "n ="
+    assert tok.decode([it.target_first_id]).startswith(" ")
+
+
+def test_merge_across_boundary_is_dropped_with_reason(tmp_path):
+    # "strlen" is one token of the tiny tokenizer: prompt "x = str" + "len" cannot be split
+    tok = tiny_tokenizer()
+    assert len(tok("strlen", add_special_tokens=False)["input_ids"]) == 1
+    f = tmp_path / "python-php.yaml"
+    pairs = "\n".join(
+        f"  - id: p{i}\n    kind: builtin\n"
+        f"    primary: {{identifier: \"len\", prompts: [\"n = \"]}}\n"
+        f"    new: {{identifier: \"len\", prompts: [\"<?php\\n$n = str\"]}}" for i in range(2))
+    f.write_text(f"primary: python\nnew: php\npairs:\n{pairs}\n")
+    checked = load_suite("python", "php", path=f).check(tok, add_bos=False)
+    assert {d.side for d in checked.dropped} == {"new"}
+    assert all("merges" in d.reason for d in checked.dropped)
+    # identical identifiers share their first token: flagged, kept out of items
+    assert checked.items == [] and checked.shared_pairs == ["p0", "p1"]
+
+
+def test_bos_is_prepended_when_asked():
+    tok = tiny_tokenizer()
+    checked = load_suite("python", "php").check(tok, add_bos=True)
+    assert all(it.prompt_ids[0] == tok.bos_token_id for it in checked.items)
+    assert checked.bos_id == tok.bos_token_id
+
+
+def test_unknown_pair_lists_available(tmp_path):
+    with pytest.raises(BabelError, match="available: .*python-php"):
+        load_suite("python", "ruby")
+    with pytest.raises(BabelError, match="unknown language"):
+        load_suite("python", "klingon")
+
+
+def test_user_suite_directory_and_broken_files(tmp_path):
+    d = tmp_path / "suites"
+    d.mkdir()
+    (d / "python-ruby.yaml").write_text(
+        "primary: python\nnew: ruby\npairs:\n  - id: nil-None\n    kind: keyword\n"
+        "    primary: {identifier: None, prompts: ['x = ']}\n"
+        "    new: {identifier: nil, prompts: ['x = ']}\n")
+    s = load_suite("py", "rb", path=d)
+    assert s.name == "python-ruby" and available_suites(d) == ["python-ruby"]
+    (d / "python-go.yaml").write_text("primary: python\nnew: go\npairs: [\n")
+    with pytest.raises(BabelError, match="not valid YAML"):
+        load_suite("python", "go", path=d)
+    (d / "python-go.yaml").write_text("primary: python\nnew: go\npairs:\n  - id: a\n    kind: x\n")
+    with pytest.raises(BabelError, match="pairs.0"):
+        load_suite("python", "go", path=d)
+
+
+def test_cli_unknown_suite_is_one_line(capsys, tmp_path):
+    rc = main(["probe", "suites", "--primary", "python", "--new", "ruby"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "available" in err
