@@ -1,0 +1,188 @@
+"""One typed config for a training run: YAML in, the same object out.
+
+``TrainConfig`` is what ``babeltower train CONFIG.yaml`` reads and what
+``babeltower.train.train(config)`` takes. Every field has a default except ``data``;
+a validation failure becomes one ``BabelError`` line naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from babeltower.errors import BabelError
+from babeltower.io import atomic_write_text, sha256_json
+
+
+# Fields that cannot change the weights: a resumed run may differ in these.
+COSMETIC_FIELDS = ("out_dir", "progress", "tensorboard", "log_interval", "num_threads",
+                   "peak_flops")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(_Section):
+    """AdamW. Weight decay applies to matrices only (not norms, biases), as in nanoGPT."""
+
+    lr: float = Field(3e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.1, ge=0)
+    eps: float = Field(1e-8, gt=0)
+
+
+class ScheduleConfig(_Section):
+    """Linear warmup, then cosine decay to ``min_lr`` at the last step (or constant)."""
+
+    warmup_steps: int | None = Field(None, ge=0)   # None -> warmup_fraction of the run
+    warmup_fraction: float = Field(0.05, ge=0, le=1)
+    decay: Literal["cosine", "constant", "linear"] = "cosine"
+    min_lr: float | None = Field(None, ge=0)       # None -> 0.1 * lr
+
+
+class CheckpointSchedule(_Section):
+    """Which optimizer steps get a checkpoint (the union of all rules; all kept).
+
+    ``log_spaced`` gives 0, 1, 2, 4, ..., up to ``log_until`` (Pythia's early series);
+    ``every`` adds multiples of N; ``steps`` adds explicit steps; the final step is
+    always saved. Step 0 is the model before any update (the start of a continual
+    pre-training phase).
+    """
+
+    steps: list[int] = Field(default_factory=list)
+    every: int | None = Field(None, gt=0)
+    log_spaced: bool = True
+    log_until: int = Field(512, ge=0)
+    initial: bool = True   # save step 0 (before any update)
+
+
+class EvalConfig(_Section):
+    """Validation loss per language on fixed windows (the same windows at every eval).
+
+    Runs at every checkpoint (its value goes into the checkpoint manifest) and, if
+    ``interval`` is set, every ``interval`` steps as well.
+    """
+
+    tokens_per_language: int = Field(8192, ge=0)   # 0 disables evaluation
+    interval: int | None = Field(None, gt=0)
+    languages: list[str] | None = None             # None -> every language with a validation split
+    batch_size: int = Field(16, gt=0)
+    split: str = "validation"
+
+
+class TrainConfig(_Section):
+    """A full training run (from scratch or continual pre-training via ``init_from``)."""
+
+    # what to train
+    model: str = "nano"                  # preset name (see presets.PRESETS) or HF config.json / model dir
+    init_from: str | None = None         # checkpoint or HF model dir: load weights, fresh optimizer
+    data: str                            # packed data directory (babeltower corpus pack)
+    mixture: str | dict[str, Any] | None = None   # MixtureSpec YAML path or inline dict; None = natural
+    # how long
+    max_steps: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0)  # token budget; steps = ceil(tokens / tokens_per_step)
+    # batch
+    seq_len: int = Field(256, gt=1)
+    micro_batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    # optimisation
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    seed: int = 0
+    # hardware
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: ddp under torchrun
+    compile: bool = False
+    num_threads: int | None = Field(None, gt=0)  # torch intra-op threads (None: torch default)
+    peak_flops: float | None = Field(None, gt=0)  # per device; None: measured at start (matmul loop)
+    # outputs
+    out_dir: str = "runs/train"
+    checkpoints: CheckpointSchedule = Field(default_factory=CheckpointSchedule)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log_interval: int = Field(10, gt=0)
+    progress: bool = True
+    tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TrainConfig":
+        if self.max_steps is not None and self.tokens is not None:
+            raise ValueError("give max_steps or tokens, not both")
+        return self
+
+    def identity(self) -> dict:
+        d = self.model_dump(mode="json")
+        for k in COSMETIC_FIELDS:
+            d.pop(k, None)
+        return d
+
+    def sha256(self) -> str:
+        """Hash of everything that determines the weights (resume refuses a mismatch)."""
+        return sha256_json(self.identity())
+
+    # ---- YAML in, the same object out ----
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+            raise BabelError(f"invalid train config: {loc}: {err['msg']}{more}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None,
+                  ) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise BabelError(f"train config not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BabelError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise BabelError(f"train config {p} must be a mapping of fields")
+        # relative data/mixture/model paths are relative to the YAML file, like litgpt
+        for key in ("data", "mixture", "init_from", "model"):
+            v = data.get(key)
+            if isinstance(v, str) and not Path(v).is_absolute() and (p.parent / v).exists():
+                data[key] = str((p.parent / v).resolve())
+        apply_overrides(data, overrides or [])
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"),
+                                                      sort_keys=False))
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        return self.micro_batch_size * self.grad_accum * world_size * self.seq_len
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a config dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise BabelError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise BabelError(f"--set {key}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
