@@ -1,0 +1,532 @@
+"""``corpus build``: sources -> language -> filters -> exact + near dedup -> split -> files.
+
+A pipeline of small steps:
+
+1. ``iter_inputs`` enumerates every input file or row of every source (deterministic).
+2. ``scan_item`` (in worker processes) detects the language, applies the filters and
+   computes the sha256 and the MinHash signature of a kept file.
+3. ``finalize`` runs over the WHOLE corpus: exact dedup, MinHash-LSH near dedup,
+   the group-aware train/validation/test split, and writes the output directory.
+
+Fan-out on a cluster: ``build_corpus(..., shard=(i, n))`` does steps 1-2 for a stable
+1/n of the inputs (by a hash of source and path) and writes a *shard* directory;
+``merge_shards([...], out)`` then runs step 3 over all n shards. The result is
+identical to an unsharded build of the same sources and config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from babeltower.corpus.config import BuildConfig
+from babeltower.corpus.filters import DROP_REASONS, content_filter_reason, decode_utf8, is_binary
+from babeltower.corpus.sources import InputItem, iter_inputs, shard_of, source_kind
+from babeltower.errors import BabelError
+from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
+from babeltower.languages import canonical, detect_language
+from babeltower.corpus.shards import SPLITS
+
+CORPUS_FORMAT = "babeltower-corpus/1"
+SHARD_FORMAT = "babeltower-corpus-shard/1"
+MINHASH_SCHEME = "affine32"
+MINHASH_SEED = 1  # fixed: signatures from different shards/machines must be comparable
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+
+# ---------------------------------------------------------------- per-file work (step 2)
+
+def shingles(text: str, k: int) -> set[bytes]:
+    """The set of k-grams of code tokens (identifiers, numbers, punctuation characters)."""
+    toks = _TOKEN_RE.findall(text)
+    if len(toks) <= k:
+        return {" ".join(toks).encode()}
+    return {" ".join(toks[i:i + k]).encode() for i in range(len(toks) - k + 1)}
+
+
+def minhash_signature(text: str, num_perm: int, shingle_size: int) -> np.ndarray:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
+    m.update_batch(list(shingles(text, shingle_size)))
+    return m.hashvalues.astype(np.uint64)
+
+
+def _item_language(item: InputItem, head: bytes | None) -> str | None:
+    if item.language is not None:
+        try:
+            return canonical(item.language)
+        except BabelError:
+            return None
+    lang = detect_language(item.path, head)
+    # .h is C by default; inside a C++ package it is C++
+    if lang == "c" and item.lang_hint == "cpp":
+        lang = "cpp"
+    return lang
+
+
+def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
+    """Language, filters, hash and MinHash of one input. Never raises for bad content."""
+    rec = {"source_index": source_index, "source": item.source, "path": item.path,
+           "row": item.row, "package": item.package, "license": item.license,
+           "version": item.version, "group": item.group, "language": None, "bytes": 0,
+           "status": "dropped", "reason": None, "sha256": None}
+    data: bytes | None = item.data
+    text: str | None = item.text
+    size = item.size
+    head = None
+    if item.file is not None:
+        try:
+            size = os.path.getsize(item.file)
+            if item.language is None and detect_language(item.path) is None:
+                with open(item.file, "rb") as f:
+                    head = f.read(256)
+        except OSError as e:
+            raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
+    elif data is not None:
+        head = data[:256]
+        size = len(data)
+    elif text is not None:
+        head = text[:256].encode("utf-8", "replace")
+        size = len(text.encode("utf-8", "replace"))
+    rec["bytes"] = int(size or 0)
+
+    lang = _item_language(item, head)
+    rec["language"] = lang
+    if lang is None:
+        rec["reason"] = "unknown_language"
+        return rec
+    if cfg.languages is not None and lang not in cfg.languages:
+        rec["reason"] = "excluded_language"
+        return rec
+    if rec["bytes"] > cfg.filters.max_bytes:
+        rec["reason"] = "too_large"
+        return rec
+    if text is None:
+        if data is None:
+            try:
+                with open(item.file, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
+        if is_binary(data):
+            rec["reason"] = "binary"
+            return rec
+        text = decode_utf8(data)
+        if text is None:
+            rec["reason"] = "undecodable"
+            return rec
+    elif "\x00" in text[:8192]:
+        rec["reason"] = "binary"
+        return rec
+    reason = content_filter_reason(text, cfg.filters)
+    if reason is not None:
+        rec["reason"] = reason
+        return rec
+    rec.update(status="kept", text=text,
+               sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    if cfg.dedup.near:
+        rec["minhash"] = minhash_signature(text, cfg.dedup.num_perm, cfg.dedup.shingle_size)
+    return rec
+
+
+_WORKER_CFG: BuildConfig | None = None
+
+
+def _init_worker(cfg_json: str) -> None:
+    global _WORKER_CFG
+    _WORKER_CFG = BuildConfig.model_validate_json(cfg_json)
+
+
+def _scan_task(task: tuple[int, InputItem]) -> dict:
+    return scan_item(task[1], _WORKER_CFG, task[0])
+
+
+def _workers(n: int) -> int:
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True) -> list[dict]:
+    """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order."""
+    for s in sources:
+        source_kind(str(s))  # a missing or unsupported source fails before any work
+
+    def tasks() -> Iterable[tuple[int, InputItem]]:
+        for si, s in enumerate(sources):
+            for item in iter_inputs(str(s)):
+                if shard_of(item, cfg.num_shards) == cfg.shard_index:
+                    yield si, item
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="scan files", unit=" files", disable=not progress, mininterval=1.0)
+    out: list[dict] = []
+    n = _workers(cfg.workers)
+    try:
+        if n == 1:
+            for si, item in tasks():
+                out.append(scan_item(item, cfg, si))
+                bar.update()
+        else:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            with ctx.Pool(n, initializer=_init_worker,
+                          initargs=(cfg.model_dump_json(),)) as pool:
+                for rec in pool.imap(_scan_task, tasks(), chunksize=16):
+                    out.append(rec)
+                    bar.update()
+    finally:
+        bar.close()
+    return out
+
+
+# ---------------------------------------------------------------- whole-corpus work (step 3)
+
+class _UnionFind:
+    """Union-find whose root is always the smallest index (a deterministic representative)."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+
+
+def record_key(rec: dict) -> tuple:
+    return (rec["source_index"], rec["path"], -1 if rec.get("row") is None else rec["row"])
+
+
+def record_id(rec: dict) -> str:
+    row = "" if rec.get("row") is None else f"#{rec['row']}"
+    return f"{rec['source']}:{rec['path']}{row}"
+
+
+def near_duplicate_clusters(signatures: list[np.ndarray], threshold: float,
+                            num_perm: int) -> list[int]:
+    """Cluster root (smallest member index) of every signature, via MinHash LSH.
+
+    LSH proposes candidate pairs; a pair is joined only if its estimated Jaccard
+    similarity (share of equal signature slots) is >= threshold.
+    """
+    from datasketch import LeanMinHash, MinHashLSH
+
+    uf = _UnionFind(len(signatures))
+    if len(signatures) < 2:
+        return [uf.find(i) for i in range(len(signatures))]
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    hashes = [LeanMinHash(seed=MINHASH_SEED, hashvalues=s, scheme=MINHASH_SCHEME) for s in signatures]
+    for i, h in enumerate(hashes):
+        for j in lsh.query(h):
+            if float(np.mean(signatures[i] == signatures[j])) >= threshold:
+                uf.union(i, j)
+        lsh.insert(i, h)
+    return [uf.find(i) for i in range(len(signatures))]
+
+
+def _group_key(rec: dict, group_by: str) -> str:
+    pkg = rec.get("package") or Path(rec["source"]).name
+    directory = f"{pkg}/{os.path.dirname(rec['path'])}"
+    if group_by == "file":
+        key = record_id(rec)
+    elif group_by == "package":
+        key = rec.get("group") or pkg
+    elif group_by == "directory":
+        key = directory
+    else:  # auto
+        key = rec.get("group") or directory
+    return f"{rec['language']}\0{key}"
+
+
+def _stable_rank(seed: int, key: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
+
+
+def assign_splits(kept: list[dict], cfg: BuildConfig, links: Iterable[tuple[int, int]] = ()) -> list[str]:
+    """Split of every kept record: whole groups (and linked records) go to one split.
+
+    Components (groups joined by ``links``, e.g. near-duplicate clusters) are ranked by a
+    seeded hash and handed out greedily per language until validation and test reach
+    their share of the language's bytes.
+    """
+    uf = _UnionFind(len(kept))
+    first_of_group: dict[str, int] = {}
+    for i, rec in enumerate(kept):
+        g = _group_key(rec, cfg.split.group_by)
+        if g in first_of_group:
+            uf.union(first_of_group[g], i)
+        else:
+            first_of_group[g] = i
+    for a, b in links:
+        uf.union(a, b)
+    comp_members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(kept)):
+        comp_members[uf.find(i)].append(i)
+    lang_bytes: Counter = Counter()
+    for rec in kept:
+        lang_bytes[rec["language"]] += rec["bytes"]
+    targets = {"validation": cfg.split.validation, "test": cfg.split.test}
+    filled: dict[str, Counter] = {s: Counter() for s in targets}
+    comps = sorted(comp_members.items(),
+                   key=lambda kv: _stable_rank(cfg.seed, record_id(kept[kv[0]])))
+    splits = ["train"] * len(kept)
+    for root, members in comps:
+        lang = kept[root]["language"]
+        size = sum(kept[i]["bytes"] for i in members)
+        choice = "train"
+        for split, share in targets.items():
+            target = share * lang_bytes[lang]
+            if filled[split][lang] < target and filled[split][lang] + size <= 1.5 * target:
+                choice = split
+                break
+        if choice != "train":
+            filled[choice][lang] += size
+        for i in members:
+            splits[i] = choice
+    return splits
+
+
+def _ledger_row(rec: dict) -> dict:
+    return {k: rec.get(k) for k in ("source", "path", "row", "language", "package", "license",
+                                    "bytes", "status", "split", "reason", "sha256",
+                                    "duplicate_of")}
+
+
+def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out: Path,
+             overwrite: bool = False, extra_manifest: dict | None = None) -> Path:
+    """Step 3 over the whole corpus; writes ``out`` atomically."""
+    import pandas as pd
+
+    records = sorted(records, key=record_key)
+    if not records:
+        raise BabelError("no input files found in the sources")
+    kept = [r for r in records if r["status"] == "kept"]
+
+    # exact dedup: first occurrence (in source/path order) wins
+    if cfg.dedup.exact:
+        first: dict[str, dict] = {}
+        for r in kept:
+            if r["sha256"] in first:
+                r.update(status="dropped", reason="exact_duplicate",
+                         duplicate_of=record_id(first[r["sha256"]]))
+            else:
+                first[r["sha256"]] = r
+        kept = [r for r in kept if r["status"] == "kept"]
+
+    links: list[tuple[int, int]] = []
+    n_clusters = 0
+    if cfg.dedup.near and kept:
+        roots = near_duplicate_clusters([r["minhash"] for r in kept], cfg.dedup.threshold,
+                                        cfg.dedup.num_perm)
+        for i, root in enumerate(roots):
+            kept[i]["near_cluster"] = record_id(kept[root])
+            if root != i:
+                if cfg.dedup.near_duplicates == "drop":
+                    kept[i].update(status="dropped", reason="near_duplicate",
+                                   duplicate_of=record_id(kept[root]))
+                else:
+                    links.append((root, i))
+        n_clusters = sum(1 for size in Counter(roots).values() if size > 1)
+        if cfg.dedup.near_duplicates == "drop":
+            kept = [r for r in kept if r["status"] == "kept"]
+        # (in group mode ``kept`` is unchanged, so ``links`` index into it)
+
+    if not kept:
+        reasons = Counter(r["reason"] for r in records)
+        detail = ", ".join(f"{k}={v}" for k, v in reasons.most_common())
+        raise BabelError(f"no files left after filtering ({len(records)} inputs: {detail})")
+
+    for r, split in zip(kept, assign_splits(kept, cfg, links)):
+        r["split"] = split
+
+    languages: dict[str, dict] = {}
+    for r in records:
+        lang = r["language"] or "(unknown)"
+        info = languages.setdefault(lang, {"inputs": 0, "input_bytes": 0, "dropped": {},
+                                           "splits": {}})
+        info["inputs"] += 1
+        info["input_bytes"] += r["bytes"]
+        if r["status"] == "kept":
+            s = info["splits"].setdefault(r["split"], {"files": 0, "bytes": 0})
+            s["files"] += 1
+            s["bytes"] += r["bytes"]
+        else:
+            info["dropped"][r["reason"]] = info["dropped"].get(r["reason"], 0) + 1
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        files_sha: dict[str, str] = {}
+        by_lang_split: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for r in kept:
+            by_lang_split[(r["language"], r["split"])].append(r)
+        for lang in sorted({r["language"] for r in kept}):
+            (tmp / lang).mkdir()
+            for split in SPLITS:
+                rows = by_lang_split.get((lang, split), [])
+                p = tmp / lang / f"{split}.jsonl"
+                with open(p, "w", encoding="utf-8") as f:
+                    for r in rows:
+                        f.write(json.dumps({
+                            "text": r["text"],
+                            "path": r["path"] if r.get("row") is None
+                            else (r["path"] or f"row-{r['row']}"),
+                            "source": r["source"], "package": r["package"],
+                            "license": r["license"], "sha256": r["sha256"],
+                        }, ensure_ascii=False) + "\n")
+                files_sha[f"{lang}/{split}.jsonl"] = sha256_file(p)
+        ledger = pd.DataFrame([_ledger_row(r) for r in records])
+        ledger["row"] = ledger["row"].astype("Int64")
+        ledger.to_parquet(tmp / "ledger.parquet", index=False)
+        files_sha["ledger.parquet"] = sha256_file(tmp / "ledger.parquet")
+        dropped = Counter(r["reason"] for r in records if r["status"] != "kept")
+        manifest = {
+            "format": CORPUS_FORMAT,
+            "inputs": len(records),
+            "kept": len(kept),
+            "dropped": {k: dropped[k] for k in DROP_REASONS if dropped.get(k)},
+            "near_duplicate_clusters": n_clusters,
+            "languages": {k: languages[k] for k in sorted(languages)},
+            "splits": list(SPLITS),
+            "sources": [str(s) for s in sources],
+            "packages": _fetch_packages(sources),
+            "ledger": "ledger.parquet",
+            "files_sha256": files_sha,
+            "config": cfg.model_dump(mode="json", exclude={"shard_index", "num_shards",
+                                                           "workers"}),
+            "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
+            **(extra_manifest or {}),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return Path(out)
+
+
+def _fetch_packages(sources: Sequence[str]) -> list[dict]:
+    out = []
+    for s in sources:
+        p = Path(str(s)) / "sources.json"
+        if p.is_file():
+            try:
+                out.extend(json.loads(p.read_text()).get("sources", []))
+            except (json.JSONDecodeError, AttributeError):
+                pass
+    return out
+
+
+# ---------------------------------------------------------------- entry points
+
+def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 config: BuildConfig | None = None, overwrite: bool = False,
+                 progress: bool = True) -> Path:
+    """Build a corpus directory (or, with ``config.num_shards > 1``, one shard of it).
+
+    Returns ``out``. Output layout: ``out/<lang>/{train,validation,test}.jsonl``,
+    ``out/ledger.parquet`` (one row per input file: kept -> split, dropped -> reason),
+    ``out/manifest.json`` (counts per language and reason, sha256 of every file,
+    config, provenance).
+    """
+    cfg = config or BuildConfig()
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise BabelError("no --source given")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+    records = scan_sources(sources, cfg, progress=progress)
+    if cfg.num_shards == 1:
+        return finalize(records, cfg, sources, out, overwrite=overwrite)
+    return _write_shard(records, cfg, sources, out, overwrite)
+
+
+def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool) -> Path:
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        r = dict(r)
+        mh = r.pop("minhash", None)
+        r["minhash"] = None if mh is None else np.asarray(mh, dtype=np.uint64).tobytes()
+        r.setdefault("text", None)
+        rows.append(r)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        df = pd.DataFrame(rows)
+        if not df.empty:
+            df["row"] = df["row"].astype("Int64")
+        df.to_parquet(tmp / "records.parquet", index=False)
+        atomic_write_json(tmp / "manifest.json", {
+            "format": SHARD_FORMAT, "shard_index": cfg.shard_index,
+            "num_shards": cfg.num_shards, "inputs": len(rows),
+            "sources": sources,
+            "records_sha256": sha256_file(tmp / "records.parquet"),
+            "config": cfg.model_dump(mode="json"),
+            "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
+        })
+    return out
+
+
+def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 overwrite: bool = False) -> Path:
+    """Finish a sharded build: whole-corpus dedup and split over all n shard outputs."""
+    import pandas as pd
+
+    if not shard_dirs:
+        raise BabelError("no shard directories given")
+    metas, frames = [], []
+    for d in shard_dirs:
+        mf = Path(d) / "manifest.json"
+        if not mf.is_file():
+            raise BabelError(f"not a corpus shard (no manifest.json): {d}")
+        try:
+            meta = json.loads(mf.read_text())
+        except json.JSONDecodeError as e:
+            raise BabelError(f"corrupt shard manifest {mf}: {e.msg}") from e
+        if meta.get("format") != SHARD_FORMAT:
+            raise BabelError(f"{d} is not a corpus shard (format {meta.get('format')!r})")
+        rp = Path(d) / "records.parquet"
+        if not rp.is_file() or sha256_file(rp) != meta.get("records_sha256"):
+            raise BabelError(f"shard {d}: records.parquet is missing or does not match its sha256")
+        metas.append(meta)
+        frames.append(pd.read_parquet(rp))
+    n = metas[0]["num_shards"]
+    got = sorted(m["shard_index"] for m in metas)
+    if got != list(range(n)):
+        raise BabelError(f"need shards 0..{n - 1} exactly once, got {got}")
+    base = {k: v for k, v in metas[0]["config"].items() if k != "shard_index"}
+    for m in metas[1:]:
+        if {k: v for k, v in m["config"].items() if k != "shard_index"} != base \
+                or m["sources"] != metas[0]["sources"]:
+            raise BabelError("shards were built with different configs or sources")
+    cfg = BuildConfig.model_validate({**base, "shard_index": 0, "num_shards": 1})
+    records = []
+    for df in frames:
+        for r in df.to_dict("records"):
+            r = {k: (None if _isna(v) else v) for k, v in r.items()}
+            if r.get("row") is not None:
+                r["row"] = int(r["row"])
+            if r.get("minhash") is not None:
+                r["minhash"] = np.frombuffer(r["minhash"], dtype=np.uint64)
+            records.append(r)
+    return finalize(records, cfg, metas[0]["sources"], Path(out), overwrite=overwrite,
+                    extra_manifest={"merged_shards": n})
+
+
+def _isna(v) -> bool:
+    try:
+        import pandas as pd
+
+        return v is None or (not isinstance(v, (bytes, str, list, np.ndarray)) and bool(pd.isna(v)))
+    except (TypeError, ValueError):
+        return False

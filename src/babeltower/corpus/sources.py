@@ -1,0 +1,207 @@
+"""Inputs of ``corpus build``: directories, zip/tar archives, JSONL/Parquet rows, hub ids.
+
+Each source is turned into a deterministic stream of ``InputItem``s (one per input file
+or row) - the unit the manifest accounts for. Reading the bytes of on-disk files is
+left to the worker processes; archive members and rows are read here, because archives
+are sequential and rows come from ``datasets``.
+
+Row sources have The Stack / StarCoderData shape: a ``content`` column, a language
+column (``lang`` or ``language``; else the language is detected from the path), and
+optionally ``max_stars_repo_path``/``path``, ``max_stars_repo_name``/``repo_name``/``repo``
+(used for grouping) and ``max_stars_repo_licenses``/``license``. A dataset on a hub is
+passed as ``hf:ORG/NAME`` (read with ``datasets.load_dataset(..., streaming=True)``).
+
+A directory written by ``corpus fetch`` has a ``sources.json``: its files inherit the
+package, version, license and language of the entry whose ``root`` contains them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from babeltower.errors import BabelError
+
+SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache"}
+ROW_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+@dataclass
+class InputItem:
+    source: str                 # the source as the user named it
+    path: str                   # path inside the source (a row's own path field, or "")
+    package: str | None = None  # package / crate / module the file belongs to
+    license: str | None = None
+    version: str | None = None
+    group: str | None = None    # repository, where known (splits never cut a group)
+    language: str | None = None   # language named by a row field (authoritative)
+    lang_hint: str | None = None  # language of a fetched package (settles .h: C or C++)
+    row: int | None = None        # row index, for row sources
+    file: str | None = None     # on-disk file a worker reads
+    data: bytes | None = None   # bytes already read (archive member)
+    text: str | None = None     # text already decoded (row)
+    size: int | None = None
+
+
+def shard_of(item: InputItem, num_shards: int) -> int:
+    """Stable shard of an input: the same file lands in the same shard on any machine."""
+    if num_shards == 1:
+        return 0
+    key = f"{item.source}\0{item.path}\0{item.row}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % num_shards
+
+
+def _suffix_in(name: str, suffixes) -> bool:
+    return name.lower().endswith(suffixes)
+
+
+def source_kind(source: str) -> str:
+    if source.startswith("hf:"):
+        return "hub"
+    p = Path(source)
+    if not p.exists():
+        raise BabelError(f"source not found: {source}")
+    if p.is_dir():
+        return "dir"
+    if _suffix_in(p.name, ROW_SUFFIXES):
+        return "rows"
+    if _suffix_in(p.name, ARCHIVE_SUFFIXES):
+        return "archive"
+    raise BabelError(f"source {source} is neither a directory, an archive "
+                     f"({', '.join(ARCHIVE_SUFFIXES)}) nor rows ({', '.join(ROW_SUFFIXES)})")
+
+
+def iter_inputs(source: str) -> Iterator[InputItem]:
+    kind = source_kind(str(source))
+    if kind == "dir":
+        yield from _iter_dir(str(source))
+    elif kind == "archive":
+        yield from _iter_archive(str(source))
+    else:
+        yield from _iter_rows(str(source), hub=(kind == "hub"))
+
+
+def _package_of(rel: str, default: str) -> str:
+    parts = rel.split("/")
+    return parts[0] if len(parts) > 1 else default
+
+
+def _load_fetch_index(root: Path) -> list[dict]:
+    idx = root / "sources.json"
+    if not idx.exists():
+        return []
+    try:
+        entries = json.loads(idx.read_text())["sources"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BabelError(f"corrupt {idx}: {e}") from e
+    # longest root first, so the most specific entry wins
+    return sorted((e for e in entries if e.get("root")), key=lambda e: -len(e["root"]))
+
+
+def _iter_dir(source: str) -> Iterator[InputItem]:
+    root = Path(source)
+    index = _load_fetch_index(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if not index and rel == "sources.json":
+                continue
+            if index and rel == "sources.json":
+                continue
+            if full.is_symlink() and not full.exists():
+                continue  # dangling link: nothing to read
+            item = InputItem(source=source, path=rel, file=str(full),
+                             package=_package_of(rel, root.name))
+            for e in index:
+                if rel.startswith(e["root"].rstrip("/") + "/"):
+                    item.package = e.get("package") or item.package
+                    item.license = e.get("license")
+                    item.version = e.get("version")
+                    item.lang_hint = e.get("language")
+                    break
+            yield item
+
+
+def _iter_archive(source: str) -> Iterator[InputItem]:
+    name = Path(source).name
+    stem = name.split(".")[0]
+    try:
+        if _suffix_in(name, (".zip",)):
+            with zipfile.ZipFile(source) as zf:
+                for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                    if info.is_dir():
+                        continue
+                    rel = info.filename
+                    yield InputItem(source=source, path=rel, package=_package_of(rel, stem),
+                                    data=zf.read(info), size=info.file_size)
+        else:
+            with tarfile.open(source) as tf:
+                members = sorted((m for m in tf.getmembers() if m.isfile()),
+                                 key=lambda m: m.name)
+                for m in members:
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    rel = m.name.lstrip("./")
+                    yield InputItem(source=source, path=rel, package=_package_of(rel, stem),
+                                    data=data, size=m.size)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise BabelError(f"cannot read archive {source}: {e}") from e
+
+
+_PATH_KEYS = ("max_stars_repo_path", "path", "file_path")
+_REPO_KEYS = ("max_stars_repo_name", "repo_name", "repo", "repository")
+_LICENSE_KEYS = ("max_stars_repo_licenses", "license", "licenses")
+_LANG_KEYS = ("lang", "language")
+
+
+def _first(row: dict, keys) -> object:
+    for k in keys:
+        v = row.get(k)
+        if v not in (None, "", []):
+            return v
+    return None
+
+
+def _load_rows(source: str, hub: bool):
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if hub:
+            return datasets.load_dataset(source[3:], split="train", streaming=True)
+        builder = "parquet" if source.lower().endswith(".parquet") else "json"
+        return datasets.load_dataset(builder, data_files=[str(Path(source).resolve())],
+                                     split="train")
+    except Exception as e:  # datasets raises many types for a broken file; all are bad input
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BabelError(f"cannot read rows from {source}: {msg}") from e
+
+
+def _iter_rows(source: str, hub: bool) -> Iterator[InputItem]:
+    ds = _load_rows(source, hub)
+    cols = getattr(ds, "column_names", None)
+    if cols is not None and "content" not in cols:
+        raise BabelError(f"rows in {source} have no 'content' column (columns: {', '.join(cols)})")
+    for i, row in enumerate(ds):
+        content = row.get("content")
+        if not isinstance(content, str):
+            raise BabelError(f"row {i} of {source}: 'content' is missing or not a string")
+        path = _first(row, _PATH_KEYS)
+        repo = _first(row, _REPO_KEYS)
+        lic = _first(row, _LICENSE_KEYS)
+        if isinstance(lic, list):
+            lic = " OR ".join(map(str, lic))
+        lang = _first(row, _LANG_KEYS)
+        yield InputItem(source=source, path=str(path) if path else "", row=i,
+                        package=str(repo) if repo else None, group=str(repo) if repo else None,
+                        license=str(lic) if lic else None,
+                        language=str(lang) if lang else None, text=content)
