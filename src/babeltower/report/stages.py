@@ -9,9 +9,10 @@ threshold a parameter:
    ones is x. Boundaries are reported both as indices and as x values.
 2. **Smoothing.** A running median of ``window`` points (robust to single bad
    checkpoints) followed by a 3-point running mean; ends use shrunken windows.
-3. **Noise.** sigma = 1.4826 x MAD(first differences of y) / sqrt(2): the robust
-   standard deviation of white noise around a trend that changes slowly between
-   neighbouring checkpoints (differences cancel the trend, MAD ignores jumps).
+3. **Noise.** sigma = 1.4826 x MAD(second differences of y) / sqrt(6): the robust
+   standard deviation of white noise around a trend that is locally linear between
+   neighbouring checkpoints (second differences cancel the trend even when checkpoints
+   are sparse, MAD ignores the few kinks and jumps).
 4. **Kind.**
    * ``"flat"``: the smoothed curve's range is below ``k_noise x sigma``.
    * ``"three-stage"``: the smoothed curve rises from its start to a peak by more than
@@ -136,11 +137,17 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def noise_sigma(y: np.ndarray) -> float:
-    """Robust white-noise sigma from first differences: 1.4826 MAD(diff) / sqrt(2)."""
-    d = np.diff(np.asarray(y, dtype=float))
+    """Robust white-noise sigma from second differences: 1.4826 MAD(d2) / sqrt(6).
+
+    Second differences cancel any locally linear trend (first differences would count
+    the slope between sparse checkpoints as noise); for white noise var(d2) = 6 sigma^2.
+    """
+    y = np.asarray(y, dtype=float)
+    d = np.diff(y, n=2) if y.size >= 3 else np.diff(y)
     if d.size == 0:
         return 0.0
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+    scale = math.sqrt(6) if y.size >= 3 else math.sqrt(2)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / scale)
 
 
 def default_window(n: int) -> int:
