@@ -18,9 +18,12 @@ from babeltower.errors import BabelError
 from babeltower.io import atomic_write_text, sha256_json
 
 
-# Fields that cannot change the weights: a resumed run may differ in these.
+# Fields that do not define the run: a resumed run may differ in these. Outputs and
+# logging cannot change the weights; hardware fields (device, strategy, compile,
+# threads) change only float rounding, and moving a run to other hardware is legitimate.
+# (The number of processes is checked separately: it changes the global batch.)
 COSMETIC_FIELDS = ("out_dir", "progress", "tensorboard", "log_interval", "num_threads",
-                   "peak_flops")
+                   "peak_flops", "device", "strategy", "compile")
 
 
 class _Section(BaseModel):

@@ -253,13 +253,24 @@ def build_model(config: TrainConfig, shards: TokenShards):
     """Fresh model from a preset/config (seeded init) or weights from ``init_from``."""
     from transformers import AutoModelForCausalLM
 
-    from babeltower.checkpoints import list_checkpoints
+    from babeltower.checkpoints import convert_gguf, list_checkpoints, verify_checkpoint
 
     torch.manual_seed(config.seed)
     if config.init_from:
-        refs = list_checkpoints(config.init_from)
-        ref = refs[-1]
-        model, _ = ref.load(dtype=torch.float32, verify=True)
+        ref = list_checkpoints(config.init_from)[-1]   # a run dir: its last checkpoint
+        kw = {}
+        if ref.gguf_file:
+            path = convert_gguf(Path(ref.path) / ref.gguf_file)
+        elif ref.revision is not None:
+            path, kw = ref.path, {"revision": ref.revision}
+        else:
+            path = Path(ref.path)
+            verify_checkpoint(path)   # sha256 of the weights against its manifest
+        try:
+            with ck._quiet_hf():
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise BabelError(f"cannot load init_from {path}: {str(e).splitlines()[0]}") from None
         if model.config.vocab_size != shards.vocab_size:
             raise BabelError(f"init_from {ref.path} has vocab_size {model.config.vocab_size} but "
                              f"the data's tokenizer has {shards.vocab_size} ids")
@@ -270,24 +281,14 @@ def build_model(config: TrainConfig, shards: TokenShards):
                              f"the data in {shards.root} (same size, different vocabulary)")
         model.train()
         return model, {"init_from": str(ref.path), "init_step": ref.step}
-    tok_cfg = {}
-    try:
-        tok_cfg = json.loads((shards.tokenizer_dir / "tokenizer_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        pass
     bos = shards.manifest.get("bos_id")
     cfg = model_config(config.model, shards.vocab_size, config.seq_len,
-                       bos_token_id=bos if bos is not None else None,
+                       bos_token_id=bos,
                        eos_token_id=shards.eos_id)
-    del tok_cfg
     if getattr(cfg, "n_positions", None) is not None and cfg.n_positions < config.seq_len:
         raise BabelError(f"model {config.model} has n_positions {cfg.n_positions} < "
                          f"seq_len {config.seq_len}")
-    try:
-        cfg._attn_implementation = "sdpa"
-    except Exception:
-        pass
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
     model.train()
     return model, {"init_from": None}
 
@@ -438,12 +439,18 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
                              "with this config")
         state = ck.load_training_state(resume_from)
         sampler.load_state_dict(state["sampler"])
+        saved_world = int(state.get("world_size", world))
+        if saved_world != world and not force:
+            raise BabelError(f"{resume_from.name} was written by {saved_world} process(es), this is "
+                             f"{world}: the global batch would change; run with "
+                             f"--nproc_per_node={saved_world}, or --force")
 
     # ---- model ----------------------------------------------------------------------
     if resume_from is not None:
         from transformers import AutoModelForCausalLM
         try:
-            model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
+            with ck._quiet_hf():
+                model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as e:
             raise BabelError(f"cannot load {resume_from}: {str(e).splitlines()[0]}") from None
         model.train()
@@ -538,6 +545,7 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
                 "step": step, "tokens_seen": tokens_seen, "tokens_by_language": by_lang,
                 "optimizer": osd, "scheduler": scheduler.state_dict(), "rng": ck.rng_state(),
                 "sampler": sampler.state_dict(), "next_sequence": step * global_batch,
+                "world_size": world,
                 "config_sha256": config_sha, "init_info": init_info,
             }
             manifest = {

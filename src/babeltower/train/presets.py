@@ -5,17 +5,18 @@ and GPT-2 style (``GPT2Config``: LayerNorm, GELU MLP, learned positions, tied
 embeddings - the paper's architecture). Sizes count non-embedding parameters, since
 the embedding size follows the tokenizer:
 
-=========  ======  ======  =====  =====  ==========================
-size       layers  hidden  heads  FFN    non-embedding params
-=========  ======  ======  =====  =====  ==========================
-nano       6       128     4      352    ~1.2M (llama) / ~1.2M (gpt2)
-micro      8       256     8      704    ~6.3M / ~6.3M
-small      12      384     6      1024   ~21M / ~21M
-1.3b       24      2048    16     5504   ~1.3B (the paper: GPT-2 1.3B, ctx 2048)
-=========  ======  ======  =====  =====  ==========================
+=========  ======  ======  =====  =========  ===================================
+size       layers  hidden  heads  FFN        non-embedding params (llama / gpt2)
+=========  ======  ======  =====  =========  ===================================
+nano       6       128     4      352 / 512  1.21M / 1.19M
+micro      8       256     8      512 / 1024 5.25M / 6.32M
+small      12      384     6      1024/1536  21.2M / 21.3M
+1.3b       24      2048    16     5504/8192  1.21B / 1.21B (the paper: GPT-2 1.3B, ctx 2048)
+=========  ======  ======  =====  =========  ===================================
 
-``nano`` is ``llama-nano``. Depth is favoured over width at small sizes: a throw-away
-spike found 6-8 layers at hidden 128 better for probing than 4 (intermediate layers to
+(Non-embedding = Kaplan's N: without input embedding, learned positions and output
+head. GPT-2 keeps its classic 4 x hidden MLP.) ``nano`` is ``llama-nano``. Depth is
+favoured over width at small sizes: a throw-away spike found 6-8 layers at hidden 128 better for probing than 4 (intermediate layers to
 read). Dropout is 0 everywhere (determinism; tiny models do not need it).
 ``vocab_size`` always comes from the tokenizer of the packed data.
 """
@@ -30,7 +31,7 @@ from babeltower.errors import BabelError
 # (layers, hidden, heads, ffn)
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "nano": (6, 128, 4, 352),
-    "micro": (8, 256, 8, 704),
+    "micro": (8, 256, 8, 512),
     "small": (12, 384, 6, 1024),
     "1.3b": (24, 2048, 16, 5504),
 }
@@ -107,35 +108,38 @@ def model_config(spec: str, vocab_size: int, seq_len: int = 2048,
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Total, embedding (input lookup + positions) and non-embedding parameter counts."""
+    """Parameter counts: total; embedding (input lookup + learned positions); output_head
+    (an untied unembedding; 0 if tied); non_embedding (Kaplan's N: the rest)."""
+    seen: set[int] = set()
+
+    def n(mod) -> int:
+        out = 0
+        for p in (mod.parameters() if mod is not None else []):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out += p.numel()
+        return out
+
     total = sum(p.numel() for p in model.parameters())
-    emb = 0
-    seen = set()
-    for mod in (model.get_input_embeddings(), getattr(getattr(model, "transformer", None),
-                                                      "wpe", None)):
-        if mod is not None:
-            for p in mod.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    emb += p.numel()
-    return {"total": total, "embedding": emb, "non_embedding": total - emb}
+    emb = n(model.get_input_embeddings())
+    emb += n(getattr(getattr(model, "transformer", None), "wpe", None))
+    head = n(model.get_output_embeddings())
+    return {"total": total, "embedding": emb, "output_head": head,
+            "non_embedding": total - emb - head}
 
 
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token: 6 x (parameters used in matmuls) + attention scores.
 
-    The input-embedding lookup is not a matmul and is left out; a tied output head is
-    a matmul and counts (it is counted once in ``parameters()``, so it is added back).
-    Attention adds 6 * 2 * layers * hidden * seq_len (QK^T and AV, forward + backward),
-    as in PaLM's MFU definition.
+    Matmul parameters are the non-embedding ones plus the output head (tied or not; a
+    tied head is one matrix used twice, the lookup being free). Attention adds
+    6 * 2 * layers * hidden * seq_len (QK^T and AV, forward + backward), as in PaLM's
+    MFU definition.
     """
-    counts = count_parameters(model)
     cfg = model.config
-    matmul_params = counts["non_embedding"]
+    counts = count_parameters(model)
     out = model.get_output_embeddings()
-    inp = model.get_input_embeddings()
-    if out is not None and inp is not None and out.weight is inp.weight:
-        matmul_params += out.weight.numel()
+    matmul_params = counts["non_embedding"] + (out.weight.numel() if out is not None else 0)
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
     return 6.0 * matmul_params + 12.0 * layers * hidden * seq_len
