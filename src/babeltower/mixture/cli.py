@@ -1,6 +1,152 @@
-"""CLI commands of this concern, registered on the root app."""
+"""CLI: ``babeltower mixture`` (baseline mixtures) and ``babeltower optimize`` (Algorithm 1).
+
+Both are thin: they call ``make_baseline`` / ``algorithm1`` and write a MixtureSpec YAML
+(plus, for optimize, a JSON of every number with provenance), atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from babeltower.errors import BabelError
+
+
+def _available(data: Optional[Path], available: Optional[str], split: str) -> dict[str, int]:
+    """Tokens per language: from a packed DATA dir, or 'python=1000,php=2000'."""
+    if (data is None) == (available is None):
+        raise BabelError("give exactly one of --data DATA (packed corpus) or --available "
+                         "'lang=tokens,...'")
+    if data is not None:
+        from babeltower.corpus.shards import TokenShards
+        from babeltower.mixture.sampler import available_tokens
+
+        out = available_tokens(TokenShards(data), split)
+        if not out:
+            raise BabelError(f"{data} has no {split!r} split for any language")
+        return out
+    out = {}
+    for part in available.split(","):
+        if not part.strip():
+            continue
+        lang, sep, n = part.partition("=")
+        try:
+            out[lang.strip()] = int(float(n))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise BabelError(f"--available expects lang=tokens pairs, got {part.strip()!r}")
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+
+
+def mixture_command(
+    generator: str = typer.Argument(..., help="natural, uniform, unimax or temperature-<tau>"),
+    out: Path = typer.Option(..., "--out", "-o", help="Mixture YAML to write."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
+    available: Optional[str] = typer.Option(None, "--available",
+                                            help="Instead of --data: 'python=1000,php=2000'."),
+    total_tokens: Optional[int] = typer.Option(None, "--total-tokens", "-n",
+                                               help="Token budget (default: all data / uniform: "
+                                                    "n_languages x smallest)."),
+    max_epochs: float = typer.Option(1.0, "--max-epochs", help="Cap per language, in epochs."),
+    split: str = typer.Option("train", "--split"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Write a baseline mixture (natural / uniform / temperature-<tau> / UniMax) as YAML."""
+    from babeltower.io import provenance
+    from babeltower.mixture.generators import make_baseline
+
+    _check_out(out, overwrite)
+    avail = _available(data, available, split)
+    spec = make_baseline(generator, avail, total_tokens, max_epochs)
+    spec.meta["provenance"] = provenance(
+        config={"generator": generator, "total_tokens": total_tokens, "max_epochs": max_epochs,
+                "split": split, "data": str(data) if data else None},
+        data_hashes=_data_hashes(data))
+    spec.to_yaml(out)
+    _print_budgets(spec)
+    typer.echo(str(out))
+
+
+def _data_hashes(data: Optional[Path]) -> dict | None:
+    if data is None:
+        return None
+    from babeltower.io import sha256_file
+
+    return {"manifest.json": sha256_file(Path(data) / "manifest.json")}
+
+
+def _print_budgets(spec) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    total = sum(spec.budgets.values())
+    t = Table(title=f"mixture {spec.name}")
+    for col in ("language", "tokens", "share"):
+        t.add_column(col, justify="right" if col != "language" else "left")
+    for lang, b in sorted(spec.budgets.items()):
+        t.add_row(lang, f"{int(b):,}", f"{b / total:.3f}")
+    Console(stderr=True).print(t)
+
+
+def optimize_command(
+    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint CPT metrics: CSV (language, "
+                                                  "tokens, loss[, performance][, step]) or JSON."),
+    primary: str = typer.Option(..., "--primary", help="Primary language (e.g. python)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Optimized mixture YAML to write; the "
+                                                      "numbers go to the same name with .json."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
+    available: Optional[str] = typer.Option(None, "--available",
+                                            help="Instead of --data: 'python=1000,php=2000'."),
+    primary_tokens: Optional[int] = typer.Option(None, "--primary-tokens",
+                                                 help="eta_p (default: all primary data)."),
+    beta: str = typer.Option("last_k", "--beta", help="Converged loss: last_k or min."),
+    beta_k: int = typer.Option(3, "--beta-k", help="Checkpoints averaged for beta=last_k."),
+    best: str = typer.Option("raw", "--best", help="Best checkpoint from raw or smoothed "
+                                                   "performance."),
+    split: str = typer.Option("train", "--split"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Algorithm 1: down-sample each new language to its best CPT stage; write YAML + JSON."""
+    from babeltower.io import atomic_write_json, provenance, sha256_file
+    from babeltower.mixture.optimize import algorithm1, read_cpt_runs
+
+    json_out = out.with_suffix(".json")
+    _check_out(out, overwrite)
+    _check_out(json_out, overwrite)
+    cpt = read_cpt_runs(runs)
+    avail = _available(data, available, split)
+    res = algorithm1(cpt, avail, primary, primary_tokens, beta=beta, beta_k=beta_k, best=best)
+    spec = res.to_mixture()
+    hashes = {"runs": sha256_file(runs), **(_data_hashes(data) or {})}
+    cfg = {"runs": str(runs), "primary": primary, "primary_tokens": primary_tokens,
+           "beta": beta, "beta_k": beta_k, "best": best, "split": split,
+           "data": str(data) if data else None, "available": avail}
+    atomic_write_json(json_out, {**res.to_dict(), "mixture": spec.model_dump(mode="json"),
+                                 "provenance": provenance(config=cfg, data_hashes=hashes)})
+    spec.meta["numbers"] = json_out.name
+    spec.to_yaml(out)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Algorithm 1")
+    for col in ("language", "stage", "P*", "available", "target", "reason"):
+        t.add_column(col)
+    for lang, d in res.decisions.items():
+        t.add_row(lang, d.stage_kind or "-", "-" if d.p_star is None else f"{d.p_star:.3f}",
+                  f"{d.available:,}", f"{d.target_tokens:,}", d.reason)
+    Console(stderr=True).print(t)
+    typer.echo(str(out))
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("mixture")(mixture_command)
+    app.command("optimize")(optimize_command)

@@ -127,3 +127,28 @@ def unimax(available: dict[str, int], total_tokens: int, max_epochs: float = 1.0
 
 GENERATORS = {"natural": natural, "uniform": uniform, "temperature": temperature,
               "unimax": unimax}
+
+
+def make_baseline(name: str, available: dict[str, int], total_tokens: int | None = None,
+                  max_epochs: float = 1.0) -> MixtureSpec:
+    """A baseline by name: ``natural``, ``uniform``, ``unimax`` or ``temperature-<tau>``
+    (e.g. ``temperature-0.3``), the names experiment configs use."""
+    key = name.strip().lower()
+    if key == "natural":
+        return natural(available, total_tokens, max_epochs)
+    if key == "uniform":
+        return uniform(available, total_tokens, max_epochs)
+    if key == "unimax":
+        if total_tokens is None:
+            raise BabelError("unimax needs total_tokens")
+        return unimax(available, total_tokens, max_epochs)
+    if key.startswith("temperature-") or key.startswith("temperature="):
+        try:
+            tau = float(key.split("-", 1)[1] if "-" in key else key.split("=", 1)[1])
+        except ValueError:
+            tau = None
+        if tau is not None:
+            spec = temperature(available, total_tokens, tau, max_epochs)
+            return spec.model_copy(update={"name": f"temperature-{tau:g}"})
+    raise BabelError(f"unknown baseline mixture {name!r} (known: natural, uniform, unimax, "
+                     "temperature-<tau>)")
