@@ -1,0 +1,346 @@
+"""Held-out loss (nats/token) and bits-per-byte per language, for a model or a series.
+
+Bits-per-byte is tokenizer-independent: ``total nats / ln 2 / total UTF-8 bytes`` of the
+documents scored, so models with different tokenizers (or a tokenizer change between
+runs) compare on the same scale. Loss per token is only comparable under one tokenizer.
+
+**What is scored.** Whole documents. Each document is scored on its own, preceded by one
+EOS token - exactly the context it had in packed training, where documents are
+separated by EOS - so its first token is predicted too; the closing EOS is not scored
+(its bytes are zero). An external model's raw text uses its BOS token (else EOS) the
+same way.
+
+**Windowing.** A document longer than the context is cut into windows of ``context``
+input tokens that advance by ``stride`` (default ``stride = context``: non-overlapping
+windows, every token scored once with 0..context-1 tokens of its own document as
+context). With ``stride < context`` each window after the first scores only its last
+``stride`` targets, so every target sees at least ``context - stride`` tokens of context
+(the sliding-window evaluation of the HF perplexity guide). Default ``context`` = the
+model's ``max_position_embeddings`` capped at 1024; it is recorded in every row.
+
+**Budget.** Per language, documents are taken in their stored order until
+``max_tokens_per_language`` is reached (the document that crosses the budget is
+included whole; ``max_docs`` caps the count): deterministic, the same documents for
+every checkpoint.
+
+Inputs: a packed DATA dir (``TokenShards``, split ``validation`` or ``test``; the model
+must use the data's tokenizer - checked on vocabulary size), or, for an external model
+with its own tokenizer, raw text files (one file = one document, language from the file
+name via ``babeltower.languages.detect_language``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from babeltower.errors import BabelError
+from babeltower.io import atomic_write_json, provenance
+
+LN2 = math.log(2.0)
+
+
+class LossConfig(BaseModel):
+    """How held-out loss is measured (recorded with every result)."""
+
+    split: str = "validation"
+    languages: list[str] | None = None        # None = every language of the data
+    max_tokens_per_language: int = Field(50_000, ge=1)
+    max_docs: int | None = Field(None, ge=1)
+    context: int | None = Field(None, ge=2)    # None = min(model max positions, 1024)
+    stride: int | None = Field(None, ge=1)     # None = context (non-overlapping windows)
+    batch_size: int = Field(8, ge=1)
+    max_logits_elements: int = Field(1 << 27, ge=1)  # bound B*T*V to keep memory in check
+
+
+@dataclass
+class Document:
+    language: str
+    tokens: np.ndarray      # token ids of the document (no EOS/BOS)
+    n_bytes: int
+
+
+# --------------------------------------------------------------------------- documents
+def select_documents(docs: np.ndarray, max_tokens: int, max_docs: int | None = None
+                     ) -> list[int]:
+    """Indices of the first documents whose tokens reach ``max_tokens`` (see module doc)."""
+    out: list[int] = []
+    total = 0
+    for i in range(docs.shape[0]):
+        if total >= max_tokens or (max_docs is not None and len(out) >= max_docs):
+            break
+        if docs[i, 1] == 0:
+            continue
+        out.append(i)
+        total += int(docs[i, 1])
+    return out
+
+
+def documents_from_shards(data, languages: list[str] | None, split: str, max_tokens: int,
+                          max_docs: int | None = None) -> dict[str, list[Document]]:
+    from babeltower.corpus.shards import TokenShards
+    from babeltower.languages import canonical
+
+    shards = data if isinstance(data, TokenShards) else TokenShards(data)
+    langs = [canonical(x) for x in languages] if languages else shards.languages
+    out: dict[str, list[Document]] = {}
+    for lang in langs:
+        sp = shards.split(lang, split)
+        idx = select_documents(sp.docs, max_tokens, max_docs)
+        out[lang] = [Document(lang, np.asarray(sp.document(i), dtype=np.int64),
+                              int(sp.docs[i, 2])) for i in idx]
+    return out
+
+
+def documents_from_text(paths, tokenizer, languages: list[str] | None, max_tokens: int,
+                        max_docs: int | None = None) -> dict[str, list[Document]]:
+    """Raw text files (or directories of them) tokenized with the model's own tokenizer."""
+    from babeltower.languages import canonical, detect_language
+
+    files: list[Path] = []
+    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        p = Path(p)
+        if not p.exists():
+            raise BabelError(f"text path not found: {p}")
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    wanted = {canonical(x) for x in languages} if languages else None
+    out: dict[str, list[Document]] = {}
+    budget: dict[str, int] = {}
+    for f in files:
+        lang = detect_language(str(f), f.open("rb").read(256))
+        if lang is None or (wanted and lang not in wanted):
+            continue
+        if budget.get(lang, 0) >= max_tokens or (max_docs and len(out.get(lang, [])) >= max_docs):
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        out.setdefault(lang, []).append(Document(lang, np.asarray(ids, dtype=np.int64),
+                                                 len(text.encode("utf-8"))))
+        budget[lang] = budget.get(lang, 0) + len(ids)
+    if wanted:
+        missing = sorted(wanted - set(out))
+        if missing:
+            raise BabelError(f"no text files for: {', '.join(missing)}")
+    if not out:
+        raise BabelError("no text files of a known language found")
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+def windows(n_targets: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_new) over a sequence of ``n_targets + 1`` tokens (prefix + document).
+
+    Inputs are ``seq[begin:end]``, labels ``seq[begin+1:end+1]``; only the last ``n_new``
+    labels are scored. Every target 1..n_targets is scored exactly once.
+    """
+    out = []
+    prev_end = 0
+    begin = 0
+    while prev_end < n_targets:
+        end = min(begin + context, n_targets)
+        out.append((begin, end, end - prev_end))
+        prev_end = end
+        begin += stride
+        if begin >= n_targets:
+            break
+    return out
+
+
+def score_documents(model, docs: list[Document], prefix_id: int, context: int,
+                    stride: int | None = None, batch_size: int = 8,
+                    max_logits_elements: int = 1 << 27, progress=None) -> dict:
+    """Sum of negative log-likelihood (nats) over every document token, and counts."""
+    import torch
+    import torch.nn.functional as F
+
+    stride = stride or context
+    if stride > context:
+        raise BabelError(f"stride {stride} is larger than the context {context}")
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    device = next(model.parameters()).device
+    items = []  # (input ids, n_new)
+    n_tokens = n_bytes = 0
+    for d in docs:
+        if d.tokens.size and int(d.tokens.max()) >= vocab:
+            raise BabelError(f"token id {int(d.tokens.max())} >= the model's vocabulary {vocab}: "
+                             "the data was tokenized with another tokenizer")
+        seq = np.concatenate([[prefix_id], d.tokens])
+        for b, e, new in windows(len(d.tokens), context, stride):
+            items.append((seq[b:e + 1], new))
+        n_tokens += int(d.tokens.size)
+        n_bytes += d.n_bytes
+    items.sort(key=lambda x: -len(x[0]))  # similar lengths share a batch: less padding
+    nats = 0.0
+    scored = 0
+    i = 0
+    while i < len(items):
+        longest = len(items[i][0]) - 1
+        bs = max(1, min(batch_size, max_logits_elements // max(1, longest * vocab)))
+        batch = items[i:i + bs]
+        i += bs
+        T = longest
+        inp = torch.zeros((len(batch), T), dtype=torch.long)
+        lab = torch.full((len(batch), T), -100, dtype=torch.long)
+        att = torch.zeros((len(batch), T), dtype=torch.long)
+        for r, (ids, new) in enumerate(batch):
+            L = len(ids) - 1
+            t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+            inp[r, :L] = t[:-1]
+            att[r, :L] = 1
+            lab[r, L - new:L] = t[1:][L - new:]
+        with torch.no_grad():
+            logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                   lab.to(device).reshape(-1), ignore_index=-100,
+                                   reduction="sum")
+        nats += float(loss)
+        scored += int((lab != -100).sum())
+        if progress is not None:
+            progress(len(batch))
+    assert scored == n_tokens, (scored, n_tokens)  # every document token exactly once
+    return {"nats": nats, "tokens": n_tokens, "bytes": n_bytes, "documents": len(docs)}
+
+
+def loss_row(stats: dict) -> dict:
+    t, b = stats["tokens"], stats["bytes"]
+    return {**stats,
+            "loss": stats["nats"] / t if t else float("nan"),
+            "bits_per_byte": stats["nats"] / LN2 / b if b else float("nan")}
+
+
+def _default_context(model, cap: int = 1024) -> int:
+    n = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    return int(min(n or cap, cap))
+
+
+def _prefix_id(tokenizer, fallback: int | None) -> int:
+    for attr in ("bos_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if v is not None:
+            return int(v)
+    if fallback is None:
+        raise BabelError("the tokenizer has neither a BOS nor an EOS token to start documents with")
+    return int(fallback)
+
+
+def evaluate_model_loss(model, docs_by_lang: dict[str, list[Document]], prefix_id: int,
+                        cfg: LossConfig, progress: bool = True) -> list[dict]:
+    """One row per language for one model."""
+    from tqdm.auto import tqdm
+
+    context = cfg.context or _default_context(model)
+    stride = cfg.stride or context
+    rows = []
+    for lang, docs in docs_by_lang.items():
+        if not docs:
+            raise BabelError(f"{lang}: no documents to score in this split")
+        n_win = sum(len(windows(len(d.tokens), context, stride)) for d in docs)
+        with tqdm(total=n_win, desc=f"loss {lang}", unit="win", disable=not progress,
+                  leave=False) as bar:
+            st = score_documents(model, docs, prefix_id, context, stride, cfg.batch_size,
+                                 cfg.max_logits_elements, progress=bar.update)
+        rows.append({"language": lang, **loss_row(st), "context": context, "stride": stride})
+    return rows
+
+
+def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None,
+                  max_tokens_per_language: int | None = None, *, text=None,
+                  config: LossConfig | None = None, tokenizer=None, out=None,
+                  progress: bool = True, **overrides):
+    """Held-out loss and bits-per-byte per language -> a pandas DataFrame.
+
+    ``source_or_model``: a checkpoint source (``list_checkpoints``: run dir, model dir,
+    .gguf, ...) - every checkpoint is scored in training order - or a loaded model.
+    ``data``: a packed DATA dir (uses its tokenizer's ids), or ``text``: raw files scored
+    with the model's own tokenizer. ``out``: a JSON file with rows + provenance; a rerun
+    resumes past checkpoints already in ``<out>.partial.jsonl``.
+    Columns: checkpoint, step, tokens_seen, language, loss, bits_per_byte, nats, tokens,
+    bytes, documents, context, stride.
+    """
+    import pandas as pd
+
+    cfg = (config or LossConfig()).model_copy(update={k: v for k, v in dict(
+        languages=languages, max_tokens_per_language=max_tokens_per_language, **overrides
+    ).items() if v is not None})
+    if (data is None) == (text is None):
+        raise BabelError("give exactly one of --data (packed shards) or --text (raw files)")
+    if cfg.split not in ("validation", "test", "train"):
+        raise BabelError(f"unknown split {cfg.split!r} (validation, test)")
+
+    shard_docs = None
+    data_hashes: dict = {}
+    eos = None
+    if data is not None:
+        from babeltower.corpus.shards import TokenShards
+
+        shards = data if isinstance(data, TokenShards) else TokenShards(data)
+        shard_docs = documents_from_shards(shards, cfg.languages, cfg.split,
+                                           cfg.max_tokens_per_language, cfg.max_docs)
+        eos = shards.eos_id
+        data_hashes = {lang: shards.manifest["languages"][lang][cfg.split].get("sha256")
+                       for lang in shard_docs}
+
+    if hasattr(source_or_model, "forward"):
+        refs = [None]
+    else:
+        from babeltower.checkpoints import list_checkpoints
+
+        refs = list_checkpoints(source_or_model)
+
+    partial = Path(str(out) + ".partial.jsonl") if out is not None else None
+    done: dict[str, list[dict]] = {}
+    if partial is not None and partial.exists():
+        for line in partial.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done.setdefault(r["checkpoint"], []).append(r)
+    rows: list[dict] = []
+    for ref in refs:
+        name = ref.name if ref is not None else "model"
+        if name in done:
+            rows.extend(done[name])
+            continue
+        if ref is None:
+            model, tok = source_or_model, tokenizer
+        else:
+            model, tok = ref.load()
+        if shard_docs is not None:
+            docs, prefix = shard_docs, eos
+        else:
+            if tok is None:
+                raise BabelError("scoring raw text needs the model's tokenizer")
+            docs = documents_from_text(text, tok, cfg.languages, cfg.max_tokens_per_language,
+                                       cfg.max_docs)
+            prefix = _prefix_id(tok, None)
+        meta = {"checkpoint": name, "step": getattr(ref, "step", None),
+                "tokens_seen": getattr(ref, "tokens", None)}
+        new = [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, cfg, progress)]
+        rows.extend(new)
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+        if ref is not None:
+            del model
+    df = pd.DataFrame(rows)
+    if out is not None:
+        atomic_write_json(out, {
+            "metric": "held-out loss (nats/token) and bits-per-byte per language",
+            "rows": rows,
+            "provenance": provenance(config=cfg, data_hashes=data_hashes or None,
+                                     source=str(source_or_model) if refs != [None] else "model",
+                                     data=str(data) if data is not None else None,
+                                     text=[str(t) for t in ([text] if isinstance(text, (str, os.PathLike)) else (text or []))]),
+        })
+        partial.unlink(missing_ok=True)
+    return df
