@@ -53,3 +53,47 @@ def tiny_tokenizer(vocab_size: int = 400):
     tok.train_from_iterator([CODE_SAMPLE] * 20, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_model(arch: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
+    """A tiny random causal LM of a given architecture (llama | gpt2 | gpt_neox)."""
+    import torch
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+                              LlamaConfig, LlamaForCausalLM)
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
+                          num_hidden_layers=n_layers, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256,
+                          tie_word_embeddings=False)
+        model = LlamaForCausalLM(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4,
+                         n_positions=256)
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "gpt_neox":
+        cfg = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
+                            num_hidden_layers=n_layers, num_attention_heads=4,
+                            max_position_embeddings=256)
+        model = GPTNeoXForCausalLM(cfg)
+    else:
+        raise ValueError(arch)
+    # random init leaves norms at weight 1: perturb them so a wrong norm is visible
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def save_run(tmp_path, arch: str = "llama", steps=(0, 8), n_layers: int = 3):
+    """A babeltower-style run dir RUN/checkpoints/step-XXXXXXXX/ with tiny random models."""
+    tok = tiny_tokenizer()
+    run = tmp_path / "run"
+    for i, step in enumerate(steps):
+        d = run / "checkpoints" / f"step-{step:08d}"
+        model = tiny_model(arch, len(tok), n_layers=n_layers, seed=i)
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+    return run

@@ -1,14 +1,390 @@
-"""Logit lens over checkpoint series (filled in below)."""
+"""Logit lens over checkpoint series: which language does each layer "think" in?
+
+For every checkpoint and every layer (embeddings + each block) the hidden state at the
+prediction position is decoded through the model's OWN final norm and unembedding.
+The norm is recomputed for that layer's state (not the final layer's cached scale -
+the TransformerLens issue 1076 pitfall), and HF's last hidden state, which already
+has the final norm applied, is unembedded as it is. So the last lens layer reproduces
+the model's own logits exactly (tested to 1e-4).
+
+One forward with ``output_hidden_states=True`` per batch; only the prediction positions
+are gathered and unembedded, which is what makes this cheap next to a run-with-cache.
+Left or right padding both work: explicit ``position_ids`` make the padded result
+identical to the unpadded one.
+
+Measures per prompt and layer (first-token attribution, see ``suite.ATTRIBUTION``):
+
+=====================  ====================================================================
+``top1_primary``       1 if the top-1 token is the primary identifier's first token
+``top1_new``           1 if the top-1 token is the new identifier's first token
+``top1_target``        1 if the top-1 token is this prompt's own identifier (cloze accuracy)
+``p_primary``/``p_new``  probability mass on each first token
+``logp_diff``          log p(new) - log p(primary)
+``prefers_new``        1 if log p(new) > log p(primary)
+``primary_vs_control`` log p(primary) - mean log p(other pairs' primary first tokens): the
+                       control - is the TRUE counterpart favoured, or Python tokens in general?
+=====================  ====================================================================
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
 from babeltower.errors import BabelError
+from babeltower.probes.suite import ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite
+
+MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new", "logp_diff",
+            "prefers_new", "primary_vs_control")
+
+
+# --------------------------------------------------------------------------- adapters
+
+@dataclass(frozen=True)
+class LensAdapter:
+    """Where an architecture keeps its final norm and its unembedding."""
+
+    final_norm: str   # attribute path from the *CausalLM module
+    unembed: str      # used only if the model has no get_output_embeddings()
+
+
+_LLAMA_LIKE = LensAdapter("model.norm", "lm_head")
+LENS_ADAPTERS: dict[str, LensAdapter] = {
+    # model_type -> adapter. Models with extra logit transforms (Gemma 2 soft-capping,
+    # Cohere/Granite logit scales) are left out on purpose: the lens would not reproduce
+    # their logits.
+    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe",
+                                "olmo", "olmo2", "phi3", "starcoder2", "smollm3", "stablelm")},
+    "gpt2": LensAdapter("transformer.ln_f", "lm_head"),
+    "gpt_bigcode": LensAdapter("transformer.ln_f", "lm_head"),
+    "gptj": LensAdapter("transformer.ln_f", "lm_head"),
+    "codegen": LensAdapter("transformer.ln_f", "lm_head"),
+    "gpt_neox": LensAdapter("gpt_neox.final_layer_norm", "lm_head"),  # "embed_out" before transformers 5
+    "phi": LensAdapter("model.final_layernorm", "lm_head"),
+}
+
+
+def _get_attr(module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def lens_adapter(model) -> LensAdapter:
+    mt = getattr(model.config, "model_type", None)
+    if mt not in LENS_ADAPTERS:
+        raise BabelError(f"logit lens does not support architecture {mt!r} "
+                         f"(supported: {', '.join(sorted(LENS_ADAPTERS))})")
+    return LENS_ADAPTERS[mt]
+
+
+def position_ids_for(attention_mask):
+    """Positions that ignore padding on either side (0 for the first real token)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_positions(attention_mask):
+    """Index of the last real token of every row, for left or right padding."""
+    import torch
+
+    idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (idx + 1)).argmax(dim=1)
+
+
+class LogitLens:
+    """Decode every layer's hidden state through the model's own final norm + unembedding."""
+
+    def __init__(self, model):
+        ad = lens_adapter(model)
+        self.model = model
+        self.norm = _get_attr(model, ad.final_norm)
+        out_emb = model.get_output_embeddings()
+        self.unembed = out_emb if out_emb is not None else _get_attr(model, ad.unembed)
+        self.n_layers = int(model.config.num_hidden_layers)
+
+    def layer_states(self, input_ids, attention_mask=None, positions=None):
+        """Hidden states at ``positions`` for every layer: (n_layers + 1, batch, hidden)."""
+        import torch
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if positions is None:
+            positions = last_positions(attention_mask)
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids_for(attention_mask),
+                             output_hidden_states=True, use_cache=False)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        hs = out.hidden_states
+        if len(hs) != self.n_layers + 1:
+            raise BabelError(f"model returned {len(hs)} hidden states for {self.n_layers} layers")
+        return torch.stack([h[rows, positions] for h in hs])
+
+    def decode(self, states):
+        """Logits for stacked states (n_layers + 1, ...): the norm is applied to every layer
+        but the last, whose HF hidden state already went through the final norm."""
+        import torch
+
+        with torch.no_grad():
+            normed = torch.cat([self.norm(states[:-1]), states[-1:]], dim=0)
+            return self.unembed(normed)
+
+    def layer_logits(self, input_ids, attention_mask=None, positions=None):
+        """(n_layers + 1, batch, vocab) logits at ``positions`` (default: last real token)."""
+        return self.decode(self.layer_states(input_ids, attention_mask, positions))
+
+
+# --------------------------------------------------------------------------- batching
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
+    """(input_ids, attention_mask) tensors for a list of token id lists."""
+    import torch
+
+    if side not in ("left", "right"):
+        raise BabelError(f"padding side must be 'left' or 'right', not {side!r}")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "left":
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        else:
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
+               padding_side: str = "left", items: list[CheckedItem] | None = None):
+    """Per-prompt, per-layer measures for one model: a tidy DataFrame
+    (pair_id, kind, side, pair_language, prompt, layer, measure, value)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    lens = LogitLens(model)
+    items = checked.items if items is None else items
+    pad = _pad_id(tokenizer)
+    n_l = lens.n_layers + 1
+    cols: dict[str, list] = {k: [] for k in MEASURES}
+    meta: list[tuple] = []
+    for b in range(0, len(items), batch_size):
+        chunk = items[b:b + batch_size]
+        ids, mask = pad_batch([it.prompt_ids for it in chunk], pad, padding_side)
+        logp = torch.log_softmax(lens.layer_logits(ids, mask).float(), dim=-1)  # (L+1, B, V)
+        top = logp.argmax(dim=-1)                                               # (L+1, B)
+        for j, it in enumerate(chunk):
+            lp = logp[:, j]
+            p_id, n_id = it.primary_first_id, it.new_first_id
+            lp_p, lp_n = lp[:, p_id], lp[:, n_id]
+            ctrl = (lp[:, it.control_ids].mean(dim=-1) if it.control_ids
+                    else torch.full((n_l,), float("nan")))
+            vals = {
+                "top1_primary": (top[:, j] == p_id).float(),
+                "top1_new": (top[:, j] == n_id).float(),
+                "top1_target": (top[:, j] == it.target_first_id).float(),
+                "p_primary": lp_p.exp(), "p_new": lp_n.exp(),
+                "logp_diff": lp_n - lp_p,
+                "prefers_new": (lp_n > lp_p).float(),
+                "primary_vs_control": lp_p - ctrl,
+            }
+            for k in MEASURES:
+                cols[k].append(vals[k].numpy())
+            meta.append((it.pair_id, it.kind, it.side, it.language, it.prompt))
+    if not meta:
+        return pd.DataFrame(columns=["pair_id", "kind", "side", "pair_language", "prompt",
+                                     "layer", "measure", "value"])
+    n = len(meta)
+    frames = []
+    base = pd.DataFrame(meta, columns=["pair_id", "kind", "side", "pair_language", "prompt"])
+    base = base.loc[base.index.repeat(n_l)].reset_index(drop=True)
+    base["layer"] = np.tile(np.arange(n_l), n)
+    for k in MEASURES:
+        f = base.copy()
+        f["measure"] = k
+        f["value"] = np.concatenate(cols[k]).astype(np.float64)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def aggregate_items(item_df):
+    """Mean over prompts per (side, pair_language, kind, layer, measure), also for kind
+    "all"; with n and the standard error of the mean."""
+    import pandas as pd
+
+    keys = ["side", "pair_language", "layer", "measure"]
+    both = pd.concat([item_df, item_df.assign(kind="all")], ignore_index=True)
+    g = both.groupby(keys + ["kind"], sort=True)["value"]
+    out = g.agg(value="mean", n="count", sem="sem").reset_index()
+    return out
+
+
+# --------------------------------------------------------------------------- series runner
+
+def _checkpoints(source, revisions):
+    from babeltower.checkpoints import CheckpointRef, list_checkpoints
+
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], CheckpointRef):
+        return list(source)
+    return list_checkpoints(source, revisions=revisions)
+
+
+def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
+    from babeltower.probes.suite import load_suite
+
+    if isinstance(suite, ProbeSuite):
+        return suite
+    if isinstance(suite, CheckedSuite):
+        return suite.suite
+    if primary is None or new is None:
+        raise BabelError("give a ProbeSuite or both primary and new languages")
+    return load_suite(primary, new, path=suite)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
+             primary: str | None = None, new: str | None = None,
+             revisions: list[str] | None = None, out: str | os.PathLike | None = None,
+             batch_size: int = 16, padding_side: str = "left", add_bos: bool | None = None,
+             progress: bool = True, overwrite: bool = False,
+             on_checkpoint: Callable[[str], None] | None = None):
+    """Logit lens over every checkpoint of ``source``: a tidy DataFrame with columns
+    (checkpoint, step, tokens, layer, n_layers, side, pair_language, kind, measure, value,
+    n, sem, attribution).
+
+    ``suite``: a ProbeSuite, or a suite file/dir (with ``primary``/``new``), or None for the
+    built-in suite of (primary, new). With ``out``, per-checkpoint results are cached in
+    ``out/checkpoints/`` (a rerun skips finished checkpoints) and the combined table is
+    written as ``lens.parquet`` + ``lens.csv`` + ``summary.csv`` + ``provenance.json``.
+    """
+    import pandas as pd
+    import torch
+
+    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+
+    suite = _as_suite(suite, primary, new)
+    refs = _checkpoints(source, revisions)
+    out_dir = Path(out) if out is not None else None
+    cache = out_dir / "checkpoints" if out_dir is not None else None
+    if out_dir is not None and (out_dir / "lens.parquet").exists() and not overwrite:
+        raise BabelError(f"output {out_dir / 'lens.parquet'} already exists "
+                         "(pass --overwrite to replace it)")
+    frames = []
+    checked_summaries = {}
+    bar = _progress(refs, progress, "logit lens")
+    for ref in bar:
+        cfile = cache / f"{_safe_name(ref.name)}.parquet" if cache is not None else None
+        if cfile is not None and cfile.exists() and not overwrite:
+            frames.append(pd.read_parquet(cfile))
+            continue
+        model, tokenizer = ref.load()
+        checked = suite.check(tokenizer, add_bos=add_bos)
+        checked_summaries[ref.name] = checked.summary()
+        if not checked.items:
+            raise BabelError(f"no usable probe prompts for {ref.name}'s tokenizer "
+                             f"({len(checked.dropped)} dropped, {len(checked.shared)} shared)")
+        with torch.inference_mode():
+            items = lens_items(model, tokenizer, checked, batch_size, padding_side)
+        agg = aggregate_items(items)
+        agg.insert(0, "checkpoint", ref.name)
+        agg.insert(1, "step", ref.step)
+        agg.insert(2, "tokens", ref.tokens)
+        agg["n_layers"] = int(model.config.num_hidden_layers)
+        agg["attribution"] = ATTRIBUTION
+        agg["suite"] = suite.name
+        if cfile is not None:
+            buf = _parquet_bytes(agg)
+            atomic_write_bytes(cfile, buf)
+            atomic_write_bytes(cache / f"{_safe_name(ref.name)}.items.parquet",
+                               _parquet_bytes(items))
+        frames.append(agg)
+        if on_checkpoint is not None:
+            on_checkpoint(ref.name)
+        del model
+    df = pd.concat(frames, ignore_index=True)
+    df = df[["checkpoint", "step", "tokens", "layer", "n_layers", "side", "pair_language",
+             "kind", "measure", "value", "n", "sem", "attribution", "suite"]]
+    if out_dir is not None:
+        atomic_write_bytes(out_dir / "lens.parquet", _parquet_bytes(df))
+        atomic_write_bytes(out_dir / "lens.csv", df.to_csv(index=False).encode())
+        atomic_write_bytes(out_dir / "summary.csv",
+                           summarize_lens(df).to_csv(index=False).encode())
+        atomic_write_json(out_dir / "provenance.json", provenance(
+            config={"suite": suite.model_dump(mode="json"), "batch_size": batch_size,
+                    "padding_side": padding_side, "add_bos": add_bos},
+            source=str(source) if not isinstance(source, list) else [r.path for r in refs],
+            revisions=revisions, checkpoints=[r.name for r in refs],
+            attribution=ATTRIBUTION, tokenizer_check=checked_summaries))
+    return df
+
+
+def summarize_lens(df):
+    """One row per checkpoint, read on the NEW-language prompts (all kinds):
+    share_new_last / share_primary_last (top-1 share at the output layer),
+    prefers_new_last, logp_diff_last, and the same averaged over all layers (``*_mean``),
+    plus the control margin at the output layer and cloze accuracy on both sides."""
+    import pandas as pd
+
+    rows = []
+    for (ck, step, tokens), g in df.groupby(["checkpoint", "step", "tokens"], sort=False,
+                                            dropna=False):
+        new_side = g[(g.side == "new") & (g.kind == "all")]
+        last = new_side[new_side.layer == new_side.layer.max()]
+
+        def at(frame, m):
+            v = frame.loc[frame.measure == m, "value"]
+            return float(v.mean()) if len(v) else float("nan")
+
+        prim = g[(g.side == "primary") & (g.kind == "all")]
+        prim_last = prim[prim.layer == prim.layer.max()]
+        rows.append({
+            "checkpoint": ck, "step": step, "tokens": tokens,
+            "share_new_last": at(last, "top1_new"),
+            "share_primary_last": at(last, "top1_primary"),
+            "prefers_new_last": at(last, "prefers_new"),
+            "logp_diff_last": at(last, "logp_diff"),
+            "share_new_mean": at(new_side, "top1_new"),
+            "share_primary_mean": at(new_side, "top1_primary"),
+            "prefers_new_mean": at(new_side, "prefers_new"),
+            "logp_diff_mean": at(new_side, "logp_diff"),
+            "control_margin_last": at(last, "primary_vs_control"),
+            "cloze_new_last": at(last, "top1_target"),
+            "cloze_primary_last": at(prim_last, "top1_target"),
+            "attribution": ATTRIBUTION,
+        })
+    return pd.DataFrame(rows)
+
+
+def _parquet_bytes(df) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _progress(seq: Iterable, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(list(seq), desc=desc, unit="ckpt", disable=not enabled)
 
 
 def load_tokenizer(path: str):
     """A tokenizer from a tokenizer/model directory, a packed DATA dir, or a .gguf file."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
     p = Path(path)
