@@ -1,0 +1,167 @@
+"""The experiment's one typed config (YAML in, the same object out).
+
+Every knob of the Babel Tower study: which languages, how much of each phase, which
+mixtures to compare, how many seeds. Validation happens before any work starts, so a
+bad config fails in a second, not an hour in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from babeltower.errors import BabelError
+from babeltower.languages import canonical
+
+BASELINES = ("natural", "uniform", "temperature-0.3", "temperature-0.5", "unimax")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusSettings(_Strict):
+    fetch: bool = True                        # gather the offline default corpus from packages
+    sources: list[str] = []                   # extra sources for `corpus build` (dirs, archives, JSONL/Parquet, dataset ids)
+    max_mb_per_language: float = 6.0          # cap of raw source per language (keeps `make run` short)
+    vocab_size: int = 4096
+    seed: int = 0
+
+
+class ModelSettings(_Strict):
+    preset: str = "nano"                      # a train preset name or an HF config.json path
+    seq_len: int = 256
+
+
+class PhaseSettings(_Strict):
+    tokens: int = Field(gt=0)                 # training tokens of this phase
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = 0.1
+    warmup_tokens: int = 0
+    batch_size: int = 16                      # sequences per optimiser step
+    checkpoints: list[int] | Literal["log"] = "log"   # steps, or log-spaced (0,1,2,4,...) + final
+
+
+class EvaluationSettings(_Strict):
+    val_tokens_per_language: int = 16384      # held-out tokens scored per language per checkpoint
+    # The per-checkpoint performance signal for stages and Algorithm 1. At CPU scale pass@k
+    # is zero, so the default is cloze accuracy on the probe suite; "neg_bpb" uses held-out
+    # bits-per-byte (higher is better after negation).
+    performance: Literal["cloze", "neg_bpb"] = "cloze"
+
+
+class ProbeSettings(_Strict):
+    lens: bool = True
+    neurons: bool = True
+    neuron_tokens_per_language: int = 8192
+    top_rate: float = 0.01                    # LAPE: share of lowest-entropy neurons kept
+
+
+class ScratchSettings(_Strict):
+    tokens: int = Field(gt=0)                 # equal-compute budget for every mixture
+    lr: float = 3e-3
+    batch_size: int = 16
+    mixtures: list[str] = ["natural", "optimized", "uniform", "temperature-0.3",
+                           "temperature-0.5", "unimax", "regmix"]
+    seeds: list[int] = [0, 1]
+    equal_epochs: bool = True                 # also train natural vs optimized at equal epochs
+    checkpoints: list[int] | Literal["log"] = "log"   # internal states are tracked here too
+
+    @field_validator("mixtures")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in (*BASELINES, "optimized", "regmix"):
+                raise ValueError(f"unknown mixture {m!r} (known: {', '.join((*BASELINES, 'optimized', 'regmix'))})")
+        return v
+
+
+class RegMixSettings(_Strict):
+    proxies: int = 6                          # proxy runs on Dirichlet-sampled mixtures
+    proxy_tokens: int = 60_000
+    dirichlet_alpha: float = 1.0
+
+
+class ExperimentConfig(_Strict):
+    name: str = "default"
+    workdir: Path = Path("runs/default")
+    primary: str = "python"
+    new_languages: list[str] = ["go", "php", "cpp", "java"]
+    corpus: CorpusSettings = CorpusSettings()
+    model: ModelSettings = ModelSettings()
+    primary_phase: PhaseSettings
+    continual: PhaseSettings
+    evaluation: EvaluationSettings = EvaluationSettings()
+    probes: ProbeSettings = ProbeSettings()
+    scratch: ScratchSettings
+    regmix: RegMixSettings = RegMixSettings()
+    device: str = "cpu"
+    seed: int = 0
+
+    @field_validator("primary")
+    @classmethod
+    def _primary(cls, v: str) -> str:
+        return canonical(v)
+
+    @field_validator("new_languages")
+    @classmethod
+    def _new(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one new language is needed")
+        return [canonical(x) for x in v]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ExperimentConfig":
+        if self.primary in self.new_languages:
+            raise ValueError(f"primary language {self.primary!r} is also listed as a new language")
+        if len(set(self.new_languages)) != len(self.new_languages):
+            raise ValueError("new_languages has duplicates")
+        return self
+
+    @property
+    def languages(self) -> list[str]:
+        return [self.primary, *self.new_languages]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "ExperimentConfig":
+        p = Path(path)
+        if not p.exists():
+            raise BabelError(f"experiment config not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BabelError(f"broken YAML in {p}: {str(e).splitlines()[0]}") from e
+        if not isinstance(raw, dict):
+            raise BabelError(f"{p}: expected a mapping at the top level")
+        if "primary" not in raw:
+            raise BabelError(f"{p}: missing 'primary' (the primary language, e.g. python)")
+        for k, v in (overrides or {}).items():
+            _set_dotted(raw, k, v)
+        return cls.from_dict(raw, where=str(p))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> "ExperimentConfig":
+        try:
+            return cls.model_validate(raw)
+        except BabelError:
+            raise
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            raise BabelError(f"{where}: {loc}: {msg}") from e
+
+    def to_yaml(self, path: str | Path) -> Path:
+        from babeltower.io import atomic_write_text
+
+        return atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value

@@ -1,0 +1,312 @@
+"""``babeltower experiment CONFIG``: the paper's whole study as cached, resumable steps.
+
+    data -> primary-only pre-training -> continual pre-training on each new language
+    (checkpoint series) -> loss / bpb / cloze / logit lens / LAPE at every checkpoint ->
+    stages -> Algorithm 1 (+ calibration of Eq. 1) -> baseline mixtures + RegMix search
+    -> from-scratch training on every mixture, several seeds, at equal tokens (and
+    natural vs optimised at equal epochs) -> comparison with intervals -> report.
+
+Every step is recorded in WORKDIR/steps/<name>.json; running again skips finished
+steps, and training steps resume from their last complete checkpoint.
+
+Protocol choices at our scale ([ours], all in the config):
+* The "original corpus" of the from-scratch comparison is the natural distribution of
+  the train split scaled to one epoch of ``scratch.tokens``; Algorithm 1 down-samples it.
+* Equal tokens: every mixture's *proportions* are trained for ``scratch.tokens`` tokens,
+  drawn without repetition from the (larger) train split - mixture proportions at equal
+  compute, as RegMix / UniMax compare. Equal epochs: one epoch of the natural corpus
+  (``scratch.tokens``) against one epoch of the optimised corpus (fewer tokens).
+* Scores of the comparison are on the held-out TEST split (curves use VALIDATION).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from babeltower.errors import BabelError
+from babeltower.experiment.config import BASELINES, ExperimentConfig, PhaseSettings
+from babeltower.experiment.steps import StepCache
+from babeltower.io import atomic_write_json, provenance
+
+
+# ---------------------------------------------------------------------------- helpers
+def _tokens_per_step(batch_size: int, seq_len: int) -> int:
+    return batch_size * seq_len
+
+
+def train_config(cfg: ExperimentConfig, data_dir: Path, name: str, mixture: dict, tokens: int,
+                 lr: float, batch_size: int, seed: int, warmup_tokens: int = 0,
+                 min_lr_ratio: float = 0.1, init_from: str | None = None,
+                 checkpoints: list[int] | str = "log", n_checkpoints: int = 16,
+                 eval_languages: list[str] | None = None, eval_tokens: int = 0):
+    """The TrainConfig of one run of the experiment (the same engine as ``babeltower train``)."""
+    from babeltower.train.config import (CheckpointSchedule, EvalConfig, OptimizerConfig,
+                                         ScheduleConfig, TrainConfig)
+
+    per_step = _tokens_per_step(batch_size, cfg.model.seq_len)
+    steps = max(1, math.ceil(tokens / per_step))
+    if checkpoints == "log":
+        # Pythia-like: log-spaced early (where the switch happens), then evenly spaced
+        every = max(1, steps // max(1, n_checkpoints // 2))
+        sched = CheckpointSchedule(log_spaced=True, log_until=max(1, every), every=every, initial=True)
+    else:
+        sched = CheckpointSchedule(log_spaced=False, steps=[s for s in checkpoints if s <= steps],
+                                   initial=True)
+    return TrainConfig(
+        model=cfg.model.preset, init_from=init_from, data=str(data_dir), mixture=mixture,
+        tokens=tokens, seq_len=cfg.model.seq_len, micro_batch_size=batch_size,
+        optimizer=OptimizerConfig(lr=lr),
+        schedule=ScheduleConfig(warmup_steps=math.ceil(warmup_tokens / per_step),
+                                min_lr=lr * min_lr_ratio),
+        seed=seed, device=cfg.device, out_dir=str(cfg.workdir / "runs" / name),
+        checkpoints=sched,
+        eval=EvalConfig(tokens_per_language=eval_tokens, languages=eval_languages),
+        log_interval=max(1, steps // 20), progress=True)
+
+
+def _train(steps: StepCache, name: str, tc, what: str) -> str:
+    from babeltower.train.loop import train
+
+    return steps.run(f"train-{name}", tc.identity(), lambda: str(train(tc)), what)
+
+
+def _final_checkpoint(run_dir: str | Path) -> str:
+    from babeltower.checkpoints import list_checkpoints
+
+    return list_checkpoints(run_dir)[-1].path
+
+
+def _mixture_dict(spec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def check_feasible(cfg: ExperimentConfig, available: dict[str, int]) -> None:
+    """Budgets that the corpus cannot meet fail here, before any training."""
+    for lang in cfg.languages:
+        if available.get(lang, 0) <= 0:
+            raise BabelError(f"the corpus has no {lang} training tokens (languages present: "
+                             f"{', '.join(sorted(k for k, v in available.items() if v > 0))})")
+    if cfg.primary_phase.tokens > available[cfg.primary]:
+        raise BabelError(f"primary_phase.tokens={cfg.primary_phase.tokens} exceeds the "
+                         f"{available[cfg.primary]} {cfg.primary} training tokens available")
+    for lang in cfg.new_languages:
+        if cfg.continual.tokens > available[lang]:
+            raise BabelError(f"continual.tokens={cfg.continual.tokens} exceeds the "
+                             f"{available[lang]} {lang} training tokens available")
+    total = sum(available[lang] for lang in cfg.languages)
+    if cfg.scratch.tokens > total:
+        raise BabelError(f"scratch.tokens={cfg.scratch.tokens} exceeds the {total} training "
+                         f"tokens of {', '.join(cfg.languages)}")
+
+
+def original_corpus(cfg: ExperimentConfig, available: dict[str, int]) -> dict[str, int]:
+    """The natural distribution of the train split, scaled to one epoch of scratch.tokens."""
+    from babeltower.mixture.spec import largest_remainder
+
+    avail = {lang: available[lang] for lang in cfg.languages}
+    total = sum(avail.values())
+    return largest_remainder({k: v * cfg.scratch.tokens / total for k, v in avail.items()},
+                             cfg.scratch.tokens, avail)
+
+
+# ---------------------------------------------------------------------------- pipeline
+def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Path:
+    """Run (or resume) the whole study; returns the path of report.html."""
+    from babeltower.experiment import analysis, measure
+    from babeltower.experiment.report import write_report
+
+    console = console or Console(stderr=True)
+    t_start = time.time()
+    cfg = cfg.model_copy(update={"workdir": Path(cfg.workdir).resolve()})
+    wd = cfg.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(wd / "config.yaml")
+    n_scratch = len(cfg.scratch.mixtures) * len(cfg.scratch.seeds) + (
+        2 * len(cfg.scratch.seeds) if cfg.scratch.equal_epochs else 0)
+    total_steps = (3 + 2 * len(cfg.new_languages) + 2 +
+                   (cfg.regmix.proxies + 1 if "regmix" in cfg.scratch.mixtures else 0) + 2 * n_scratch)
+    steps = StepCache(wd, console, total=total_steps)
+    results: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json")}
+
+    # 1. data ---------------------------------------------------------------------------
+    from babeltower.corpus.pipeline import prepare_data
+    from babeltower.corpus.shards import TokenShards
+    from babeltower.mixture.sampler import available_tokens
+
+    data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.languages}
+    data_dir = Path(steps.run(
+        "data", data_key,
+        lambda: str(prepare_data(languages=cfg.languages, out_root=wd / "data",
+                                 fetch=cfg.corpus.fetch, sources=cfg.corpus.sources,
+                                 max_mb_per_language=cfg.corpus.max_mb_per_language,
+                                 vocab_size=cfg.corpus.vocab_size, seed=cfg.corpus.seed)),
+        "fetch code from packages, build, tokenize, pack"))
+    shards = TokenShards(data_dir)
+    available = available_tokens(shards)
+    check_feasible(cfg, available)
+    results["corpus"] = measure.corpus_summary(shards)
+
+    # 2. primary-only model -------------------------------------------------------------
+    p = cfg.primary_phase
+    tc = train_config(cfg, data_dir, "primary", {"name": f"{cfg.primary}-only",
+                      "budgets": {cfg.primary: p.tokens}}, p.tokens, p.lr, p.batch_size,
+                      cfg.seed, p.warmup_tokens, p.min_lr_ratio, checkpoints=[],
+                      eval_languages=cfg.languages, eval_tokens=4096)
+    primary_run = _train(steps, "primary", tc, f"{cfg.primary}-only, {p.tokens:,} tokens")
+    primary_ckpt = _final_checkpoint(primary_run)
+    results["primary_run"] = primary_run
+
+    # 3. continual pre-training on each new language, measured at every checkpoint ------
+    c = cfg.continual
+    cpt: dict[str, dict] = {}
+    for lang in cfg.new_languages:
+        tc = train_config(cfg, data_dir, f"cpt-{lang}", {"name": f"{lang}-only",
+                          "budgets": {lang: c.tokens}}, c.tokens, c.lr, c.batch_size, cfg.seed,
+                          c.warmup_tokens, c.min_lr_ratio, init_from=primary_ckpt,
+                          checkpoints=c.checkpoints)
+        run = _train(steps, f"cpt-{lang}", tc, f"continual pre-training on {lang}, {c.tokens:,} tokens")
+        rows = steps.run(f"measure-cpt-{lang}", {"run": tc.identity(), **_measure_key(cfg)},
+                         lambda run=run, lang=lang: measure.measure_series(
+                             run, data_dir, cfg, pair_languages=[lang],
+                             loss_languages=[cfg.primary, lang], split="validation"),
+                         "loss, bpb, cloze, logit lens and LAPE at every checkpoint")
+        cpt[lang] = {"run": run, "checkpoints": rows}
+    results["cpt"] = cpt
+
+    # 4. stages, Algorithm 1, calibration ------------------------------------------------
+    corpus0 = original_corpus(cfg, available)
+    analysed = steps.run("stages-algorithm1", {"cpt": {k: v["checkpoints"] for k, v in cpt.items()},
+                                               "corpus0": corpus0},
+                         lambda: analysis.analyse_cpt(cfg, cpt, corpus0),
+                         "stage detection, Algorithm 1, calibration of Eq. 1")
+    results.update(analysed)
+
+    # 5. mixtures: baselines, optimised, RegMix ---------------------------------------------
+    mixtures = analysis.baseline_mixtures(cfg, available, corpus0)
+    mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
+    if "regmix" in cfg.scratch.mixtures:
+        mixtures["regmix"] = _regmix(cfg, steps, data_dir, corpus0)
+    results["mixtures"] = {k: v for k, v in mixtures.items() if k in cfg.scratch.mixtures
+                           or k in ("natural", "optimized")}
+
+    # 6. from scratch, every mixture x seed, at equal tokens (+ equal epochs) -----------------
+    s = cfg.scratch
+    runs: list[dict] = []
+    plan = [(m, seed, "equal_tokens", s.tokens) for m in s.mixtures for seed in s.seeds]
+    if s.equal_epochs:
+        opt_tokens = int(sum(mixtures["optimized"]["corpus_tokens"].values()))
+        plan += [(m, seed, "equal_epochs", tok) for seed in s.seeds
+                 for m, tok in (("natural", s.tokens), ("optimized", opt_tokens))]
+    for mixture, seed, protocol, tokens in plan:
+        name = f"scratch-{protocol.replace('_', '-')}-{mixture}-s{seed}"
+        if protocol == "equal_epochs" and mixture == "natural":
+            # one epoch of the natural corpus is the equal-tokens natural run: reuse it
+            same = next((r for r in runs if r["mixture"] == "natural" and r["seed"] == seed
+                         and r["protocol"] == "equal_tokens"), None)
+            if same is not None:
+                runs.append({**same, "protocol": protocol})
+                continue
+        spec = {"name": mixture, "budgets": _round_shares(mixtures[mixture]["shares"]), "total_tokens": tokens}
+        track = seed == s.seeds[0] and mixture in ("natural", "optimized") and protocol == "equal_tokens"
+        tc = train_config(cfg, data_dir, name, spec, tokens, s.lr, s.batch_size, seed,
+                          warmup_tokens=0, checkpoints="log" if track else [], n_checkpoints=8)
+        run = _train(steps, name, tc, f"{mixture} mixture, seed {seed}, {tokens:,} tokens ({protocol})")
+        rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg), "track": track},
+                         lambda run=run, track=track: measure.measure_series(
+                             run, data_dir, cfg, pair_languages=cfg.new_languages,
+                             loss_languages=cfg.languages, split="test", final_only=not track),
+                         "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
+        runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
+                     "tokens": tokens, "run": run, "checkpoints": rows})
+    results["scratch_runs"] = runs
+    results["comparison"] = analysis.compare(cfg, runs)
+
+    # 7. results + report ------------------------------------------------------------------
+    results["timings_seconds"] = {**steps.timings, "total_this_invocation": time.time() - t_start}
+    results["provenance"] = provenance(config=cfg, seed=cfg.seed,
+                                       data_hashes={"data_manifest": shards.manifest.get("sha256")
+                                                    or _manifest_hash(data_dir)})
+    atomic_write_json(wd / "results.json", _jsonable(results))
+    report = write_report(results, wd)
+    console.print(f"[bold green]report:[/bold green] {report}")
+    console.print(f"[bold green]results:[/bold green] {wd / 'results.json'}")
+    return report
+
+
+def _measure_key(cfg: ExperimentConfig) -> dict:
+    return {"evaluation": cfg.evaluation.model_dump(mode="json"),
+            "probes": cfg.probes.model_dump(mode="json"), "primary": cfg.primary}
+
+
+def _manifest_hash(data_dir: Path) -> str:
+    from babeltower.io import sha256_file
+
+    return sha256_file(Path(data_dir) / "manifest.json")
+
+
+def _regmix(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, corpus0: dict[str, int]) -> dict:
+    """RegMix-style search: proxy runs on Dirichlet mixtures -> regression -> predicted best."""
+    from babeltower.experiment import analysis, measure
+    from babeltower.mixture.regmix import fit_regression, predict_best, sample_dirichlet_mixtures
+
+    langs = cfg.languages
+    weights = sample_dirichlet_mixtures(langs, cfg.regmix.proxies, alpha=cfg.regmix.dirichlet_alpha,
+                                        seed=cfg.seed)
+    s = cfg.scratch
+    proxies = []
+    for i, w in enumerate(np.asarray(weights)):
+        shares = {lang: float(x) for lang, x in zip(langs, w)}
+        spec = {"name": f"regmix-proxy-{i}", "budgets": _round_shares(shares),
+                "total_tokens": cfg.regmix.proxy_tokens}
+        tc = train_config(cfg, data_dir, f"regmix-proxy-{i}", spec, cfg.regmix.proxy_tokens,
+                          s.lr, s.batch_size, cfg.seed, checkpoints=[])
+        run = _train(steps, f"regmix-proxy-{i}", tc, f"RegMix proxy {i + 1}/{cfg.regmix.proxies}")
+        rows = measure.measure_series(run, data_dir, cfg, pair_languages=[], loss_languages=langs,
+                                      split="validation", final_only=True, probes=False)
+        score = float(np.mean([rows[-1]["bpb"][lang] for lang in langs]))
+        proxies.append({"shares": shares, "mean_bpb": score, "run": run})
+    X = np.array([[p["shares"][lang] for lang in langs] for p in proxies])
+    y = np.array([-p["mean_bpb"] for p in proxies])   # higher is better
+    # quadratic features need more proxies than a CPU budget allows: linear below that
+    kind = "quadratic" if len(proxies) > len(langs) * (len(langs) + 3) // 2 else "linear"
+    model = fit_regression(X, y, languages=langs, kind=kind)
+    shares = predict_best(model, langs, seed=cfg.seed)
+    out = analysis.mixture_record("regmix", _round_shares(shares), corpus0,
+                                 {"generator": "regmix", "proxies": proxies,
+                                  "regression": _describe(model)})
+    return out
+
+
+def _round_shares(shares: dict[str, float]) -> dict[str, float]:
+    """Fractions that sum to exactly 1 (MixtureSpec requires it)."""
+    total = sum(shares.values())
+    keys = sorted(shares)
+    vals = [round(shares[k] / total, 6) for k in keys]
+    vals[-1] = round(1.0 - sum(vals[:-1]), 6)
+    return dict(zip(keys, vals))
+
+
+def _describe(model) -> dict:
+    return {"kind": model.kind, "ridge": model.ridge, "r2_in_sample": model.r2,
+            "n_samples": model.n_samples, "languages": model.languages}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
