@@ -165,3 +165,14 @@ def test_unknown_language_and_too_short_stream(tmp_path, shards):
     tiny = make_shards(tmp_path / "tiny", {"python": [3]})
     with pytest.raises(BabelError, match="fewer than one window"):
         MixtureSampler(tiny, MixtureSpec(budgets={"python": 4}), 8)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), start=st.integers(0, 2000), size=st.integers(0, 40))
+def test_vectorised_batch_equals_sequence_by_sequence(shards, seed, start, size):
+    s = MixtureSampler(shards, natural(available_tokens(shards)), 12, seed=seed)
+    x, langs = s.batch(start, size)   # may straddle an epoch boundary
+    assert tuple(x.shape) == (size, 13)
+    for j in range(size):
+        ids, lang = s.sequence(start + j)
+        assert langs[j] == lang and np.array_equal(x[j].numpy(), ids)

@@ -144,8 +144,28 @@ class MixtureSampler:
 
     def batch(self, start: int, batch_size: int) -> tuple[torch.LongTensor, list[str]]:
         """Sequences ``start .. start+batch_size-1`` as a ``[B, seq_len+1]`` LongTensor."""
-        seqs, langs = zip(*(self.sequence(start + j) for j in range(batch_size)))
-        return torch.from_numpy(np.stack(seqs)), list(langs)
+        return self.gather(np.arange(int(start), int(start) + int(batch_size)))
+
+    def gather(self, indices) -> tuple[torch.LongTensor, list[str]]:
+        """Any sequence indices at once (one vectorised read per language)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return torch.zeros((0, self.window), dtype=torch.long), []
+        if idx.min() < 0:
+            raise IndexError(f"sequence index must be >= 0, got {int(idx.min())}")
+        epochs, pos = np.divmod(idx, self._n)
+        j = np.empty_like(idx)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            j[sel] = self._order(int(e))[pos[sel]]
+        lang_ids, windows = self._lang_of[j], self._window_of[j]
+        out = np.empty((idx.size, self.window), dtype=np.int64)
+        offsets = np.arange(self.window)
+        for li in np.unique(lang_ids):
+            sel = lang_ids == li
+            starts = windows[sel] * self.window
+            out[sel] = self._streams[self.languages[int(li)]][starts[:, None] + offsets]
+        return torch.from_numpy(out), [self.languages[int(li)] for li in lang_ids]
 
     def language_counts(self) -> dict[str, int]:
         """Windows per language in one pass (what the mixture actually delivers)."""
@@ -194,8 +214,8 @@ class RankView:
         return self.sampler.sequence(self.global_index(index))
 
     def batch(self, start: int, batch_size: int) -> tuple[torch.LongTensor, list[str]]:
-        seqs, langs = zip(*(self.sequence(start + j) for j in range(batch_size)))
-        return torch.from_numpy(np.stack(seqs)), list(langs)
+        local = np.arange(int(start), int(start) + int(batch_size))
+        return self.sampler.gather(local * self.world_size + self.rank)
 
     def state_dict(self) -> dict:
         return {**self.sampler.state_dict(), "rank": self.rank, "world_size": self.world_size}
