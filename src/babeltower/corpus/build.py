@@ -35,7 +35,7 @@ from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
 from babeltower.languages import canonical, detect_language
 from babeltower.corpus.shards import SPLITS
 
-CORPUS_FORMAT = "babeltower-corpus/1"
+from babeltower.corpus.corpusdir import CORPUS_FORMAT  # noqa: E402
 SHARD_FORMAT = "babeltower-corpus-shard/1"
 MINHASH_SCHEME = "affine32"
 MINHASH_SEED = 1  # fixed: signatures from different shards/machines must be comparable

@@ -1,5 +1,163 @@
-"""CLI: babeltower corpus ... / babeltower tokenizer ..."""
+"""CLI: ``babeltower corpus fetch|build|merge|pack|stats`` and ``babeltower tokenizer train``.
+
+Thin: every command parses options into the step's config and calls one library
+function (``babeltower.corpus``) that a notebook can call the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
 app = typer.Typer(help="Build multilingual code corpora.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train the byte-level BPE tokenizer.", no_args_is_help=True)
+
+
+def _load_yaml(path: Optional[Path], model):
+    """A config section from YAML (the whole file, or its matching top-level key)."""
+    if path is None:
+        return {}
+    import yaml
+
+    from babeltower.errors import BabelError
+
+    if not path.is_file():
+        raise BabelError(f"config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BabelError(f"cannot parse {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise BabelError(f"{path}: expected a mapping")
+    return data
+
+
+def _validate(model, data: dict, where: str):
+    from pydantic import ValidationError
+
+    from babeltower.errors import BabelError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise BabelError(f"{where}: {loc}: {err['msg']}") from None
+
+
+@app.command("fetch")
+def fetch_command(
+    out: Path = typer.Option(..., "--out", help="Directory for the fetched code + sources.json."),
+    languages: Optional[str] = typer.Option(
+        None, "--languages", help="Comma-separated (default: python,go,java,php,cpp,rust,javascript)."),
+    max_mb: str = typer.Option(
+        "16", "--max-mb-per-language",
+        help="Cap in MB: 'N' for every language, or e.g. '4,python=40'; 'none' = no cap."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="Download cache (default ~/.cache/babeltower/fetch)."),
+    no_site_packages: bool = typer.Option(False, "--no-site-packages",
+                                          help="Python: the standard library only."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Gather real code from the CPython stdlib, Debian packages and npm (nothing installed)."""
+    from babeltower.corpus.fetch import fetch_corpus
+
+    caps = None if max_mb.strip().lower() == "none" else max_mb
+    path = fetch_corpus(out, languages, caps, cache_dir=cache_dir,
+                        include_site_packages=not no_site_packages, seed=seed,
+                        overwrite=overwrite)
+    typer.echo(str(path))
+
+
+@app.command("build")
+def build_command(
+    source: List[str] = typer.Option(..., "--source",
+                                     help="Directory, zip/tar archive, JSONL/Parquet rows, or hf:ORG/NAME."),
+    out: Path = typer.Option(..., "--out"),
+    languages: Optional[str] = typer.Option(None, "--languages", help="Comma-separated; default all."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="i/n: scan a stable 1/n of the inputs into a shard dir "
+                              "(finish with 'corpus merge')."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: Optional[Path] = typer.Option(None, "--config", help="BuildConfig YAML."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Detect, filter, deduplicate (exact + MinHash LSH) and split code into a corpus dir."""
+    from babeltower.corpus.build import build_corpus
+    from babeltower.corpus.config import BuildConfig, parse_shard
+
+    data = _load_yaml(config, BuildConfig)
+    i, n = parse_shard(shard)
+    data.update(shard_index=i, num_shards=n, workers=workers)
+    if languages is not None:
+        data["languages"] = languages
+    if seed is not None:
+        data["seed"] = seed
+    cfg = _validate(BuildConfig, data, str(config or "build options"))
+    typer.echo(str(build_corpus(source, out, cfg, overwrite=overwrite)))
+
+
+@app.command("merge")
+def merge_command(
+    shards: List[Path] = typer.Argument(..., help="The n shard dirs of 'build --shard i/n'."),
+    out: Path = typer.Option(..., "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Finish a sharded build: whole-corpus dedup and split over all shards."""
+    from babeltower.corpus.build import merge_shards
+
+    typer.echo(str(merge_shards(shards, out, overwrite=overwrite)))
+
+
+@app.command("pack")
+def pack_command(
+    corpus: Path = typer.Option(..., "--corpus", help="A built corpus dir."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="A trained tokenizer dir."),
+    out: Path = typer.Option(..., "--out"),
+    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Tokenize every language/split into token shards (TokenShards reads them)."""
+    from babeltower.corpus.config import PackConfig
+    from babeltower.corpus.pack import pack_corpus
+    from babeltower.errors import BabelError
+
+    if not corpus.exists():
+        raise BabelError(f"corpus not found: {corpus}")
+    if not tokenizer.exists():
+        raise BabelError(f"tokenizer not found: {tokenizer}")
+    typer.echo(str(pack_corpus(corpus, tokenizer, out, PackConfig(workers=workers),
+                               overwrite=overwrite)))
+
+
+@app.command("stats")
+def stats_command(
+    path: Path = typer.Argument(..., help="A built corpus dir or a packed data dir."),
+) -> None:
+    """A table per language: files, bytes, tokens and documents per split, drops by reason."""
+    from babeltower.corpus.stats import print_stats
+
+    print_stats(path)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train_command(
+    corpus: Path = typer.Option(..., "--corpus", help="A built corpus dir."),
+    out: Path = typer.Option(..., "--out"),
+    vocab_size: int = typer.Option(4096, "--vocab-size"),
+    sample_mb: float = typer.Option(8.0, "--sample-mb-per-language"),
+    languages: Optional[str] = typer.Option(None, "--languages"),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Byte-level BPE on a language-balanced sample; AutoTokenizer.from_pretrained(out) works."""
+    from babeltower.corpus.config import TokenizerConfig
+    from babeltower.corpus.tokenizer import train_tokenizer
+
+    cfg = _validate(TokenizerConfig, {"vocab_size": vocab_size, "sample_mb_per_language": sample_mb,
+                                      "languages": languages, "seed": seed}, "tokenizer options")
+    typer.echo(str(train_tokenizer(corpus, out, cfg, overwrite=overwrite)))
