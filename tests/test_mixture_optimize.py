@@ -111,3 +111,13 @@ def test_read_cpt_runs_csv_and_json(tmp_path):
     (tmp_path / "bad.csv").write_text("language,loss\nphp,3\n")
     with pytest.raises(BabelError, match="tokens"):
         read_cpt_runs(tmp_path / "bad.csv")
+
+
+def test_target_range_and_loss_that_never_fell():
+    runs = {"php": CPTCurve(TOKENS, loss_curve(), peaked(3)),
+            "go": CPTCurve(TOKENS, [3.0] * 14, peaked(3))}
+    r = algorithm1(runs, {"python": 11000, "php": 23000, "go": 9000}, primary="python")
+    # neighbours of c* = 3: losses 3.3 (P 0.35 -> 5923) and 2.8 (P 0.6 -> 16500)
+    assert r.decisions["php"].target_range == [5923, 16500]
+    assert r.decisions["go"].target_tokens == 9000
+    assert "did not fall" in r.decisions["go"].reason

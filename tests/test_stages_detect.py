@@ -93,3 +93,16 @@ def test_multi_corroboration_agrees_and_disagrees():
     assert m.corroborating["early"].agrees is False
     assert m.agreement == pytest.approx(2 / 3)
     assert m.to_dict()["performance"]["kind"] == "three-stage"
+
+
+def test_confidence_grows_with_the_drop():
+    """A drop of 2 sigma is not a stage; bigger drops are found with rising confidence."""
+    def mean_conf(low):
+        confs = []
+        for seed in range(5):
+            r = detect_stages(*three_stage(seed=seed, low=low), n_bootstrap=60)
+            confs.append(r.confidence if r.kind == "three-stage" else 0.0)
+        return float(np.mean(confs))
+
+    tiny, small, large = mean_conf(0.46), mean_conf(0.42), mean_conf(0.25)
+    assert tiny < 0.2 < small < large

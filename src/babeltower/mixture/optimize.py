@@ -109,6 +109,9 @@ class LanguageDecision:
     stage_kind: str | None = None
     stage_confidence: float | None = None
     stage_boundaries: list[float] = field(default_factory=list)
+    # sensitivity [ours]: eta_t if the best checkpoint were one of its neighbours
+    # (c*-1, c*+1): how much the target hangs on one evaluation
+    target_range: list[int] | None = None
 
 
 @dataclass
@@ -201,7 +204,13 @@ def algorithm1(cpt_runs: dict[str, CPTCurve], available: dict[str, int], primary
             best_performance=float(curve.performance[i]), best_loss=float(curve.loss[i]),
             eta_p=eta_p, stage_kind=st.kind, stage_confidence=st.confidence,
             stage_boundaries=st.boundaries)
+        if not a > b:
+            d.reason = (f"loss did not fall during CPT (alpha {a:.4g} <= beta {b:.4g}): Eq. 1 "
+                        "is undefined, keeps all data")
+            decisions[lang] = d
+            continue
         d.p_star = system_proportion(d.best_loss, a, b)
+        d.target_range = _target_range(curve, i, a, b, eta_p, avail[lang], min_tokens)
         if st.kind in keep_all_kinds:
             d.reason = f"stage detection says {st.kind} (no translation-stage peak): keeps all data"
         elif d.p_star >= P_ONE:
@@ -221,6 +230,21 @@ def algorithm1(cpt_runs: dict[str, CPTCurve], available: dict[str, int], primary
     params = dict(beta=beta, beta_k=beta_k, best=best, keep_all_kinds=list(keep_all_kinds),
                   min_tokens=min_tokens, stage_kwargs=stage_kwargs or {})
     return Algorithm1Result(primary, eta_p, decisions, params, stages)
+
+
+def _eta_t(p: float, eta_p: int, available: int, min_tokens: int) -> int:
+    if p >= P_ONE:
+        return available
+    return min(available, max(int(min_tokens), int(round(eta_p * p / (1 - p)))))
+
+
+def _target_range(curve: CPTCurve, i: int, alpha: float, beta: float, eta_p: int,
+                  available: int, min_tokens: int) -> list[int]:
+    """[min, max] target over the best checkpoint and its neighbours."""
+    idx = [j for j in (i - 1, i, i + 1) if 0 <= j < len(curve.loss)]
+    t = [_eta_t(system_proportion(curve.loss[j], alpha, beta), eta_p, available, min_tokens)
+         for j in idx]
+    return [min(t), max(t)]
 
 
 # ---- the reviewers' missing check: Eq. 1 against the measured share ----------------------
