@@ -82,3 +82,21 @@ def test_optimize_command_end_to_end(tmp_path, data, capsys):
                  str(data.root), "-o", str(out2)]) == 2
     assert "not a number" in _one_line_error(capsys)
     assert not out2.exists() and not out2.with_suffix(".json").exists()
+
+
+def test_stages_command(tmp_path, capsys):
+    lines = ["language,tokens,loss,performance"]
+    for t, lo, pf in zip(TOKENS, loss_curve(), peaked(4)):
+        lines.append(f"php,{t},{lo},{pf}")
+    for t, lo, pf in zip(TOKENS, loss_curve(), np.linspace(0, 0.6, 14)):
+        lines.append(f"cpp,{t},{lo},{pf}")
+    runs = tmp_path / "metrics.csv"
+    runs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "stages.json"
+    assert main(["stages", "--runs", str(runs), "-o", str(out)]) == 0
+    res = json.loads(out.read_text())["stages"]
+    assert res["php"]["kind"] == "three-stage" and res["php"]["peak_index"] == 4
+    assert res["cpp"]["kind"] == "monotone"
+    capsys.readouterr()
+    assert main(["stages", "--runs", str(tmp_path / "missing.csv")]) == 2
+    assert "not found" in _one_line_error(capsys)

@@ -1,7 +1,8 @@
-"""CLI: ``babeltower mixture`` (baseline mixtures) and ``babeltower optimize`` (Algorithm 1).
+"""CLI: ``babeltower mixture`` (baseline mixtures), ``babeltower optimize`` (Algorithm 1)
+and ``babeltower stages`` (stage detection on CPT metrics).
 
-Both are thin: they call ``make_baseline`` / ``algorithm1`` and write a MixtureSpec YAML
-(plus, for optimize, a JSON of every number with provenance), atomically.
+All are thin: they call ``make_baseline`` / ``algorithm1`` / ``detect_stages`` and write
+a MixtureSpec YAML and/or a JSON of every number with provenance, atomically.
 """
 
 from __future__ import annotations
@@ -147,6 +148,46 @@ def optimize_command(
     typer.echo(str(out))
 
 
+def stages_command(
+    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
+                                                  "optimize --runs)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
+    k_noise: float = typer.Option(3.0, "--k-noise", help="Drop must exceed k x noise sigma."),
+    min_relative_drop: float = typer.Option(0.1, "--min-relative-drop"),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed for the confidence."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Translation / transition / stabilization per language from CPT metrics (docs/stages.md)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babeltower.io import atomic_write_json, provenance, sha256_file
+    from babeltower.mixture.optimize import read_cpt_runs
+    from babeltower.report.stages import detect_stages
+
+    if out is not None:
+        _check_out(out, overwrite)
+    cpt = read_cpt_runs(runs)
+    kw = dict(k_noise=k_noise, min_relative_drop=min_relative_drop, seed=seed)
+    results = {lang: detect_stages(c.tokens, c.performance, **kw) for lang, c in cpt.items()}
+    t = Table(title="stages (performance; higher is better)")
+    for col in ("language", "kind", "confidence", "peak tokens", "stable from", "drop/noise"):
+        t.add_column(col)
+    for lang, r in results.items():
+        t.add_row(lang, r.kind, f"{r.confidence:.2f}",
+                  "-" if r.peak_x is None else f"{r.peak_x:,.0f}",
+                  "-" if r.stable_x is None else f"{r.stable_x:,.0f}",
+                  f"{r.drop_to_noise:.1f}" if r.noise_sigma > 0 else "-")
+    Console(stderr=True).print(t)
+    if out is not None:
+        atomic_write_json(out, {"stages": {k: r.to_dict() for k, r in results.items()},
+                                "provenance": provenance(config={"runs": str(runs), **kw},
+                                                         seed=seed,
+                                                         data_hashes={"runs": sha256_file(runs)})})
+        typer.echo(str(out))
+
+
 def register(app: typer.Typer) -> None:
     app.command("mixture")(mixture_command)
     app.command("optimize")(optimize_command)
+    app.command("stages")(stages_command)

@@ -17,7 +17,9 @@ threshold a parameter:
    * ``"flat"``: the smoothed curve's range is below ``k_noise x sigma``.
    * ``"three-stage"``: the smoothed curve rises from its start to a peak by more than
      ``k_noise x sigma`` AND then drops after the peak by more than
-     ``k_noise x sigma`` and by more than ``min_relative_drop`` of the rise.
+     ``k_noise x sigma`` and by more than ``min_relative_drop`` of the rise. The peak
+     boundary is the best raw checkpoint within ``window // 2`` of the smoothed peak
+     (smoothing flattens a sharp peak and can shift it toward the slower side).
    * ``"monotone"``: it rises but does not drop that much after its peak (the paper's
      C++: "no dependence on the primary language").
    * ``"undetermined"``: too few points (< ``min_points``), or no rise (the curve only
@@ -154,9 +156,9 @@ def default_window(n: int) -> int:
     return max(3, (n // 8) | 1)
 
 
-def _classify(s: np.ndarray, sigma: float, window: int, k_noise: float,
+def _classify(y: np.ndarray, s: np.ndarray, sigma: float, window: int, k_noise: float,
               min_relative_drop: float, stable_fraction: float, tail: int) -> dict:
-    """The rule on an already smoothed curve (shared by the fit and the bootstrap)."""
+    """The rule on a curve ``y`` and its smoothed ``s`` (shared by the fit and the bootstrap)."""
     n = len(s)
     span = float(s.max() - s.min())
     floor = k_noise * sigma
@@ -180,6 +182,12 @@ def _classify(s: np.ndarray, sigma: float, window: int, k_noise: float,
     stable = start + (int(outside[-1]) + 1 if outside.size else 0)
     stable = min(max(stable, peak + 1 if three else 1), n - 1)
     if three:
+        # the smoother flattens a sharp peak and can shift its argmax by a checkpoint
+        # toward the slower side: the boundary is the best RAW checkpoint within
+        # window//2 of the smoothed peak (local, so a far outlier cannot move it)
+        lo, hi = max(0, peak - window // 2), min(n, peak + window // 2 + 1)
+        out["peak"] = peak = lo + int(np.argmax(y[lo:hi]))
+        stable = min(max(stable, peak + 1), n - 1)
         return {**out, "kind": "three-stage", "stable": stable,
                 "reason": f"rise {rise:.4g} then drop {drop:.4g} (> {k_noise:g} x noise "
                           f"{sigma:.4g} and > {min_relative_drop:g} x rise)"}
@@ -221,7 +229,7 @@ def detect_stages(x: Sequence[float], y: Sequence[float], higher_is_better: bool
     sig = noise_sigma(ys) if sigma is None else float(sigma)
     # a perfectly clean curve would make every wiggle significant: floor sigma at 1e-9 x range
     sig = max(sig, 1e-9 * float(np.ptp(ys)) if np.ptp(ys) > 0 else 0.0)
-    c = _classify(s, sig, window, k_noise, min_relative_drop, stable_fraction, tail)
+    c = _classify(ys, s, sig, window, k_noise, min_relative_drop, stable_fraction, tail)
 
     # residual bootstrap for the confidence
     resid = ys - s
@@ -230,7 +238,7 @@ def detect_stages(x: Sequence[float], y: Sequence[float], higher_is_better: bool
     for _ in range(n_bootstrap):
         yb = s + rng.choice(resid, size=n, replace=True)
         sb = smooth(yb, window)
-        cb = _classify(sb, noise_sigma(yb) if sigma is None else sig, window, k_noise,
+        cb = _classify(yb, sb, noise_sigma(yb) if sigma is None else sig, window, k_noise,
                        min_relative_drop, stable_fraction, tail)
         if cb["kind"] != c["kind"]:
             continue
