@@ -250,7 +250,9 @@ def _group_key(rec: dict, group_by: str) -> str:
         key = directory
     else:  # auto
         key = rec.get("group") or directory
-    return f"{rec['language']}\0{key}"
+    # a repository stays whole across languages; a directory/package is per language
+    return key if rec.get("group") and group_by in ("auto", "package") \
+        else f"{rec['language']}\0{key}"
 
 
 def _stable_rank(seed: int, key: str) -> bytes:
@@ -286,16 +288,20 @@ def assign_splits(kept: list[dict], cfg: BuildConfig, links: Iterable[tuple[int,
                    key=lambda kv: _stable_rank(cfg.seed, record_id(kept[kv[0]])))
     splits = ["train"] * len(kept)
     for root, members in comps:
+        # a component can span languages (a repository): decide by its first file's
+        # language, count its bytes for every language it has
         lang = kept[root]["language"]
-        size = sum(kept[i]["bytes"] for i in members)
+        sizes: Counter = Counter()
+        for i in members:
+            sizes[kept[i]["language"]] += kept[i]["bytes"]
         choice = "train"
         for split, share in targets.items():
             target = share * lang_bytes[lang]
-            if filled[split][lang] < target and filled[split][lang] + size <= 1.5 * target:
+            if filled[split][lang] < target and filled[split][lang] + sizes[lang] <= 1.5 * target:
                 choice = split
                 break
         if choice != "train":
-            filled[choice][lang] += size
+            filled[choice].update(sizes)
         for i in members:
             splits[i] = choice
     return splits
