@@ -121,3 +121,17 @@ def test_target_range_and_loss_that_never_fell():
     assert r.decisions["php"].target_range == [5923, 16500]
     assert r.decisions["go"].target_tokens == 9000
     assert "did not fall" in r.decisions["go"].reason
+
+
+def test_eq2_inverts_algorithm1():
+    """Algorithm 1 solves Eq. 2 for eta_t: plugging the target back gives P* again."""
+    from babeltower.mixture.optimize import mixed_corpus_share
+
+    runs = {"php": CPTCurve(TOKENS, loss_curve(), peaked(3)),
+            "go": CPTCurve(TOKENS, loss_curve(), peaked(2))}
+    r = algorithm1(runs, {"python": 11000, "php": 23000, "go": 11000}, primary="python")
+    for lang in ("php", "go"):
+        d = r.decisions[lang]
+        assert mixed_corpus_share(d.target_tokens, d.eta_p) == pytest.approx(d.p_star, abs=1e-4)
+    with pytest.raises(BabelError):
+        mixed_corpus_share(0, 0)

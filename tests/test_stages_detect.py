@@ -106,3 +106,12 @@ def test_confidence_grows_with_the_drop():
 
     tiny, small, large = mean_conf(0.46), mean_conf(0.42), mean_conf(0.25)
     assert tiny < 0.2 < small < large
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_short_log_spaced_series_like_a_cpt_run(seed):
+    """14 checkpoints (0 and powers of two): the usual CPT schedule at our scale."""
+    x, y = three_stage(n=14, peak=5, trough=9, seed=seed)
+    r = detect_stages(x, y, n_bootstrap=40)
+    assert r.kind == "three-stage"
+    assert r.peak_index == 5 and abs(r.stable_index - 9) <= 1

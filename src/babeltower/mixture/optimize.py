@@ -48,6 +48,16 @@ def system_proportion(loss: float, alpha: float, beta: float) -> float:
     return float(min(1.0, max(0.0, (alpha - loss) / (alpha - beta))))
 
 
+def mixed_corpus_share(eta_t: float, eta_p: float) -> float:
+    """Eq. 2: stabilised own-system share of t in a mixed corpus, eta_t / (eta_t + eta_p).
+
+    Compare it with the measured working-language share of a from-scratch run on that
+    mixture (the paper never did)."""
+    if eta_t < 0 or eta_p < 0 or eta_t + eta_p == 0:
+        raise BabelError(f"Eq. 2 needs non-negative token counts, not both 0 (got {eta_t}, {eta_p})")
+    return float(eta_t / (eta_t + eta_p))
+
+
 @dataclass
 class CPTCurve:
     """Per-checkpoint metrics of one continual-pre-training run on a new language.

@@ -102,9 +102,11 @@ class MixtureSampler:
             self.windows_by_language[lang] = need
             self.available_windows[lang] = have
             lang_ids.append(np.full(need, li, dtype=np.int16))
-            window_ids.append(chosen.astype(np.int64))
+            window_ids.append(chosen)
         self._lang_of = np.concatenate(lang_ids)
-        self._window_of = np.concatenate(window_ids)
+        # int32 while it fits: 6 bytes per window plus 4 for the epoch's permutation
+        self._window_of = np.concatenate(window_ids).astype(
+            np.int32 if max(self.available_windows.values()) < 2**31 else np.int64)
         self._n = int(self._window_of.shape[0])
         self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -121,6 +123,8 @@ class MixtureSampler:
         order = self._orders.get(epoch)
         if order is None:
             order = _rng(self.seed, _EPOCH_STREAM, epoch).permutation(self._n)
+            if self._n < 2**31:
+                order = order.astype(np.int32)
             self._orders[epoch] = order
             while len(self._orders) > 2:   # keep the current and the previous epoch
                 self._orders.popitem(last=False)
@@ -138,7 +142,7 @@ class MixtureSampler:
 
     def sequence(self, index: int) -> tuple[np.ndarray, str]:
         lang, w = self.locate(index)
-        start = w * self.window
+        start = int(w) * self.window
         ids = np.asarray(self._streams[lang][start:start + self.window], dtype=np.int64)
         return ids, lang
 
@@ -163,7 +167,7 @@ class MixtureSampler:
         offsets = np.arange(self.window)
         for li in np.unique(lang_ids):
             sel = lang_ids == li
-            starts = windows[sel] * self.window
+            starts = windows[sel].astype(np.int64) * self.window
             out[sel] = self._streams[self.languages[int(li)]][starts[:, None] + offsets]
         return torch.from_numpy(out), [self.languages[int(li)] for li in lang_ids]
 
