@@ -1,4 +1,177 @@
-"""CLI: babeltower eval ..."""
+"""CLI: babeltower eval ... (thin: every command calls a library function)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-app = typer.Typer(help="Evaluate per language: loss/bpb, cloze, pass@k.", no_args_is_help=True)
+app = typer.Typer(help="Evaluate per language: loss/bpb, cloze, pass@k, knowledge transfer.",
+                  no_args_is_help=True)
+
+
+def _split(values: Optional[List[str]]) -> Optional[list[str]]:
+    """Accept both ``--x a --x b`` and ``--x a,b``."""
+    if not values:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+def _print_table(df, title: str, columns: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(str(c))
+    for _, r in df.iterrows():
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in (r[c] for c in cols)])
+    Console(stderr=False).print(t)
+
+
+@app.command("loss")
+def loss_cmd(
+    source: str = typer.Argument(..., help="Run dir, model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
+    data: Optional[Path] = typer.Option(None, help="Packed data dir (babeltower corpus pack)."),
+    text: Optional[List[Path]] = typer.Option(None, help="Raw text files/dirs, scored with the model's own tokenizer."),
+    languages: Optional[List[str]] = typer.Option(None, "--languages", "-l", help="Languages (default: all in the data)."),
+    split: str = typer.Option("validation", help="validation or test."),
+    max_tokens: int = typer.Option(50_000, help="Token budget per language (whole documents, in order)."),
+    max_docs: Optional[int] = typer.Option(None, help="At most this many documents per language."),
+    context: Optional[int] = typer.Option(None, help="Window length (default: model max positions, capped at 1024)."),
+    stride: Optional[int] = typer.Option(None, help="Window step (default: = context, non-overlapping)."),
+    batch_size: int = typer.Option(8),
+    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+):
+    """Held-out loss (nats/token) and bits-per-byte per language, for every checkpoint."""
+    from babeltower.evaluate.loss import LossConfig, evaluate_loss
+
+    cfg = LossConfig(split=split, max_tokens_per_language=max_tokens, max_docs=max_docs,
+                     context=context, stride=stride, batch_size=batch_size)
+    df = evaluate_loss(source, data=data, languages=_split(languages), text=text or None,
+                       config=cfg, out=out)
+    _print_table(df, f"held-out loss ({split}) -> {out}",
+                 ["checkpoint", "step", "language", "loss", "bits_per_byte", "tokens", "bytes",
+                  "documents"])
+
+
+@app.command("cloze")
+def cloze_cmd(
+    source: str = typer.Argument(..., help="Run dir, model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
+    suite: List[str] = typer.Option(["python-php"], help="Probe suites as primary-new (repeat or comma-separate)."),
+    batch_size: int = typer.Option(16),
+    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+):
+    """Cloze accuracy per language pair at the final layer (first-token attribution)."""
+    from babeltower.evaluate.cloze import evaluate_cloze_series
+
+    df = evaluate_cloze_series(source, _split(suite), out=out, batch_size=batch_size)
+    _print_table(df[df.kind == "all"], f"cloze accuracy (first-token attribution) -> {out}",
+                 ["checkpoint", "suite", "side", "n", "top1_acc", "exact_acc",
+                  "beats_counterpart", "mean_logprob"])
+
+
+@app.command("pass-at-k")
+def passk_cmd(
+    source: Optional[str] = typer.Argument(None, help="Checkpoint source (not needed with --references)."),
+    problems: str = typer.Option("humaneval", help="A JSONL file, builtin:<lang>, or humaneval."),
+    n: int = typer.Option(1, help="Samples per problem."),
+    k: List[int] = typer.Option([1], help="k values (repeat), each <= n."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(0.95),
+    max_new_tokens: int = typer.Option(256),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(2, help="Parallel sandboxed executions."),
+    timeout: float = typer.Option(10.0, help="Seconds per program run."),
+    seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, help="First N problems only."),
+    references: bool = typer.Option(False, help="Run the canonical solutions instead of generating."),
+    out: Path = typer.Option(..., help="Output dir (per checkpoint: samples.jsonl, summary.json)."),
+):
+    """Functional correctness (pass@k) with sandboxed execution; resumable."""
+    from babeltower.evaluate.passk import PassKConfig, pass_at_k
+
+    cfg = PassKConfig(problems=problems, n=n, k=k, temperature=temperature, top_p=top_p,
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers,
+                      timeout=timeout, seed=seed, limit=limit, references=references)
+    top = pass_at_k(source, problems, out=out, config=cfg)
+    import pandas as pd
+
+    df = pd.DataFrame(top["checkpoints"])
+    _print_table(df, f"pass@k on {problems} -> {out}")
+
+
+@app.command("transfer")
+def transfer_cmd(
+    primary_only: Path = typer.Option(..., help="pass@k results of the primary-only model on primary-language problems."),
+    new_only: Path = typer.Option(..., help="pass@k results of the new-language-only model on new-language problems."),
+    series: Optional[Path] = typer.Option(None, help="pass@k output dir of a continual run (new-language problems)."),
+    checkpoint: Optional[List[Path]] = typer.Option(None, help="Or individual pass@k result dirs/files (repeat)."),
+    solved_if: str = typer.Option("any", help="'any' sample passes, or a pass fraction like 0.5."),
+    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+):
+    """Knowledge-transfer share per checkpoint (the paper's primary-specific subset)."""
+    import json
+
+    from babeltower.errors import BabelError
+    from babeltower.evaluate.transfer import knowledge_transfer, load_results, load_series
+    from babeltower.io import atomic_write_json, provenance
+
+    rule = solved_if if solved_if == "any" else float(solved_if)
+    prim = load_results(primary_only, rule)
+    new = load_results(new_only, rule)
+    if series is not None:
+        items = load_series(series, rule)
+    elif checkpoint:
+        items = [(str(c), None, load_results(c, rule)) for c in checkpoint]
+    else:
+        raise BabelError("give --series DIR or at least one --checkpoint")
+    df = knowledge_transfer(prim, new, items)
+    atomic_write_json(out, {"metric": "knowledge-transfer share",
+                            "rows": json.loads(df.to_json(orient="records")),
+                            "provenance": provenance(config={"solved_if": solved_if},
+                                                     primary_only=str(primary_only),
+                                                     new_only=str(new_only),
+                                                     series=str(series) if series else None)})
+    _print_table(df, f"knowledge-transfer share -> {out}")
+
+
+@app.command("run")
+def run_cmd(
+    file: Path = typer.Argument(..., help="A complete program to run in the sandbox."),
+    language: Optional[str] = typer.Option(None, help="Language (default: from the file name)."),
+    timeout: float = typer.Option(10.0),
+):
+    """Run one program in the sandbox and print its status (exit 0 = pass)."""
+    from babeltower.errors import BabelError
+    from babeltower.evaluate.execute import run_program
+    from babeltower.io import require_file
+    from babeltower.languages import detect_language
+
+    require_file(file, "program")
+    lang = language or detect_language(str(file))
+    if lang is None:
+        raise BabelError(f"cannot tell the language of {file} (pass --language)")
+    r = run_program(lang, file.read_text(encoding="utf-8", errors="replace"), timeout=timeout)
+    typer.echo(f"status: {r.status}  exit: {r.exit_code}  signal: {r.signal}  "
+               f"time: {r.wall_time:.3f}s  compile: {r.compile_time}")
+    typer.echo(f"isolation: {r.isolation}")
+    if r.stdout:
+        typer.echo("--- stdout\n" + r.stdout.rstrip())
+    if r.stderr:
+        typer.echo("--- stderr\n" + r.stderr.rstrip())
+
+
+@app.command("toolchains")
+def toolchains_cmd():
+    """Which languages can be executed here (missing ones: scripts/install-toolchains.sh)."""
+    from babeltower.evaluate.execute import SUPPORTED, toolchain_status
+
+    for lang in SUPPORTED:
+        st = toolchain_status(lang)
+        ok = all(v is not None for v in st.values())
+        typer.echo(f"{lang:11s} {'ok' if ok else 'MISSING'}  " +
+                   "  ".join(f"{k}={v or '-'}" for k, v in st.items()))
