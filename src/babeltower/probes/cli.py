@@ -81,3 +81,87 @@ def lens_cmd(
     console = Console()
     console.print(summarize_lens(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     console.print(f"wrote {out}/lens.parquet, lens.csv, summary.csv, provenance.json")
+
+
+def _languages(languages: str) -> list[str]:
+    return [l.strip() for l in languages.split(",") if l.strip()]
+
+
+def _data_arg(data: Optional[Path], text: Optional[list[str]]):
+    from babeltower.errors import BabelError
+
+    if (data is None) == (not text):
+        raise BabelError("give either --data DATA_DIR or one or more --text LANG=PATH")
+    if data is not None:
+        return data
+    out: dict[str, list[str]] = {}
+    for t in text or []:
+        if "=" not in t:
+            raise BabelError(f"--text expects LANG=PATH, got {t!r}")
+        lang, path = t.split("=", 1)
+        out.setdefault(lang.strip(), []).append(path)
+    return out
+
+
+@app.command("neurons")
+def neurons_cmd(
+    source: str = typer.Argument(..., help="Run dir, HF model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
+    languages: str = typer.Option(..., help="Comma-separated languages, e.g. python,php,go."),
+    primary: str = typer.Option("python", help="Primary language (T = S_primary ∩ S_new)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    data: Optional[Path] = typer.Option(None, help="Packed DATA dir (its validation split)."),
+    text: Optional[list[str]] = typer.Option(None, help="Raw text LANG=PATH (file or dir); repeatable."),
+    revisions: Optional[str] = typer.Option(None, help="Comma-separated hub revisions."),
+    n_tokens: int = typer.Option(65536, min=1, help="Tokens per language."),
+    seq_len: int = typer.Option(256, min=2),
+    batch_size: int = typer.Option(8, min=1),
+    split: str = typer.Option("validation"),
+    point: str = typer.Option("down_proj_input", help="down_proj_input | act_fn (Tang's LLaMA code)."),
+    top_rate: float = typer.Option(0.01, help="Share of neurons kept by lowest entropy (Tang: 0.01-0.05)."),
+    filter_rate: float = typer.Option(0.95, help="Quantile of all probabilities a kept neuron must exceed."),
+    activation_bar_ratio: float = typer.Option(0.95, help="Quantile for assigning a neuron to a language."),
+    assign: str = typer.Option("selected", help="selected (Tang's code) | filter."),
+    overwrite: bool = typer.Option(False),
+):
+    """LAPE language-specific neurons per checkpoint, and transferring neurons T = S_primary ∩ S_new."""
+    from rich.console import Console
+
+    from babeltower.probes.neurons import run_neurons, summarize_neurons
+
+    df = run_neurons(source, _data_arg(data, text), _languages(languages), primary,
+                     revisions=_revisions(revisions), out=out, n_tokens=n_tokens, seq_len=seq_len,
+                     batch_size=batch_size, split=split, point=point, top_rate=top_rate,
+                     filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
+                     assign=assign, overwrite=overwrite)
+    console = Console()
+    console.print(summarize_neurons(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    console.print(f"wrote {out}/neurons.parquet, neurons.csv, summary.csv, checkpoints/*.neurons.json")
+
+
+@app.command("ablate")
+def ablate_cmd(
+    source: str = typer.Argument(..., help="Run dir, HF model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
+    languages: str = typer.Option(..., help="Comma-separated languages to measure loss on."),
+    neurons: Path = typer.Option(..., help="A .neurons.json file or a 'probe neurons' output dir."),
+    set_name: str = typer.Option(..., "--set", help="LANG (S_lang) or transfer:LANG (T)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    layer: Optional[int] = typer.Option(None, help="Only this layer's neurons."),
+    data: Optional[Path] = typer.Option(None, help="Packed DATA dir (its validation split)."),
+    text: Optional[list[str]] = typer.Option(None, help="Raw text LANG=PATH; repeatable."),
+    revisions: Optional[str] = typer.Option(None),
+    n_tokens: int = typer.Option(32768, min=1),
+    seq_len: int = typer.Option(256, min=2),
+    batch_size: int = typer.Option(8, min=1),
+    control_seed: int = typer.Option(0, help="Seed of the random same-size control set."),
+    overwrite: bool = typer.Option(False),
+):
+    """Zero a neuron set and report the per-language change in validation loss (with a random control)."""
+    from rich.console import Console
+
+    from babeltower.probes.ablate import run_ablate
+
+    df = run_ablate(source, _data_arg(data, text), _languages(languages), neurons, set_name,
+                    layer=layer, revisions=_revisions(revisions), out=out, n_tokens=n_tokens,
+                    seq_len=seq_len, batch_size=batch_size, control_seed=control_seed,
+                    overwrite=overwrite)
+    Console().print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

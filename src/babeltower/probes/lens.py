@@ -380,7 +380,8 @@ def _parquet_bytes(df) -> bytes:
 def _progress(seq: Iterable, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(list(seq), desc=desc, unit="ckpt", disable=not enabled)
+    # disable=None: shown on a terminal only, so logs and captured stderr stay clean
+    return tqdm(list(seq), desc=desc, unit="ckpt", disable=None if enabled else True)
 
 
 def load_tokenizer(path: str):

@@ -1,0 +1,537 @@
+"""Language-specific and language-transferring neurons (LAPE, Tang et al. 2024).
+
+For each MLP neuron and language: the probability that its activation is > 0 over N
+tokens of that language. Counted with forward pre-hooks on the MLP's down-projection,
+whose input is the intermediate activation (LLaMA gated MLP: ``act(gate) * up``;
+GPT-2: ``act(c_fc(x))``), streaming: memory does not grow with N.
+
+``lape_select`` follows Tang et al.'s reference procedure, every threshold a parameter:
+
+1. normalise the probabilities over languages and take the entropy per neuron;
+2. drop neurons whose probabilities are all at or below the ``filter_rate`` quantile
+   (0.95) of all probabilities (they rarely fire for any language);
+3. keep the ``top_rate`` (1%, 1-5% in the paper) lowest-entropy neurons;
+4. assign a kept neuron to every language whose probability reaches the
+   ``activation_bar_ratio`` quantile (0.95) of the kept neurons' probabilities
+   (``assign="selected"``, Tang's code; ties count as reaching it) - or, with
+   ``assign="filter"``, the step-2 threshold.
+
+**[ours]** Transferring neurons of a new language t: T = S_primary ∩ S_t, reported
+as |T| and |T|/|S_t| per layer and in total, per checkpoint.
+
+``point`` chooses the activation: ``"down_proj_input"`` (default; the tensor the
+down-projection reads) or ``"act_fn"`` (Tang's code for LLaMA: ``act(gate)`` alone,
+before the product with ``up``; only for gated MLPs with an ``act_fn`` module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from babeltower.errors import BabelError
+
+# --------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class MLPAdapter:
+    layers: str          # path to the list of blocks, from the *CausalLM module
+    down_proj: str       # path to the down-projection inside a block
+    act_fn: str | None   # path to the gate activation module (gated MLPs only)
+
+
+_LLAMA_MLP = MLPAdapter("model.layers", "mlp.down_proj", "mlp.act_fn")
+MLP_ADAPTERS: dict[str, MLPAdapter] = {
+    **{t: _LLAMA_MLP for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2",
+                               "smollm3", "stablelm", "gemma")},
+    "phi3": MLPAdapter("model.layers", "mlp.down_proj", None),   # fused gate_up_proj
+    "starcoder2": MLPAdapter("model.layers", "mlp.c_proj", None),
+    "phi": MLPAdapter("model.layers", "mlp.fc2", None),
+    "gpt2": MLPAdapter("transformer.h", "mlp.c_proj", None),
+    "gpt_bigcode": MLPAdapter("transformer.h", "mlp.c_proj", None),
+    "gptj": MLPAdapter("transformer.h", "mlp.fc_out", None),
+    "codegen": MLPAdapter("transformer.h", "mlp.fc_out", None),
+    "gpt_neox": MLPAdapter("gpt_neox.layers", "mlp.dense_4h_to_h", None),
+}
+POINTS = ("down_proj_input", "act_fn")
+
+
+def _get_attr(module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def mlp_adapter(model) -> MLPAdapter:
+    mt = getattr(model.config, "model_type", None)
+    if mt not in MLP_ADAPTERS:
+        raise BabelError(f"neuron probes do not support architecture {mt!r} "
+                         f"(supported: {', '.join(sorted(MLP_ADAPTERS))})")
+    return MLP_ADAPTERS[mt]
+
+
+def _hook_modules(model, point: str):
+    """(module, kind) per layer: kind 'pre' reads the module's input, 'out' its output."""
+    if point not in POINTS:
+        raise BabelError(f"unknown activation point {point!r} (choose from {', '.join(POINTS)})")
+    ad = mlp_adapter(model)
+    blocks = _get_attr(model, ad.layers)
+    if point == "act_fn":
+        if ad.act_fn is None:
+            raise BabelError(f"point 'act_fn' needs a gated MLP with an act_fn module; "
+                             f"{model.config.model_type} has none (use down_proj_input)")
+        return [(_get_attr(b, ad.act_fn), "out") for b in blocks]
+    return [(_get_attr(b, ad.down_proj), "pre") for b in blocks]
+
+
+def n_neurons(model) -> int:
+    """Width of the MLP intermediate activation."""
+    cfg = model.config
+    for attr in ("intermediate_size", "n_inner", "ffn_dim"):
+        v = getattr(cfg, attr, None)
+        if v:
+            return int(v)
+    return 4 * int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+
+
+# --------------------------------------------------------------------------- counting
+
+@dataclass
+class NeuronStats:
+    """Streaming counts: how often each neuron (layer, index) was > 0, per language."""
+
+    n_layers: int
+    width: int
+    counts: dict[str, np.ndarray] = field(default_factory=dict)   # lang -> (layers, width) int64
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    def add(self, language: str, positives: np.ndarray, n_tokens: int) -> None:
+        if language not in self.counts:
+            self.counts[language] = np.zeros((self.n_layers, self.width), dtype=np.int64)
+            self.tokens[language] = 0
+        self.counts[language] += positives
+        self.tokens[language] += int(n_tokens)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.counts)
+
+    def probabilities(self, languages: Sequence[str] | None = None) -> np.ndarray:
+        """(n_languages, n_layers, width) activation probabilities."""
+        langs = list(languages or self.languages)
+        missing = [l for l in langs if l not in self.counts or self.tokens[l] == 0]
+        if missing:
+            raise BabelError(f"no tokens counted for {', '.join(missing)}")
+        return np.stack([self.counts[l] / self.tokens[l] for l in langs])
+
+    def save(self, path: str | os.PathLike) -> None:
+        import io
+
+        from babeltower.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        langs = self.languages
+        np.savez(buf, languages=np.array(langs), tokens=np.array([self.tokens[l] for l in langs]),
+                 counts=np.stack([self.counts[l] for l in langs]) if langs
+                 else np.zeros((0, self.n_layers, self.width), dtype=np.int64))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NeuronStats":
+        try:
+            z = np.load(path)
+            counts = z["counts"]
+            st = cls(n_layers=counts.shape[1], width=counts.shape[2])
+            for lang, tok, c in zip(z["languages"].tolist(), z["tokens"].tolist(), counts):
+                st.counts[str(lang)] = c.astype(np.int64)
+                st.tokens[str(lang)] = int(tok)
+            return st
+        except (OSError, KeyError, ValueError) as e:
+            raise BabelError(f"corrupt neuron statistics {path}: {e}") from e
+
+
+@contextmanager
+def count_positive(model, point: str = "down_proj_input"):
+    """Hooks that add each layer's per-neuron count of activations > 0 into ``sink``.
+
+    Yields ``sink``: a dict with "positives" -> (n_layers, width) int64 tensor and
+    "mask" (set by the caller: (batch, seq) bool of positions to count, or None).
+    """
+    import torch
+
+    mods = _hook_modules(model, point)
+    sink: dict = {"positives": None, "mask": None}
+    handles = []
+
+    def make(i: int, kind: str):
+        def count(act):
+            pos = act > 0
+            m = sink["mask"]
+            if m is not None:
+                pos = pos & m.unsqueeze(-1)
+            c = pos.reshape(-1, pos.shape[-1]).sum(dim=0)
+            if sink["positives"] is None:
+                sink["positives"] = torch.zeros((len(mods), c.shape[0]), dtype=torch.long)
+            sink["positives"][i] += c
+
+        if kind == "pre":
+            return lambda mod, args: count(args[0])
+        return lambda mod, args, out: count(out)
+
+    for i, (mod, kind) in enumerate(mods):
+        h = (mod.register_forward_pre_hook(make(i, kind)) if kind == "pre"
+             else mod.register_forward_hook(make(i, kind)))
+        handles.append(h)
+    try:
+        yield sink
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
+                  point: str = "down_proj_input", stats: NeuronStats | None = None,
+                  progress: bool = False) -> NeuronStats:
+    """Count positive activations per language over token windows (lang -> (n, seq) ids)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n_layers = len(_hook_modules(model, point))
+    stats = stats or NeuronStats(n_layers=n_layers, width=0)
+    vocab = int(model.config.vocab_size)
+    with count_positive(model, point) as sink, torch.inference_mode():
+        for lang, win in windows.items():
+            win = np.asarray(win)
+            if win.size and int(win.max()) >= vocab:
+                raise BabelError(f"{lang} data has token id {int(win.max())} >= model vocabulary "
+                                 f"{vocab}: the data was packed with a different tokenizer")
+            sink["positives"] = None
+            bar = tqdm(range(0, len(win), batch_size), desc=f"LAPE {lang}", unit="batch",
+                       disable=None if progress else True, leave=False)
+            for b in bar:
+                ids = torch.as_tensor(win[b:b + batch_size].astype(np.int64))
+                model(input_ids=ids, use_cache=False)
+            if sink["positives"] is None:
+                continue
+            pos = sink["positives"].numpy()
+            if stats.width == 0:
+                stats.width = pos.shape[1]
+            stats.add(lang, pos, int(win.size))
+    return stats
+
+
+# --------------------------------------------------------------------------- data
+
+def windows_from_ids(ids: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray:
+    """First ``n_tokens`` tokens cut into (n, seq_len) windows (one shorter window if the
+    data is smaller than ``seq_len``)."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        raise BabelError("no tokens to count")
+    if ids.size < seq_len:
+        return ids.reshape(1, -1).astype(np.int64)
+    n = max(1, min(n_tokens, ids.size) // seq_len)
+    return np.asarray(ids[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+
+def _text_files(paths) -> list[Path]:
+    out: list[Path] = []
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        p = Path(p)
+        if not p.exists():
+            raise BabelError(f"text not found: {p}")
+        out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    return out
+
+
+def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int = 65536,
+                 seq_len: int = 256, split: str = "validation") -> dict[str, np.ndarray]:
+    """Token windows per language from a packed DATA dir (``TokenShards``, ``split``) or
+    from raw text (``{lang: file | dir | [files]}``), tokenised with ``tokenizer``."""
+    from babeltower.languages import canonical
+
+    out: dict[str, np.ndarray] = {}
+    if isinstance(data, Mapping):
+        if tokenizer is None:
+            raise BabelError("raw text needs the model's tokenizer")
+        data = {canonical(k): v for k, v in data.items()}
+        eos = getattr(tokenizer, "eos_token_id", None)
+        for lang in languages:
+            if lang not in data:
+                raise BabelError(f"no text given for {lang} (have: {', '.join(data)})")
+            ids: list[int] = []
+            for f in _text_files(data[lang]):
+                text = f.read_text(encoding="utf-8", errors="replace")
+                ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if eos is not None:
+                    ids.append(int(eos))
+                if len(ids) >= n_tokens:
+                    break
+            out[lang] = windows_from_ids(np.asarray(ids, dtype=np.int64), n_tokens, seq_len)
+        return out
+    from babeltower.corpus.shards import TokenShards
+
+    shards = TokenShards(data)
+    for lang in languages:
+        sp = shards.split(lang, split)
+        out[lang] = windows_from_ids(np.asarray(sp.tokens[:n_tokens]), n_tokens, seq_len)
+    return out
+
+
+# --------------------------------------------------------------------------- selection
+
+@dataclass
+class LapeSelection:
+    """Language-specific neuron sets: ``sets[lang]`` is an (k, 2) array of (layer, index)."""
+
+    languages: list[str]
+    n_layers: int
+    width: int
+    sets: dict[str, np.ndarray]
+    filter_threshold: float
+    activation_bar: float
+    n_kept: int
+
+    def per_layer(self, lang: str) -> np.ndarray:
+        return np.bincount(self.sets[lang][:, 0], minlength=self.n_layers)
+
+    def as_masks(self) -> dict[str, np.ndarray]:
+        masks = {}
+        for lang, s in self.sets.items():
+            m = np.zeros((self.n_layers, self.width), dtype=bool)
+            m[s[:, 0], s[:, 1]] = True
+            masks[lang] = m
+        return masks
+
+    def transfer(self, primary: str, new: str) -> np.ndarray:
+        """T = S_primary ∩ S_new as (k, 2) (layer, index)."""
+        m = self.as_masks()
+        both = m[primary] & m[new]
+        return np.argwhere(both)
+
+    def to_json(self) -> dict:
+        return {"languages": self.languages, "n_layers": self.n_layers, "width": self.width,
+                "filter_threshold": self.filter_threshold, "activation_bar": self.activation_bar,
+                "n_kept": self.n_kept,
+                "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()}}
+
+
+def _layer_dict(pairs: np.ndarray, n_layers: int) -> dict[str, list[int]]:
+    return {str(k): sorted(int(i) for i in pairs[pairs[:, 0] == k, 1]) for k in range(n_layers)}
+
+
+def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0.01,
+                filter_rate: float = 0.95, activation_bar_ratio: float = 0.95,
+                assign: str = "selected") -> LapeSelection:
+    """Tang et al.'s LAPE selection on (n_languages, n_layers, width) probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 3 or probs.shape[0] != len(languages):
+        raise BabelError("probabilities must be (n_languages, n_layers, width)")
+    if not 0 < top_rate <= 1 or not 0 < filter_rate < 1 or not 0 < activation_bar_ratio < 1:
+        raise BabelError("top_rate in (0, 1], filter_rate and activation_bar_ratio in (0, 1)")
+    if assign not in ("selected", "filter"):
+        raise BabelError(f"assign must be 'selected' or 'filter', not {assign!r}")
+    n_lang, n_layers, width = probs.shape
+    total = probs.sum(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normed = np.where(total > 0, probs / total, 0.0)
+        logn = np.where(normed > 0, np.log(normed), 0.0)
+    entropy = -(normed * logn).sum(axis=0)                       # (layers, width)
+    flat = np.sort(probs.ravel())
+    # torch.kthvalue(k) is the k-th smallest (1-based), as in Tang's code
+    k = max(1, int(round(flat.size * filter_rate)))
+    filter_thr = float(flat[k - 1])
+    passes = (probs > filter_thr).sum(axis=0) > 0
+    entropy = np.where(passes, entropy, np.inf)
+    n_keep = int(round(entropy.size * top_rate))
+    n_keep = min(max(n_keep, 1), int(passes.sum()))
+    order = np.argsort(entropy.ravel(), kind="stable")[:n_keep]
+    rows, cols = np.unravel_index(order, entropy.shape)
+    sel = probs[:, rows, cols]                                    # (n_lang, n_keep)
+    if assign == "selected" and sel.size:
+        s = np.sort(sel.ravel())
+        bar = float(s[max(1, int(round(s.size * activation_bar_ratio))) - 1])
+        hit = (sel >= bar) & (sel > 0)
+    else:
+        bar = filter_thr
+        hit = sel > filter_thr
+    sets = {}
+    for li, lang in enumerate(languages):
+        j = np.flatnonzero(hit[li])
+        pairs = np.stack([rows[j], cols[j]], axis=1).astype(np.int64) if j.size else \
+            np.zeros((0, 2), dtype=np.int64)
+        sets[lang] = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs
+    return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep)
+
+
+def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F821
+    """Tidy table (layer, language, measure, value): n_specific per language; for every
+    other language t also n_transfer = |S_primary ∩ S_t| and transfer_ratio = |T|/|S_t|.
+    ``layer`` is <NA> for the total over layers."""
+    import pandas as pd
+
+    if primary not in sel.languages:
+        raise BabelError(f"primary language {primary} is not among {', '.join(sel.languages)}")
+    rows = []
+    for lang in sel.languages:
+        per = sel.per_layer(lang)
+        layers = list(range(sel.n_layers)) + [None]
+        spec = list(per) + [int(per.sum())]
+        for layer, v in zip(layers, spec):
+            rows.append((layer, lang, "n_specific", float(v)))
+        if lang == primary:
+            continue
+        t = np.bincount(sel.transfer(primary, lang)[:, 0], minlength=sel.n_layers)
+        for layer, tv, sv in zip(layers, list(t) + [int(t.sum())], spec):
+            rows.append((layer, lang, "n_transfer", float(tv)))
+            rows.append((layer, lang, "transfer_ratio", tv / sv if sv else float("nan")))
+    df = pd.DataFrame(rows, columns=["layer", "language", "measure", "value"])
+    df["layer"] = df["layer"].astype("Int64")
+    return df
+
+
+# --------------------------------------------------------------------------- series runner
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def run_neurons(source, data, languages: Sequence[str], primary: str, *,
+                revisions: list[str] | None = None, out: str | os.PathLike | None = None,
+                n_tokens: int = 65536, seq_len: int = 256, batch_size: int = 8,
+                split: str = "validation", point: str = "down_proj_input",
+                top_rate: float = 0.01, filter_rate: float = 0.95,
+                activation_bar_ratio: float = 0.95, assign: str = "selected",
+                progress: bool = True, overwrite: bool = False,
+                on_checkpoint: Callable[[str], None] | None = None):
+    """LAPE over every checkpoint of ``source``: a tidy DataFrame (checkpoint, step, tokens,
+    layer, language, measure, value) with n_specific, n_transfer, transfer_ratio
+    (layer <NA> = all layers).
+
+    ``data``: a packed DATA dir (token ids used as they are) or ``{lang: text paths}``
+    (tokenised with each checkpoint's tokenizer). With ``out``: per-checkpoint counts
+    (``checkpoints/<name>.stats.npz``, reused on a rerun - only the cheap selection is
+    redone) and neuron sets (``<name>.neurons.json``), plus ``neurons.parquet``/``.csv``,
+    ``summary.csv`` and ``provenance.json``.
+    """
+    import pandas as pd
+
+    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+    from babeltower.languages import canonical
+    from babeltower.probes.lens import _checkpoints, _parquet_bytes, _progress
+
+    langs = [canonical(l) for l in languages]
+    primary = canonical(primary)
+    if primary not in langs:
+        langs = [primary] + langs
+    if len(langs) < 2:
+        raise BabelError("LAPE needs at least two languages")
+    refs = _checkpoints(source, revisions)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and (out_dir / "neurons.parquet").exists() and not overwrite:
+        raise BabelError(f"output {out_dir / 'neurons.parquet'} already exists "
+                         "(pass --overwrite to replace it)")
+    cache = out_dir / "checkpoints" if out_dir is not None else None
+    frames = []
+    # bad data fails before any model is loaded
+    packed_windows = (None if isinstance(data, Mapping)
+                      else load_windows(data, langs, None, n_tokens, seq_len, split))
+    for ref in _progress(refs, progress, "LAPE"):
+        sfile = cache / f"{_safe_name(ref.name)}.stats.npz" if cache is not None else None
+        if sfile is not None and sfile.exists() and not overwrite:
+            stats = NeuronStats.load(sfile)
+        else:
+            model, tokenizer = ref.load()
+            if isinstance(data, Mapping):
+                windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split)
+            else:
+                windows = packed_windows
+            stats = collect_stats(model, windows, batch_size=batch_size, point=point,
+                                  progress=progress)
+            del model
+            if sfile is not None:
+                stats.save(sfile)
+        sel = lape_select(stats.probabilities(langs), langs, top_rate=top_rate,
+                          filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
+                          assign=assign)
+        if cache is not None:
+            rec = sel.to_json()
+            rec["checkpoint"], rec["step"] = ref.name, ref.step
+            rec["tokens_counted"] = stats.tokens
+            rec["transfer"] = {l: _layer_dict(sel.transfer(primary, l), sel.n_layers)
+                               for l in langs if l != primary}
+            atomic_write_json(cache / f"{_safe_name(ref.name)}.neurons.json", rec)
+        t = neuron_table(sel, primary)
+        t.insert(0, "checkpoint", ref.name)
+        t.insert(1, "step", ref.step)
+        t.insert(2, "tokens", ref.tokens)
+        frames.append(t)
+        if on_checkpoint is not None:
+            on_checkpoint(ref.name)
+    df = pd.concat(frames, ignore_index=True)
+    if out_dir is not None:
+        atomic_write_bytes(out_dir / "neurons.parquet", _parquet_bytes(df))
+        atomic_write_bytes(out_dir / "neurons.csv", df.to_csv(index=False).encode())
+        atomic_write_bytes(out_dir / "summary.csv",
+                           summarize_neurons(df).to_csv(index=False).encode())
+        data_desc = ({k: [str(p) for p in _text_files(v)] for k, v in data.items()}
+                     if isinstance(data, Mapping) else str(data))
+        atomic_write_json(out_dir / "provenance.json", provenance(
+            config={"languages": langs, "primary": primary, "n_tokens": n_tokens,
+                    "seq_len": seq_len, "split": split, "point": point, "top_rate": top_rate,
+                    "filter_rate": filter_rate, "activation_bar_ratio": activation_bar_ratio,
+                    "assign": assign},
+            data=data_desc, data_hashes=_data_hashes(data),
+            source=str(source), revisions=revisions, checkpoints=[r.name for r in refs]))
+    return df
+
+
+def _data_hashes(data) -> dict:
+    from babeltower.io import sha256_file
+
+    if isinstance(data, Mapping):
+        return {str(f): sha256_file(f) for v in data.values() for f in _text_files(v)}
+    mf = Path(data) / "manifest.json"
+    return {"manifest.json": sha256_file(mf)} if mf.exists() else {}
+
+
+def summarize_neurons(df):
+    """One row per (checkpoint, new language): |S_new|, |S_primary|, |T|, |T|/|S_new| over
+    all layers."""
+    import pandas as pd
+
+    tot = df[df.layer.isna()]
+    rows = []
+    for (ck, step, tokens), g in tot.groupby(["checkpoint", "step", "tokens"], sort=False,
+                                            dropna=False):
+        primary_langs = set(g.language) - set(g[g.measure == "n_transfer"].language)
+        p = next(iter(primary_langs)) if primary_langs else None
+        n_p = g[(g.language == p) & (g.measure == "n_specific")].value
+        for lang in g[g.measure == "n_transfer"].language.unique():
+            def val(m):
+                v = g[(g.language == lang) & (g.measure == m)].value
+                return float(v.iloc[0]) if len(v) else float("nan")
+            rows.append({"checkpoint": ck, "step": step, "tokens": tokens, "language": lang,
+                         "primary": p,
+                         "n_primary": float(n_p.iloc[0]) if len(n_p) else float("nan"),
+                         "n_specific": val("n_specific"), "n_transfer": val("n_transfer"),
+                         "transfer_ratio": val("transfer_ratio")})
+    return pd.DataFrame(rows)
+
+
+def read_neuron_sets(path: str | os.PathLike) -> dict:
+    """A ``<checkpoint>.neurons.json`` file written by ``run_neurons``."""
+    p = Path(path)
+    if not p.exists():
+        raise BabelError(f"neuron set file not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise BabelError(f"corrupt neuron set file {p}: {e.msg}") from e
