@@ -29,7 +29,7 @@ import numpy as np
 
 from babeltower.corpus.config import BuildConfig
 from babeltower.corpus.filters import DROP_REASONS, content_filter_reason, decode_utf8, is_binary
-from babeltower.corpus.sources import InputItem, iter_inputs, shard_of, source_kind
+from babeltower.corpus.sources import InputItem, iter_inputs, probe_source, shard_of
 from babeltower.errors import BabelError
 from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
 from babeltower.languages import canonical, detect_language
@@ -157,7 +157,7 @@ def _workers(n: int) -> int:
 def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True) -> list[dict]:
     """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order."""
     for s in sources:
-        source_kind(str(s))  # a missing or unsupported source fails before any work
+        probe_source(str(s))  # a missing, unreadable or malformed source fails before any work
 
     def tasks() -> Iterable[tuple[int, InputItem]]:
         for si, s in enumerate(sources):
@@ -167,7 +167,9 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="scan files", unit=" files", disable=not progress, mininterval=1.0)
+    # disable=None: a bar on a terminal, silence in logs and pipes
+    bar = tqdm(desc="scan files", unit=" files", disable=None if progress else True,
+               mininterval=1.0)
     out: list[dict] = []
     n = _workers(cfg.workers)
     try:

@@ -91,7 +91,8 @@ def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
 
     total_bytes = sum(corpus.path(lang, s).stat().st_size for lang in langs for s in SPLITS
                       if corpus.path(lang, s).is_file())
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack", disable=not progress)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pack",
+               disable=None if progress else True)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     pool = (ctx.Pool(n_workers, initializer=_init_tokenizer,
                      initargs=(str(tok_dir / "tokenizer.json"),)) if n_workers > 1 else None)

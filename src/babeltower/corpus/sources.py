@@ -78,6 +78,31 @@ def source_kind(source: str) -> str:
                      f"({', '.join(ARCHIVE_SUFFIXES)}) nor rows ({', '.join(ROW_SUFFIXES)})")
 
 
+def probe_source(source: str) -> str:
+    """Fail early, with one clear line, on a source that cannot be read; return its kind."""
+    kind = source_kind(source)
+    if kind == "archive":
+        try:
+            if _suffix_in(source, (".zip",)):
+                with zipfile.ZipFile(source) as zf:
+                    zf.infolist()
+            else:
+                with tarfile.open(source) as tf:
+                    tf.getmembers()
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+            raise BabelError(f"cannot read archive {source}: {e}") from e
+    elif kind == "rows":
+        ds = _load_rows(source, hub=False)
+        _check_columns(ds, source)
+    return kind
+
+
+def _check_columns(ds, source: str) -> None:
+    cols = getattr(ds, "column_names", None)
+    if cols is not None and "content" not in cols:
+        raise BabelError(f"rows in {source} have no 'content' column (columns: {', '.join(cols)})")
+
+
 def iter_inputs(source: str) -> Iterator[InputItem]:
     kind = source_kind(str(source))
     if kind == "dir":
@@ -171,10 +196,25 @@ def _first(row: dict, keys) -> object:
     return None
 
 
+def _root_cause(e: BaseException) -> str:
+    """The innermost cause's first line: datasets wraps the parser's useful message."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_rows(source: str, hub: bool):
+    import logging
+
     import datasets
 
     datasets.disable_progress_bars()
+    ds_logger = datasets.utils.logging.get_logger("datasets")
+    level = ds_logger.level
+    ds_logger.setLevel(logging.CRITICAL)  # its ERROR log would be a second line of output
     try:
         if hub:
             return datasets.load_dataset(source[3:], split="train", streaming=True)
@@ -182,15 +222,14 @@ def _load_rows(source: str, hub: bool):
         return datasets.load_dataset(builder, data_files=[str(Path(source).resolve())],
                                      split="train")
     except Exception as e:  # datasets raises many types for a broken file; all are bad input
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BabelError(f"cannot read rows from {source}: {msg}") from e
+        raise BabelError(f"cannot read rows from {source}: {_root_cause(e)}") from e
+    finally:
+        ds_logger.setLevel(level)
 
 
 def _iter_rows(source: str, hub: bool) -> Iterator[InputItem]:
     ds = _load_rows(source, hub)
-    cols = getattr(ds, "column_names", None)
-    if cols is not None and "content" not in cols:
-        raise BabelError(f"rows in {source} have no 'content' column (columns: {', '.join(cols)})")
+    _check_columns(ds, source)
     for i, row in enumerate(ds):
         content = row.get("content")
         if not isinstance(content, str):

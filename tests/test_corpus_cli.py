@@ -1,0 +1,159 @@
+"""The corpus CLI end to end, bad input (one line, non-zero exit, no half-written
+output) and fetch (stdlib catalog, a real Debian package, skipped languages)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from babeltower.cli import main
+from babeltower.corpus.fetch import PackageSpec, fetch_corpus, parse_caps
+from babeltower.corpus.shards import TokenShards
+from babeltower.errors import BabelError
+
+from test_corpus_build import make_tree, python_source
+
+
+def _one_line_error(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and err.startswith("babeltower: error:"), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_build_tokenize_pack_stats(tmp_path, capsys):
+    make_tree(tmp_path / "src")
+    assert main(["corpus", "build", "--source", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "c"), "--languages", "python,go", "--workers", "1"]) == 0
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "c"), "--out",
+                 str(tmp_path / "t"), "--vocab-size", "350"]) == 0
+    assert main(["corpus", "pack", "--corpus", str(tmp_path / "c"), "--tokenizer",
+                 str(tmp_path / "t"), "--out", str(tmp_path / "d"), "--workers", "1"]) == 0
+    assert TokenShards(tmp_path / "d").languages == ["go", "python"]
+    capsys.readouterr()
+    assert main(["corpus", "stats", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "python" in out and "near_duplicate=2" in out and "binary=1" in out
+    # sharded through the CLI, then merged
+    for i in range(2):
+        assert main(["corpus", "build", "--source", str(tmp_path / "src"), "--out",
+                     str(tmp_path / f"s{i}"), "--languages", "python,go", "--workers", "1",
+                     "--shard", f"{i}/2"]) == 0
+    assert main(["corpus", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                 "--out", str(tmp_path / "m")]) == 0
+    a = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert a["dropped"] == b["dropped"] and a["files_sha256"] == b["files_sha256"]
+
+
+def test_bad_inputs_are_one_line_errors_without_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    good = tmp_path / "good"
+    (good / "p").mkdir(parents=True)
+    (good / "p" / "a.py").write_text(python_source(random.Random(1)))
+    cases = {}
+    # missing path
+    cases["missing"] = ["corpus", "build", "--source", str(tmp_path / "nope"), "--out", str(out)]
+    # corrupt archive
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 this is not really a zip")
+    cases["archive"] = ["corpus", "build", "--source", str(tmp_path / "bad.zip"), "--out", str(out)]
+    # nothing left after filtering
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.py").write_bytes(b"\x00\x01\x02")
+    (junk / "b.py").write_text("   \n")
+    cases["empty"] = ["corpus", "build", "--source", str(junk), "--out", str(out)]
+    # unknown language
+    cases["language"] = ["corpus", "build", "--source", str(good), "--out", str(out),
+                         "--languages", "python,klingon"]
+    # malformed JSONL row
+    (tmp_path / "rows.jsonl").write_text('{"content": "x = 1\\n", "lang": "python"}\n'
+                                         '{"content": "y = 2\\n", "lang": \n')
+    cases["jsonl"] = ["corpus", "build", "--source", str(tmp_path / "rows.jsonl"), "--out", str(out)]
+    # rows without a content column
+    (tmp_path / "nocontent.jsonl").write_text('{"text": "x = 1\\n"}\n')
+    cases["nocontent"] = ["corpus", "build", "--source", str(tmp_path / "nocontent.jsonl"),
+                          "--out", str(out)]
+    cases["shard"] = ["corpus", "build", "--source", str(good), "--out", str(out),
+                      "--shard", "3/2"]
+    cases["stats"] = ["corpus", "stats", str(tmp_path / "nowhere")]
+    cases["tokenizer"] = ["tokenizer", "train", "--corpus", str(good), "--out", str(out)]
+    cases["pack"] = ["corpus", "pack", "--corpus", str(good), "--tokenizer", str(good),
+                     "--out", str(out)]
+    cases["merge"] = ["corpus", "merge", str(good), "--out", str(out)]
+    cases["fetch-lang"] = ["corpus", "fetch", "--out", str(out), "--languages", "cobol"]
+    cases["fetch-cap"] = ["corpus", "fetch", "--out", str(out), "--max-mb-per-language", "x=1"]
+    messages = {}
+    for name, argv in cases.items():
+        messages[name] = _one_line_error(capsys, main(argv))
+        assert not out.exists(), name
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], name
+    assert "not found" in messages["missing"]
+    assert "cannot read archive" in messages["archive"]
+    assert "no files left after filtering" in messages["empty"]
+    assert "binary=1" in messages["empty"] and "empty=1" in messages["empty"]
+    assert "klingon" in messages["language"]
+    assert "rows.jsonl" in messages["jsonl"]
+    assert "content" in messages["nocontent"]
+    # an existing output is not overwritten by accident
+    assert main(["corpus", "build", "--source", str(good), "--out", str(out)]) == 0
+    before = (out / "manifest.json").read_bytes()
+    assert "already exists" in _one_line_error(
+        capsys, main(["corpus", "build", "--source", str(good), "--out", str(out)]))
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_parse_caps():
+    assert parse_caps("4,python=40") == {"*": 4.0, "python": 40.0}
+    assert parse_caps({"py": 2}) == {"*": None, "python": 2.0}
+    assert parse_caps(None) == {"*": None}
+    with pytest.raises(BabelError):
+        parse_caps("python=-1")
+
+
+def test_fetch_stdlib_cap_cache_and_skipped_language(tmp_path):
+    catalog = {"python": [PackageSpec("python", "cpython-stdlib", "stdlib")]}
+    out = fetch_corpus(tmp_path / "f", ["python", "ruby"], 0.3, cache_dir=tmp_path / "cache",
+                       packages=catalog, progress=False)
+    index = json.loads((out / "sources.json").read_text())
+    (src,) = index["sources"]
+    assert src["package"] == "cpython-stdlib" and src["license"] == "PSF-2.0"
+    assert src["version"] == sysconfig.get_python_version() + "." + src["version"].split(".")[2]
+    assert 0.2e6 < src["bytes"] <= 0.3e6
+    files = [p for p in (out / "python").rglob("*") if p.is_file()]
+    assert len(files) == src["files"]
+    assert all(p.suffix in (".py", ".pyi") for p in files)
+    assert not any(part in ("test", "tests", "site-packages") for p in files for part in p.parts)
+    assert index["skipped"] == [{"language": "ruby", "package": None,
+                                 "reason": "no default packages for this language"}]
+    mtime = (out / "sources.json").stat().st_mtime_ns
+    fetch_corpus(tmp_path / "f", ["python", "ruby"], 0.3, cache_dir=tmp_path / "cache",
+                 packages=catalog, progress=False)  # cached: untouched
+    assert (out / "sources.json").stat().st_mtime_ns == mtime
+    with pytest.raises(BabelError, match="other settings"):
+        fetch_corpus(tmp_path / "f", ["python"], 0.5, packages=catalog, progress=False)
+
+
+@pytest.mark.slow
+def test_fetch_real_debian_package_then_build(tmp_path):
+    """apt-get download + dpkg-deb -x of a small real package into a private cache; a
+    non-existent package is reported as skipped, not a crash."""
+    catalog = {"php": [PackageSpec("php", "php-psr-log", "apt", ("usr/share/php",)),
+                       PackageSpec("php", "php-no-such-package-xyz", "apt", ("usr/share/php",))]}
+    out = fetch_corpus(tmp_path / "f", ["php"], None, cache_dir=tmp_path / "cache",
+                       packages=catalog, progress=False)
+    index = json.loads((out / "sources.json").read_text())
+    (src,) = index["sources"]
+    assert src["package"] == "php-psr-log" and src["version"] and src["license"]
+    assert [s["package"] for s in index["skipped"]] == ["php-no-such-package-xyz"]
+    assert (tmp_path / "cache" / "apt" / "debs").glob("php-psr-log_*.deb")
+    assert main(["corpus", "build", "--source", str(out), "--out", str(tmp_path / "c"),
+                 "--workers", "1"]) == 0
+    row = json.loads((tmp_path / "c" / "php" / "train.jsonl").read_text().splitlines()[0])
+    assert row["package"] == "php-psr-log" and row["license"] == src["license"]
+    assert "<?php" in row["text"]
