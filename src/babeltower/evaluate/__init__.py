@@ -1,1 +1,30 @@
-"""evaluate."""
+"""Per-language evaluation: held-out loss / bits-per-byte, cloze accuracy, pass@k, transfer.
+
+* ``loss.evaluate_loss(source_or_model, data, languages, max_tokens_per_language)``
+* ``cloze.evaluate_cloze(model, tokenizer, suites)`` / ``cloze.evaluate_cloze_series``
+* ``passk.pass_at_k(source, problems, out=..., n=..., k=[...])`` (+ ``references=True``)
+* ``execute.run_program(language, source, timeout=...)`` -> ``ExecResult`` (sandboxed)
+* ``transfer.knowledge_transfer(primary_only, new_only, checkpoints)``
+
+Names are imported lazily, so ``import babeltower.evaluate`` stays cheap.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "evaluate_loss": "loss", "LossConfig": "loss",
+    "evaluate_cloze": "cloze", "evaluate_cloze_series": "cloze",
+    "pass_at_k": "passk", "PassKConfig": "passk", "Problem": "passk",
+    "estimate_pass_at_k": "passk", "load_problem_set": "passk",
+    "run_program": "execute", "ExecResult": "execute",
+    "run_sandboxed": "sandbox", "Limits": "sandbox",
+    "knowledge_transfer": "transfer", "load_humaneval": "humaneval",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"babeltower.evaluate.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'babeltower.evaluate' has no attribute {name!r}")

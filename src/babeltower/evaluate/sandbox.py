@@ -146,7 +146,7 @@ class _Cgroups:
         except OSError:
             roots = {}
         for ctrl, root in roots.items():
-            d = (root / "babeltower" / name) if not self.v2 else (root / "babeltower-" + name)
+            d = (root / "babeltower" / name) if not self.v2 else (root / f"babeltower-{name}")
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 if ctrl == "pids":
