@@ -197,13 +197,19 @@ def _first(row: dict, keys) -> object:
 
 
 def _root_cause(e: BaseException) -> str:
-    """The innermost cause's first line: datasets wraps the parser's useful message."""
+    """The first specific message in the cause chain: datasets wraps the parser's
+    useful one ("JSON parse error: ... in row 1") in a generic generation error."""
     seen = set()
-    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+    chain = []
+    while e is not None and id(e) not in seen:
         seen.add(id(e))
+        chain.append(e)
         e = e.__cause__ or e.__context__
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    for exc in chain:
+        text = str(exc).strip()
+        if text and not text.startswith("An error occurred while generating"):
+            return text.splitlines()[0]
+    return type(chain[-1]).__name__
 
 
 def _load_rows(source: str, hub: bool):

@@ -1,0 +1,112 @@
+"""Corpus build throughput (MB/s) on >= 50 MB of real code, against a named peer.
+
+    .venv/bin/python bench/corpus.py [--mb-per-language 10] [--workers 2] [--out DIR]
+
+1. ``fetch_corpus`` (cached after the first run) gathers real code for 7 languages.
+2. ``build_corpus`` over it (language detection, filters, sha256, MinHash, LSH, split,
+   writing) - timed: input MB / s.
+3. A tokenizer is trained (not timed) and ``pack_corpus`` tokenizes the built corpus -
+   timed: MB / s.
+4. Peer, in the same run: the SAME input text (every fetched file, decoded) tokenized
+   with ``datasets.Dataset.map(batched=True, num_proc=2)`` and the same tokenizer
+   (``AutoTokenizer``) - MB / s.
+
+Printed: the three rates and the ratios build/peer and pack/peer. The peer does only
+tokenization; the build does far more per byte, so a ratio near or above 1 says the
+whole cleaning pipeline costs about what tokenizing once costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb-per-language", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
+    ap.add_argument("--fetch-dir", type=Path,
+                    default=Path.home() / ".cache" / "babeltower" / "bench-fetch")
+    args = ap.parse_args()
+
+    from babeltower.corpus.build import build_corpus
+    from babeltower.corpus.config import BuildConfig, PackConfig, TokenizerConfig
+    from babeltower.corpus.fetch import fetch_corpus
+    from babeltower.corpus.pack import pack_corpus
+    from babeltower.corpus.tokenizer import train_tokenizer
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="bt-bench-corpus-"))
+    work.mkdir(parents=True, exist_ok=True)
+    fetched = fetch_corpus(args.fetch_dir, None, args.mb_per_language, overwrite=True)
+    files = [p for p in fetched.rglob("*") if p.is_file() and p.name != "sources.json"]
+    total = sum(p.stat().st_size for p in files)
+    print(f"fetched: {len(files)} files, {total / 1e6:.1f} MB "
+          f"({', '.join(json.loads((fetched / 'sources.json').read_text())['languages'])})")
+    if total < 50e6:
+        print("warning: less than 50 MB fetched; raise --mb-per-language", file=sys.stderr)
+
+    corpus = work / "corpus"
+    shutil.rmtree(corpus, ignore_errors=True)
+    t0 = time.perf_counter()
+    build_corpus([fetched], corpus, BuildConfig(workers=args.workers), progress=False)
+    t_build = time.perf_counter() - t0
+    build_rate = total / 1e6 / t_build
+
+    tok = train_tokenizer(corpus, work / "tok", TokenizerConfig(sample_mb_per_language=1.0),
+                          overwrite=True, progress=False)
+    kept = sum(p.stat().st_size for p in corpus.rglob("*.jsonl"))
+    t0 = time.perf_counter()
+    pack_corpus(corpus, tok, work / "data", PackConfig(workers=args.workers), overwrite=True,
+                progress=False)
+    t_pack = time.perf_counter() - t0
+    corpus_text = 0
+    for p in corpus.rglob("*.jsonl"):
+        for line in open(p, encoding="utf-8"):
+            corpus_text += len(json.loads(line)["text"].encode("utf-8"))
+    pack_rate = corpus_text / 1e6 / t_pack
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()
+    texts = [p.read_bytes().decode("utf-8", "replace") for p in files]
+    text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    ds = datasets.Dataset.from_dict({"text": texts})
+    hf_tok = AutoTokenizer.from_pretrained(str(tok))
+
+    def tokenize(batch):
+        return {"input_ids": hf_tok(batch["text"], add_special_tokens=False)["input_ids"]}
+
+    t0 = time.perf_counter()
+    ds.map(tokenize, batched=True, num_proc=2, remove_columns=["text"],
+           cache_file_name=str(work / "peer.arrow"))
+    t_peer = time.perf_counter() - t0
+    peer_rate = text_bytes / 1e6 / t_peer
+
+    print(f"build  (babeltower build_corpus, {args.workers} workers): {total / 1e6:.1f} MB in "
+          f"{t_build:.1f} s = {build_rate:.2f} MB/s")
+    print(f"pack   (babeltower pack_corpus, {args.workers} workers): {corpus_text / 1e6:.1f} MB in "
+          f"{t_pack:.1f} s = {pack_rate:.2f} MB/s")
+    print(f"peer   (datasets.map(batched=True, num_proc=2) + same tokenizer): "
+          f"{text_bytes / 1e6:.1f} MB in {t_peer:.1f} s = {peer_rate:.2f} MB/s")
+    print(f"ratio build/peer = {build_rate / peer_rate:.2f}x   "
+          f"ratio pack/peer = {pack_rate / peer_rate:.2f}x   (kept jsonl {kept / 1e6:.1f} MB)")
+    if args.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
