@@ -1,0 +1,54 @@
+"""Every reference solution passes and every planted-bug mutant fails, in the sandbox.
+
+One test per language runs all of that language's programs (references and mutants)
+through ``run_program`` with a small thread pool. A mutant must *run and fail its tests*
+(status ``fail``): a mutant that does not compile would say nothing about the tests.
+The compiled languages are marked slow (about 50 compilations each).
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from babeltower.evaluate.execute import run_program
+from babeltower.evaluate.problems import available_languages, load_problems, program
+
+INTERPRETED = ("python", "javascript", "php")
+COMPILED = ("cpp", "java", "go", "rust")
+
+
+def _run_all(lang: str) -> list[tuple[str, str, str, str]]:
+    """[(problem, kind, expected status, ExecResult)] for references and mutants."""
+    jobs = []
+    for p in load_problems(lang):
+        jobs.append((p["name"], "reference", "pass", program(p)))
+        jobs.append((p["name"], "mutant", "fail", program(p, p["mutant"])))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda job: run_program(lang, job[3], timeout=20.0), jobs))
+    return [(name, kind, want, res) for (name, kind, want, _), res in zip(jobs, results)]
+
+
+def _check(lang: str) -> None:
+    results = _run_all(lang)
+    missing = [r for *_, r in results if r.status == "missing_toolchain"]
+    assert not missing, missing[0].stderr  # a missing toolchain is a failure, not a skip
+    wrong = [f"{name} {kind}: {res.status} (want {want}) {res.stderr.strip()[-300:]}"
+             for name, kind, want, res in results if res.status != want]
+    assert not wrong, "\n".join(wrong)
+    n = len(results) // 2
+    assert n >= 20
+
+
+def test_compiled_and_interpreted_cover_every_builtin_language():
+    assert set(available_languages()) == set(INTERPRETED) | set(COMPILED)
+
+
+@pytest.mark.parametrize("lang", INTERPRETED)
+def test_references_pass_and_mutants_fail(lang):
+    _check(lang)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", COMPILED)
+def test_references_pass_and_mutants_fail_compiled(lang):
+    _check(lang)
