@@ -379,6 +379,7 @@ def train(config: TrainConfig, force: bool = False) -> Path:
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
+    threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     dist_ = Dist(config)
@@ -386,6 +387,7 @@ def train(config: TrainConfig, force: bool = False) -> Path:
         return _train(config, dist_, force)
     finally:
         dist_.close()
+        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
