@@ -52,3 +52,18 @@ def test_references_pass_and_mutants_fail(lang):
 @pytest.mark.parametrize("lang", COMPILED)
 def test_references_pass_and_mutants_fail_compiled(lang):
     _check(lang)
+
+
+def test_cli_pass_at_k_on_references_solves_every_php_problem(tmp_path):
+    # end to end through the evaluation CLI: builtin set -> sandbox -> summary.json
+    import json
+
+    from babeltower.cli import main
+
+    out = tmp_path / "refs"
+    rc = main(["eval", "pass-at-k", "--problems", "builtin:php", "--references",
+               "--out", str(out)])
+    assert rc in (0, None)
+    summary = json.loads((out / "references" / "summary.json").read_text())
+    assert summary["problems"] == len(load_problems("php")) and summary["solved"] == summary["problems"]
+    assert summary["pass@1"] == 1.0

@@ -18,6 +18,7 @@ Regenerate after editing the spec::
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -124,8 +125,26 @@ def call(p: dict, args: list, lang: str) -> str:
 
 
 # ---------------------------------------------------------------------------- prompts
+# Descriptions are written with neutral words; like MultiPL-E, each language's prompt uses
+# its own terms for them (a Python "list" is a PHP "array", Python's true is True).
+TERMS = {
+    "python": {"true": "True", "false": "False"},
+    "javascript": {"list": "array", "lists": "arrays"},
+    "php": {"list": "array", "lists": "arrays"},
+    "cpp": {"list": "vector", "lists": "vectors"},
+    "java": {"list": "array list", "lists": "array lists"},
+    "go": {"list": "slice", "lists": "slices"},
+    "rust": {"list": "vector", "lists": "vectors"},
+}
+
+
+def _terms(text: str, lang: str) -> str:
+    table = TERMS.get(lang, {})
+    return re.sub(r"\b[a-z]+\b", lambda m: table.get(m.group(0), m.group(0)), text)
+
+
 def _doc_lines(p: dict, lang: str) -> list[str]:
-    lines = p["doc"].strip().splitlines()
+    lines = _terms(p["doc"].strip(), lang).splitlines()
     lines += ["", "For example:"]
     for args, expected in p["tests"][: p.get("examples", 2)]:
         lines.append(f">>> {call(p, args, lang)}")
