@@ -162,3 +162,35 @@ def test_cli_reports_an_unknown_builtin_set_in_one_line(capsys, tmp_path):
     assert rc != 0
     assert len(err.splitlines()) == 1 and "no builtin problems for language 'csharp'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_test_cases_are_discriminating():
+    # no constant function can pass: every problem expects at least two different
+    # results, has at least five cases, and no case is repeated
+    for p in _build.load_spec():
+        expected = [json.dumps(exp, sort_keys=True) for _, exp in p["tests"]]
+        cases = [json.dumps(case, sort_keys=True) for case in p["tests"]]
+        assert len(set(expected)) >= 2, p["name"]
+        assert len(cases) >= 5 and len(set(cases)) == len(cases), p["name"]
+
+
+def test_a_mutation_must_match_the_reference_exactly_once():
+    assert _build.mutate("a < b", ["<", "<="], "x") == "a <= b"
+    with pytest.raises(ValueError, match="occurs 0 times"):
+        _build.mutate("a < b", [">", ">="], "x")
+    with pytest.raises(ValueError, match="occurs 2 times"):
+        _build.mutate("a < b < c", ["<", "<="], "x")
+
+
+def test_examples_in_prompts_are_the_first_test_cases():
+    # the docstring examples and the harness are rendered from the same values
+    spec = {p["name"]: p for p in _build.load_spec()}
+    for lang in available_languages():
+        for row in load_problems(lang):
+            p = spec[row["name"]]
+            for i, (args, expected) in enumerate(p["tests"]):
+                call = _build.call(p, args, lang)
+                assert (f">>> {call}" in row["prompt"]) == (i < 2), (lang, p["name"], i)
+                harness_call = call if lang == "java" else call.replace(
+                    row["entry_point"] + "(", "candidate(", 1)
+                assert harness_call in row["tests"], (lang, p["name"], i)
