@@ -103,6 +103,7 @@ class LogitLens:
         out_emb = model.get_output_embeddings()
         self.unembed = out_emb if out_emb is not None else _get_attr(model, ad.unembed)
         self.n_layers = int(model.config.num_hidden_layers)
+        self.decoder = model.base_model
 
     def layer_states(self, input_ids, attention_mask=None, positions=None):
         """Hidden states at ``positions`` for every layer: (n_layers + 1, batch, hidden)."""
@@ -113,9 +114,11 @@ class LogitLens:
         if positions is None:
             positions = last_positions(attention_mask)
         with torch.no_grad():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids_for(attention_mask),
-                             output_hidden_states=True, use_cache=False)
+            # the decoder alone: the LM head over every position is the costliest part of a
+            # forward on short prompts, and the lens unembeds the prediction positions itself
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_for(attention_mask),
+                               output_hidden_states=True, use_cache=False)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         hs = out.hidden_states
         if len(hs) != self.n_layers + 1:

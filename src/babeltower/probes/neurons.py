@@ -206,6 +206,7 @@ def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
     n_layers = len(_hook_modules(model, point))
     stats = stats or NeuronStats(n_layers=n_layers, width=0)
     vocab = int(model.config.vocab_size)
+    decoder = model.base_model
     with count_positive(model, point) as sink, torch.inference_mode():
         for lang, win in windows.items():
             win = np.asarray(win)
@@ -217,7 +218,9 @@ def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
                        disable=None if progress else True, leave=False)
             for b in bar:
                 ids = torch.as_tensor(win[b:b + batch_size].astype(np.int64))
-                model(input_ids=ids, use_cache=False)
+                # the decoder alone: LAPE needs no LM head (a large share of a small
+                # model's compute at long contexts)
+                decoder(input_ids=ids, use_cache=False)
             if sink["positives"] is None:
                 continue
             pos = sink["positives"].numpy()
@@ -241,20 +244,33 @@ def windows_from_ids(ids: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray
     return np.asarray(ids[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
-def _text_files(paths) -> list[Path]:
+def _text_files(paths, language: str | None = None) -> list[Path]:
+    """Files given, and inside given directories the files of ``language`` (by extension)."""
+    from babeltower.languages import detect_language
+
     out: list[Path] = []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         p = Path(p)
         if not p.exists():
             raise BabelError(f"text not found: {p}")
-        out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+            if language is not None:
+                files = [f for f in files if detect_language(f.name) == language]
+            if not files:
+                raise BabelError(f"no {language or ''} files in {p}".replace("  ", " "))
+            out.extend(files)
+        else:
+            out.append(p)
     return out
 
 
 def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int = 65536,
-                 seq_len: int = 256, split: str = "validation") -> dict[str, np.ndarray]:
+                 seq_len: int = 256, split: str = "validation",
+                 used_files: dict | None = None) -> dict[str, np.ndarray]:
     """Token windows per language from a packed DATA dir (``TokenShards``, ``split``) or
-    from raw text (``{lang: file | dir | [files]}``), tokenised with ``tokenizer``."""
+    from raw text (``{lang: file | dir | [files]}``; in a directory, the files of that
+    language), tokenised with ``tokenizer``. ``used_files`` collects the files read."""
     from babeltower.languages import canonical
 
     out: dict[str, np.ndarray] = {}
@@ -267,9 +283,11 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
             if lang not in data:
                 raise BabelError(f"no text given for {lang} (have: {', '.join(data)})")
             ids: list[int] = []
-            for f in _text_files(data[lang]):
+            for f in _text_files(data[lang], lang):
                 text = f.read_text(encoding="utf-8", errors="replace")
                 ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if used_files is not None:
+                    used_files.setdefault(lang, []).append(str(f))
                 if eos is not None:
                     ids.append(int(eos))
                 if len(ids) >= n_tokens:
@@ -441,6 +459,7 @@ def run_neurons(source, data, languages: Sequence[str], primary: str, *,
     cache = out_dir / "checkpoints" if out_dir is not None else None
     frames = []
     # bad data fails before any model is loaded
+    files_used: dict[str, None] = {}
     packed_windows = (None if isinstance(data, Mapping)
                       else load_windows(data, langs, None, n_tokens, seq_len, split))
     for ref in _progress(refs, progress, "LAPE"):
@@ -450,7 +469,9 @@ def run_neurons(source, data, languages: Sequence[str], primary: str, *,
         else:
             model, tokenizer = ref.load()
             if isinstance(data, Mapping):
-                windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split)
+                used = {}
+                windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split, used)
+                files_used.update({f: None for v in used.values() for f in v})
             else:
                 windows = packed_windows
             stats = collect_stats(model, windows, batch_size=batch_size, point=point,
@@ -481,23 +502,25 @@ def run_neurons(source, data, languages: Sequence[str], primary: str, *,
         atomic_write_bytes(out_dir / "neurons.csv", df.to_csv(index=False).encode())
         atomic_write_bytes(out_dir / "summary.csv",
                            summarize_neurons(df).to_csv(index=False).encode())
-        data_desc = ({k: [str(p) for p in _text_files(v)] for k, v in data.items()}
-                     if isinstance(data, Mapping) else str(data))
+        data_desc = ({k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v)
+                      for k, v in data.items()} if isinstance(data, Mapping) else str(data))
         atomic_write_json(out_dir / "provenance.json", provenance(
             config={"languages": langs, "primary": primary, "n_tokens": n_tokens,
                     "seq_len": seq_len, "split": split, "point": point, "top_rate": top_rate,
                     "filter_rate": filter_rate, "activation_bar_ratio": activation_bar_ratio,
                     "assign": assign},
-            data=data_desc, data_hashes=_data_hashes(data),
+            data=data_desc, data_hashes=_data_hashes(data, list(files_used)),
             source=str(source), revisions=revisions, checkpoints=[r.name for r in refs]))
     return df
 
 
-def _data_hashes(data) -> dict:
+def _data_hashes(data, files_used: list[str]) -> dict:
+    """sha256 of every text file read (raw text; files of cached checkpoints are not
+    re-read), or of the packed data's manifest (which hashes every shard)."""
     from babeltower.io import sha256_file
 
     if isinstance(data, Mapping):
-        return {str(f): sha256_file(f) for v in data.values() for f in _text_files(v)}
+        return {f: sha256_file(f) for f in files_used}
     mf = Path(data) / "manifest.json"
     return {"manifest.json": sha256_file(mf)} if mf.exists() else {}
 
