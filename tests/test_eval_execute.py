@@ -81,3 +81,38 @@ def test_unknown_and_unsupported_language():
         run_program("cobol", "x")
     with pytest.raises(BabelError, match="no runner"):
         run_program("ruby", "puts 1")
+
+
+GO_TEST_SHAPE = '''package add_test
+
+import (
+    "testing"
+    "fmt"
+)
+
+func add(x int, y int) int {
+    return x + y
+}
+
+func TestAdd(t *testing.T) {
+  candidate := add
+  type test struct { actual interface{}; expected interface{} }
+  tests := []test{ { actual: candidate(0, 1), expected: 1 }, { actual: candidate(2, 3), expected: EXPECTED } }
+  for i, tc := range tests {
+    t.Run(fmt.Sprintf("test num %d", i), func(t *testing.T) {
+      if fmt.Sprintf("%v", tc.actual) != fmt.Sprintf("%v", tc.expected) { t.Errorf("bad") }
+    })
+  }
+}
+'''
+
+
+def test_go_multipl_e_test_file_shape():
+    """MultiPL-E's Go programs are _test files run with `go test` (no func main)."""
+    ok = run_program("go", GO_TEST_SHAPE.replace("EXPECTED", "5"), timeout=20)
+    if not HAVE["go"]:
+        assert ok.status == "missing_toolchain"
+        return
+    assert ok.status == "pass", ok.stderr[-300:]
+    bad = run_program("go", GO_TEST_SHAPE.replace("EXPECTED", "6"), timeout=20)
+    assert bad.status == "fail" and "FAIL: TestAdd" in bad.stdout
