@@ -162,3 +162,13 @@ def test_plan_steps():
     assert plan_steps(cfg, 10_000, world=2) == 6
     assert plan_steps(TrainConfig(data="d", max_steps=4), 1) == 4
     assert plan_steps(TrainConfig(data="d", micro_batch_size=4), 42) == 10   # one mixture pass
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("train-*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        cfg = TrainConfig.from_yaml(f)
+        assert cfg.model and cfg.data
