@@ -184,7 +184,8 @@ def generate_completions(model, tokenizer, prompts: list[str], stop_tokens: list
         batch = work[b:b + batch_size]
         texts = [prompts[i] for i, _ in batch]
         stops = sorted({s for i, _ in batch for s in stop_tokens[i] if s})
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # the tokenizer's own convention (BOS or not), as the model saw text in training
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens,
                                   pad_token_id=tokenizer.pad_token_id)
         if greedy:

@@ -394,6 +394,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
     trunc: list[bool] = []
     t0 = time.monotonic()
     timed_out = False
+    proc = None
     try:
         try:
             proc = subprocess.Popen(
@@ -453,6 +454,11 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),
                              isolation=isolation, command=list(cmd))
     finally:
+        if proc is not None and proc.poll() is None:  # interrupted (e.g. Ctrl-C): kill it
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
         if cg:
             cg.close()
         if own_dir:
