@@ -270,6 +270,7 @@ def load_spec(path: Path = SPEC) -> list[dict]:
             assert t in TYPES, (p["name"], t)
         assert p["returns"] in TYPES, p["name"]
         assert len(p["tests"]) >= 4, p["name"]
+        assert p["category"] in ("string", "list", "arithmetic", "map"), p["name"]
     return problems
 
 
@@ -287,6 +288,7 @@ def rows(lang: str, problems: list[dict]) -> list[dict]:
             "tests": tests(p, lang),
             "stop_tokens": list(STOP_TOKENS[lang]),
             "entry_point": entry_point(p["slug"], lang),
+            "category": p["category"],
             "canonical_solution": body,
             "mutant": mutate(body, sol["mutation"], f"{p['name']}/{lang}"),
         })
