@@ -151,6 +151,17 @@ def measure_peak_flops(device: torch.device | str = "cpu", n: int = 1024,
             return 2.0 * n ** 3 * reps / dt
 
 
+_PEAK_CACHE: dict[tuple[str, int], float] = {}
+
+
+def _peak_flops_cached(device: torch.device) -> float:
+    """Measured once per process, device and thread count (many runs in one process)."""
+    key = (str(device), torch.get_num_threads())
+    if key not in _PEAK_CACHE:
+        _PEAK_CACHE[key] = measure_peak_flops(device)
+    return _PEAK_CACHE[key]
+
+
 def resolve_mixture(config: TrainConfig, shards: TokenShards):
     """The run's ``MixtureSpec``: the configured one, or natural over all training data."""
     from babeltower.mixture.generators import natural
@@ -380,6 +391,8 @@ def train(config: TrainConfig, force: bool = False) -> Path:
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     dist_ = Dist(config)
@@ -387,7 +400,9 @@ def train(config: TrainConfig, force: bool = False) -> Path:
         return _train(config, dist_, force)
     finally:
         dist_.close()
+        # leave the caller's process as it was (the orchestrator trains many runs)
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn)
 
 
 def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
@@ -481,7 +496,7 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
         optimizer, lambda s: lr_at(s, config, max_steps) / config.optimizer.lr)
     step, tokens_seen = 0, 0
     lang_index = {lang: i for i, lang in enumerate(sampler.languages)}
-    local_counts = torch.zeros(len(lang_index), dtype=torch.float64)  # tokens, this rank
+    local_counts = [0] * len(lang_index)   # tokens trained on per language, this rank
     if state is not None:
         if dist_.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import (
@@ -500,7 +515,11 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
     train_model = torch.compile(model) if config.compile else model
 
     # ---- outputs --------------------------------------------------------------------
-    peak = config.peak_flops or measure_peak_flops(device)
+    peak = config.peak_flops or _peak_flops_cached(device)
+    if dist_.is_main and max_steps * global_batch > len(sampler):
+        print(f"babeltower: note: {max_steps} steps x {global_batch} sequences exceed one pass "
+              f"of the mixture ({len(sampler)} sequences); the data repeats in a new order",
+              file=sys.stderr)
     if dist_.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.to_yaml(run_dir / "config.yaml")
@@ -522,7 +541,7 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
                        int(state["step"]) if state is not None else None)
 
     def tokens_by_language() -> dict[str, int]:
-        t = dist_.all_reduce_(local_counts.clone())
+        t = dist_.all_reduce_(torch.tensor(local_counts, dtype=torch.float64))
         return {lang: int(t[i].item()) for lang, i in lang_index.items()}
 
     def run_eval() -> dict[str, float]:
