@@ -67,3 +67,25 @@ def test_cli_pass_at_k_on_references_solves_every_php_problem(tmp_path):
     summary = json.loads((out / "references" / "summary.json").read_text())
     assert summary["problems"] == len(load_problems("php")) and summary["solved"] == summary["problems"]
     assert summary["pass@1"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_multiple_style_go_test_row_loads_and_runs(tmp_path):
+    # MultiPL-E's Go rows are `go test` files named by language "go_test.go"; the loader
+    # maps them to "go" and the runner recognises the shape (hand-written row, same shape)
+    import json
+
+    row = {
+        "name": "demo_add", "language": "go_test.go",
+        "prompt": 'package add_test\n\nimport (\n    "testing"\n)\n\n'
+                  "// Add two numbers\nfunc add(a int, b int) int {\n",
+        "tests": "func TestAdd(t *testing.T) {\n  candidate := add\n"
+                 "  if candidate(2, 3) != 5 {\n    t.Errorf(\"add(2, 3) != 5\")\n  }\n}\n",
+        "stop_tokens": ["\nfunc", "struct", "\n// "],
+    }
+    path = tmp_path / "humaneval-go.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (p,) = load_problems(path)
+    assert p["language"] == "go" and p["source_language"] == "go_test.go"
+    assert run_program("go", program(p, "    return a + b\n}\n")).status == "pass"
+    assert run_program("go", program(p, "    return a - b\n}\n")).status == "fail"
