@@ -69,3 +69,43 @@ def test_malformed_problem_row_names_file_and_line(tmp_path, capsys):
     rc = main(["eval", "pass-at-k", "--problems", str(f), "--references",
                "--out", str(tmp_path / "o")])
     assert "bad.jsonl:2: not JSON" in _one_line_error(capsys, rc)
+
+
+def test_loss_and_cloze_through_the_cli(tmp_path, capsys):
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_eval_loss import EOS, VOCAB, char_tokenizer, tiny_model
+
+    from babeltower.corpus.shards import ShardWriter, write_manifest
+
+    data = tmp_path / "data"
+    w = ShardWriter(data / "php" / "validation", np.uint16, EOS)
+    for n in (20, 30):
+        w.add(np.arange(1, n + 1) % (VOCAB - 1) + 1, n_bytes=2 * n)
+    write_manifest(data, {"languages": {"php": {"validation": w.close()}}, "eos_id": EOS,
+                          "vocab_size": VOCAB, "dtype": "uint16"})
+    ck = tmp_path / "run" / "checkpoints" / "step-00000004"
+    tiny_model().save_pretrained(ck)
+    char_tokenizer().save_pretrained(ck)
+    rc = main(["eval", "loss", str(tmp_path / "run"), "--data", str(data), "-l", "php",
+               "--out", str(tmp_path / "loss.json")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "loss.json").read_text())["rows"]
+    assert rows[0]["tokens"] == 50 and rows[0]["bytes"] == 100 and rows[0]["step"] == 4
+    # the cloze command on the same checkpoint (char-level model: vocab of its tokenizer)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ck2 = tmp_path / "run2" / "step-00000001"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(char_tokenizer().get_vocab()), hidden_size=16,
+                                 intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2,
+                                 max_position_embeddings=256)).save_pretrained(ck2)
+    char_tokenizer().save_pretrained(ck2)
+    rc = main(["eval", "cloze", str(tmp_path / "run2"), "--suite", "python-php",
+               "--out", str(tmp_path / "cloze.json")])
+    assert rc == 0
+    rec = json.loads((tmp_path / "cloze.json").read_text())
+    assert {r["side"] for r in rec["rows"]} == {"primary", "new"}
