@@ -1,1 +1,32 @@
-"""probes."""
+"""Internal-state probes over checkpoint series.
+
+* ``suite``: probe suites as data (identifier pairs + cloze prompts per language pair)
+  and their tokenizer check (first-token attribution).
+* ``lens``: logit lens / working language (``LogitLens``, ``run_lens``, ``summarize_lens``).
+* ``neurons``: LAPE language-specific and transferring neurons (``run_neurons``,
+  ``lape_select``, ``summarize_neurons``).
+* ``ablate``: zero a neuron set, per-language loss change (``run_ablate``).
+* ``plots``: figures (kept apart from computing).
+"""
+
+from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
+                                     available_suites, load_suite)
+
+__all__ = ["ATTRIBUTION", "CheckedItem", "CheckedSuite", "ProbeSuite", "available_suites",
+           "load_suite", "run_lens", "summarize_lens", "LogitLens", "run_neurons",
+           "summarize_neurons", "lape_select", "run_ablate"]
+
+
+_LAZY = {
+    "run_lens": "lens", "summarize_lens": "lens", "LogitLens": "lens", "layer_table": "lens",
+    "run_neurons": "neurons", "summarize_neurons": "neurons", "lape_select": "neurons",
+    "NeuronStats": "neurons", "run_ablate": "ablate", "zero_neurons": "ablate",
+}
+
+
+def __getattr__(name):  # heavy modules (torch) load on first use
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"babeltower.probes.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'babeltower.probes' has no attribute {name!r}")

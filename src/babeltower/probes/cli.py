@@ -79,8 +79,20 @@ def lens_cmd(
         for measure in ("logp_diff", "prefers_new", "top1_new"):
             lens_heatmap(df, out / f"heatmap_{measure}.png", measure=measure)
     console = Console()
-    console.print(summarize_lens(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_frame(console, summarize_lens(df).drop(columns=["attribution"]),
+                 "per checkpoint, new-language prompts (attribution: first-token)")
     console.print(f"wrote {out}/lens.parquet, lens.csv, summary.csv, provenance.json")
+
+
+def _print_frame(console, df, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in df.columns:
+        table.add_column(str(c), overflow="fold")
+    for row in df.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
 
 
 def _languages(languages: str) -> list[str]:
@@ -134,7 +146,7 @@ def neurons_cmd(
                      filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
                      assign=assign, overwrite=overwrite)
     console = Console()
-    console.print(summarize_neurons(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_frame(console, summarize_neurons(df), "LAPE per checkpoint (all layers)")
     console.print(f"wrote {out}/neurons.parquet, neurons.csv, summary.csv, checkpoints/*.neurons.json")
 
 
@@ -164,4 +176,4 @@ def ablate_cmd(
                     layer=layer, revisions=_revisions(revisions), out=out, n_tokens=n_tokens,
                     seq_len=seq_len, batch_size=batch_size, control_seed=control_seed,
                     overwrite=overwrite)
-    Console().print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _print_frame(Console(), df, f"ablation of {set_name}: per-language loss (nats/token)")

@@ -372,6 +372,19 @@ def summarize_lens(df):
     return pd.DataFrame(rows)
 
 
+def layer_table(df, checkpoint: str | None = None, side: str = "new", kind: str = "all",
+                measures: Sequence[str] = ("top1_primary", "top1_new", "prefers_new",
+                                           "logp_diff", "primary_vs_control")):
+    """Layers x measures for one checkpoint (default: the last one), one side and kind."""
+    if checkpoint is None:
+        checkpoint = df.checkpoint.iloc[-1]
+    sel = df[(df.checkpoint == checkpoint) & (df.side == side) & (df.kind == kind)
+             & df.measure.isin(list(measures))]
+    if sel.empty:
+        raise BabelError(f"no lens rows for checkpoint={checkpoint} side={side} kind={kind}")
+    return sel.pivot_table(index="layer", columns="measure", values="value")[list(measures)]
+
+
 def _parquet_bytes(df) -> bytes:
     import io
 
