@@ -163,13 +163,24 @@ def test_continual_pretraining_from_a_checkpoint(data, run, tmp_path):
 
 
 def test_gpt2_preset_trains_and_reloads(data, tmp_path):
+    import importlib.util
+
     from transformers import AutoModelForCausalLM
 
-    out = train(_cfg(data, tmp_path / "g", model="gpt2-nano", max_steps=2,
+    out = train(_cfg(data, tmp_path / "g", model="gpt2-nano", max_steps=4, tensorboard=True,
+                     eval={"tokens_per_language": 64, "interval": 1, "languages": ["py"]},
                      checkpoints={"log_spaced": False, "initial": False}))
-    m = AutoModelForCausalLM.from_pretrained(out / "checkpoints/step-00000002")
+    m = AutoModelForCausalLM.from_pretrained(out / "checkpoints/step-00000004")
     assert m.config.model_type == "gpt2"
     assert m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr()
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["kind"] == "eval"]
+    # eval every step (interval 1; the checkpoint at 4 reuses the interval's eval), the
+    # language alias resolved, only the asked-for language
+    assert [e["step"] for e in evals] == [1, 2, 3, 4]
+    assert all(set(e["val_loss"]) == {"python"} for e in evals)
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    assert (out / "tensorboard").exists() == has_tb   # optional: absent package is no error
 
 
 # ---- bad input through the CLI: one line on stderr, exit 2, nothing half-written ----
@@ -216,6 +227,12 @@ def test_init_from_corrupt_or_mismatched_checkpoint(tmp_path, data, run, capsys)
     (bad / "model.safetensors").write_bytes(bytes(blob))
     rc, err = _cli(tmp_path, data, capsys, "--set", f"init_from={bad}")
     assert rc == 2 and "corrupt checkpoint" in err and len(err.splitlines()) == 1
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(run / "checkpoints/step-00000012", incomplete)
+    (incomplete / "model.safetensors").unlink()
+    rc, err = _cli(tmp_path, data, capsys, "--set", f"init_from={incomplete}")
+    assert rc == 2 and "incomplete checkpoint" in err and len(err.splitlines()) == 1
 
     other = tmp_path / "other-vocab"
     AutoModelForCausalLM.from_config(preset_config("nano", 999)).save_pretrained(other)
