@@ -12,7 +12,8 @@ What one ``run_sandboxed`` call does, and why:
   So it cannot write outside its own directory (or the private ``/tmp``), and
   ``RLIMIT_NPROC`` - which counts processes *per user* - applies to this sandbox alone
   instead of to every process of root. Not root: the program keeps our uid and
-  ``RLIMIT_NPROC`` is not set (it would count all our processes); isolation reports it.
+  ``RLIMIT_NPROC`` is set to our current task count + ``max_processes`` (it counts all our
+  processes, so parallel sandboxes share that headroom); isolation reports which.
 * **Process count.** A pids cgroup (v1 ``/sys/fs/cgroup/pids`` or v2) with
   ``pids.max = max_processes`` when writable; ``RLIMIT_NPROC`` as a second fence.
 * **Memory.** A memory cgroup limit when writable, plus ``RLIMIT_AS`` (address space)
@@ -23,8 +24,10 @@ What one ``run_sandboxed`` call does, and why:
 * **Wall time.** ``timeout`` seconds, then the group and the cgroup are killed.
 * **No network.** A new network namespace (``unshare(CLONE_NEWNET)`` through libc; Python
   3.11 has no ``os.unshare``): only a down loopback, so ``connect`` to any address fails
-  at once with ``ENETUNREACH``. Needs root (or user namespaces); when it fails the result
-  says ``isolation["network"] == "host"`` - plainly, not silently.
+  at once with ``ENETUNREACH``. As root directly; otherwise inside a new user namespace
+  that maps our uid onto itself (unprivileged user namespaces, on by default in most
+  distributions). When it fails the result says ``isolation["network"] == "host"`` -
+  plainly, not silently.
 * **Private /tmp.** In the same call a new mount namespace gets fresh tmpfs mounts on
   ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (the sandbox directory is bind-mounted back at
   its own path), so writes to ``/tmp`` vanish with the sandbox.
@@ -59,6 +62,7 @@ from pathlib import Path
 STATUSES = ("pass", "fail", "timeout", "compile_error", "crash", "memory", "missing_toolchain")
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
@@ -232,7 +236,8 @@ class _Cgroups:
 
 # --------------------------------------------------------------------------- child setup
 def _make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
-                  want_netns: bool, want_private_tmp: bool, status_fd: int):
+                  want_netns: bool, want_private_tmp: bool, status_fd: int,
+                  userns: bool = False, nproc: int | None = None):
     """The function run in the child between fork and exec (system calls only).
 
     It reports what it achieved by writing one byte per fence to ``status_fd``
@@ -249,8 +254,15 @@ def _make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: 
     ]
     if limits.address_space:
         rl.append((resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)))
-    if uid is not None:  # per-user count; only meaningful for our own unique uid
+    if uid is not None:  # per-user count; exact for our own unique uid
         rl.append((resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes)))
+    elif nproc is not None:  # shared uid: what the caller runs now + the sandbox's allowance
+        rl.append((resource.RLIMIT_NPROC, (nproc, nproc)))
+    # not root: a user namespace (mapping our own uid/gid onto themselves) is what lets an
+    # unprivileged caller create the network and mount namespaces
+    user_flag = _CLONE_NEWUSER if userns else 0
+    uid_map = f"{os.getuid()} {os.getuid()} 1".encode()
+    gid_map = f"{os.getgid()} {os.getgid()} 1".encode()
     tmpfs_opts = f"size={limits.tmpfs_bytes},mode=1777".encode()
     tmp_mounts = [b"/tmp", b"/var/tmp", b"/dev/shm"]
 
@@ -265,9 +277,19 @@ def _make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: 
             except OSError:
                 pass
         flags = (_CLONE_NEWNET if want_netns else 0) | (_CLONE_NEWNS if want_private_tmp else 0)
-        ok = flags != 0 and _unshare(flags) == 0
+        ok = flags != 0 and _unshare(flags | user_flag) == 0
+        if ok and user_flag:
+            for path, data in ((b"/proc/self/setgroups", b"deny"),
+                               (b"/proc/self/uid_map", uid_map),
+                               (b"/proc/self/gid_map", gid_map)):
+                try:
+                    fd = os.open(path, os.O_WRONLY)
+                    os.write(fd, data)
+                    os.close(fd)
+                except OSError:
+                    pass
         if not ok and want_netns and want_private_tmp:
-            ok_net = _unshare(_CLONE_NEWNET) == 0
+            ok_net = _unshare(_CLONE_NEWNET | user_flag) == 0
             if ok_net:
                 os.write(status_fd, b"n")
         elif ok:
@@ -300,6 +322,21 @@ def _make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: 
         os.close(status_fd)
 
     return preexec
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """Tasks (threads count for RLIMIT_NPROC) currently owned by ``uid``."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}")
+            if st.st_uid == uid:
+                n += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return n
 
 
 def _reader(stream, cap: int, sink: list, flag: list) -> None:
@@ -385,10 +422,13 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                 os.lchown(n, uid, uid)
     is_root = os.geteuid() == 0
     cg = _Cgroups(f"{os.getpid()}-{secrets.token_hex(6)}", limits) if is_root else None
+    nproc = None
+    if uid is None and not (cg and "pids" in cg.dirs):
+        nproc = _tasks_of_uid(os.getuid()) + limits.max_processes
     r_fd, w_fd = os.pipe()
     preexec = _make_preexec(limits, uid, str(wd).encode(), cg.procs_files if cg else [],
-                            want_netns=not network, want_private_tmp=private_tmp and is_root,
-                            status_fd=w_fd)
+                            want_netns=not network, want_private_tmp=private_tmp,
+                            status_fd=w_fd, userns=not is_root, nproc=nproc)
     out_chunks: list[bytes] = []
     err_chunks: list[bytes] = []
     trunc: list[bool] = []
@@ -444,7 +484,9 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                            else "own uid" if uid is not None else
                            "private /tmp, same uid" if "t" in fences else "same uid as caller"),
             "processes": ("pids cgroup" if cg and "pids" in cg.dirs else
-                          "RLIMIT_NPROC (own uid)" if uid is not None else "not limited"),
+                          "RLIMIT_NPROC (own uid)" if uid is not None else
+                          "RLIMIT_NPROC (shared with the caller's uid)" if nproc else
+                          "not limited"),
             "memory": ", ".join(x for x in (
                 "memory cgroup" if cg and "memory" in cg.dirs else "",
                 "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
