@@ -91,7 +91,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     ds.map(tokenize, batched=True, num_proc=2, remove_columns=["text"],
-           cache_file_name=str(work / "peer.arrow"))
+           load_from_cache_file=False, cache_file_name=str(work / "peer.arrow"))
     t_peer = time.perf_counter() - t0
     peer_rate = text_bytes / 1e6 / t_peer
 

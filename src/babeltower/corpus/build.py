@@ -54,8 +54,8 @@ def shingle_hashes(text: str, k: int) -> np.ndarray:
     (datasketch's default), and the same for every process and machine.
     """
     toks = _TOKEN_RE.findall(text)
-    th = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in toks), dtype=np.uint64,
-                     count=len(toks))
+    token_hash = {t: zlib.crc32(t.encode("utf-8")) for t in set(toks)}  # tokens repeat
+    th = np.fromiter(map(token_hash.__getitem__, toks), dtype=np.uint64, count=len(toks))
     n = max(len(th) - k + 1, 1)
     acc = np.zeros(n, dtype=np.uint64)
     for j in range(min(k, len(th))):

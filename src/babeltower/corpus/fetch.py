@@ -186,8 +186,10 @@ class _AptCache:
         if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
             return {n: "apt-get/dpkg-deb not available on this machine" for n in todo}
         cands = self._candidates(todo)
-        if len(cands) < len(todo) and not self._updated and os.geteuid() == 0:
-            self.log("apt-cache knows no candidate for some packages: running apt-get update once")
+        # no candidate at all = empty package lists (a fresh machine): update once. One
+        # unknown name among known ones is just a missing package, not worth an update.
+        if not cands and not self._updated and os.geteuid() == 0:
+            self.log("apt-cache knows none of these packages: running apt-get update once")
             _run(["apt-get", "update", "-qq"], timeout=900)
             self._updated = True
             cands = self._candidates(todo)
