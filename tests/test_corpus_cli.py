@@ -157,3 +157,22 @@ def test_fetch_real_debian_package_then_build(tmp_path):
     row = json.loads((tmp_path / "c" / "php" / "train.jsonl").read_text().splitlines()[0])
     assert row["package"] == "php-psr-log" and row["license"] == src["license"]
     assert "<?php" in row["text"]
+
+
+def test_build_config_yaml(tmp_path, capsys):
+    make_tree(tmp_path / "src")
+    good = tmp_path / "good.yaml"
+    good.write_text("build:\n  dedup: {threshold: 0.8, near_duplicates: group}\n"
+                    "  split: {validation: 0.1, group_by: file}\n  filters: {max_bytes: 20000}\n")
+    assert main(["corpus", "build", "--source", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "c"), "--config", str(good), "--workers", "1"]) == 0
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["config"]["dedup"]["threshold"] == 0.8 and m["config"]["split"]["group_by"] == "file"
+    assert "near_duplicate" not in m["dropped"] and m["dropped"]["too_large"] == 1
+    for text in ("dedup: {threshold: 2}\n", "dedup: {thresh: 0.5}\n", "dedup: [\n"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        err = _one_line_error(capsys, main(["corpus", "build", "--source", str(tmp_path / "src"),
+                                            "--out", str(tmp_path / "c2"), "--config", str(bad)]))
+        assert "bad.yaml" in err
+        assert not (tmp_path / "c2").exists()

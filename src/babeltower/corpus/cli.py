@@ -15,7 +15,7 @@ app = typer.Typer(help="Build multilingual code corpora.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train the byte-level BPE tokenizer.", no_args_is_help=True)
 
 
-def _load_yaml(path: Optional[Path], model):
+def _load_yaml(path: Optional[Path], section: str | None = None) -> dict:
     """A config section from YAML (the whole file, or its matching top-level key)."""
     if path is None:
         return {}
@@ -31,7 +31,8 @@ def _load_yaml(path: Optional[Path], model):
         raise BabelError(f"cannot parse {path}: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise BabelError(f"{path}: expected a mapping")
-    return data
+    # a whole experiment-style file may keep the section under its own key
+    return dict(data.get(section, data)) if section else data
 
 
 def _validate(model, data: dict, where: str):
@@ -90,7 +91,7 @@ def build_command(
     from babeltower.corpus.build import build_corpus
     from babeltower.corpus.config import BuildConfig, parse_shard
 
-    data = _load_yaml(config, BuildConfig)
+    data = _load_yaml(config, "build")
     i, n = parse_shard(shard)
     data.update(shard_index=i, num_shards=n, workers=workers)
     if languages is not None:
