@@ -63,6 +63,20 @@ def _lens_row(item_df, lang: str) -> dict:
             "cloze_primary": float(cloze_p.mean()) if len(cloze_p) else None}
 
 
+_CHECKED: dict[tuple, object] = {}
+
+
+def checked_suite(primary: str, lang: str, tokenizer):
+    """The probe suite tokenized for ``tokenizer`` (cached: every run of an experiment
+    shares the data's tokenizer, and alignment costs seconds per suite)."""
+    from babeltower.probes.suite import load_suite
+
+    key = (primary, lang, getattr(tokenizer, "name_or_path", None), len(tokenizer))
+    if key not in _CHECKED:
+        _CHECKED[key] = load_suite(primary, lang).check(tokenizer)
+    return _CHECKED[key]
+
+
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True) -> list[dict]:
@@ -74,8 +88,6 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     from babeltower.corpus.shards import TokenShards
     from babeltower.evaluate.loss import LossConfig, documents_from_shards, evaluate_model_loss
     from babeltower.probes.lens import lens_items
-    from babeltower.probes.suite import load_suite
-
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
@@ -98,7 +110,7 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
         row["bpb"] = {r["language"]: r["bits_per_byte"] for r in lrows}
         if pair_languages:
             if checked is None:
-                checked = {lang: load_suite(cfg.primary, lang).check(tok) for lang in pair_languages}
+                checked = {lang: checked_suite(cfg.primary, lang, tok) for lang in pair_languages}
             for key in ("cloze_new", "cloze_primary", "lens_new_share_last",
                         "lens_new_share_mean", "lens_layers"):
                 row[key] = {}
@@ -119,22 +131,45 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     return rows
 
 
-def _lape_inputs(shards, cfg: ExperimentConfig):
-    """Held-out token windows per language for LAPE (validation split, fixed)."""
+def _lape_inputs(shards, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
+    """Fixed held-out token windows per language for LAPE (validation split)."""
     from babeltower.evaluate.loss import documents_from_shards
+    from babeltower.probes.neurons import windows_from_ids
 
-    docs = documents_from_shards(shards, cfg.languages, "validation",
-                                 cfg.probes.neuron_tokens_per_language)
-    return {lang: np.concatenate([d.tokens for d in ds])[:cfg.probes.neuron_tokens_per_language]
+    n = cfg.probes.neuron_tokens_per_language
+    docs = documents_from_shards(shards, cfg.languages, "validation", n)
+    return {lang: windows_from_ids(np.concatenate([d.tokens for d in ds]), n, cfg.model.seq_len)
             for lang, ds in docs.items()}
 
 
-def _neuron_row(model, lape_tokens: dict, cfg: ExperimentConfig, pair_languages: list[str]) -> dict:
-    from babeltower.probes.neurons import lape_for_model
+def _neuron_row(model, windows: dict, cfg: ExperimentConfig, pair_languages: list[str]) -> dict:
+    """LAPE on one model: |S_l| per language, T = S_primary ∩ S_new per new language."""
+    from babeltower.probes.neurons import collect_stats, lape_select
 
-    res = lape_for_model(model, lape_tokens, primary=cfg.primary, top_rate=cfg.probes.top_rate,
-                         seq_len=cfg.model.seq_len)
-    return {"specific_count": res["specific_count"],
-            "transfer_count": {lang: res["transfer_count"][lang] for lang in pair_languages},
-            "transfer_ratio": {lang: res["transfer_ratio"][lang] for lang in pair_languages},
-            "transfer_by_layer": {lang: res["transfer_by_layer"][lang] for lang in pair_languages}}
+    stats = collect_stats(model, windows, batch_size=16)
+    langs = list(windows)
+    probs = stats.probabilities(langs)
+    filter_rate = 0.95
+    if np.mean(probs >= probs.max()) > 1 - filter_rate:
+        # Tiny models saturate: over 5% of (neuron, language) probabilities can be exactly
+        # the maximum (1.0), so Tang's strict "> 95th percentile" filter keeps nothing.
+        # Put the threshold just below the saturated value instead (recorded in the row).
+        filter_rate = float(np.mean(probs < probs.max()))
+    sel = lape_select(probs, langs, top_rate=cfg.probes.top_rate, filter_rate=filter_rate) \
+        if 0 < filter_rate < 1 else None
+    if sel is None:
+        return {"specific_count": {lang: 0 for lang in langs}, "lape_filter_rate": filter_rate,
+                "transfer_count": {lang: 0 for lang in pair_languages},
+                "transfer_ratio": {lang: None for lang in pair_languages},
+                "transfer_by_layer": {lang: None for lang in pair_languages}}
+    out = {"specific_count": {lang: int(len(sel.sets[lang])) for lang in langs},
+           "lape_filter_rate": filter_rate,
+           "transfer_count": {}, "transfer_ratio": {}, "transfer_by_layer": {}}
+    for lang in pair_languages:
+        t = sel.transfer(cfg.primary, lang)
+        n_new = len(sel.sets[lang])
+        out["transfer_count"][lang] = int(len(t))
+        out["transfer_ratio"][lang] = float(len(t) / n_new) if n_new else None
+        out["transfer_by_layer"][lang] = np.bincount(t[:, 0], minlength=sel.n_layers).tolist() \
+            if len(t) else [0] * sel.n_layers
+    return out

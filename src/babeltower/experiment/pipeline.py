@@ -135,21 +135,18 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     results: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json")}
 
     # 1. data ---------------------------------------------------------------------------
-    from babeltower.corpus.pipeline import prepare_data
     from babeltower.corpus.shards import TokenShards
     from babeltower.mixture.sampler import available_tokens
 
     data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.languages}
-    data_dir = Path(steps.run(
-        "data", data_key,
-        lambda: str(prepare_data(languages=cfg.languages, out_root=wd / "data",
-                                 fetch=cfg.corpus.fetch, sources=cfg.corpus.sources,
-                                 max_mb_per_language=cfg.corpus.max_mb_per_language,
-                                 vocab_size=cfg.corpus.vocab_size, seed=cfg.corpus.seed)),
-        "fetch code from packages, build, tokenize, pack"))
+    data_dir = Path(steps.run("data", data_key, lambda: str(prepare_corpus(cfg)),
+                              "fetch code from packages, build, tokenize, pack"))
     shards = TokenShards(data_dir)
     available = available_tokens(shards)
     check_feasible(cfg, available)
+    corpus0 = original_corpus(cfg, available)
+    # baseline mixtures now, so a budget the corpus cannot meet fails before any training
+    mixtures = analysis.baseline_mixtures(cfg, available, corpus0)
     results["corpus"] = measure.corpus_summary(shards)
 
     # 2. primary-only model -------------------------------------------------------------
@@ -180,7 +177,6 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     results["cpt"] = cpt
 
     # 4. stages, Algorithm 1, calibration ------------------------------------------------
-    corpus0 = original_corpus(cfg, available)
     analysed = steps.run("stages-algorithm1", {"cpt": {k: v["checkpoints"] for k, v in cpt.items()},
                                                "corpus0": corpus0},
                          lambda: analysis.analyse_cpt(cfg, cpt, corpus0),
@@ -188,7 +184,6 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     results.update(analysed)
 
     # 5. mixtures: baselines, optimised, RegMix ---------------------------------------------
-    mixtures = analysis.baseline_mixtures(cfg, available, corpus0)
     mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
     if "regmix" in cfg.scratch.mixtures:
         mixtures["regmix"] = _regmix(cfg, steps, data_dir, corpus0)
@@ -237,6 +232,22 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     console.print(f"[bold green]report:[/bold green] {report}")
     console.print(f"[bold green]results:[/bold green] {wd / 'results.json'}")
     return report
+
+
+def prepare_corpus(cfg: ExperimentConfig) -> Path:
+    """Fetch (optional) + extra sources -> build -> tokenizer -> packed shards."""
+    from babeltower.corpus.fetch import fetch_corpus
+    from babeltower.corpus.prepare import prepare_data
+
+    sources = list(cfg.corpus.sources)
+    if cfg.corpus.fetch:
+        sources.insert(0, str(fetch_corpus(cfg.workdir / "sources", languages=cfg.languages,
+                                           max_mb_per_language=cfg.corpus.max_mb_per_language,
+                                           seed=cfg.corpus.seed, overwrite=True)))
+    if not sources:
+        raise BabelError("corpus.fetch is false and corpus.sources is empty: no code to train on")
+    return prepare_data(sources, cfg.workdir / "data", languages=cfg.languages,
+                        vocab_size=cfg.corpus.vocab_size, seed=cfg.corpus.seed)
 
 
 def _measure_key(cfg: ExperimentConfig) -> dict:

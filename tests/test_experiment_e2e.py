@@ -1,0 +1,142 @@
+"""The whole experiment end to end on a tiny real corpus (one small real run).
+
+Real code from this machine (CPython stdlib, libstdc++ headers, npm's JavaScript), a
+nano model, two seeds: every stage of the pipeline runs for real. The assertions are
+properties that a broken pipeline would violate.
+"""
+
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "e2e"))
+from sources import make_source_tree  # noqa: E402
+
+from babeltower.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp: Path, src: Path, **over) -> Path:
+    cfg = {
+        "name": "e2e", "workdir": str(tmp / "work"), "primary": "python",
+        "new_languages": ["cpp", "javascript"],
+        "corpus": {"fetch": False, "sources": [str(src)], "vocab_size": 1024},
+        "model": {"preset": "nano", "seq_len": 64},
+        "primary_phase": {"tokens": 40000, "lr": 3.0e-3, "batch_size": 8},
+        "continual": {"tokens": 12000, "lr": 1.0e-3, "batch_size": 4},
+        "evaluation": {"val_tokens_per_language": 1024},
+        "probes": {"neuron_tokens_per_language": 1024},
+        "scratch": {"tokens": 12000, "batch_size": 8, "seeds": [0, 1],
+                    "mixtures": ["natural", "optimized", "uniform", "regmix"]},
+        "regmix": {"proxies": 3, "proxy_tokens": 2048},
+    }
+    for k, v in over.items():
+        cfg[k] = v
+    p = tmp / "exp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    src = tmp / "src"
+    got = make_source_tree(src, max_bytes_per_language=250_000)
+    assert set(got) == {"python", "cpp", "javascript"}, got
+    cfg = _config(tmp, src)
+    t0 = time.time()
+    assert main(["experiment", str(cfg)]) == 0
+    return tmp / "work", cfg, time.time() - t0
+
+
+def _is_png(p: Path) -> bool:
+    head = p.read_bytes()[:24]
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    w, h = struct.unpack(">II", head[16:24])
+    return w > 200 and h > 150
+
+
+def test_report_and_results_written(experiment):
+    work, _, _ = experiment
+    report = work / "report.html"
+    assert report.exists() and report.stat().st_size > 50_000
+    html = report.read_text()
+    for heading in ("Answer", "three stages", "logit lens", "LAPE", "Algorithm 1", "Mixtures",
+                    "From-scratch comparison", "agrees or disagrees"):
+        assert heading in html, heading
+    pngs = sorted((work / "figures").glob("*.png"))
+    names = {p.stem for p in pngs}
+    for need in ("cpt_performance", "cpt_bpb", "working_language_cpp", "working_language_javascript",
+                 "transfer_ratio", "calibration", "mixtures", "comparison_equal_tokens",
+                 "comparison_equal_epochs"):
+        assert need in names, need
+    assert all(_is_png(p) for p in pngs)
+    results = json.loads((work / "results.json").read_text())
+    assert results["provenance"]["config_sha256"]
+    assert results["provenance"]["versions"]["torch"]
+
+
+def test_continual_pretraining_learns_the_new_language(experiment):
+    work, _, _ = experiment
+    r = json.loads((work / "results.json").read_text())
+    for lang in ("cpp", "javascript"):
+        rows = r["cpt"][lang]["checkpoints"]
+        assert len(rows) >= 6
+        assert rows[0]["tokens"] == 0 and rows[-1]["tokens"] > rows[0]["tokens"]
+        # the new language's held-out bpb falls; the model moves its preference to the new
+        # identifiers at the output layer (false if training, probes or data were broken)
+        assert rows[-1]["bpb"][lang] < rows[0]["bpb"][lang] - 0.3
+        assert rows[-1]["lens_new_share_last"][lang] > rows[0]["lens_new_share_last"][lang]
+        n_layers = len(rows[0]["lens_layers"][lang]["new_pref_share"])
+        assert n_layers == 7  # embeddings + 6 blocks of the nano preset
+        assert all(isinstance(r["transfer_count"][lang], int) for r in rows)
+        assert sum(rows[-1]["specific_count"].values()) > 0
+
+
+def test_algorithm1_and_comparison_are_consistent(experiment):
+    work, _, _ = experiment
+    r = json.loads((work / "results.json").read_text())
+    alg = r["algorithm1"]
+    for lang, d in alg["languages"].items():
+        assert d["target_tokens"] <= d["available"], lang   # never up-sampled
+    mixtures = r["mixtures"]
+    assert {"natural", "optimized", "uniform", "regmix"} <= set(mixtures)
+    for m in mixtures.values():
+        assert abs(sum(m["shares"].values()) - 1) < 1e-6
+    comp = r["comparison"]
+    eq = [t for t in comp["equal_tokens"] if t["measure"] == "bpb" and t["language"] == "mean"]
+    assert {t["mixture"] for t in eq} == {"natural", "optimized", "uniform", "regmix"}
+    assert all(t["n_seeds"] == 2 for t in eq)
+    nat = next(t for t in eq if t["mixture"] == "natural")
+    assert nat["diff_vs_natural"] == 0.0
+    assert comp["best_equal_tokens"] == min(eq, key=lambda t: t["mean"])["mixture"]
+    assert comp["equal_epochs"]
+
+
+def test_rerun_skips_finished_steps(experiment, capsys):
+    work, cfg, first = experiment
+    before = (work / "results.json").read_text()
+    t0 = time.time()
+    assert main(["experiment", str(cfg)]) == 0
+    assert time.time() - t0 < max(30.0, first / 4)
+    err = capsys.readouterr().err
+    assert "skipped" in err and "finished in" not in err.replace("report", "")
+    after = json.loads((work / "results.json").read_text())
+    assert after["comparison"] == json.loads(before)["comparison"]
+
+
+def test_unmeetable_budget_fails_before_training(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_source_tree(src, max_bytes_per_language=60_000)
+    cfg = _config(tmp_path, src, primary_phase={"tokens": 10 ** 9, "lr": 1e-3})
+    assert main(["experiment", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "exceeds" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "work" / "runs").exists()
