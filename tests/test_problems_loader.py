@@ -194,3 +194,16 @@ def test_examples_in_prompts_are_the_first_test_cases():
                 harness_call = call if lang == "java" else call.replace(
                     row["entry_point"] + "(", "candidate(", 1)
                 assert harness_call in row["tests"], (lang, p["name"], i)
+
+
+def test_unused_javatuples_import_is_dropped_from_multiple_java_rows(tmp_path):
+    header = "import java.util.*;\nimport org.javatuples.*;\nclass Problem {\n"
+    plain = dict(GOOD, name="j_1", language="java", prompt=header + "    public static long f() {\n",
+                 tests="    }\n    public static void main(String[] a) { assert f() == 1; }\n}\n")
+    tuples = dict(plain, name="j_2", prompt=header + "    public static Pair<Long, Long> f() {\n")
+    a, b = load_problems(_write(tmp_path, [plain, tuples]))
+    assert "javatuples" not in a["prompt"] and a["normalised"] == ["dropped unused import org.javatuples.*"]
+    assert a["prompt"] == plain["prompt"].replace("import org.javatuples.*;\n", "")
+    assert b["prompt"] == tuples["prompt"] and "normalised" not in b
+    # our own Java rows are untouched
+    assert all("normalised" not in p for p in load_problems("java"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 from babeltower.errors import BabelError
@@ -113,6 +114,25 @@ def _from_humaneval(row: dict) -> dict:
     return out
 
 
+# MultiPL-E's Java prompts import org.javatuples, a jar that is not on our classpath. A
+# problem that never names a tuple type compiles without it, so the import is dropped
+# (and the change recorded in the row's "normalised" field); one that uses tuples keeps
+# it and needs the jar.
+_JAVATUPLES_IMPORT = "import org.javatuples.*;\n"
+_JAVATUPLES_TYPES = re.compile(
+    r"\b(Unit|Pair|Triplet|Quartet|Quintet|Sextet|Septet|Octet|Ennead|Decade|KeyValue|LabelValue)\s*[<.(]")
+
+
+def _drop_unused_javatuples(row: dict) -> dict:
+    if _JAVATUPLES_IMPORT not in row["prompt"]:
+        return row
+    if _JAVATUPLES_TYPES.search(row["prompt"] + row["tests"] + row.get("canonical_solution", "")):
+        return row
+    out = dict(row, prompt=row["prompt"].replace(_JAVATUPLES_IMPORT, "", 1))
+    out["normalised"] = [*row.get("normalised", []), "dropped unused import org.javatuples.*"]
+    return out
+
+
 def _validate(row, where: str) -> dict:
     if not isinstance(row, dict):
         raise BabelError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -139,6 +159,8 @@ def _validate(row, where: str) -> dict:
         raise BabelError(f"{where}: {exc}") from None
     if out["language"] != source_language:
         out["source_language"] = source_language  # e.g. MultiPL-E's "go_test.go", "py"
+    if out["language"] == "java":
+        out = _drop_unused_javatuples(out)
     return out
 
 
