@@ -121,13 +121,20 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
         t_ours += _time(ours, 1)
         t_tl += _time(tl, 1)
     mo, mt = statistics.median(t_ours), statistics.median(t_tl)
+    with torch.no_grad():
+        states = [lens.layer_states(ids) for ids in batches]
+        t = time.perf_counter()
+        for st in states:
+            lens.decode(st)
+        t_unembed = time.perf_counter() - t
     return {
         "prompts": len(checked.items), "batches": len(batches), "layers": n_layers,
         "ours_s": mo, "tl_s": mt,
         # one "checkpoint" = this model over all prompts
         "ours_layers_ckpt_per_s": n_layers / mo, "tl_layers_ckpt_per_s": n_layers / mt,
         "speedup": mt / mo, "max_abs_logit_diff": max_diff,
-        "top1_agreement": top1_agree / total,
+        "top1_agreement": top1_agree / total, "vocab": int(ours_model.config.vocab_size),
+        "unembed_share": min(1.0, t_unembed / mo),
     }
 
 
@@ -179,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lape-windows", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-lens", action="store_true", help="only the LAPE benchmark")
     args = ap.parse_args(argv)
     import torch
 
@@ -193,17 +201,23 @@ def main(argv=None) -> int:
         return 2
     from importlib.metadata import version
 
-    r = bench_lens(model_dir, args.rounds, args.batch_size, args.prompts)
-    print(f"\nlogit lens, python-php suite: {r['prompts']} prompts in {r['batches']} "
+    if args.skip_lens:
+        r = None
+    else:
+        r = bench_lens(model_dir, args.rounds, args.batch_size, args.prompts)
+    if r is not None:
+        print(f"\nlogit lens, python-php suite: {r['prompts']} prompts in {r['batches']} "
           f"equal-length batches, {r['layers']} layers (embeddings + blocks)")
-    print(f"  babeltower LogitLens        : {r['ours_s']:.3f} s/checkpoint = "
-          f"{r['ours_layers_ckpt_per_s']:.1f} layers x checkpoints / s")
-    print(f"  TransformerLens {version('transformer-lens'):<11} : {r['tl_s']:.3f} s/checkpoint = "
-          f"{r['tl_layers_ckpt_per_s']:.1f} layers x checkpoints / s")
-    print(f"  ratio (TransformerLens time / babeltower time): {r['speedup']:.2f}x  "
-          f"[target >= 3x]")
-    print(f"  agreement: max |logit diff| {r['max_abs_logit_diff']:.2e}, "
-          f"top-1 agreement {r['top1_agreement']:.4f}")
+        print(f"  babeltower LogitLens        : {r['ours_s']:.3f} s/checkpoint = "
+              f"{r['ours_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
+        print(f"  TransformerLens {version('transformer-lens'):<11} : {r['tl_s']:.3f} s/checkpoint"
+              f" = {r['tl_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
+        print(f"  ratio (TransformerLens time / babeltower time): {r['speedup']:.2f}x  "
+              f"[target >= 3x]")
+        print(f"  agreement: max |logit diff| {r['max_abs_logit_diff']:.2e}, "
+              f"top-1 agreement {r['top1_agreement']:.4f}")
+        print(f"  of babeltower's time, unembedding {r['layers']} layers x "
+              f"{r['vocab']} tokens: {r['unembed_share']:.0%} (the same work in both)")
     q = bench_lape(model_dir, args.rounds, args.lape_windows, args.seq_len, 4)
     print(f"\nLAPE counting hooks, {q['tokens']} tokens of CPython stdlib:")
     print(f"  plain forward (full model)           : {q['plain_tok_per_s']:.0f} tokens/s")

@@ -180,10 +180,13 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
     items = checked.items if items is None else items
     pad = _pad_id(tokenizer)
     n_l = lens.n_layers + 1
-    cols: dict[str, list] = {k: [] for k in MEASURES}
-    meta: list[tuple] = []
-    for b in range(0, len(items), batch_size):
-        chunk = items[b:b + batch_size]
+    cols: dict[str, list] = {k: [None] * len(items) for k in MEASURES}
+    meta: list[tuple] = [(it.pair_id, it.kind, it.side, it.language, it.prompt) for it in items]
+    # batches of similar length waste little on padding; results go back to item order
+    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        chunk = [items[i] for i in idx]
         ids, mask = pad_batch([it.prompt_ids for it in chunk], pad, padding_side)
         logp = torch.log_softmax(lens.layer_logits(ids, mask).float(), dim=-1)  # (L+1, B, V)
         top = logp.argmax(dim=-1)                                               # (L+1, B)
@@ -203,8 +206,7 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
                 "primary_vs_control": lp_p - ctrl,
             }
             for k in MEASURES:
-                cols[k].append(vals[k].numpy())
-            meta.append((it.pair_id, it.kind, it.side, it.language, it.prompt))
+                cols[k][idx[j]] = vals[k].numpy()
     if not meta:
         return pd.DataFrame(columns=["pair_id", "kind", "side", "pair_language", "prompt",
                                      "layer", "measure", "value"])
