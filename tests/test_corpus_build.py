@@ -284,3 +284,45 @@ def test_real_cpython_stdlib_subset(tmp_path):
         on_disk = next(s / r["path"] for s in sources if (s / r["path"]).is_file()
                        and r["source"] == str(s))
         assert on_disk.read_text(encoding="utf-8") == r["text"]
+
+
+def test_minhash_estimates_the_jaccard_of_token_5grams():
+    """The signature agreement estimates the true Jaccard of the files' token 5-gram sets
+    (computed here from strings, independently of the hashing), across similarities."""
+    import re
+
+    import numpy as np
+
+    from babeltower.corpus.build import minhash_signature, shingle_hashes
+
+    def grams(text):
+        toks = re.findall(r"\w+|[^\w\s]", text)
+        return {tuple(toks[i:i + 5]) for i in range(len(toks) - 4)}
+
+    rng = random.Random(0)
+    base = python_source(rng, 40).splitlines()
+    errors = []
+    for frac in (0.0, 0.05, 0.2, 0.5, 0.9):
+        lines = list(base)
+        for i in rng.sample(range(len(lines)), int(frac * len(lines))):
+            lines[i] = f"    {rng.choice(WORDS)}_{rng.randrange(10**6)} = {rng.randrange(10**6)}"
+        a, b = "\n".join(base), "\n".join(lines)
+        ga, gb = grams(a), grams(b)
+        true = len(ga & gb) / len(ga | gb)
+        assert len(shingle_hashes(a, 5)) == len(ga)  # one hash per distinct 5-gram
+        est = float(np.mean(minhash_signature(a, 256, 5) == minhash_signature(b, 256, 5)))
+        errors.append(abs(est - true))
+        assert abs(est - true) < 0.12, (frac, true, est)
+    assert errors[0] == 0.0
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_alphanumeric_fraction_matches_its_definition(text):
+    from babeltower.corpus.filters import alphanumeric_fraction
+
+    expected = sum(ch.isalnum() for ch in text) / len(text) if text else 0.0
+    assert alphanumeric_fraction(text) == pytest.approx(expected)
