@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import tempfile
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -166,8 +167,50 @@ def _workers(n: int) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
 
-def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True) -> list[dict]:
-    """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order."""
+class TextSpill:
+    """Kept texts on disk while the whole-corpus steps run, so memory holds only the
+    per-file metadata and MinHash signatures (~1 kB per file), not the corpus."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / "texts.bin"
+        self._f = open(self.path, "w+b")
+        self._end = 0
+
+    def put(self, text: str) -> tuple[int, int]:
+        data = text.encode("utf-8")
+        self._f.seek(self._end)
+        self._f.write(data)
+        ref = (self._end, len(data))
+        self._end += len(data)
+        return ref
+
+    def get(self, ref) -> str:
+        offset, n = ref
+        self._f.seek(int(offset))
+        return self._f.read(int(n)).decode("utf-8")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def record_text(rec: dict, spill: TextSpill | None) -> str:
+    if rec.get("text") is not None:
+        return rec["text"]
+    if spill is None or rec.get("text_ref") is None:
+        raise RuntimeError(f"text of {record_id(rec)} was not kept")
+    return spill.get(rec["text_ref"])
+
+
+def _spill(rec: dict, spill: TextSpill | None) -> dict:
+    if spill is not None and rec.get("text") is not None:
+        rec["text_ref"] = spill.put(rec.pop("text"))
+    return rec
+
+
+def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True,
+                 spill: TextSpill | None = None) -> list[dict]:
+    """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order.
+    With ``spill``, kept texts go to disk as they arrive (``record_text`` reads them)."""
     for s in sources:
         probe_source(str(s))  # a missing, unreadable or malformed source fails before any work
 
@@ -187,14 +230,14 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
     try:
         if n == 1:
             for si, item in tasks():
-                out.append(scan_item(item, cfg, si))
+                out.append(_spill(scan_item(item, cfg, si), spill))
                 bar.update()
         else:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             with ctx.Pool(n, initializer=_init_worker,
                           initargs=(cfg.model_dump_json(),)) as pool:
                 for rec in pool.imap(_scan_task, tasks(), chunksize=16):
-                    out.append(rec)
+                    out.append(_spill(rec, spill))
                     bar.update()
     finally:
         bar.close()
@@ -328,7 +371,8 @@ def _ledger_row(rec: dict) -> dict:
 
 
 def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out: Path,
-             overwrite: bool = False, extra_manifest: dict | None = None) -> Path:
+             overwrite: bool = False, extra_manifest: dict | None = None,
+             spill: TextSpill | None = None) -> Path:
     """Step 3 over the whole corpus; writes ``out`` atomically."""
     import pandas as pd
 
@@ -401,7 +445,7 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
                 with open(p, "w", encoding="utf-8") as f:
                     for r in rows:
                         f.write(json.dumps({
-                            "text": r["text"],
+                            "text": record_text(r, spill),
                             "path": r["path"] if r.get("row") is None
                             else (r["path"] or f"row-{r['row']}"),
                             "source": r["source"], "package": r["package"],
@@ -465,13 +509,20 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not overwrite:
         raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
-    records = scan_sources(sources, cfg, progress=progress)
-    if cfg.num_shards == 1:
-        return finalize(records, cfg, sources, out, overwrite=overwrite)
-    return _write_shard(records, cfg, sources, out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
+        spill = TextSpill(d)
+        try:
+            records = scan_sources(sources, cfg, progress=progress, spill=spill)
+            if cfg.num_shards == 1:
+                return finalize(records, cfg, sources, out, overwrite=overwrite, spill=spill)
+            return _write_shard(records, cfg, sources, out, overwrite, spill)
+        finally:
+            spill.close()
 
 
-def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool) -> Path:
+def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool,
+                 spill: TextSpill | None = None) -> Path:
     import pandas as pd
 
     rows = []
@@ -479,7 +530,8 @@ def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool)
         r = dict(r)
         mh = r.pop("minhash", None)
         r["minhash"] = None if mh is None else np.asarray(mh, dtype=np.uint64).tobytes()
-        r.setdefault("text", None)
+        r["text"] = record_text(r, spill) if r["status"] == "kept" else None
+        r.pop("text_ref", None)
         rows.append(r)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         df = pd.DataFrame(rows)
@@ -500,8 +552,6 @@ def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool)
 def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                  overwrite: bool = False) -> Path:
     """Finish a sharded build: whole-corpus dedup and split over all n shard outputs."""
-    import pandas as pd
-
     if not shard_dirs:
         raise BabelError("no shard directories given")
     metas, frames = [], []
@@ -519,7 +569,7 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
         if not rp.is_file() or sha256_file(rp) != meta.get("records_sha256"):
             raise BabelError(f"shard {d}: records.parquet is missing or does not match its sha256")
         metas.append(meta)
-        frames.append(pd.read_parquet(rp))
+        frames.append(rp)
     n = metas[0]["num_shards"]
     got = sorted(m["shard_index"] for m in metas)
     if got != list(range(n)):
@@ -530,23 +580,21 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
                 or m["sources"] != metas[0]["sources"]:
             raise BabelError("shards were built with different configs or sources")
     cfg = BuildConfig.model_validate({**base, "shard_index": 0, "num_shards": 1})
-    records = []
-    for df in frames:
-        for r in df.to_dict("records"):
-            r = {k: (None if _isna(v) else v) for k, v in r.items()}
-            if r.get("row") is not None:
-                r["row"] = int(r["row"])
-            if r.get("minhash") is not None:
-                r["minhash"] = np.frombuffer(r["minhash"], dtype=np.uint64)
-            records.append(r)
-    return finalize(records, cfg, metas[0]["sources"], Path(out), overwrite=overwrite,
-                    extra_manifest={"merged_shards": n})
+    import pyarrow.parquet as pq
 
-
-def _isna(v) -> bool:
-    try:
-        import pandas as pd
-
-        return v is None or (not isinstance(v, (bytes, str, list, np.ndarray)) and bool(pd.isna(v)))
-    except (TypeError, ValueError):
-        return False
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
+        spill = TextSpill(d)
+        try:
+            records = []
+            for rp in frames:  # batch by batch: texts go to the spill, not to memory
+                for batch in pq.ParquetFile(rp).iter_batches(batch_size=512):
+                    for r in batch.to_pylist():
+                        if r.get("minhash") is not None:
+                            r["minhash"] = np.frombuffer(r["minhash"], dtype=np.uint64)
+                        records.append(_spill(r, spill))
+            return finalize(records, cfg, metas[0]["sources"], out, overwrite=overwrite,
+                            extra_manifest={"merged_shards": n}, spill=spill)
+        finally:
+            spill.close()
