@@ -44,7 +44,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from babeltower.evaluate.sandbox import Limits, SandboxResult, new_sandbox_dir, run_sandboxed
+from babeltower.evaluate.sandbox import (Limits, SandboxResult, new_sandbox_dir,
+                                         remove_dir_later, run_sandboxed)
 from babeltower.languages import get_language
 
 SUPPORTED = ("python", "javascript", "php", "cpp", "rust", "java", "go")
@@ -237,7 +238,7 @@ def run_program(language: str, source: str, timeout: float = 10.0,
         r = run_sandboxed(run_cmd, workdir=wd, limits=runtime, env=env)
         return _as_exec(r, lang, compile_time)
     finally:
-        shutil.rmtree(wd, ignore_errors=True)
+        remove_dir_later(wd)
 
 
 def check_toolchains(languages=SUPPORTED) -> dict[str, bool]:
