@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -71,7 +72,8 @@ def train_tokenizer(corpus_dir: str | os.PathLike, out: str | os.PathLike,
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
         special_tokens=[cfg.eos_token, cfg.pad_token],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress and sys.stderr.isatty())  # no bar residue in logs
 
     def batches() -> Iterator[list[str]]:
         for i in range(0, len(texts), 256):
