@@ -9,7 +9,8 @@ Row sources have The Stack / StarCoderData shape: a ``content`` column, a langua
 column (``lang`` or ``language``; else the language is detected from the path), and
 optionally ``max_stars_repo_path``/``path``, ``max_stars_repo_name``/``repo_name``/``repo``
 (used for grouping) and ``max_stars_repo_licenses``/``license``. A dataset on a hub is
-passed as ``hf:ORG/NAME`` (read with ``datasets.load_dataset(..., streaming=True)``).
+passed as ``hf:ORG/NAME`` or ``hf:ORG/NAME:DATA_DIR`` (read with
+``datasets.load_dataset(name, data_dir=..., streaming=True)``).
 
 A directory written by ``corpus fetch`` has a ``sources.json``: its files inherit the
 package, version, license and language of the entry whose ``root`` contains them.
@@ -222,8 +223,10 @@ def _load_rows(source: str, hub: bool):
     level = ds_logger.level
     ds_logger.setLevel(logging.CRITICAL)  # its ERROR log would be a second line of output
     try:
-        if hub:
-            return datasets.load_dataset(source[3:], split="train", streaming=True)
+        if hub:  # hf:ORG/NAME or hf:ORG/NAME:DATA_DIR (e.g. hf:bigcode/the-stack:data/php)
+            name, _, data_dir = source[3:].partition(":")
+            return datasets.load_dataset(name, data_dir=data_dir or None, split="train",
+                                         streaming=True)
         builder = "parquet" if source.lower().endswith(".parquet") else "json"
         return datasets.load_dataset(builder, data_files=[str(Path(source).resolve())],
                                      split="train")
