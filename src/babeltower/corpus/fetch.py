@@ -494,9 +494,7 @@ def _materialise(spec: PackageSpec, apt: _AptCache, apt_failed: dict, cache: Pat
             return [_Materialised(_java_tree(apt, spec), meta.get("version"),
                                   meta.get("license") or "GPL-2.0 with Classpath exception",
                                   origin)]
-        roots = [tree / s for s in spec.subdirs if (tree / s).is_dir()] or [tree]
-        if len(roots) > 1:  # one package, several code dirs: copy them under one root
-            return [_Materialised(r, meta.get("version"), meta.get("license"), origin)
-                    for r in roots[:1]]
-        return [_Materialised(roots[0], meta.get("version"), meta.get("license"), origin)]
+        # the first listed code directory that the package has (else the whole tree)
+        root = next((tree / s for s in spec.subdirs if (tree / s).is_dir()), tree)
+        return [_Materialised(root, meta.get("version"), meta.get("license"), origin)]
     return f"unknown package kind {spec.kind!r}"
