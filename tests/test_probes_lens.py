@@ -156,3 +156,12 @@ def test_cli_lens_and_errors(tmp_path, capsys):
     rc = main(["probe", "lens", str(run), "--new", "cobol", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "unknown language" in err
+
+
+def test_cache_from_other_settings_is_refused(tmp_path):
+    run = save_run(tmp_path, "llama", steps=(0,))
+    out = tmp_path / "lens"
+    run_lens(run, primary="python", new="php", out=out, progress=False)
+    (out / "lens.parquet").unlink()
+    with pytest.raises(BabelError, match="other settings"):
+        run_lens(run, primary="python", new="php", out=out, progress=False, add_bos=True)

@@ -257,6 +257,26 @@ def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
     return load_suite(primary, new, path=suite)
 
 
+def check_cache(cache: Path, config: dict, overwrite: bool) -> None:
+    """Per-checkpoint caches are only reused with the settings that made them."""
+    import json
+
+    from babeltower.io import atomic_write_json, sha256_json
+
+    f = cache / "cache_config.json"
+    digest = sha256_json(config)
+    if f.exists() and not overwrite:
+        try:
+            old = json.loads(f.read_text()).get("sha256")
+        except json.JSONDecodeError:
+            old = None
+        if old != digest:
+            raise BabelError(f"cached results in {cache} were made with other settings "
+                             "(pass --overwrite or use another --out)")
+        return
+    atomic_write_json(f, {"sha256": digest, "config": config})
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -288,6 +308,9 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
     if out_dir is not None and (out_dir / "lens.parquet").exists() and not overwrite:
         raise BabelError(f"output {out_dir / 'lens.parquet'} already exists "
                          "(pass --overwrite to replace it)")
+    if cache is not None:
+        check_cache(cache, {"suite": suite.model_dump(mode="json", exclude={"source"}),
+                            "add_bos": add_bos}, overwrite)
     frames = []
     checked_summaries = {}
     bar = _progress(refs, progress, "logit lens")

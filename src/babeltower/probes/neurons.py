@@ -457,6 +457,13 @@ def run_neurons(source, data, languages: Sequence[str], primary: str, *,
         raise BabelError(f"output {out_dir / 'neurons.parquet'} already exists "
                          "(pass --overwrite to replace it)")
     cache = out_dir / "checkpoints" if out_dir is not None else None
+    if cache is not None:
+        from babeltower.probes.lens import check_cache
+
+        # the counts depend on these; the selection parameters are cheap to change
+        check_cache(cache, {"languages": langs, "data": str(data) if not isinstance(data, Mapping)
+                            else {k: str(v) for k, v in data.items()}, "n_tokens": n_tokens,
+                            "seq_len": seq_len, "split": split, "point": point}, overwrite)
     frames = []
     # bad data fails before any model is loaded
     files_used: dict[str, None] = {}
