@@ -4,7 +4,7 @@ Peer: nanoGPT's ``get_batch`` (random offsets into one np.memmap, torch.stack of
 slices) - the simplest loader there is, with no mixture, no seekability and no epochs.
 We report batches/s for both and the ratio, plus the sampler's construction time.
 
-    .venv/bin/python bench/bench_sampler.py [--tokens 30000000] [--seq-len 1024] [--batch 32]
+    .venv/bin/python bench/sampler.py [--tokens 30000000] [--seq-len 1024] [--batch 32]
 """
 
 from __future__ import annotations
