@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 class CorpusSettings(_Strict):
     fetch: bool = True                        # gather the offline default corpus from packages
     sources: list[str] = []                   # extra sources for `corpus build` (dirs, archives, JSONL/Parquet, dataset ids)
-    max_mb_per_language: float = 6.0          # cap of raw source per language (keeps `make run` short)
+    # cap of raw source per language (keeps `make run` short): one number for all, or
+    # per language, e.g. {python: 12, default: 4}
+    max_mb_per_language: float | dict[str, float] = 6.0
     vocab_size: int = 4096
     seed: int = 0
 
