@@ -455,7 +455,8 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
                              f"{resume_from.name}); use a new out_dir, or --force to continue it "
                              "with this config")
         state = ck.load_training_state(resume_from)
-        sampler.load_state_dict(state["sampler"])
+        if not force:   # same data stream (spec, seed, seq_len, shards) or a clear error
+            sampler.load_state_dict(state["sampler"])
         saved_world = int(state.get("world_size", world))
         if saved_world != world and not force:
             raise BabelError(f"{resume_from.name} was written by {saved_world} process(es), this is "
