@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,7 +82,9 @@ def test_presets_have_the_documented_sizes():
 
     sizes = {}
     for name in ("llama-nano", "gpt2-nano", "llama-micro", "gpt2-micro"):
-        m = AutoModelForCausalLM.from_config(preset_config(name, vocab_size=4096, seq_len=256))
+        with torch.device("meta"):   # shapes only: no time spent initialising weights
+            m = AutoModelForCausalLM.from_config(preset_config(name, vocab_size=4096,
+                                                               seq_len=256))
         sizes[name] = count_parameters(m)["non_embedding"]
     assert 0.9e6 < sizes["llama-nano"] < 1.5e6 and 0.9e6 < sizes["gpt2-nano"] < 1.5e6
     assert 4e6 < sizes["llama-micro"] < 7e6 and 4e6 < sizes["gpt2-micro"] < 7e6
@@ -148,7 +151,8 @@ def test_lr_schedule_warms_up_then_decays_to_min(max_steps, warmup):
     lrs = [lr_at(s, cfg, max_steps) for s in range(max_steps + 1)]
     w = min(warmup, max_steps)
     assert all(0 < x <= 1e-3 + 1e-12 for x in lrs)
-    assert all(x >= 1e-4 - 1e-12 for x in lrs[w:])
+    if warmup <= max_steps:        # (a warmup longer than the run never leaves warmup)
+        assert all(x >= 1e-4 - 1e-12 for x in lrs[warmup:])
     assert all(a < b for a, b in zip(lrs[:w], lrs[1:w + 1]))        # rising during warmup
     tail = lrs[w:]
     assert all(a >= b - 1e-15 for a, b in zip(tail, tail[1:]))      # never rising after
