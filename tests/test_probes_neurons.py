@@ -193,3 +193,21 @@ def test_raw_text_data(tmp_path):
                      ["python", "php"], "python", seq_len=32, progress=False, top_rate=0.05)
     assert set(df.language) == {"python", "php"}
     assert (df[df.measure == "n_specific"].value >= 0).all()
+
+
+def test_checkpoint_summary_merges_lens_and_neurons(tmp_path):
+    from babeltower.probes import checkpoint_summary, run_lens
+
+    from test_probes_helpers import save_run
+
+    run = save_run(tmp_path, "llama", steps=(0, 4))
+    data = packed_data(tmp_path / "data", planted_windows(n=4, seq=16))
+    nd = run_neurons(run, data, LANGS, "python", out=tmp_path / "n", seq_len=16,
+                     top_rate=0.05, progress=False)
+    run_lens(run, primary="python", new="php", out=tmp_path / "l", progress=False)
+    s = checkpoint_summary(tmp_path / "l", tmp_path / "n")
+    assert list(s.checkpoint) == ["step-00000000", "step-00000004"]
+    assert s.share_new_last.notna().all() and (s.lape_language == "php").all()
+    want = summarize_neurons(nd)
+    want = want[want.language == "php"].transfer_ratio.tolist()
+    np.testing.assert_allclose(s.lape_transfer_ratio.tolist(), want)

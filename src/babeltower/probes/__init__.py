@@ -14,13 +14,14 @@ from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, Pro
 
 __all__ = ["ATTRIBUTION", "CheckedItem", "CheckedSuite", "ProbeSuite", "available_suites",
            "load_suite", "run_lens", "summarize_lens", "LogitLens", "run_neurons",
-           "summarize_neurons", "lape_select", "run_ablate"]
+           "summarize_neurons", "lape_select", "run_ablate", "checkpoint_summary"]
 
 
 _LAZY = {
     "run_lens": "lens", "summarize_lens": "lens", "LogitLens": "lens", "layer_table": "lens",
     "run_neurons": "neurons", "summarize_neurons": "neurons", "lape_select": "neurons",
     "NeuronStats": "neurons", "run_ablate": "ablate", "zero_neurons": "ablate",
+    "checkpoint_summary": "summary",
 }
 
 
