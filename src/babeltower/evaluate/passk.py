@@ -215,7 +215,7 @@ def generate_completions(model, tokenizer, prompts: list[str], stop_tokens: list
 # --------------------------------------------------------------------------- execution
 def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
                     workers: int = 2, timeout: float = 10.0,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, python_fork_server: bool = True) -> list[dict]:
     """Run every (problem, sample) program in the sandbox; one result row each."""
     from tqdm.auto import tqdm
 
@@ -226,7 +226,8 @@ def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
     def one(job):
         pi, si, comp = job
         p = problems[pi]
-        r = run_program(p.language, p.program(comp), timeout=timeout)
+        r = run_program(p.language, p.program(comp), timeout=timeout,
+                        python_fork_server=python_fork_server)
         return {"problem": p.name, "language": p.language, "sample": si, "completion": comp,
                 "status": r.status, "exit_code": r.exit_code, "signal": r.signal,
                 "time": round(r.wall_time + (r.compile_time or 0.0), 4),
