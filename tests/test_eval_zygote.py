@@ -68,3 +68,25 @@ def test_fork_server_does_not_put_our_source_tree_on_the_path():
     assert r.isolation["runner"] == "fork server (no exec)"
     assert not [p for p in path if p.startswith(src)]
     assert path[0].split("/")[-1].startswith("bt-sbx-")  # the program's own directory first
+
+
+def test_server_outlives_the_thread_that_started_it_and_restarts_if_killed():
+    import threading
+
+    from babeltower.evaluate import zygote
+
+    if zygote._server is not None:
+        zygote._server.close()
+        zygote._server = None
+    t = threading.Thread(target=lambda: run_program("python", "pass"))
+    t.start()
+    t.join()
+    first = zygote._server
+    assert first is not None and first.alive()  # a thread's exit must not kill it
+    r = run_program("python", "print('again')")
+    assert r.stdout.strip() == "again" and zygote._server is first
+    first.proc.kill()
+    first.proc.wait()
+    r = run_program("python", "print('after kill')")
+    assert r.status == "pass" and r.stdout.strip() == "after kill"
+    assert zygote._server is not first and zygote._server.alive()

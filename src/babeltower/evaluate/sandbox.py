@@ -534,8 +534,11 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                        "userns": not is_root, "nproc": nproc,
                        "script": str(Path(wd) / cmd[-1]), "argv": [],
                        "server_path": server.src}
-                proc = zygote.ZygoteProcess(server, req, w_fd)
-            else:
+                try:
+                    proc = zygote.ZygoteProcess(server, req, w_fd)
+                except OSError:
+                    server = None  # the server went away: start this one the usual way
+            if server is None:
                 proc = subprocess.Popen(
                     cmd, cwd=wd, env=default_env(wd, env), stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,

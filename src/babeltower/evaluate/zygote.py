@@ -26,7 +26,7 @@ Differences from a fresh interpreter, stated plainly: the program's ``sys.module
 already holds the standard-library modules the server imported (``json``, ``socket``,
 ``selectors``, ``ctypes``, ...), and interpreter flags are the server's (``-B``). Programs
 that depend on a pristine interpreter can use ``run_program(..., python_fork_server=False)``.
-The server dies with its parent (``PR_SET_PDEATHSIG``).
+The server exits when its parent process does (EOF on a pipe only the parent holds).
 """
 
 from __future__ import annotations
@@ -129,7 +129,6 @@ def _exit_code(c) -> int:
 
 def serve(sock_path: str) -> None:
     """The server loop: accept, fork, report pid and wait status (single-threaded)."""
-    import ctypes
     import selectors
 
     # import now what every child needs, so a child only forks and runs
@@ -140,10 +139,9 @@ def serve(sock_path: str) -> None:
 
     import babeltower.evaluate.sandbox  # noqa: F401
 
-    try:  # die with the parent
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    # die with the parent: our stdin is a pipe whose write end only the parent holds, so
+    # EOF on it means the parent process is gone (PR_SET_PDEATHSIG would fire when the
+    # parent *thread* that started us exits - e.g. a worker of a thread pool)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     os.chmod(sock_path, 0o600)
@@ -155,10 +153,15 @@ def serve(sock_path: str) -> None:
     sel = selectors.DefaultSelector()
     sel.register(srv, selectors.EVENT_READ, "accept")
     sel.register(r_sig, selectors.EVENT_READ, "sigchld")
+    sel.register(0, selectors.EVENT_READ, "parent")
     children: dict[int, socket.socket] = {}
     print("ready", flush=True)
     while True:
         for key, _ in sel.select():
+            if key.data == "parent":
+                if not os.read(0, 4096):
+                    os._exit(0)
+                continue
             if key.data == "accept":
                 conn, _ = srv.accept()
                 try:
@@ -223,7 +226,7 @@ class _Server:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": src,
                "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen([python, "-B", "-s", __file__, self.path],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env, close_fds=True,
                                      start_new_session=True)
         line = self.proc.stdout.readline()
