@@ -82,11 +82,17 @@ def find_tool(name: str) -> tuple[str, bool] | None:
     found: list[Path] = []
     for d in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
         cand = Path(d or ".") / name
-        if cand.is_file() and os.access(cand, os.X_OK):
-            found.append(cand)
+        try:
+            if cand.is_file() and os.access(cand, os.X_OK):
+                found.append(cand)
+        except OSError:  # a PATH entry we may not look into (e.g. /root/... when not root)
+            pass
     for extra in (Path("/usr/local/bin") / name, Path("/usr/bin") / name):
-        if extra.is_file() and extra not in found:
-            found.append(extra)
+        try:
+            if extra.is_file() and extra not in found:
+                found.append(extra)
+        except OSError:
+            pass
     if not found:
         return None
     if name == "rustc":
