@@ -156,7 +156,7 @@ def comparison(table: dict[str, dict[str, tuple[float, float, float]]], path: st
     ``table[mixture][language] = (mean, ci_low, ci_high)``.
     """
     mixtures_ = list(table)
-    langs = sorted({lang for row in table.values() for lang in row})
+    langs = list(dict.fromkeys(lang for row in table.values() for lang in row))  # caller's order
     width = 0.8 / max(1, len(mixtures_))
     fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(langs) + 2), 3.6))
     x = np.arange(len(langs))

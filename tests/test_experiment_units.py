@@ -1,0 +1,102 @@
+"""Experiment pieces without training: config validation, feasibility, the original
+corpus, the performance-signal fallback, the comparison with intervals, the report."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from babeltower.errors import BabelError
+from babeltower.experiment.analysis import compare, mean_ci, performance_curve
+from babeltower.experiment.config import ExperimentConfig
+from babeltower.experiment.pipeline import check_feasible, original_corpus
+
+BASE = {"primary": "python", "new_languages": ["php", "go"],
+        "primary_phase": {"tokens": 1000, "lr": 1e-3}, "continual": {"tokens": 500, "lr": 1e-3},
+        "scratch": {"tokens": 3000, "seeds": [0, 1]}}
+
+
+def cfg(**over):
+    d = json.loads(json.dumps(BASE))
+    d.update(over)
+    return ExperimentConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"new_languages": ["python"]}, "also listed as a new language"),
+    ({"new_languages": []}, "at least one new language"),
+    ({"new_languages": ["klingon"]}, "unknown language"),
+    ({"scratch": {"tokens": 10, "mixtures": ["natural", "zipf"]}}, "unknown mixture"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_bad_configs_fail_at_load(over, msg):
+    with pytest.raises(BabelError, match=msg):
+        cfg(**over)
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    c = ExperimentConfig.from_yaml(p, {"scratch.seeds": "[0, 1, 2]", "model.preset": "micro"})
+    assert c.scratch.seeds == [0, 1, 2] and c.model.preset == "micro"
+    c.to_yaml(tmp_path / "out.yaml")
+    assert ExperimentConfig.from_yaml(tmp_path / "out.yaml") == c
+    p.write_text("primary: python\nnew_languages: [php\n")
+    with pytest.raises(BabelError, match="broken YAML"):
+        ExperimentConfig.from_yaml(p)
+
+
+def test_feasibility_names_the_budget_and_the_language():
+    c = cfg()
+    check_feasible(c, {"python": 5000, "php": 5000, "go": 5000})
+    with pytest.raises(BabelError, match="primary_phase.tokens=1000 exceeds the 999 python"):
+        check_feasible(c, {"python": 999, "php": 5000, "go": 5000})
+    with pytest.raises(BabelError, match="continual.tokens=500 exceeds the 10 go"):
+        check_feasible(c, {"python": 5000, "php": 5000, "go": 10})
+    with pytest.raises(BabelError, match="no php training tokens"):
+        check_feasible(c, {"python": 5000, "go": 5000})
+
+
+def test_original_corpus_is_natural_and_exact():
+    c = cfg()
+    o = original_corpus(c, {"python": 6000, "php": 3000, "go": 1000, "rust": 99999})
+    assert sum(o.values()) == 3000 and set(o) == {"python", "php", "go"}
+    assert o["python"] == 1800 and o["php"] == 900 and o["go"] == 300
+
+
+def test_performance_falls_back_to_bpb_when_cloze_is_flat():
+    c = cfg()
+    rows = [{"tokens": t, "cloze_new": {"php": 0.0 if t != 8 else 0.01},
+             "bpb": {"php": 4.0 - 0.1 * i}} for i, t in enumerate([0, 1, 2, 4, 8, 16, 32, 64])]
+    x, y, label = performance_curve(c, rows, "php")
+    assert "bits per byte" in label and y[0] == -4.0 and y[-1] > y[0]
+    rising = [{"tokens": r["tokens"], "cloze_new": {"php": 0.05 * i}, "bpb": r["bpb"]}
+              for i, r in enumerate(rows)]
+    assert "cloze" in performance_curve(c, rising, "php")[2]
+
+
+def test_mean_ci_matches_student_t():
+    m, lo, hi = mean_ci([1.0, 3.0])
+    assert m == 2.0 and math.isclose(hi - m, 12.706 * 1.0, rel_tol=1e-3)
+    assert math.isnan(mean_ci([1.0])[1])
+
+
+def _run(mixture, seed, bpb):
+    return {"mixture": mixture, "seed": seed, "protocol": "equal_tokens", "tokens": 3000,
+            "checkpoints": [{"bpb": {"python": bpb, "php": bpb + 1, "go": bpb + 2},
+                             "cloze_new": {"php": 0.1, "go": 0.2}}]}
+
+
+def test_comparison_pairs_by_seed_and_ranks():
+    c = cfg()
+    runs = [_run("natural", 0, 3.0), _run("natural", 1, 3.2),
+            _run("uniform", 0, 2.9), _run("uniform", 1, 3.1)]
+    out = compare(c, runs)
+    rows = {(t["mixture"], t["language"], t["measure"]): t for t in out["equal_tokens"]}
+    u = rows[("uniform", "mean", "bpb")]
+    assert math.isclose(u["mean"], 4.0) and u["n_seeds"] == 2
+    # the paired difference is exactly -0.1 for both seeds: zero-width interval
+    assert math.isclose(u["diff_vs_natural"], -0.1) and math.isclose(u["diff_ci_low"], -0.1)
+    assert out["best_equal_tokens"] == "uniform"
+    assert rows[("natural", "php", "cloze_new")]["mean"] == 0.1
