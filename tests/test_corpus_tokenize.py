@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from babeltower.corpus.build import build_corpus
-from babeltower.corpus.config import BuildConfig, SplitConfig, TokenizerConfig
+from babeltower.corpus.config import BuildConfig, PackConfig, SplitConfig, TokenizerConfig
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.pack import encode_documents, pack_corpus
 from babeltower.corpus.prepare import prepare_data
@@ -90,8 +90,6 @@ def test_tokenizer_sample_is_language_balanced(corpus, tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_pack_reads_back_equal_to_retokenization(corpus, tokenizer, tmp_path, workers):
-    from babeltower.corpus.config import PackConfig
-
     data = pack_corpus(corpus, tokenizer, tmp_path / "data",
                        PackConfig(workers=workers, batch_docs=3), progress=False)
     shards = TokenShards(data)
@@ -170,3 +168,35 @@ def test_stats_on_corpus_and_packed_dirs(corpus, tokenizer, tmp_path):
     console.print(render_stats(ds))
     text = console.export_text()
     assert "python" in text and f"{drow['train_tokens']:,}" in text
+
+
+def test_prepare_data_resumes_after_an_interrupted_pack(tmp_path, monkeypatch):
+    import babeltower.corpus.prepare as prep
+    from babeltower.corpus import shards as shards_mod
+
+    src = _tree(tmp_path / "src")
+    orig_add = shards_mod.ShardWriter.add
+    n = {"calls": 0}
+
+    def flaky_add(self, ids, n_bytes):
+        n["calls"] += 1
+        if n["calls"] == 5:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of packing
+        return orig_add(self, ids, n_bytes)
+
+    monkeypatch.setattr(shards_mod.ShardWriter, "add", flaky_add)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data([src], tmp_path / "run", vocab_size=300, progress=False,
+                     pack=PackConfig(workers=1))
+    run = tmp_path / "run"
+    assert (run / "corpus" / "manifest.json").is_file() and (run / "tokenizer").is_dir()
+    assert sorted(p.name for p in run.iterdir()) == ["corpus", "tokenizer"]  # no half data dir
+    monkeypatch.setattr(shards_mod.ShardWriter, "add", orig_add)
+    calls = []
+    for name in ("build_corpus", "train_tokenizer", "pack_corpus"):
+        orig = getattr(prep, name)
+        monkeypatch.setattr(prep, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n),
+                                                                           _o(*a, **k))[1])
+    data = prepare_data([src], run, vocab_size=300, progress=False, pack=PackConfig(workers=1))
+    assert calls == ["pack_corpus"]
+    TokenShards(data).verify()

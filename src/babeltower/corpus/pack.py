@@ -148,6 +148,12 @@ def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                     "tokenizer.json": sha256_file(tok_dir / "tokenizer.json")}),
             }
             write_manifest(tmp, manifest)
+    except BaseException:
+        if pool is not None:  # Ctrl-C or an error: do not wait for queued batches
+            pool.terminate()
+            pool.join()
+            pool = None
+        raise
     finally:
         bar.close()
         if pool is not None:
