@@ -164,6 +164,8 @@ def ablate_cmd(
     n_tokens: int = typer.Option(32768, min=1),
     seq_len: int = typer.Option(256, min=2),
     batch_size: int = typer.Option(8, min=1),
+    split: str = typer.Option("validation", help="Packed split to measure loss on (e.g. test, "
+                              "to keep it apart from the text the neurons were chosen on)."),
     control_seed: int = typer.Option(0, help="Seed of the random same-size control set."),
     overwrite: bool = typer.Option(False),
 ):
@@ -174,6 +176,7 @@ def ablate_cmd(
 
     df = run_ablate(source, _data_arg(data, text), _languages(languages), neurons, set_name,
                     layer=layer, revisions=_revisions(revisions), out=out, n_tokens=n_tokens,
-                    seq_len=seq_len, batch_size=batch_size, control_seed=control_seed,
+                    seq_len=seq_len, batch_size=batch_size, split=split,
+                    control_seed=control_seed,
                     overwrite=overwrite)
     _print_frame(Console(), df, f"ablation of {set_name}: per-language loss (nats/token)")
