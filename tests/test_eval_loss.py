@@ -162,3 +162,23 @@ def test_bad_inputs(data_dir, tmp_path):
     small.resize_token_embeddings(10)
     with pytest.raises(BabelError, match="another tokenizer"):
         evaluate_loss(small, data_dir, progress=False)
+
+
+def test_document_bootstrap_interval():
+    from babeltower.evaluate.loss import bootstrap_ci
+
+    nats = np.array([10.0, 20.0, 30.0, 40.0])
+    units = np.array([10.0, 10.0, 10.0, 10.0])
+    lo, hi = bootstrap_ci(nats, units)
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    # identical documents: no spread at all
+    assert bootstrap_ci(np.full(5, 3.0), np.full(5, 2.0)) == (1.5, 1.5)
+    assert bootstrap_ci(np.array([3.0]), np.array([2.0])) == (1.5, 1.5)
+
+
+def test_rows_carry_intervals_around_the_point(data_dir):
+    df = evaluate_loss(tiny_model(seed=2), data_dir, progress=False)
+    for _, r in df.iterrows():
+        assert r.loss_lo95 <= r.loss <= r.loss_hi95
+        assert r.bpb_lo95 <= r.bits_per_byte <= r.bpb_hi95
+        assert r.bpb_hi95 > r.bpb_lo95

@@ -18,6 +18,10 @@ context). With ``stride < context`` each window after the first scores only its 
 (the sliding-window evaluation of the HF perplexity guide). Default ``context`` = the
 model's ``max_position_embeddings`` capped at 1024; it is recorded in every row.
 
+**Uncertainty.** Every row carries a 95% interval for loss and bits-per-byte from a
+bootstrap over *documents* (1000 resamples, fixed seed): tokens of one file are
+correlated, documents are the independent units.
+
 **Budget.** Per language, documents are taken in their stored order until
 ``max_tokens_per_language`` is reached (the document that crosses the budget is
 included whole; ``max_docs`` caps the count): deterministic, the same documents for
@@ -166,19 +170,19 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
         raise BabelError(f"stride {stride} is larger than the context {context}")
     vocab = int(model.get_output_embeddings().weight.shape[0])
     device = next(model.parameters()).device
-    items = []  # (input ids, n_new)
+    items = []  # (input ids, n_new, document index)
     n_tokens = n_bytes = 0
-    for d in docs:
+    for di, d in enumerate(docs):
         if d.tokens.size and int(d.tokens.max()) >= vocab:
             raise BabelError(f"token id {int(d.tokens.max())} >= the model's vocabulary {vocab}: "
                              "the data was tokenized with another tokenizer")
         seq = np.concatenate([[prefix_id], d.tokens])
         for b, e, new in windows(len(d.tokens), context, stride):
-            items.append((seq[b:e + 1], new))
+            items.append((seq[b:e + 1], new, di))
         n_tokens += int(d.tokens.size)
         n_bytes += d.n_bytes
     items.sort(key=lambda x: -len(x[0]))  # similar lengths share a batch: less padding
-    nats = 0.0
+    doc_nats = np.zeros(len(docs), dtype=np.float64)
     scored = 0
     i = 0
     while i < len(items):
@@ -190,7 +194,7 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
         inp = torch.zeros((len(batch), T), dtype=torch.long)
         lab = torch.full((len(batch), T), -100, dtype=torch.long)
         att = torch.zeros((len(batch), T), dtype=torch.long)
-        for r, (ids, new) in enumerate(batch):
+        for r, (ids, new, _) in enumerate(batch):
             L = len(ids) - 1
             t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
             inp[r, :L] = t[:-1]
@@ -198,22 +202,50 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
             lab[r, L - new:L] = t[1:][L - new:]
         with torch.no_grad():
             logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                   lab.to(device).reshape(-1), ignore_index=-100,
-                                   reduction="sum")
-        nats += float(loss)
+            per_tok = F.cross_entropy(logits.float().transpose(1, 2), lab.to(device),
+                                      ignore_index=-100, reduction="none")   # (B, T)
+        for r, (_, _, di) in enumerate(batch):
+            doc_nats[di] += float(per_tok[r].sum())
         scored += int((lab != -100).sum())
         if progress is not None:
             progress(len(batch))
     assert scored == n_tokens, (scored, n_tokens)  # every document token exactly once
-    return {"nats": nats, "tokens": n_tokens, "bytes": n_bytes, "documents": len(docs)}
+    return {"nats": float(doc_nats.sum()), "tokens": n_tokens, "bytes": n_bytes,
+            "documents": len(docs), "doc_nats": doc_nats,
+            "doc_tokens": np.array([d.tokens.size for d in docs], dtype=np.float64),
+            "doc_bytes": np.array([d.n_bytes for d in docs], dtype=np.float64)}
+
+
+def bootstrap_ci(doc_nats, doc_units, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of sum(nats)/sum(units) over documents resampled with replacement.
+
+    Documents, not tokens, are the independent units (tokens of one file are correlated),
+    so the interval says how much the number would move with another held-out sample.
+    """
+    n = len(doc_nats)
+    if n < 2:
+        v = float(doc_nats.sum() / doc_units.sum()) if n else float("nan")
+        return v, v
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    ratios = doc_nats[idx].sum(1) / np.maximum(doc_units[idx].sum(1), 1e-12)
+    a = (1 - level) / 2
+    return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
 
 
 def loss_row(stats: dict) -> dict:
+    """Point estimates and document-bootstrap 95% intervals (loss and bits-per-byte)."""
     t, b = stats["tokens"], stats["bytes"]
-    return {**stats,
-            "loss": stats["nats"] / t if t else float("nan"),
-            "bits_per_byte": stats["nats"] / LN2 / b if b else float("nan")}
+    row = {k: v for k, v in stats.items() if not k.startswith("doc_")}
+    row["loss"] = stats["nats"] / t if t else float("nan")
+    row["bits_per_byte"] = stats["nats"] / LN2 / b if b else float("nan")
+    if "doc_nats" in stats:
+        lo, hi = bootstrap_ci(stats["doc_nats"], stats["doc_tokens"])
+        row["loss_lo95"], row["loss_hi95"] = lo, hi
+        lo, hi = bootstrap_ci(stats["doc_nats"] / LN2, stats["doc_bytes"])
+        row["bpb_lo95"], row["bpb_hi95"] = lo, hi
+    return row
 
 
 def _default_context(model, cap: int = 1024) -> int:
