@@ -139,3 +139,16 @@ def test_pass_at_k_with_a_model_writes_one_row_per_sample(tiny_lm, tmp_path):
     assert len(rows) == 2
     assert {json.loads(r)["sample"] for r in rows} == {0, 1}
     assert set(s["checkpoints"][0]) >= {"pass@1", "pass@2"}
+
+
+def test_summary_bootstrap_interval_over_problems():
+    from babeltower.evaluate.passk import summarize
+
+    probs = [Problem(name=f"p{i}", language="python", prompt="", tests="") for i in range(20)]
+    rows = [{"problem": f"p{i}", "status": "pass" if i < 5 else "fail"} for i in range(20)]
+    s = summarize(probs, rows, [1])
+    assert s["pass@1"] == 0.25
+    lo, hi = s["pass@1_ci95"]
+    assert 0.0 <= lo < 0.25 < hi <= 0.6
+    all_pass = summarize(probs, [dict(r, status="pass") for r in rows], [1])
+    assert all_pass["pass@1_ci95"] == [1.0, 1.0]

@@ -256,9 +256,16 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
             rec[f"pass@{k}"] = estimate_pass_at_k(n, c, k) if n >= k else None
         per_problem.append(rec)
     summary: dict[str, Any] = {"problems": len(problems), "samples": len(rows)}
+    rng = np.random.default_rng(0)
     for k in ks:
         vals = [r[f"pass@{k}"] for r in per_problem if r[f"pass@{k}"] is not None]
-        summary[f"pass@{k}"] = float(np.mean(vals)) if len(vals) == len(problems) else None
+        complete = len(vals) == len(problems) and len(vals) > 0
+        summary[f"pass@{k}"] = float(np.mean(vals)) if complete else None
+        if complete:  # bootstrap over problems: how much another problem sample would move it
+            v = np.asarray(vals)
+            boots = v[rng.integers(0, len(v), size=(1000, len(v)))].mean(1)
+            summary[f"pass@{k}_ci95"] = [float(np.quantile(boots, 0.025)),
+                                         float(np.quantile(boots, 0.975))]
     summary["solved"] = sum(r["correct"] > 0 for r in per_problem)
     summary["statuses"] = dict(Counter(r["status"] for r in rows))
     summary["per_problem"] = per_problem
@@ -406,5 +413,6 @@ def pass_at_k(source=None, problems: str | list[Problem] = "humaneval",
 
 def _headline(summary: dict, cfg: PassKConfig) -> dict:
     return {**{f"pass@{k}": summary.get(f"pass@{k}") for k in cfg.k},
+            **{f"pass@{k}_ci95": summary.get(f"pass@{k}_ci95") for k in cfg.k},
             "solved": summary.get("solved"), "problems": summary.get("problems"),
             "statuses": summary.get("statuses")}
