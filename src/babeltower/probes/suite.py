@@ -291,7 +291,8 @@ class _Aligner:
                         f"({rest!r} + {identifier!r} is one token)")
             if k == len(ids):
                 return "identifier has no tokens"
-            if self._decode(ids[k:]) != rest + identifier:
+            # SentencePiece-style decoders drop the leading space of a sequence
+            if self._decode(ids[k:]).lstrip() != (rest + identifier).lstrip():
                 return "continuation does not decode back to the identifier"
             return head, self.bos + ids[:k], ids[k:]
         return "prompt cannot be aligned with its tokens"
