@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from babeltower.corpus.shards import ShardWriter, write_manifest
 from babeltower.errors import BabelError
-from babeltower.evaluate.loss import (Document, LossConfig, evaluate_loss, score_documents,
+from babeltower.evaluate.loss import (Document, evaluate_loss, score_documents,
                                       select_documents, windows)
 
 VOCAB = 50

@@ -67,3 +67,9 @@ def test_load_results_and_series_from_passk_output(tmp_path):
     assert load_results(samples) == {"HumanEval_0": True}
     with pytest.raises(BabelError, match="not a pass@k output"):
         load_series(tmp_path)
+
+
+def test_transfer_share_counts_only_solved_problems():
+    s = transfer_share({"a", "b"}, {"a": True, "b": False, "x": True, "y": True})
+    assert (s["solved"], s["solved_in_subset"]) == (3, 1)
+    assert s["share"] == pytest.approx(1 / 3)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
