@@ -262,3 +262,12 @@ def test_disk_full_while_saving_keeps_earlier_checkpoints(tmp_path, data, capsys
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
     rc, _ = _cli(tmp_path, data, capsys, cfg_extra={"checkpoints": {"log_spaced": False}})
     assert rc == 0 and [r.step for r in list_checkpoints(tmp_path / "run")] == [0, 2]
+
+
+def test_init_from_with_another_tokenizer_of_the_same_size(tmp_path, run):
+    other = make_packed(tmp_path / "other", languages=("python", "go"))
+    assert json.loads((other / "manifest.json").read_text())["vocab_size"] == \
+        json.loads((Path(TrainConfig.from_yaml(run / "config.yaml").data) / "manifest.json")
+                   .read_text())["vocab_size"]
+    with pytest.raises(BabelError, match="different tokenizer"):
+        train(_cfg(other, tmp_path / "x", init_from=str(run)))
