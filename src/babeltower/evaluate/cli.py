@@ -54,8 +54,8 @@ def loss_cmd(
     df = evaluate_loss(source, data=data, languages=_split(languages), text=text or None,
                        config=cfg, out=out)
     _print_table(df, f"held-out loss ({split}) -> {out}",
-                 ["checkpoint", "step", "language", "loss", "bits_per_byte", "tokens", "bytes",
-                  "documents"])
+                 ["checkpoint", "step", "language", "loss", "bits_per_byte", "bpb_lo95",
+                  "bpb_hi95", "tokens", "bytes", "documents"])
 
 
 @app.command("cloze")
