@@ -517,7 +517,10 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
 
     # ---- outputs --------------------------------------------------------------------
     peak = config.peak_flops or _peak_flops_cached(device)
-    if dist_.is_main and max_steps * global_batch > len(sampler):
+    # token budgets count whole windows of seq_len+1 while training counts seq_len
+    # predictions per window, so a tokens= budget equal to the mixture's total overshoots
+    # one pass by ~1/seq_len: only a real repeat is worth a note
+    if dist_.is_main and max_steps * global_batch > 1.01 * len(sampler) + global_batch:
         print(f"babeltower: note: {max_steps} steps x {global_batch} sequences exceed one pass "
               f"of the mixture ({len(sampler)} sequences); the data repeats in a new order",
               file=sys.stderr)
