@@ -162,6 +162,15 @@ def test_continual_pretraining_from_a_checkpoint(data, run, tmp_path):
     assert info["init_from"] == str(final)
 
 
+def test_keep_last_prunes_old_checkpoints(data, tmp_path):
+    out = train(_cfg(data, tmp_path / "k", max_steps=4, eval={"tokens_per_language": 0},
+                     checkpoints={"keep_last": 2}))
+    assert [r.step for r in list_checkpoints(out)] == [2, 4]
+    train(_cfg(data, tmp_path / "k", max_steps=4, eval={"tokens_per_language": 0},
+               checkpoints={"keep_last": 2}))         # already done: resumes at 4, no-op
+    assert [r.step for r in list_checkpoints(out)] == [2, 4]
+
+
 def test_gpt2_preset_trains_and_reloads(data, tmp_path):
     import importlib.util
 

@@ -175,6 +175,16 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return last
 
 
+def prune(run_dir: str | os.PathLike, keep_last: int | None) -> list[Path]:
+    """Delete all but the last ``keep_last`` complete checkpoints (None: keep all)."""
+    if not keep_last:
+        return []
+    old = complete_checkpoints(run_dir)[:-keep_last]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
+    return old
+
+
 def load_training_state(ckpt: str | os.PathLike) -> dict:
     p = Path(ckpt) / STATE_FILE
     try:

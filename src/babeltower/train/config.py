@@ -54,7 +54,8 @@ class CheckpointSchedule(_Section):
     ``log_spaced`` gives 0, 1, 2, 4, ..., up to ``log_until`` (Pythia's early series);
     ``every`` adds multiples of N; ``steps`` adds explicit steps; the final step is
     always saved. Step 0 is the model before any update (the start of a continual
-    pre-training phase).
+    pre-training phase). All are kept unless ``keep_last`` is set (the series is the
+    point of this tool; ``keep_last`` is for long GPU runs that only need to resume).
     """
 
     steps: list[int] = Field(default_factory=list)
@@ -62,6 +63,7 @@ class CheckpointSchedule(_Section):
     log_spaced: bool = True
     log_until: int = Field(512, ge=0)
     initial: bool = True   # save step 0 (before any update)
+    keep_last: int | None = Field(None, gt=0)   # None: keep all; N: delete all but the last N
 
 
 class EvalConfig(_Section):

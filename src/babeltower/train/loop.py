@@ -588,6 +588,7 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
                     save_model = base_model
                 ck.save_checkpoint(run_dir, step, save_model, training_state, manifest,
                                    tokenizer_dir=shards.tokenizer_dir)
+                ck.prune(run_dir, config.checkpoints.keep_last)
             except BabelError as e:
                 ok, err = False, e
         if not dist_.agree(ok):
