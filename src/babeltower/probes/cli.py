@@ -179,4 +179,10 @@ def ablate_cmd(
                     seq_len=seq_len, batch_size=batch_size, split=split,
                     control_seed=control_seed,
                     overwrite=overwrite)
-    _print_frame(Console(), df, f"ablation of {set_name}: per-language loss (nats/token)")
+    table = df.pivot_table(index=["checkpoint", "language"], columns="condition",
+                           values="delta", sort=False).reset_index()
+    base = df[df.condition == "base"].set_index(["checkpoint", "language"]).loss
+    table.insert(2, "base_loss", [base[(c, l)] for c, l in zip(table.checkpoint, table.language)])
+    table = table.drop(columns=["base"]).rename(columns={"ablated": "delta_ablated",
+                                                         "random": "delta_random"})
+    _print_frame(Console(), table, f"zeroing {set_name}: change in loss (nats/token)")
