@@ -23,7 +23,7 @@ from babeltower.io import atomic_write_text, sha256_json
 # threads) change only float rounding, and moving a run to other hardware is legitimate.
 # (The number of processes is checked separately: it changes the global batch.)
 COSMETIC_FIELDS = ("out_dir", "progress", "tensorboard", "log_interval", "num_threads",
-                   "peak_flops", "device", "strategy", "compile")
+                   "peak_flops", "device", "strategy", "compile", "deterministic")
 
 
 class _Section(BaseModel):
@@ -105,6 +105,10 @@ class TrainConfig(_Section):
     dtype: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: ddp under torchrun
     compile: bool = False
+    # torch.use_deterministic_algorithms: costs ~25% on CPU (measured, nano) and is not
+    # needed there for bit-identical resume (CPU kernels are run-to-run deterministic at a
+    # fixed thread count; tested); on GPUs it trades speed for reproducibility
+    deterministic: bool = False
     num_threads: int | None = Field(None, gt=0)  # torch intra-op threads (None: torch default)
     peak_flops: float | None = Field(None, gt=0)  # per device; None: measured at start (matmul loop)
     # outputs

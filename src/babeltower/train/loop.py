@@ -427,6 +427,7 @@ def train(config: TrainConfig, force: bool = False) -> Path:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     deterministic_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill_memory = torch.utils.deterministic.fill_uninitialized_memory
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     dist_ = Dist(config)
@@ -437,6 +438,7 @@ def train(config: TrainConfig, force: bool = False) -> Path:
         # leave the caller's process as it was (the orchestrator trains many runs)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = fill_memory
 
 
 def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
@@ -444,9 +446,13 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
 
     run_dir = Path(config.out_dir)
     device = dist_.device
-    if device.type == "cpu":
-        # cheap on CPU and makes resume bit-identical; warn_only for ops without one
+    if config.deterministic:
+        # warn_only: ops without a deterministic kernel warn instead of failing;
+        # NaN-filling new memory is a debugging aid we do not need
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     use_bf16 = config.dtype == "bf16" or (config.dtype == "auto" and device.type == "cuda"
                                           and torch.cuda.is_bf16_supported())
     if config.dtype == "bf16" and device.type == "cpu":
