@@ -6,8 +6,13 @@
 See docs/training.md.
 """
 
+from babeltower.train.checkpointing import checkpoint_steps, latest_checkpoint
 from babeltower.train.config import TrainConfig
-from babeltower.train.loop import train
-from babeltower.train.presets import PRESETS, model_config, preset_config
+from babeltower.train.loop import (evaluate_loss, lr_at, measure_peak_flops, train,
+                                   validation_windows)
+from babeltower.train.presets import (PRESETS, count_parameters, flops_per_token, model_config,
+                                      preset_config)
 
-__all__ = ["TrainConfig", "train", "PRESETS", "model_config", "preset_config"]
+__all__ = ["TrainConfig", "train", "PRESETS", "model_config", "preset_config",
+           "count_parameters", "flops_per_token", "checkpoint_steps", "latest_checkpoint",
+           "evaluate_loss", "validation_windows", "lr_at", "measure_peak_flops"]
