@@ -121,7 +121,9 @@ def test_run_lens_series_outputs_and_resume(tmp_path):
                   on_checkpoint=done.append)
     assert done == ["step-00000000", "step-00000016"]
     assert set(df.checkpoint) == set(done) and sorted(set(df.step)) == [0, 16]
-    assert set(df.layer) == {0, 1, 2, 3} and (df.attribution == "first-token").all()
+    assert set(df.layer) == {0, 1, 2, 3}
+    assert set(df.attribution) == {"first-token", "full-sequence"}
+    assert set(df[df.attribution == "full-sequence"].layer) == {3}
     for f in ("lens.parquet", "lens.csv", "summary.csv", "provenance.json"):
         assert (out / f).exists()
     prov = json.loads((out / "provenance.json").read_text())
@@ -165,3 +167,31 @@ def test_cache_from_other_settings_is_refused(tmp_path):
     (out / "lens.parquet").unlink()
     with pytest.raises(BabelError, match="other settings"):
         run_lens(run, primary="python", new="php", out=out, progress=False, add_bos=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_full_sequence_scoring(arch, checked):
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    items = checked.items[:40]
+    df = lens_items(model, tok, checked, batch_size=6, items=items)
+    last = df[df.layer == model.config.num_hidden_layers]
+    assert set(last[last.attribution == "full-sequence"].measure) == {
+        "seq_logp_diff", "seq_prefers_new", "seq_logp_target"}
+    multi = 0
+    for it in items:
+        rows = last[(last.pair_id == it.pair_id) & (last.prompt == it.prompt)
+                    & (last.side == it.side)].set_index("measure")["value"]
+        # independent: the model's own logits over prompt + identifier, summed per token
+        ids = torch.tensor([it.prompt_ids + it.target_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0], -1)
+        c = len(it.prompt_ids)
+        want = sum(lp[c - 1 + k, t].item() for k, t in enumerate(it.target_ids))
+        assert rows["seq_logp_target"] == pytest.approx(want, abs=1e-3)
+        if len(it.primary_ids) == 1 and len(it.new_ids) == 1:
+            # single-token identifiers: both attributions agree
+            assert rows["seq_logp_diff"] == pytest.approx(rows["logp_diff"], abs=1e-4)
+        else:
+            multi += 1
+    assert multi > 0

@@ -168,10 +168,42 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
+def sequence_logprobs(model, contexts: Sequence[Sequence[int]],
+                      continuations: Sequence[Sequence[int]], pad_id: int = 0,
+                      batch_size: int = 16):
+    """log p(continuation | context) summed over all continuation tokens, read from the
+    model's own output (the last layer): one float per (context, continuation)."""
+    import numpy as np
+    import torch
+
+    lens = LogitLens(model)
+    out = np.zeros(len(contexts))
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(continuations[i]))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        seqs = [list(contexts[i]) + list(continuations[i]) for i in idx]
+        ids, mask = pad_batch(seqs, pad_id, "right")
+        with torch.no_grad():
+            h = lens.decoder(input_ids=ids, attention_mask=mask,
+                             position_ids=position_ids_for(mask), use_cache=False)[0]
+            for j, i in enumerate(idx):
+                c, t = len(contexts[i]), list(continuations[i])
+                logits = lens.unembed(h[j, c - 1:c - 1 + len(t)])
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                out[i] = float(lp[torch.arange(len(t)), torch.tensor(t)].sum())
+    return out
+
+
 def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
-               padding_side: str = "left", items: list[CheckedItem] | None = None):
+               padding_side: str = "left", items: list[CheckedItem] | None = None,
+               full_sequence: bool = True):
     """Per-prompt, per-layer measures for one model: a tidy DataFrame
-    (pair_id, kind, side, pair_language, prompt, layer, measure, value)."""
+    (pair_id, kind, side, pair_language, prompt, layer, measure, value, attribution).
+
+    With ``full_sequence``, the output layer is also scored with the full token sequence
+    of both identifiers (``seq_logp_diff`` = log p(new identifier) - log p(primary
+    identifier), ``seq_prefers_new``, ``seq_logp_target``), attribution "full-sequence":
+    multi-token identifiers (``array_push``) are then credited as a whole."""
     import numpy as np
     import pandas as pd
     import torch
@@ -209,7 +241,7 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
                 cols[k][idx[j]] = vals[k].numpy()
     if not meta:
         return pd.DataFrame(columns=["pair_id", "kind", "side", "pair_language", "prompt",
-                                     "layer", "measure", "value"])
+                                     "layer", "measure", "value", "attribution"])
     n = len(meta)
     frames = []
     base = pd.DataFrame(meta, columns=["pair_id", "kind", "side", "pair_language", "prompt"])
@@ -219,7 +251,22 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
         f = base.copy()
         f["measure"] = k
         f["value"] = np.concatenate(cols[k]).astype(np.float64)
+        f["attribution"] = ATTRIBUTION
         frames.append(f)
+    if full_sequence:
+        ctx = [it.prompt_ids for it in items]
+        lp_p = sequence_logprobs(model, ctx, [it.primary_ids for it in items], pad, batch_size)
+        lp_n = sequence_logprobs(model, ctx, [it.new_ids for it in items], pad, batch_size)
+        lp_t = np.where([it.side == "new" for it in items], lp_n, lp_p)
+        last = pd.DataFrame(meta, columns=["pair_id", "kind", "side", "pair_language", "prompt"])
+        last["layer"] = n_l - 1
+        for k, v in (("seq_logp_diff", lp_n - lp_p), ("seq_prefers_new", (lp_n > lp_p) * 1.0),
+                     ("seq_logp_target", lp_t)):
+            f = last.copy()
+            f["measure"] = k
+            f["value"] = v.astype(np.float64)
+            f["attribution"] = "full-sequence"
+            frames.append(f)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -229,6 +276,8 @@ def aggregate_items(item_df):
     import pandas as pd
 
     keys = ["side", "pair_language", "layer", "measure"]
+    if "attribution" in item_df:
+        keys.append("attribution")
     both = pd.concat([item_df, item_df.assign(kind="all")], ignore_index=True)
     g = both.groupby(keys + ["kind"], sort=True)["value"]
     out = g.agg(value="mean", n="count", sem="sem").reset_index()
@@ -285,7 +334,7 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
              primary: str | None = None, new: str | None = None,
              revisions: list[str] | None = None, out: str | os.PathLike | None = None,
              batch_size: int = 16, padding_side: str = "left", add_bos: bool | None = None,
-             progress: bool = True, overwrite: bool = False,
+             full_sequence: bool = True, progress: bool = True, overwrite: bool = False,
              on_checkpoint: Callable[[str], None] | None = None):
     """Logit lens over every checkpoint of ``source``: a tidy DataFrame with columns
     (checkpoint, step, tokens, layer, n_layers, side, pair_language, kind, measure, value,
@@ -310,7 +359,7 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
                          "(pass --overwrite to replace it)")
     if cache is not None:
         check_cache(cache, {"suite": suite.model_dump(mode="json", exclude={"source"}),
-                            "add_bos": add_bos}, overwrite)
+                            "add_bos": add_bos, "full_sequence": full_sequence}, overwrite)
     frames = []
     checked_summaries = {}
     bar = _progress(refs, progress, "logit lens")
@@ -326,13 +375,13 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
             raise BabelError(f"no usable probe prompts for {ref.name}'s tokenizer "
                              f"({len(checked.dropped)} dropped, {len(checked.shared)} shared)")
         with torch.inference_mode():
-            items = lens_items(model, tokenizer, checked, batch_size, padding_side)
+            items = lens_items(model, tokenizer, checked, batch_size, padding_side,
+                               full_sequence=full_sequence)
         agg = aggregate_items(items)
         agg.insert(0, "checkpoint", ref.name)
         agg.insert(1, "step", ref.step)
         agg.insert(2, "tokens", ref.tokens)
         agg["n_layers"] = int(model.config.num_hidden_layers)
-        agg["attribution"] = ATTRIBUTION
         agg["suite"] = suite.name
         if cfile is not None:
             buf = _parquet_bytes(agg)
@@ -353,7 +402,8 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
                            summarize_lens(df).to_csv(index=False).encode())
         atomic_write_json(out_dir / "provenance.json", provenance(
             config={"suite": suite.model_dump(mode="json"), "batch_size": batch_size,
-                    "padding_side": padding_side, "add_bos": add_bos},
+                    "padding_side": padding_side, "add_bos": add_bos,
+                    "full_sequence": full_sequence},
             source=str(source) if not isinstance(source, list) else [r.path for r in refs],
             revisions=revisions, checkpoints=[r.name for r in refs],
             attribution=ATTRIBUTION, tokenizer_check=checked_summaries))
@@ -393,6 +443,9 @@ def summarize_lens(df):
             "cloze_new_last": at(last, "top1_target"),
             "cloze_primary_last": at(prim_last, "top1_target"),
             "attribution": ATTRIBUTION,
+            # the output layer scored with whole identifiers (attribution "full-sequence")
+            "seq_prefers_new_last": at(last, "seq_prefers_new"),
+            "seq_logp_diff_last": at(last, "seq_logp_diff"),
         })
     return pd.DataFrame(rows)
 

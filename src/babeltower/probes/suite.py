@@ -121,6 +121,7 @@ class CheckedItem:
     counterpart_first_id: int     # its first token after the same prompt
     control_ids: list[int] = field(default_factory=list)  # other pairs' primary first tokens
     shared_first_token: bool = False  # target and counterpart start with the same token
+    counterpart_ids: list[int] = field(default_factory=list)  # all tokens of the counterpart
 
     @property
     def primary_first_id(self) -> int:
@@ -129,6 +130,14 @@ class CheckedItem:
     @property
     def new_first_id(self) -> int:
         return self.target_first_id if self.side == "new" else self.counterpart_first_id
+
+    @property
+    def primary_ids(self) -> list[int]:
+        return self.target_ids if self.side == "primary" else self.counterpart_ids
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.target_ids if self.side == "new" else self.counterpart_ids
 
 
 @dataclass
@@ -353,6 +362,7 @@ def check_suite(suite: ProbeSuite, tokenizer, add_bos: bool | None = None) -> Ch
                     prompt=prompt, context=context, prompt_ids=ctx_ids,
                     target=spec.identifier, target_first_id=tgt_ids[0], target_ids=tgt_ids,
                     counterpart=ospec.identifier, counterpart_first_id=cp_first,
-                    control_ids=controls, shared_first_token=tgt_ids[0] == cp_first)
+                    control_ids=controls, shared_first_token=tgt_ids[0] == cp_first,
+                    counterpart_ids=list(cgot[2]))
                 (shared if item.shared_first_token else items).append(item)
     return CheckedSuite(suite=suite, items=items, shared=shared, dropped=dropped, bos_id=bos_id)
