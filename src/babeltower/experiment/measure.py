@@ -94,8 +94,10 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     shards = TokenShards(data_dir)
     ev = cfg.evaluation
     docs = documents_from_shards(shards, loss_languages, split, ev.val_tokens_per_language)
+    # score in windows of the training context: longer windows would test length
+    # extrapolation (RoPE) rather than the language, and cost quadratically more
     loss_cfg = LossConfig(split=split, max_tokens_per_language=ev.val_tokens_per_language,
-                          batch_size=16)
+                          context=cfg.model.seq_len, batch_size=16)
     checked = None
     lape = None
     rows = []
