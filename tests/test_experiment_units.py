@@ -43,7 +43,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     c.to_yaml(tmp_path / "out.yaml")
     assert ExperimentConfig.from_yaml(tmp_path / "out.yaml") == c
     p.write_text("primary: python\nnew_languages: [php\n")
-    with pytest.raises(BabelError, match="broken YAML"):
+    with pytest.raises(BabelError, match="cannot parse experiment config"):
         ExperimentConfig.from_yaml(p)
 
 

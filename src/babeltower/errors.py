@@ -14,3 +14,13 @@ class BabelError(Exception):
     def __init__(self, message: str):
         # keep messages to one line: the CLI prints exactly this
         super().__init__(" ".join(str(message).split()))
+
+
+def validation_error(error, where: str) -> BabelError:
+    """A pydantic ValidationError as one line naming the first bad field (and how many more)."""
+    errs = error.errors()
+    first = errs[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return BabelError(f"{where}: {loc}: {msg}{more}")

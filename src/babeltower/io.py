@@ -148,3 +148,31 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if not p.exists():
         raise BabelError(f"{what} not found: {p}")
     return p
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """JSON from a file; a missing or corrupt file is a one-line BabelError."""
+    p = Path(path)
+    if not p.is_file():
+        raise BabelError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise BabelError(f"corrupt {what} {p}: {e.msg} (line {e.lineno})") from None
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file whose top level is a mapping; missing, unparsable or non-mapping files
+    are a one-line BabelError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise BabelError(f"{what} not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BabelError(f"cannot parse {what} {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BabelError(f"{what} {p} must be a mapping of fields at the top level")
+    return data

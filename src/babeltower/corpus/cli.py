@@ -19,18 +19,9 @@ def _load_yaml(path: Optional[Path], section: str | None = None) -> dict:
     """A config section from YAML (the whole file, or its matching top-level key)."""
     if path is None:
         return {}
-    import yaml
+    from babeltower.io import read_yaml_mapping
 
-    from babeltower.errors import BabelError
-
-    if not path.is_file():
-        raise BabelError(f"config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise BabelError(f"cannot parse {path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise BabelError(f"{path}: expected a mapping")
+    data = read_yaml_mapping(path, "config")
     # a whole experiment-style file may keep the section under its own key
     return dict(data.get(section, data)) if section else data
 
@@ -38,14 +29,12 @@ def _load_yaml(path: Optional[Path], section: str | None = None) -> dict:
 def _validate(model, data: dict, where: str):
     from pydantic import ValidationError
 
-    from babeltower.errors import BabelError
+    from babeltower.errors import validation_error
 
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise BabelError(f"{where}: {loc}: {err['msg']}") from None
+        raise validation_error(e, where) from None
 
 
 @app.command("fetch")

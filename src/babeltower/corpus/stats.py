@@ -6,7 +6,6 @@ Computing (``corpus_stats`` -> a pandas DataFrame) is kept apart from rendering
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,13 +16,9 @@ from babeltower.errors import BabelError
 
 
 def _load(path: Path) -> tuple[str, dict]:
-    mf = path / "manifest.json"
-    if not mf.is_file():
-        raise BabelError(f"no manifest.json in {path} (want a built corpus or a packed data dir)")
-    try:
-        m = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise BabelError(f"corrupt manifest {mf}: {e.msg}") from e
+    from babeltower.io import read_json
+
+    m = read_json(path / "manifest.json", "manifest (want a built corpus or a packed data dir)")
     fmt = m.get("format", "")
     if fmt.startswith("babeltower-corpus/"):
         return "corpus", m

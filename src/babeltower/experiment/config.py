@@ -131,32 +131,23 @@ class ExperimentConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "ExperimentConfig":
-        p = Path(path)
-        if not p.exists():
-            raise BabelError(f"experiment config not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BabelError(f"broken YAML in {p}: {str(e).splitlines()[0]}") from e
-        if not isinstance(raw, dict):
-            raise BabelError(f"{p}: expected a mapping at the top level")
+        from babeltower.io import read_yaml_mapping
+
+        raw = read_yaml_mapping(path, "experiment config")
         if "primary" not in raw:
-            raise BabelError(f"{p}: missing 'primary' (the primary language, e.g. python)")
+            raise BabelError(f"{path}: missing 'primary' (the primary language, e.g. python)")
         for k, v in (overrides or {}).items():
             _set_dotted(raw, k, v)
-        return cls.from_dict(raw, where=str(p))
+        return cls.from_dict(raw, where=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> "ExperimentConfig":
+        from babeltower.errors import validation_error
+
         try:
             return cls.model_validate(raw)
-        except BabelError:
-            raise
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            raise BabelError(f"{where}: {loc}: {msg}") from e
+            raise validation_error(e, where) from None
 
     def to_yaml(self, path: str | Path) -> Path:
         from babeltower.io import atomic_write_text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -37,13 +36,9 @@ def report_command(
     """Re-draw report.html and its figures from an experiment's results.json."""
     from babeltower.experiment.report import write_report
 
-    res = workdir / "results.json"
-    if not res.exists():
-        raise BabelError(f"no results.json in {workdir} (run `babeltower experiment` first)")
-    try:
-        results = json.loads(res.read_text())
-    except json.JSONDecodeError as e:
-        raise BabelError(f"corrupt {res}: {e.msg}") from e
+    from babeltower.io import read_json
+
+    results = read_json(workdir / "results.json", "experiment results (run `babeltower experiment` first)")
     typer.echo(write_report(results, workdir))
 
 
