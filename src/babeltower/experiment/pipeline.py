@@ -71,9 +71,39 @@ def train_config(cfg: ExperimentConfig, data_dir: Path, name: str, mixture: dict
 
 
 def _train(steps: StepCache, name: str, tc, what: str) -> str:
+    """Train (or resume) one run as a cached step.
+
+    A run directory left by a *different* config of this step (the experiment config
+    changed since) is stale: it is removed and the run starts over, so that a changed
+    setting re-runs what it touches instead of stopping the experiment.
+    """
     from babeltower.train.loop import train
 
-    return steps.run(f"train-{name}", tc.identity(), lambda: str(train(tc)), what)
+    def go() -> str:
+        _remove_stale_run(Path(tc.out_dir), tc.sha256(), steps.console)
+        return str(train(tc))
+
+    return steps.run(f"train-{name}", tc.identity(), go, what)
+
+
+def _remove_stale_run(run_dir: Path, config_sha: str, console) -> None:
+    import json
+    import shutil
+
+    from babeltower.train.checkpointing import latest_checkpoint
+
+    if not run_dir.exists():
+        return
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return
+    try:
+        saved = json.loads((last / "manifest.json").read_text()).get("config_sha256")
+    except (OSError, json.JSONDecodeError):
+        saved = None
+    if saved != config_sha:
+        console.print(f"[yellow]{run_dir.name}: made with another config; starting it over[/yellow]")
+        shutil.rmtree(run_dir)
 
 
 def _final_checkpoint(run_dir: str | Path) -> str:
