@@ -209,6 +209,7 @@ def _cli(tmp_path, data, capsys, *extra, cfg_extra=None):
     ("mixture.budgets.go=100", "no go"),
     ("seq_len=-3", "seq_len"),
     ("data=/nonexistent/packed", "not a packed data directory"),
+    ("eval.languages=[python, go]", "go has no 'validation' split"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, data, capsys, override, message):
     rc, err = _cli(tmp_path, data, capsys, "--set", override)

@@ -475,6 +475,11 @@ def _train(config: TrainConfig, dist_: Dist, force: bool) -> Path:
     from babeltower.languages import canonical
     eval_langs = ([canonical(x) for x in config.eval.languages] if config.eval.languages
                   else shards.languages)
+    if config.eval.languages and config.eval.tokens_per_language > 0:
+        missing = [x for x in eval_langs if not shards.has(x, config.eval.split)]
+        if missing:
+            raise BabelError(f"eval.languages: {', '.join(missing)} has no "
+                             f"{config.eval.split!r} split in {shards.root}")
     windows = (validation_windows(shards, eval_langs, config.seq_len,
                                   config.eval.tokens_per_language, config.eval.split)
                if config.eval.tokens_per_language > 0 else {})
