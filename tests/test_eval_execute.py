@@ -116,3 +116,27 @@ def test_go_multipl_e_test_file_shape():
     assert ok.status == "pass", ok.stderr[-300:]
     bad = run_program("go", GO_TEST_SHAPE.replace("EXPECTED", "6"), timeout=20)
     assert bad.status == "fail" and "FAIL: TestAdd" in bad.stdout
+
+
+MEMORY_HOGS = {
+    "python": "x = bytearray(10 * 1024**3)",
+    "cpp": "#include <vector>\nint main(){ std::vector<char> v(10UL << 30, 1); return v[5]; }",
+    "java": "class Problem { public static void main(String[] a) {"
+            " long[] x = new long[1 << 30]; System.out.println(x.length); } }",
+    "rust": "fn main(){ let v = vec![1u8; 10usize << 30]; println!(\"{}\", v[7]); }",
+    "go": "package main\nimport \"fmt\"\nfunc main(){ v := make([]byte, 10<<30)\n"
+          "for i := range v { v[i] = 1 }\nfmt.Println(len(v)) }",
+    "javascript": "const a = []; while (true) { a.push(new Array(1e6).fill(1)); }",
+    "php": "<?php $a = str_repeat('x', 10 * 1024 * 1024 * 1024);",
+}
+
+
+@pytest.mark.parametrize("language", sorted(MEMORY_HOGS))
+def test_memory_exhaustion_is_reported_per_language(language):
+    """Each runtime's way of running out (MemoryError, bad_alloc, OutOfMemoryError, Rust's
+    abort, the cgroup OOM kill of Go, V8's heap limit, PHP's memory_limit) is 'memory'."""
+    r = run_program(language, MEMORY_HOGS[language], timeout=20, memory_bytes=512 << 20)
+    if not HAVE[language]:
+        assert r.status == "missing_toolchain"
+        return
+    assert r.status == "memory", (r.status, r.exit_code, r.signal, r.stderr[-300:])
