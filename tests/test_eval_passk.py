@@ -152,3 +152,47 @@ def test_summary_bootstrap_interval_over_problems():
     assert 0.0 <= lo < 0.25 < hi <= 0.6
     all_pass = summarize(probs, [dict(r, status="pass") for r in rows], [1])
     assert all_pass["pass@1_ci95"] == [1.0, 1.0]
+
+
+def test_series_pass_at_k_feeds_the_transfer_share(tiny_lm, tmp_path, monkeypatch):
+    """pass@k over a checkpoint series -> per-checkpoint results -> knowledge-transfer share;
+    an interrupted checkpoint resumes without regenerating finished problems."""
+    from babeltower.evaluate import passk as passk_mod
+    from babeltower.evaluate.transfer import knowledge_transfer, load_series
+
+    model, tok = tiny_lm
+    run = tmp_path / "run" / "checkpoints"
+    for step in (1, 2):
+        model.save_pretrained(run / f"step-{step:08d}")
+        tok.save_pretrained(run / f"step-{step:08d}")
+    # completions land in a comment (cut at the newline): "a" always passes, "b" never
+    probs = [dict(name="HumanEval_0_a", language="python", prompt="x = 1\n#",
+                  tests="assert x == 1\n", stop_tokens=["\n"]),
+             dict(name="HumanEval_1_b", language="python", prompt="x = 1\n#",
+                  tests="assert x == 2\n", stop_tokens=["\n"])]
+    out = tmp_path / "passk"
+    # an earlier, interrupted run of step 2 finished problem a
+    part = out / "step-00000002" / "samples.partial.jsonl"
+    part.parent.mkdir(parents=True)
+    part.write_text(json.dumps({"problem": "HumanEval_0_a", "language": "python", "sample": 0,
+                                "completion": " done before", "status": "pass",
+                                "time": 0.1}) + "\n")
+    generated = []
+    real = passk_mod.generate_completions
+
+    def spy(model, tokenizer, prompts, *a, skip=None, **kw):
+        generated.append(sorted(set(range(len(prompts))) - (skip or set())))
+        return real(model, tokenizer, prompts, *a, skip=skip, **kw)
+
+    monkeypatch.setattr(passk_mod, "generate_completions", spy)
+    top = pass_at_k(tmp_path / "run", probs, out=out, max_new_tokens=6, progress=False)
+    assert [r["checkpoint"] for r in top["checkpoints"]] == ["step-00000001", "step-00000002"]
+    assert generated == [[0, 1], [1]]  # step 2 only generated the unfinished problem
+    rows2 = [json.loads(x) for x in (out / "step-00000002" / "samples.jsonl").read_text()
+             .splitlines()]
+    assert rows2[0]["completion"] == " done before"
+    series = load_series(out)
+    assert series[0][2] == {"HumanEval_0": True, "HumanEval_1": False}
+    df = knowledge_transfer({"HumanEval_0": True, "HumanEval_1": True},
+                            {"HumanEval_0": False, "HumanEval_1": True}, series)
+    assert list(df.share) == [1.0, 1.0] and list(df.subset_size) == [1, 1]
