@@ -125,3 +125,12 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(data, tmp_pat
             torch.testing.assert_close(w[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
         info = json.loads((out / "run.json").read_text())
         assert info["world_size"] == 2 and info["strategy"] == strategy
+
+    # resuming FSDP from its own step-2 checkpoint (full optimizer state re-sharded on
+    # load) reproduces its step-4 weights byte for byte
+    fsdp = tmp_path / "fsdp"
+    first = (fsdp / "checkpoints/step-00000004/model.safetensors").read_bytes()
+    shutil.rmtree(fsdp / "checkpoints/step-00000004")
+    res = _torchrun(cfg, fsdp, "--set", "strategy=fsdp")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (fsdp / "checkpoints/step-00000004/model.safetensors").read_bytes() == first
