@@ -172,6 +172,9 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     data_dir = Path(steps.run("data", data_key, lambda: str(prepare_corpus(cfg)),
                               "fetch code from packages, build, tokenize, pack"))
     shards = TokenShards(data_dir)
+    from babeltower.corpus.stats import corpus_stats, render_stats
+
+    console.print(render_stats(corpus_stats(data_dir), title=f"corpus: {data_dir}"))
     available = available_tokens(shards)
     check_feasible(cfg, available)
     corpus0 = original_corpus(cfg, available)
