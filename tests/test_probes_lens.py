@@ -148,6 +148,7 @@ def test_cli_lens_and_errors(tmp_path, capsys):
     out = tmp_path / "o"
     rc = main(["probe", "lens", str(run), "--new", "php", "--out", str(out)])
     assert rc == 0 and (out / "heatmap_logp_diff.png").stat().st_size > 1000
+    assert (out / "heatmap_logp_diff_mirrored.png").exists()
     capsys.readouterr()
     rc = main(["probe", "lens", str(run), "--new", "php", "--out", str(out)])
     err = capsys.readouterr().err.strip()

@@ -78,6 +78,9 @@ def lens_cmd(
     if plot:
         for measure in ("logp_diff", "prefers_new", "top1_new"):
             lens_heatmap(df, out / f"heatmap_{measure}.png", measure=measure)
+        # the mirrored primary-language prompts: the baseline to read the new side against
+        lens_heatmap(df, out / "heatmap_logp_diff_mirrored.png", measure="logp_diff",
+                     side="primary")
     console = Console()
     _print_frame(console, summarize_lens(df).drop(columns=["attribution"]),
                  "per checkpoint, new-language prompts (attribution: first-token)")
