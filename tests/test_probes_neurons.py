@@ -211,3 +211,15 @@ def test_checkpoint_summary_merges_lens_and_neurons(tmp_path):
     want = summarize_neurons(nd)
     want = want[want.language == "php"].transfer_ratio.tolist()
     np.testing.assert_allclose(s.lape_transfer_ratio.tolist(), want)
+
+
+def test_saturated_probabilities_still_select():
+    # over 5% of probabilities exactly 1.0: nothing is strictly above the 95% quantile
+    p = np.full((2, 1, 20), 0.5)
+    p[0, 0, :3] = 1.0          # three neurons always on for "a" only
+    p[1, 0, :3] = 0.0
+    p[:, 0, 3] = 1.0           # one neuron always on for both
+    sel = lape_select(p, ["a", "b"], top_rate=0.2)
+    assert sel.filter_threshold == 1.0
+    assert [tuple(x) for x in sel.sets["a"]] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert [tuple(x) for x in sel.sets["b"]] == [(0, 3)]

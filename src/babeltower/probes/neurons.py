@@ -9,7 +9,8 @@ GPT-2: ``act(c_fc(x))``), streaming: memory does not grow with N.
 
 1. normalise the probabilities over languages and take the entropy per neuron;
 2. drop neurons whose probabilities are all at or below the ``filter_rate`` quantile
-   (0.95) of all probabilities (they rarely fire for any language);
+   (0.95) of all probabilities (they rarely fire for any language); if that drops every
+   neuron (saturated probabilities: the quantile is the maximum), ties count as passing;
 3. keep the ``top_rate`` (1%, 1-5% in the paper) lowest-entropy neurons;
 4. assign a kept neuron to every language whose probability reaches the
    ``activation_bar_ratio`` quantile (0.95) of the kept neurons' probabilities
@@ -367,6 +368,10 @@ def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0
     k = max(1, int(round(flat.size * filter_rate)))
     filter_thr = float(flat[k - 1])
     passes = (probs > filter_thr).sum(axis=0) > 0
+    if not passes.any():
+        # saturated probabilities (tiny models: over 5% of them exactly 1.0) leave nothing
+        # strictly above the quantile; then ties at the threshold count, as in step 4
+        passes = (probs >= filter_thr).sum(axis=0) > 0
     entropy = np.where(passes, entropy, np.inf)
     n_keep = int(round(entropy.size * top_rate))
     n_keep = min(max(n_keep, 1), int(passes.sum()))
