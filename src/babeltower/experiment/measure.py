@@ -150,22 +150,8 @@ def _neuron_row(model, windows: dict, cfg: ExperimentConfig, pair_languages: lis
 
     stats = collect_stats(model, windows, batch_size=16)
     langs = list(windows)
-    probs = stats.probabilities(langs)
-    filter_rate = 0.95
-    if np.mean(probs >= probs.max()) > 1 - filter_rate:
-        # Tiny models saturate: over 5% of (neuron, language) probabilities can be exactly
-        # the maximum (1.0), so Tang's strict "> 95th percentile" filter keeps nothing.
-        # Put the threshold just below the saturated value instead (recorded in the row).
-        filter_rate = float(np.mean(probs < probs.max()))
-    sel = lape_select(probs, langs, top_rate=cfg.probes.top_rate, filter_rate=filter_rate) \
-        if 0 < filter_rate < 1 else None
-    if sel is None:
-        return {"specific_count": {lang: 0 for lang in langs}, "lape_filter_rate": filter_rate,
-                "transfer_count": {lang: 0 for lang in pair_languages},
-                "transfer_ratio": {lang: None for lang in pair_languages},
-                "transfer_by_layer": {lang: None for lang in pair_languages}}
+    sel = lape_select(stats.probabilities(langs), langs, top_rate=cfg.probes.top_rate)
     out = {"specific_count": {lang: int(len(sel.sets[lang])) for lang in langs},
-           "lape_filter_rate": filter_rate,
            "transfer_count": {}, "transfer_ratio": {}, "transfer_by_layer": {}}
     for lang in pair_languages:
         t = sel.transfer(cfg.primary, lang)
