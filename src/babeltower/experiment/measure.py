@@ -41,10 +41,11 @@ def corpus_summary(shards) -> dict:
     return out
 
 
-def _lens_row(item_df, lang: str) -> dict:
-    """Per-layer working-language measures on the NEW-language prompts of one pair."""
-    new = item_df[(item_df.side == "new") & (item_df.pair_language == lang)]
-    prim = item_df[(item_df.side == "primary") & (item_df.pair_language == lang)]
+def _lens_row(item_df) -> dict:
+    """Per-layer working-language measures of one suite: on its new-language prompts,
+    plus cloze accuracy on both sides (the primary side is the mirrored prompt set)."""
+    new = item_df[item_df.side == "new"]
+    prim = item_df[item_df.side == "primary"]
     by = new.groupby(["measure", "layer"])["value"].mean()
 
     def per_layer(m):
@@ -117,7 +118,7 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
                         "lens_new_share_mean", "lens_layers"):
                 row[key] = {}
             for lang in pair_languages:
-                lr = _lens_row(lens_items(model, tok, checked[lang], batch_size=32), lang)
+                lr = _lens_row(lens_items(model, tok, checked[lang], batch_size=32))
                 row["cloze_new"][lang] = lr["cloze_new"]
                 row["cloze_primary"][lang] = lr["cloze_primary"]
                 if probes and cfg.probes.lens:

@@ -233,15 +233,16 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
                  for m, tok in (("natural", s.tokens), ("optimized", opt_tokens))]
     for mixture, seed, protocol, tokens in plan:
         name = f"scratch-{protocol.replace('_', '-')}-{mixture}-s{seed}"
-        if protocol == "equal_epochs" and mixture == "natural":
-            # one epoch of the natural corpus is the equal-tokens natural run: reuse it
-            same = next((r for r in runs if r["mixture"] == "natural" and r["seed"] == seed
-                         and r["protocol"] == "equal_tokens"), None)
-            if same is not None:
-                runs.append({**same, "protocol": protocol})
-                continue
-        spec = {"name": mixture, "budgets": _round_shares(mixtures[mixture]["shares"]), "total_tokens": tokens}
-        track = seed == s.seeds[0] and mixture in ("natural", "optimized") and protocol == "equal_tokens"
+        budgets = _round_shares(mixtures[mixture]["shares"])
+        # the same shares, seed and tokens train the same model (e.g. Algorithm 1 kept
+        # every language, or one epoch of natural = the equal-tokens natural run): reuse it
+        same = next((r for r in runs if r["budgets"] == budgets and r["seed"] == seed
+                     and r["tokens"] == tokens), None)
+        if same is not None:
+            runs.append({**same, "mixture": mixture, "protocol": protocol, "same_run_as": same["name"]})
+            continue
+        spec = {"name": mixture, "budgets": budgets, "total_tokens": tokens}
+        track = seed == s.seeds[0] and mixture in ("natural", "optimized")
         tc = train_config(cfg, data_dir, name, spec, tokens, s.lr, s.batch_size, seed,
                           warmup_tokens=0, checkpoints="log" if track else [], n_checkpoints=8)
         run = _train(steps, name, tc, f"{mixture} mixture, seed {seed}, {tokens:,} tokens ({protocol})")
@@ -251,7 +252,7 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
                              loss_languages=cfg.languages, split="test", final_only=not track),
                          "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
         runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
-                     "tokens": tokens, "run": run, "checkpoints": rows})
+                     "tokens": tokens, "budgets": budgets, "run": run, "checkpoints": rows})
     results["scratch_runs"] = runs
     results["comparison"] = analysis.compare(cfg, runs)
 
