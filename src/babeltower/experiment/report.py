@@ -264,6 +264,10 @@ def write_report(results: dict, workdir: str | Path) -> Path:
     subtitle = (f"{results.get('name')} - primary {primary}; new {', '.join(new)}; "
                 f"model preset {cfg['model']['preset']}; seeds {cfg['scratch']['seeds']}. "
                 "Every number is in results.json next to this file.")
+    from babeltower.io import atomic_write_text
+
+    atomic_write_text(wd / "summary.md", f"# {results.get('name')}: key tables\n\n{subtitle}\n\n"
+                      + markdown_summary(results))
     return render("babeltower: the Babel Tower experiment", subtitle, sections, wd / "report.html")
 
 
@@ -394,3 +398,65 @@ def _paper_text(r: dict) -> str:
                "pass@1; this run is a CPU-scale reproduction, so its performance signal is cloze "
                "accuracy or bits per byte, and negative results are reported as measured.")
     return "\n\n".join(out)
+
+
+# ---------------------------------------------------------------------------- markdown
+def _md_table(rows: list[dict]) -> str:
+    from babeltower.report.html import _fmt
+
+    if not rows:
+        return "(no rows)\n"
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def markdown_summary(results: dict) -> str:
+    """The report's key tables as Markdown (for docs/results.md and issue threads)."""
+    parts = []
+    st_rows = []
+    for lang, st in results.get("stages", {}).items():
+        p = st.get("performance", {})
+        st_rows.append({"language": lang, "signal": st.get("performance_measure"),
+                        "kind": p.get("kind"), "confidence": p.get("confidence"),
+                        "peak (tokens)": p.get("peak_x"), "stable from (tokens)": p.get("stable_x"),
+                        "corroboration": st.get("agreement")})
+    parts.append("### Stages\n\n" + _md_table(st_rows))
+    cpt_rows = []
+    for lang, run in results.get("cpt", {}).items():
+        rows = run["checkpoints"]
+        first, last = rows[0], rows[-1]
+        prim = results["config"]["primary"]
+
+        def g(r, k, l=lang):
+            return (r.get(k) or {}).get(l)
+        cpt_rows.append({"language": lang, "checkpoints": len(rows), "tokens": last["tokens"],
+                         "new bpb start": g(first, "bpb"), "new bpb end": g(last, "bpb"),
+                         f"{prim} bpb start": g(first, "bpb", prim), f"{prim} bpb end": g(last, "bpb", prim),
+                         "cloze start": g(first, "cloze_new"), "cloze end": g(last, "cloze_new"),
+                         "prefers new (last layer) start": g(first, "lens_new_share_last"),
+                         "prefers new (last layer) end": g(last, "lens_new_share_last"),
+                         "prefers new (layer mean) start": g(first, "lens_new_share_mean"),
+                         "prefers new (layer mean) end": g(last, "lens_new_share_mean"),
+                         "|T| start": g(first, "transfer_count"), "|T| end": g(last, "transfer_count")})
+    parts.append("### Continual pre-training, first vs last checkpoint\n\n" + _md_table(cpt_rows))
+    alg = results.get("algorithm1", {}).get("languages", {})
+    parts.append("### Algorithm 1\n\n" + _md_table([
+        {"language": k, "available": d.get("available"), "alpha": d.get("alpha"), "beta": d.get("beta"),
+         "best (tokens)": d.get("best_tokens"), "P*": d.get("p_star"), "target": d.get("target_tokens"),
+         "decision": d.get("reason")} for k, d in alg.items()]))
+    cal = results.get("calibration", {})
+    parts.append("### Eq. 1 calibration (P from loss vs measured share, per checkpoint)\n\n" + _md_table([
+        {"language": k, "pearson": c.get("pearson"), "spearman": c.get("spearman"), "rmse": c.get("rmse"),
+         "checkpoints": len(c.get("rows", []))} for k, c in cal.items()]))
+    comp = results.get("comparison", {})
+    for protocol in ("equal_tokens", "equal_epochs"):
+        rows = [_comp_row(t) for t in comp.get(protocol) or [] if t["measure"] == "bpb"]
+        if rows:
+            parts.append(f"### From scratch, {protocol.replace('_', ' ')}: test bits per byte "
+                         "(mean over seeds, 95% t-interval; paired difference vs natural)\n\n"
+                         + _md_table(rows))
+    return "\n".join(parts)

@@ -33,7 +33,7 @@ def experiment_command(
 def report_command(
     workdir: Path = typer.Argument(..., help="an experiment's workdir (holds results.json)"),
 ) -> None:
-    """Re-draw report.html and its figures from an experiment's results.json."""
+    """Re-draw report.html, summary.md and the figures from an experiment's results.json."""
     from babeltower.experiment.report import write_report
 
     from babeltower.io import read_json
