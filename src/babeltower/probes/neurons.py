@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from babeltower.errors import BabelError
+from babeltower.probes.lens import _get_attr
 
 # --------------------------------------------------------------------------- adapters
 
@@ -62,12 +63,6 @@ MLP_ADAPTERS: dict[str, MLPAdapter] = {
     "gpt_neox": MLPAdapter("gpt_neox.layers", "mlp.dense_4h_to_h", None),
 }
 POINTS = ("down_proj_input", "act_fn")
-
-
-def _get_attr(module, path: str):
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
 
 
 def mlp_adapter(model) -> MLPAdapter:
@@ -563,10 +558,6 @@ def summarize_neurons(df):
 
 def read_neuron_sets(path: str | os.PathLike) -> dict:
     """A ``<checkpoint>.neurons.json`` file written by ``run_neurons``."""
-    p = Path(path)
-    if not p.exists():
-        raise BabelError(f"neuron set file not found: {p}")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise BabelError(f"corrupt neuron set file {p}: {e.msg}") from e
+    from babeltower.io import read_json
+
+    return read_json(path, "neuron set file")

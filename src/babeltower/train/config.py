@@ -138,26 +138,20 @@ class TrainConfig(_Section):
     # ---- YAML in, the same object out ----
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        from babeltower.errors import validation_error
+
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "config"
-            more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-            raise BabelError(f"invalid train config: {loc}: {err['msg']}{more}") from None
+            raise validation_error(e, "invalid train config") from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None,
                   ) -> "TrainConfig":
+        from babeltower.io import read_yaml_mapping
+
         p = Path(path)
-        if not p.is_file():
-            raise BabelError(f"train config not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BabelError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise BabelError(f"train config {p} must be a mapping of fields")
+        data = read_yaml_mapping(p, "train config")
         # relative data/mixture/model paths are relative to the YAML file, like litgpt
         for key in ("data", "mixture", "init_from", "model"):
             v = data.get(key)
