@@ -27,7 +27,6 @@ before the product with ``up``; only for gated MLPs with an ``act_fn`` module).
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
