@@ -220,13 +220,23 @@ def write_report(results: dict, workdir: str | Path) -> Path:
         if not rows:
             continue
         tab: dict[str, dict[str, tuple]] = {}
+        diff: dict[str, dict[str, tuple]] = {}
         for t in rows:
             if t["measure"] == "bpb":
                 tab.setdefault(t["mixture"], {})[t["language"]] = (t["mean"], t["ci_low"], t["ci_high"])
+                if t["mixture"] != "natural" and t["diff_vs_natural"] is not None:
+                    diff.setdefault(t["mixture"], {})[t["language"]] = (
+                        t["diff_vs_natural"], t["diff_ci_low"], t["diff_ci_high"])
         figs.append((f"{protocol.replace('_', ' ')}: test bits per byte per language and mixture "
                      "(mean over seeds, 95% t-interval)",
                      figures.comparison(tab, fig_dir / f"comparison_{protocol}.png",
                                         f"From scratch, {protocol.replace('_', ' ')}", "test bits per byte")))
+        if diff:
+            figs.append((f"{protocol.replace('_', ' ')}: difference in test bits per byte against the "
+                         "natural mixture, paired by seed (below 0 = better than natural; 95% t-interval)",
+                         figures.comparison(diff, fig_dir / f"difference_{protocol}.png",
+                                            f"vs natural, {protocol.replace('_', ' ')}",
+                                            "Δ test bits per byte", zero_line=True)))
         tables.append(Table(f"From scratch, {protocol.replace('_', ' ')}: per language",
                             [_comp_row(t) for t in rows]))
     track = [r for r in results.get("scratch_runs", []) if len(r.get("checkpoints", [])) > 1]

@@ -150,7 +150,7 @@ def mixtures(shares: dict[str, dict[str, float]], path: str | Path, title: str) 
 
 
 def comparison(table: dict[str, dict[str, tuple[float, float, float]]], path: str | Path,
-               title: str, ylabel: str) -> Path:
+               title: str, ylabel: str, zero_line: bool = False) -> Path:
     """Grouped bars: per language (groups) and mixture (bars), mean with a CI error bar.
 
     ``table[mixture][language] = (mean, ci_low, ci_high)``.
@@ -166,6 +166,8 @@ def comparison(table: dict[str, dict[str, tuple[float, float, float]]], path: st
         hi = np.array([table[m].get(lang, (np.nan,) * 3)[2] for lang in langs])
         err = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
         ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=err, capsize=2, label=m)
+    if zero_line:
+        ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels(langs)
     ax.set_ylabel(ylabel)
