@@ -151,7 +151,10 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     from babeltower.experiment import analysis, measure
     from babeltower.experiment.report import write_report
 
-    console = console or Console(stderr=True)
+    import sys
+
+    # in logs and pipes, do not squeeze the tables to 80 columns
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     t_start = time.time()
     cfg = cfg.model_copy(update={"workdir": Path(cfg.workdir).resolve()})
     wd = cfg.workdir
