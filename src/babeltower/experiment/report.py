@@ -314,6 +314,18 @@ def _answer_text(r: dict) -> str:
                      f"(95% CI {_ci(b['diff_ci_low'], b['diff_ci_high'])} over {b['n_seeds']} seeds): "
                      + ("the interval excludes zero." if sig else
                         "the interval includes zero, so with this many seeds the gain is not established."))
+    settled = [m for m, t in rows.items() if m != "natural" and t["diff_ci_low"] is not None
+               and t["diff_ci_high"] is not None and (t["diff_ci_high"] < 0 or t["diff_ci_low"] > 0)]
+    lines.append("Mixtures whose mean differs from natural beyond the paired 95% interval: "
+                 + (", ".join(f"{m} ({rows[m]['diff_vs_natural']:+.4f})" for m in settled) if settled
+                    else "none - with this many seeds the ranking above is not evidence") + ".")
+    runs = r.get("scratch_runs", [])
+    trained = {x["name"]: x["mixture"] for x in runs if not x.get("same_run_as")}
+    shared = sorted({f"{x['mixture']} = {trained.get(x['same_run_as'])}" for x in runs
+                     if x.get("same_run_as") and trained.get(x["same_run_as"]) != x["mixture"]})
+    if shared:
+        lines.append("Identical mixtures share their runs (same shares, seed and tokens): "
+                     + ", ".join(shared) + ".")
     if opt and nat:
         lines.append(f"The Algorithm-1 ('optimized') corpus scores {opt['mean']:.4f} bpb against "
                      f"natural {nat['mean']:.4f} (difference {opt['diff_vs_natural']:+.4f}, 95% CI "
