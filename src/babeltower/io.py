@@ -176,3 +176,36 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
     if not isinstance(data, dict):
         raise BabelError(f"{what} {p} must be a mapping of fields at the top level")
     return data
+
+
+class PartialRows:
+    """Append-only JSONL of finished result rows, so an interrupted series resumes.
+
+    ``PartialRows(path, key)`` reads what a previous run finished (grouped by ``row[key]``,
+    e.g. the checkpoint name; a line cut by an interruption is ignored), ``append(rows)``
+    records newly finished rows, and ``close()`` removes the file once the final result
+    has been written atomically. ``path=None`` disables it (nothing read or written).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, key: str):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.done: dict[str, list[dict]] = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.done.setdefault(row[key], []).append(row)
+
+    def append(self, rows: list[dict]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, provenance
+from babeltower.io import PartialRows, atomic_write_json, provenance
 
 ATTRIBUTION = "first-token"
 
@@ -144,15 +144,8 @@ def evaluate_cloze_series(source, suites, out=None, batch_size: int = 16,
 
     suites = _as_suites(suites)
     refs = list_checkpoints(source)
-    partial = Path(str(out) + ".partial.jsonl") if out is not None else None
-    done: dict[str, list[dict]] = {}
-    if partial is not None and partial.exists():
-        for line in partial.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done.setdefault(r["checkpoint"], []).append(r)
+    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
+    done = partial.done
     rows: list[dict] = []
     for ref in tqdm(refs, desc="cloze", unit="ckpt", disable=not progress):
         if ref.name in done:
@@ -164,10 +157,7 @@ def evaluate_cloze_series(source, suites, out=None, batch_size: int = 16,
         agg.insert(0, "checkpoint", ref.name)
         new = json.loads(agg.to_json(orient="records"))
         rows.extend(new)
-        if partial is not None:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            with open(partial, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in new)
+        partial.append(new)
     df = pd.DataFrame(rows)
     if out is not None:
         atomic_write_json(out, {
@@ -178,5 +168,5 @@ def evaluate_cloze_series(source, suites, out=None, batch_size: int = 16,
                                      suite_files=[s.source for s in suites],
                                      config={"batch_size": batch_size}),
         })
-        partial.unlink(missing_ok=True)
+        partial.close()
     return df

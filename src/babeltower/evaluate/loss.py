@@ -35,7 +35,6 @@ name via ``babeltower.languages.detect_language``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, provenance
+from babeltower.io import PartialRows, atomic_write_json, provenance
 
 LN2 = math.log(2.0)
 
@@ -327,15 +326,8 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
 
         refs = list_checkpoints(source_or_model)
 
-    partial = Path(str(out) + ".partial.jsonl") if out is not None else None
-    done: dict[str, list[dict]] = {}
-    if partial is not None and partial.exists():
-        for line in partial.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done.setdefault(r["checkpoint"], []).append(r)
+    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
+    done = partial.done
     rows: list[dict] = []
     for ref in refs:
         name = ref.name if ref is not None else "model"
@@ -358,10 +350,7 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
                 "tokens_seen": getattr(ref, "tokens", None)}
         new = [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, cfg, progress)]
         rows.extend(new)
-        if partial is not None:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            with open(partial, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in new)
+        partial.append(new)
         if ref is not None:
             del model
     df = pd.DataFrame(rows)
@@ -374,5 +363,5 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
                                      data=str(data) if data is not None else None,
                                      text=[str(t) for t in ([text] if isinstance(text, (str, os.PathLike)) else (text or []))]),
         })
-        partial.unlink(missing_ok=True)
+        partial.close()
     return df

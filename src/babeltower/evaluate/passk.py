@@ -274,15 +274,9 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def _read_partial(path: Path) -> dict[str, list[dict]]:
-    done: dict[str, list[dict]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interruption
-            done.setdefault(r["problem"], []).append(r)
-    return done
+    from babeltower.io import PartialRows
+
+    return PartialRows(path, "problem").done
 
 
 def _evaluate_one(problems: list[Problem], cfg: PassKConfig, out_dir: Path, model=None,
