@@ -234,6 +234,9 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
         opt_tokens = int(sum(mixtures["optimized"]["corpus_tokens"].values()))
         plan += [(m, seed, "equal_epochs", tok) for seed in s.seeds
                  for m, tok in (("natural", s.tokens), ("optimized", opt_tokens))]
+    unique = {(tuple(sorted(_round_shares(mixtures[m]["shares"]).items())), seed, tok)
+              for m, seed, _, tok in plan}
+    steps.total = steps.count + 2 * len(unique)   # identical mixtures share their runs
     for mixture, seed, protocol, tokens in plan:
         name = f"scratch-{protocol.replace('_', '-')}-{mixture}-s{seed}"
         budgets = _round_shares(mixtures[mixture]["shares"])
