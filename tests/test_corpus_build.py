@@ -326,3 +326,29 @@ def test_alphanumeric_fraction_matches_its_definition(text):
 
     expected = sum(ch.isalnum() for ch in text) / len(text) if text else 0.0
     assert alphanumeric_fraction(text) == pytest.approx(expected)
+
+
+def test_splits_do_not_depend_on_where_the_sources_live(tmp_path):
+    """The same tree read from two places gives the same split of every file."""
+    import shutil
+
+    from babeltower.corpus.build import build_corpus
+    from babeltower.corpus.corpusdir import CorpusDir
+
+    a = tmp_path / "a" / "src"
+    for i in range(40):
+        d = a / f"pkg{i}"
+        d.mkdir(parents=True)
+        (d / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i * i}\n" * (3 + i % 5))
+    b = tmp_path / "elsewhere" / "deeper" / "src"
+    shutil.copytree(a, b)
+
+    def splits(src, out):
+        build_corpus([str(src)], out, progress=False)
+        c = CorpusDir(out)
+        return {split: sorted(r["path"] for r in c.iter("python", split))
+                for split in ("train", "validation", "test")}
+
+    sa, sb = splits(a, tmp_path / "out_a"), splits(b, tmp_path / "out_b")
+    assert sa == sb
+    assert sa["validation"] or sa["test"]   # the tree is big enough to hold something out

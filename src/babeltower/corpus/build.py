@@ -300,7 +300,7 @@ def _group_key(rec: dict, group_by: str) -> str:
     pkg = rec.get("package") or Path(rec["source"]).name
     directory = f"{pkg}/{os.path.dirname(rec['path'])}"
     if group_by == "file":
-        key = record_id(rec)
+        key = portable_id(rec)
     elif group_by == "package":
         key = rec.get("group") or pkg
     elif group_by == "directory":
@@ -310,6 +310,13 @@ def _group_key(rec: dict, group_by: str) -> str:
     # a repository stays whole across languages; a directory/package is per language
     return key if rec.get("group") and group_by in ("auto", "package") \
         else f"{rec['language']}\0{key}"
+
+
+def portable_id(rec: dict) -> str:
+    """``record_id`` without the directory the source lives in: split assignment must not
+    change when the same sources are read from another place (another workdir or clone)."""
+    row = "" if rec.get("row") is None else f"#{rec['row']}"
+    return f"{Path(str(rec['source'])).name}:{rec['path']}{row}"
 
 
 def _stable_rank(seed: int, key: str) -> bytes:
@@ -342,7 +349,7 @@ def assign_splits(kept: list[dict], cfg: BuildConfig, links: Iterable[tuple[int,
     targets = {"validation": cfg.split.validation, "test": cfg.split.test}
     filled: dict[str, Counter] = {s: Counter() for s in targets}
     comps = sorted(comp_members.items(),
-                   key=lambda kv: _stable_rank(cfg.seed, record_id(kept[kv[0]])))
+                   key=lambda kv: _stable_rank(cfg.seed, portable_id(kept[kv[0]])))
     splits = ["train"] * len(kept)
     for root, members in comps:
         # a component can span languages (a repository): decide by its first file's
