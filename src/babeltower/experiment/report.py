@@ -411,6 +411,25 @@ def _paper_text(r: dict) -> str:
     out = [f"Stages: the paper finds a translation-stage peak for PHP and C# and none for C++. "
            f"Here: three-stage for {', '.join(three) or 'no language'}; monotone for "
            f"{', '.join(mono) or 'no language'}."]
+    switch = []
+    for lang, run in r.get("cpt", {}).items():
+        rows = run.get("checkpoints", [])
+
+        def first_over_half(layer: int):
+            for row in rows:
+                share = ((row.get("lens_layers") or {}).get(lang) or {}).get("new_pref_share") or []
+                if len(share) > abs(layer) and share[layer] > 0.5:
+                    return row["tokens"]
+            return None
+        top, low = first_over_half(-1), first_over_half(1)
+        switch.append(f"{lang}: output layer at {_fmt_tokens(top) if top is not None else 'never'}, "
+                      f"layer 1 at {_fmt_tokens(low) if low is not None else 'never'}")
+    if switch:
+        out.append("Working language (the paper: the new language first runs through the primary "
+                   "language's system). Tokens of continual pre-training until most new-language "
+                   "prompts prefer the new identifier over its primary counterpart: "
+                   + "; ".join(switch) + ". A later switch in the lower layers is the "
+                   "Babel-like ordering.")
     cal = r.get("calibration", {})
     rs = {k: v.get("pearson") for k, v in cal.items() if v.get("pearson") is not None}
     if rs:
