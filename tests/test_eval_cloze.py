@@ -20,16 +20,7 @@ SUITE = ProbeSuite.model_validate({
     ]})
 
 
-def char_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    vocab = {"<eos>": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+from tokenizer_fixtures import char_tokenizer  # noqa: E402,F401
 
 
 def tiny(vocab, seed=0, uniform=False):

@@ -41,16 +41,11 @@ strlen strlen strlen strlen
 @functools.lru_cache(maxsize=None)
 def tiny_tokenizer(vocab_size: int = 400):
     """A ByteLevel BPE tokenizer (GPT-2 style) trained in-process on a few lines of code."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator([CODE_SAMPLE] * 20, trainer=trainer)
+    from tokenizer_fixtures import byte_level_bpe
+
+    tok = byte_level_bpe([CODE_SAMPLE] * 20, vocab_size)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 

@@ -40,19 +40,14 @@ def _docs(lang: str, n_docs: int, seed: int) -> list[str]:
 def make_packed(root: Path, languages=("python", "php"), docs_per_language: int = 120,
                 vocab_size: int = 320, seed: int = 0) -> Path:
     """A packed data dir (manifest, tokenizer/, <lang>/<split>.bin/.docs.npy)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from tokenizer_fixtures import byte_level_bpe
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     texts = {lang: _docs(lang, docs_per_language, seed) for lang in languages}
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator([t for ts in texts.values() for t in ts], trainer)
+    tok = byte_level_bpe([t for ts in texts.values() for t in ts], vocab_size)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     fast.save_pretrained(root / "tokenizer")
     eos = tok.token_to_id("<|endoftext|>")
