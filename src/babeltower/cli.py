@@ -29,6 +29,7 @@ app = typer.Typer(
 def _register() -> None:
     from babeltower.corpus.cli import app as corpus_app, tokenizer_app
     from babeltower.evaluate.cli import app as eval_app
+    from babeltower.experiment.cli import register as register_experiment
     from babeltower.mixture.cli import register as register_mixture
     from babeltower.probes.cli import app as probe_app
     from babeltower.report.cli import register as register_report
@@ -40,6 +41,7 @@ def _register() -> None:
     app.add_typer(eval_app, name="eval")
     register_train(app)
     register_mixture(app)
+    register_experiment(app)
     register_report(app)
 
 

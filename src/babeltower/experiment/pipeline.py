@@ -149,7 +149,7 @@ def original_corpus(cfg: ExperimentConfig, available: dict[str, int]) -> dict[st
 def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Path:
     """Run (or resume) the whole study; returns the path of report.html."""
     from babeltower.experiment import analysis, measure
-    from babeltower.experiment.report import write_report
+    from babeltower.report.study import write_report
 
     import sys
 

@@ -49,7 +49,7 @@ figcaption{font-size:.85em;color:#4a545e;max-width:560px}
 """
 
 
-def _fmt(v: Any) -> str:
+def fmt_cell(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
@@ -59,7 +59,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int) and abs(v) >= 10000:
         return f"{v:,}"
     if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
+        return ", ".join(fmt_cell(x) for x in v)
     return "–" if v is None else str(v)
 
 
@@ -71,7 +71,7 @@ def table_html(t: Table) -> str:
         cols += [c for c in r if c not in cols]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(fmt_cell(r.get(c)))}</td>" for c in cols) + "</tr>"
         for r in t.rows)
     note = f"<p class='note'>{html.escape(t.note)}</p>" if t.note else ""
     return (f"<table><caption>{html.escape(t.caption)}</caption><thead><tr>{head}</tr></thead>"

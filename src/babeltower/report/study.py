@@ -1,4 +1,5 @@
-"""Build ``report.html`` and its PNG figures from the experiment's ``results.json`` dict.
+"""The Babel Tower experiment's report: ``report.html``, ``summary.md`` and PNG figures
+from the experiment's ``results.json`` dict, one function per section.
 
 Figures are drawn by ``babeltower.report.figures`` (plotting only); this module decides
 what goes in the report and writes the text that reads the numbers - including where
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from babeltower.report import figures
-from babeltower.report.html import Section, Table, render
+from babeltower.io import atomic_write_text
+from babeltower.report.html import Section, Table, fmt_cell, render
 
 
 def _fmt_tokens(n: float) -> str:
@@ -42,31 +44,46 @@ def _segments(stage: dict) -> list[dict]:
 
 
 def write_report(results: dict, workdir: str | Path) -> Path:
+    """Write report.html, summary.md and figures/*.png for one experiment's results."""
     wd = Path(workdir)
     fig_dir = wd / "figures"
+    sections = [answer_section(results), setup_section(results),
+                stages_section(results, fig_dir), working_language_section(results, fig_dir),
+                neurons_section(results, fig_dir), algorithm1_section(results, fig_dir),
+                mixtures_section(results, fig_dir), comparison_section(results, fig_dir),
+                Section("Where this agrees or disagrees with the paper", _paper_text(results)),
+                provenance_section(results)]
     cfg = results["config"]
-    primary, new = cfg["primary"], cfg["new_languages"]
-    sections: list[Section] = []
+    subtitle = (f"{results.get('name')} - primary {cfg['primary']}; new {', '.join(cfg['new_languages'])}; "
+                f"model preset {cfg['model']['preset']}; seeds {cfg['scratch']['seeds']}. "
+                "Every number is in results.json next to this file.")
+    atomic_write_text(wd / "summary.md", f"# {results.get('name')}: key tables\n\n{subtitle}\n\n"
+                      + markdown_summary(results))
+    return render("babeltower: the Babel Tower experiment", subtitle, sections, wd / "report.html")
 
-    # ------------------------------------------------------------------ answer first
+
+# ---------------------------------------------------------------------------- sections
+def answer_section(results: dict) -> Section:
     comp = results.get("comparison", {})
-    best = comp.get("best_equal_tokens")
-    sections.append(Section("Answer: which mixture, and why", _answer_text(results), tables=[
+    return Section("Answer: which mixture, and why", _answer_text(results), tables=[
         Table("Equal tokens: mean test bits-per-byte over all languages (lower is better), "
               "95% t-interval over seeds; difference against natural paired by seed",
               [_comp_row(t) for t in comp.get("equal_tokens", [])
-               if t["language"] == "mean" and t["measure"] == "bpb"])]))
+               if t["language"] == "mean" and t["measure"] == "bpb"])])
 
-    # ------------------------------------------------------------------ setup
+
+def setup_section(results: dict) -> Section:
     corpus_rows = [{"language": lang, **info} for lang, info in results.get("corpus", {}).items()]
-    sections.append(Section("Setup", _setup_text(results), tables=[
-        Table("Corpus (packed shards; tokens exclude EOS separators)", corpus_rows)]))
+    return Section("Setup", _setup_text(results), tables=[
+        Table("Corpus (packed shards; tokens exclude EOS separators)", corpus_rows)])
 
-    # ------------------------------------------------------------------ CPT curves + stages
-    cpt = results.get("cpt", {})
-    stages = results.get("stages", {})
+
+def _curve_panels(results: dict) -> tuple[dict, dict]:
+    """Per new language: the performance curve and the bpb curves, with stages shaded."""
+    primary = results["config"]["primary"]
+    cpt, stages = results.get("cpt", {}), results.get("stages", {})
     perf_curves, bpb_curves = {}, {}
-    for lang in new:
+    for lang in results["config"]["new_languages"]:
         rows = cpt.get(lang, {}).get("checkpoints", [])
         if not rows:
             continue
@@ -82,6 +99,11 @@ def write_report(results: dict, workdir: str | Path) -> Path:
                                                f"{primary} bpb": _series(rows, "bpb", primary)},
                             "segments": _segments(st), "kind": perf.get("kind", ""),
                             "ylabel": "bits per byte (validation)"}
+    return perf_curves, bpb_curves
+
+
+def stages_section(results: dict, fig_dir: Path) -> Section:
+    perf_curves, bpb_curves = _curve_panels(results)
     figs = []
     if perf_curves:
         figs.append(("Performance of each new language over continual pre-training, "
@@ -93,7 +115,7 @@ def write_report(results: dict, workdir: str | Path) -> Path:
                      figures.performance_curves(bpb_curves, fig_dir / "cpt_bpb.png",
                                                 "Bits per byte during continual pre-training")))
     stage_rows = []
-    for lang, st in stages.items():
+    for lang, st in results.get("stages", {}).items():
         perf = st.get("performance", {})
         stage_rows.append({
             "language": lang, "measure": st.get("performance_measure"), "kind": perf.get("kind"),
@@ -102,43 +124,44 @@ def write_report(results: dict, workdir: str | Path) -> Path:
             "start of stabilization (tokens)": perf.get("stable_x"),
             "drop / noise": perf.get("drop_to_noise"),
             "corroboration agreement": st.get("agreement"), "rule's reason": perf.get("reason")})
-    sections.append(Section("Continual pre-training: the three stages", _stages_text(results),
-                            figures=figs, tables=[Table("Stage detection per new language", stage_rows,
-                                                        note="kind 'monotone' = no translation-stage "
-                                                             "peak: no dependence on the primary language "
-                                                             "(the paper's C++).")]))
+    return Section("Continual pre-training: the three stages", _stages_text(results),
+                   figures=figs, tables=[Table("Stage detection per new language", stage_rows,
+                                               note="kind 'monotone' = no translation-stage "
+                                                    "peak: no dependence on the primary language "
+                                                    "(the paper's C++).")])
 
-    # ------------------------------------------------------------------ working language
+
+def working_language_section(results: dict, fig_dir: Path) -> Section:
+    primary = results["config"]["primary"]
     figs = []
-    for lang in new:
-        rows = cpt.get(lang, {}).get("checkpoints", [])
+    for lang in results["config"]["new_languages"]:
+        rows = results.get("cpt", {}).get(lang, {}).get("checkpoints", [])
         layers = [(r.get("lens_layers") or {}).get(lang) for r in rows]
         if not rows or any(v is None for v in layers):
             continue
+        cols = [_fmt_tokens(r["tokens"]) for r in rows]
         m = np.array([v["new_pref_share"] for v in layers], dtype=float).T
+        ylabels = [("emb" if i == 0 else f"L{i}") for i in range(m.shape[0])]
         figs.append((f"{primary} vs {lang}: share of prompts whose {lang} identifier outscores its "
                      f"{primary} counterpart, per layer (rows) and checkpoint (columns). "
                      "0.5 = no preference; below = the model 'thinks in' "
                      f"{primary} at that layer.",
                      figures.heatmap(m, fig_dir / f"working_language_{lang}.png",
-                                     f"Working language: {lang} over {primary}",
-                                     [_fmt_tokens(r["tokens"]) for r in rows],
-                                     [("emb" if i == 0 else f"L{i}") for i in range(m.shape[0])],
+                                     f"Working language: {lang} over {primary}", cols, ylabels,
                                      f"share preferring {lang}", vmin=0, vmax=1, center=None)))
         m2 = np.array([v["logit_diff"] for v in layers], dtype=float).T
         figs.append((f"Mean log-probability difference ({lang} identifier minus {primary} "
                      "counterpart) per layer and checkpoint; the control row set is in results.json.",
                      figures.heatmap(m2, fig_dir / f"logit_diff_{lang}.png",
-                                     f"log p({lang}) - log p({primary})",
-                                     [_fmt_tokens(r["tokens"]) for r in rows],
-                                     [("emb" if i == 0 else f"L{i}") for i in range(m2.shape[0])],
+                                     f"log p({lang}) - log p({primary})", cols, ylabels,
                                      "nats", center=0.0)))
-    sections.append(Section("Working language per layer (logit lens)", _lens_text(results), figures=figs))
+    return Section("Working language per layer (logit lens)", _lens_text(results), figures=figs)
 
-    # ------------------------------------------------------------------ neurons
+
+def neurons_section(results: dict, fig_dir: Path) -> Section:
     xs, ratio, count = {}, {}, {}
-    for lang in new:
-        rows = cpt.get(lang, {}).get("checkpoints", [])
+    for lang in results["config"]["new_languages"]:
+        rows = results.get("cpt", {}).get(lang, {}).get("checkpoints", [])
         x, r_, c_ = [], [], []
         for r in rows:
             v = (r.get("transfer_ratio") or {}).get(lang)
@@ -159,22 +182,21 @@ def write_report(results: dict, workdir: str | Path) -> Path:
         figs.append(("Number of transferring neurons |T| over continual pre-training",
                      figures.lines(xs, count, fig_dir / "transfer_count.png", "|T|",
                                    "tokens of continual pre-training", "neurons")))
-    sections.append(Section("Language-specific and transferring neurons (LAPE)",
-                            _neuron_text(results), figures=figs))
+    return Section("Language-specific and transferring neurons (LAPE)", _neuron_text(results),
+                   figures=figs)
 
-    # ------------------------------------------------------------------ Algorithm 1 + calibration
-    alg = results.get("algorithm1", {})
+
+def algorithm1_section(results: dict, fig_dir: Path) -> Section:
     alg_rows = []
-    for lang, d in alg.get("languages", {}).items():
+    for lang, d in results.get("algorithm1", {}).get("languages", {}).items():
         alg_rows.append({"language": lang, "available (original corpus)": d.get("available"),
                          "alpha": d.get("alpha"), "beta": d.get("beta"),
                          "best checkpoint (tokens)": d.get("best_tokens"),
                          "loss at best": d.get("best_loss"), "P*": d.get("p_star"),
                          "eta_p": d.get("eta_p"), "target tokens": d.get("target_tokens"),
                          "stage kind": d.get("stage_kind"), "decision": d.get("reason")})
-    cal = results.get("calibration", {})
     cal_points, cal_rows = {}, []
-    for lang, c in cal.items():
+    for lang, c in results.get("calibration", {}).items():
         if "rows" not in c:
             cal_rows.append({"language": lang, "note": c.get("error")})
             continue
@@ -187,12 +209,12 @@ def write_report(results: dict, workdir: str | Path) -> Path:
         figs.append(("Calibration of Eq. 1: loss-derived own-system share P against the measured "
                      "share of prompts (averaged over layers) that prefer the new language",
                      figures.calibration(cal_points, fig_dir / "calibration.png", "Eq. 1 calibration")))
-    sections.append(Section("Algorithm 1 and the calibration of Eq. 1", _alg_text(results),
-                            figures=figs, tables=[Table("Algorithm 1, every intermediate number", alg_rows),
-                                                  Table("Calibration: P(loss) vs measured working-language share",
-                                                        cal_rows)]))
+    return Section("Algorithm 1 and the calibration of Eq. 1", _alg_text(results), figures=figs,
+                   tables=[Table("Algorithm 1, every intermediate number", alg_rows),
+                           Table("Calibration: P(loss) vs measured working-language share", cal_rows)])
 
-    # ------------------------------------------------------------------ mixtures
+
+def mixtures_section(results: dict, fig_dir: Path) -> Section:
     mixtures = results.get("mixtures", {})
     mix_rows = []
     for name, m in mixtures.items():
@@ -208,77 +230,75 @@ def write_report(results: dict, workdir: str | Path) -> Path:
     reg = mixtures.get("regmix", {}).get("meta", {})
     reg_rows = [{"proxy": i, **{f"{k}": round(v, 3) for k, v in p["shares"].items()},
                  "mean val bpb": p["mean_bpb"]} for i, p in enumerate(reg.get("proxies", []))]
-    sections.append(Section("Mixtures", _mixture_text(results), figures=figs, tables=[
+    return Section("Mixtures", _mixture_text(results), figures=figs, tables=[
         Table("Mixtures (shares of training tokens)", mix_rows),
         Table("RegMix proxy runs (Dirichlet mixtures) and their validation bpb", reg_rows,
-              note=f"regression: {json.dumps(reg.get('regression', {}))}")]))
+              note=f"regression: {json.dumps(reg.get('regression', {}))}")])
 
-    # ------------------------------------------------------------------ from-scratch comparison
+
+def _comparison_figures(protocol: str, rows: list[dict], fig_dir: Path) -> list:
+    tab: dict[str, dict[str, tuple]] = {}
+    diff: dict[str, dict[str, tuple]] = {}
+    for t in rows:
+        if t["measure"] == "bpb":
+            tab.setdefault(t["mixture"], {})[t["language"]] = (t["mean"], t["ci_low"], t["ci_high"])
+            if t["mixture"] != "natural" and t["diff_vs_natural"] is not None:
+                diff.setdefault(t["mixture"], {})[t["language"]] = (
+                    t["diff_vs_natural"], t["diff_ci_low"], t["diff_ci_high"])
+    name = protocol.replace("_", " ")
+    figs = [(f"{name}: test bits per byte per language and mixture (mean over seeds, 95% t-interval)",
+             figures.comparison(tab, fig_dir / f"comparison_{protocol}.png",
+                                f"From scratch, {name}", "test bits per byte"))]
+    if diff:
+        figs.append((f"{name}: difference in test bits per byte against the natural mixture, "
+                     "paired by seed (below 0 = better than natural; 95% t-interval)",
+                     figures.comparison(diff, fig_dir / f"difference_{protocol}.png",
+                                        f"vs natural, {name}", "Δ test bits per byte", zero_line=True)))
+    return figs
+
+
+def _scratch_tracking_figure(results: dict, fig_dir: Path) -> list:
+    track = [r for r in results.get("scratch_runs", []) if len(r.get("checkpoints", [])) > 1]
+    xs, ys = {}, {}
+    for r in track:
+        for lang in results["config"]["new_languages"]:
+            pts = [(row["tokens"], (row.get("lens_new_share_mean") or {}).get(lang))
+                   for row in r["checkpoints"]]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                xs[f"{r['mixture']}: {lang}"] = [x for x, _ in pts]
+                ys[f"{r['mixture']}: {lang}"] = [y for _, y in pts]
+    if not xs:
+        return []
+    return [("Internal states tracked in the from-scratch runs too: share of prompts "
+             "preferring the new-language identifier (mean over layers)",
+             figures.lines(xs, ys, fig_dir / "scratch_working_language.png",
+                           "Working language in from-scratch runs", "training tokens",
+                           "share preferring new language"))]
+
+
+def comparison_section(results: dict, fig_dir: Path) -> Section:
+    comp = results.get("comparison", {})
     figs, tables = [], []
     for protocol in ("equal_tokens", "equal_epochs"):
         rows = comp.get(protocol) or []
-        if not rows:
-            continue
-        tab: dict[str, dict[str, tuple]] = {}
-        diff: dict[str, dict[str, tuple]] = {}
-        for t in rows:
-            if t["measure"] == "bpb":
-                tab.setdefault(t["mixture"], {})[t["language"]] = (t["mean"], t["ci_low"], t["ci_high"])
-                if t["mixture"] != "natural" and t["diff_vs_natural"] is not None:
-                    diff.setdefault(t["mixture"], {})[t["language"]] = (
-                        t["diff_vs_natural"], t["diff_ci_low"], t["diff_ci_high"])
-        figs.append((f"{protocol.replace('_', ' ')}: test bits per byte per language and mixture "
-                     "(mean over seeds, 95% t-interval)",
-                     figures.comparison(tab, fig_dir / f"comparison_{protocol}.png",
-                                        f"From scratch, {protocol.replace('_', ' ')}", "test bits per byte")))
-        if diff:
-            figs.append((f"{protocol.replace('_', ' ')}: difference in test bits per byte against the "
-                         "natural mixture, paired by seed (below 0 = better than natural; 95% t-interval)",
-                         figures.comparison(diff, fig_dir / f"difference_{protocol}.png",
-                                            f"vs natural, {protocol.replace('_', ' ')}",
-                                            "Δ test bits per byte", zero_line=True)))
-        tables.append(Table(f"From scratch, {protocol.replace('_', ' ')}: per language",
-                            [_comp_row(t) for t in rows]))
-    track = [r for r in results.get("scratch_runs", []) if len(r.get("checkpoints", [])) > 1]
-    if track:
-        xs2, ys2 = {}, {}
-        for r in track:
-            for lang in new:
-                x, y = [], []
-                for row in r["checkpoints"]:
-                    v = (row.get("lens_new_share_mean") or {}).get(lang)
-                    if v is not None:
-                        x.append(row["tokens"])
-                        y.append(v)
-                if x:
-                    xs2[f"{r['mixture']}: {lang}"] = x
-                    ys2[f"{r['mixture']}: {lang}"] = y
-        if xs2:
-            figs.append(("Internal states tracked in the from-scratch runs too: share of prompts "
-                         "preferring the new-language identifier (mean over layers)",
-                         figures.lines(xs2, ys2, fig_dir / "scratch_working_language.png",
-                                       "Working language in from-scratch runs", "training tokens",
-                                       "share preferring new language")))
-    sections.append(Section("From-scratch comparison at equal compute", _comparison_text(results),
-                            figures=figs, tables=tables))
+        if rows:
+            figs += _comparison_figures(protocol, rows, fig_dir)
+            tables.append(Table(f"From scratch, {protocol.replace('_', ' ')}: per language",
+                                [_comp_row(t) for t in rows]))
+    figs += _scratch_tracking_figure(results, fig_dir)
+    return Section("From-scratch comparison at equal compute", _comparison_text(results),
+                   figures=figs, tables=tables)
 
-    # ------------------------------------------------------------------ paper vs ours + provenance
-    sections.append(Section("Where this agrees or disagrees with the paper", _paper_text(results)))
+
+def provenance_section(results: dict) -> Section:
     prov = results.get("provenance", {})
     timing = results.get("timings_seconds", {})
-    sections.append(Section("How this was made", tables=[
+    return Section("How this was made", tables=[
         Table("Provenance", [{"key": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
                              for k, v in prov.items() if k != "config"]),
         Table("Step timings (this invocation, seconds)",
-              [{"step": k, "seconds": v} for k, v in timing.items()])]))
-    subtitle = (f"{results.get('name')} - primary {primary}; new {', '.join(new)}; "
-                f"model preset {cfg['model']['preset']}; seeds {cfg['scratch']['seeds']}. "
-                "Every number is in results.json next to this file.")
-    from babeltower.io import atomic_write_text
-
-    atomic_write_text(wd / "summary.md", f"# {results.get('name')}: key tables\n\n{subtitle}\n\n"
-                      + markdown_summary(results))
-    return render("babeltower: the Babel Tower experiment", subtitle, sections, wd / "report.html")
+              [{"step": k, "seconds": v} for k, v in timing.items()])])
 
 
 def _comp_row(t: dict) -> dict:
@@ -443,15 +463,13 @@ def _paper_text(r: dict) -> str:
 
 # ---------------------------------------------------------------------------- markdown
 def _md_table(rows: list[dict]) -> str:
-    from babeltower.report.html import _fmt
-
     if not rows:
         return "(no rows)\n"
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(fmt_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 

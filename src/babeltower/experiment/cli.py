@@ -1,0 +1,39 @@
+"""CLI: ``babeltower experiment CONFIG`` runs (or resumes) the whole study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from babeltower.experiment.config import ExperimentConfig
+from babeltower.experiment.pipeline import run_experiment
+
+
+def experiment_command(
+    config: Path = typer.Argument(..., help="experiment YAML (configs/default.yaml, configs/paper-1.3b.yaml)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value"),
+    workdir: Optional[Path] = typer.Option(None, help="where steps, runs and the report go"),
+) -> None:
+    """Run the whole Babel Tower study (cached and resumable: run again to continue)."""
+    overrides = list(set_ or [])
+    if workdir is not None:
+        overrides.append(f"workdir={workdir}")
+    run_experiment(ExperimentConfig.from_yaml(config, _as_mapping(overrides)))
+
+
+def _as_mapping(items: list[str]) -> dict[str, str]:
+    from babeltower.errors import BabelError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise BabelError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment_command)
