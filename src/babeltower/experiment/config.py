@@ -44,7 +44,17 @@ class PhaseSettings(_Strict):
     min_lr_ratio: float = 0.1
     warmup_tokens: int = 0
     batch_size: int = 16                      # sequences per optimiser step
-    checkpoints: list[int] | Literal["log"] = "log"   # steps, or log-spaced (0,1,2,4,...) + final
+    # steps; "log": log-spaced (0,1,2,4,...) then evenly spaced (Pythia-like); "even":
+    # n_checkpoints evenly spaced over the phase (what a stage test needs to see a peak
+    # in the middle: `babeltower stages power` says how many)
+    checkpoints: list[int] | Literal["log", "even"] = "log"
+    n_checkpoints: int = Field(16, ge=2)
+
+
+class ContinualSettings(PhaseSettings):
+    # > 0: a second continual pre-training arm per new language in which this share of
+    # every batch is primary-language replay, so a drop can be told apart from forgetting
+    replay_share: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class EvaluationSettings(_Strict):
@@ -52,7 +62,7 @@ class EvaluationSettings(_Strict):
     # The per-checkpoint performance signal for stages and Algorithm 1. At CPU scale pass@k
     # is zero, so the default is cloze accuracy on the probe suite; "neg_bpb" uses held-out
     # bits-per-byte (higher is better after negation).
-    performance: Literal["cloze", "neg_bpb"] = "cloze"
+    performance: Literal["cloze", "neg_bpb", "knowledge"] = "cloze"
 
 
 class ProbeSettings(_Strict):
@@ -73,6 +83,10 @@ class ScratchSettings(_Strict):
     seeds: list[int] = [0, 1]
     equal_epochs: bool = True                 # also train natural vs optimized at equal epochs
     checkpoints: list[int] | Literal["log"] = "log"   # internal states are tracked here too
+    # the "original corpus" Algorithm 1 down-samples: shares per language (the paper's
+    # shape: the primary a minority, new languages larger), or None = the train split's
+    # natural distribution
+    original: dict[str, float] | None = None
 
     @field_validator("mixtures")
     @classmethod
@@ -97,7 +111,7 @@ class ExperimentConfig(_Strict):
     corpus: CorpusSettings = CorpusSettings()
     model: ModelSettings = ModelSettings()
     primary_phase: PhaseSettings
-    continual: PhaseSettings
+    continual: ContinualSettings
     evaluation: EvaluationSettings = EvaluationSettings()
     probes: ProbeSettings = ProbeSettings()
     scratch: ScratchSettings
@@ -123,6 +137,18 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"primary language {self.primary!r} is also listed as a new language")
         if len(set(self.new_languages)) != len(self.new_languages):
             raise ValueError("new_languages has duplicates")
+        return self
+
+    @model_validator(mode="after")
+    def _original_shares(self) -> "ExperimentConfig":
+        orig = self.scratch.original
+        if orig is not None:
+            unknown = sorted(set(orig) - set(self.languages))
+            if unknown or sorted(orig) != sorted(self.languages):
+                raise ValueError(f"scratch.original must give a share for each of "
+                                 f"{', '.join(self.languages)} (got {', '.join(sorted(orig))})")
+            if any(v <= 0 for v in orig.values()):
+                raise ValueError("scratch.original shares must be positive")
         return self
 
     @property

@@ -21,18 +21,37 @@ Protocol choices at our scale ([ours], all in the config):
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
+from babeltower.checkpoints import list_checkpoints
+from babeltower.corpus.fetch import fetch_corpus
+from babeltower.corpus.prepare import prepare_data
+from babeltower.corpus.shards import TokenShards
+from babeltower.corpus.stats import corpus_stats, render_stats
 from babeltower.errors import BabelError
-from babeltower.experiment.config import BASELINES, ExperimentConfig, PhaseSettings
+from babeltower.experiment import analysis, measure
+from babeltower.experiment.config import ExperimentConfig, PhaseSettings
 from babeltower.experiment.steps import StepCache
-from babeltower.io import atomic_write_json, provenance
+from babeltower.io import atomic_write_json, provenance, sha256_file
+from babeltower.mixture.regmix import fit_regression, predict_best, sample_dirichlet_mixtures
+from babeltower.mixture.sampler import available_tokens
+from babeltower.mixture.spec import largest_remainder
+from babeltower.report.study import write_report
+from babeltower.results import RESULTS_VERSION
+from babeltower.train.checkpointing import latest_checkpoint
+from babeltower.train.config import (CheckpointSchedule, EvalConfig, OptimizerConfig,
+                                     ScheduleConfig, TrainConfig)
+from babeltower.train.loop import train
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -40,45 +59,64 @@ def _tokens_per_step(batch_size: int, seq_len: int) -> int:
     return batch_size * seq_len
 
 
-def train_config(cfg: ExperimentConfig, data_dir: Path, name: str, mixture: dict, tokens: int,
-                 lr: float, batch_size: int, seed: int, warmup_tokens: int = 0,
-                 min_lr_ratio: float = 0.1, init_from: str | None = None,
-                 checkpoints: list[int] | str = "log", n_checkpoints: int = 16,
-                 eval_languages: list[str] | None = None, eval_tokens: int = 0):
-    """The TrainConfig of one run of the experiment (the same engine as ``babeltower train``)."""
-    from babeltower.train.config import (CheckpointSchedule, EvalConfig, OptimizerConfig,
-                                         ScheduleConfig, TrainConfig)
+@dataclass(frozen=True)
+class RunSpec:
+    """How long and how fast one training run goes, and where its checkpoints fall."""
+    tokens: int
+    lr: float
+    batch_size: int
+    warmup_tokens: int = 0
+    min_lr_ratio: float = 0.1
+    checkpoints: list[int] | str = "log"      # steps, "log" or "even"
+    n_checkpoints: int = 16
 
-    per_step = _tokens_per_step(batch_size, cfg.model.seq_len)
-    steps = max(1, math.ceil(tokens / per_step))
-    if checkpoints == "log":
-        # Pythia-like: log-spaced early (where the switch happens), then evenly spaced
-        every = max(1, steps // max(1, n_checkpoints // 2))
-        sched = CheckpointSchedule(log_spaced=True, log_until=max(1, every), every=every, initial=True)
-    else:
-        sched = CheckpointSchedule(log_spaced=False, steps=[s for s in checkpoints if s <= steps],
-                                   initial=True)
+    @classmethod
+    def of_phase(cls, phase: PhaseSettings, **changes) -> "RunSpec":
+        spec = cls(tokens=phase.tokens, lr=phase.lr, batch_size=phase.batch_size,
+                   warmup_tokens=phase.warmup_tokens, min_lr_ratio=phase.min_lr_ratio,
+                   checkpoints=phase.checkpoints, n_checkpoints=phase.n_checkpoints)
+        return replace(spec, **changes)
+
+
+def checkpoint_schedule(spec: RunSpec, steps: int):
+    """The CheckpointSchedule of a run: log-spaced early (Pythia-like), evenly spaced, or
+    the listed steps; step 0 (the starting point) is always saved."""
+    if spec.checkpoints == "log":
+        every = max(1, steps // max(1, spec.n_checkpoints // 2))
+        return CheckpointSchedule(log_spaced=True, log_until=max(1, every), every=every, initial=True)
+    if spec.checkpoints == "even":
+        n = min(spec.n_checkpoints, steps)
+        at = sorted({round(i * steps / n) for i in range(1, n + 1)})
+        return CheckpointSchedule(log_spaced=False, steps=at, initial=True)
+    return CheckpointSchedule(log_spaced=False, steps=[s for s in spec.checkpoints if s <= steps],
+                              initial=True)
+
+
+def train_config(cfg: ExperimentConfig, data_dir: Path, name: str, mixture: dict, spec: RunSpec,
+                 seed: int, init_from: str | None = None, eval_languages: list[str] | None = None,
+                 eval_tokens: int = 0) -> TrainConfig:
+    """The TrainConfig of one run of the experiment (the same engine as ``babeltower train``)."""
+    per_step = _tokens_per_step(spec.batch_size, cfg.model.seq_len)
+    steps = max(1, math.ceil(spec.tokens / per_step))
     return TrainConfig(
         model=cfg.model.preset, init_from=init_from, data=str(data_dir), mixture=mixture,
-        tokens=tokens, seq_len=cfg.model.seq_len, micro_batch_size=batch_size,
-        optimizer=OptimizerConfig(lr=lr),
-        schedule=ScheduleConfig(warmup_steps=math.ceil(warmup_tokens / per_step),
-                                min_lr=lr * min_lr_ratio),
+        tokens=spec.tokens, seq_len=cfg.model.seq_len, micro_batch_size=spec.batch_size,
+        optimizer=OptimizerConfig(lr=spec.lr),
+        schedule=ScheduleConfig(warmup_steps=math.ceil(spec.warmup_tokens / per_step),
+                                min_lr=spec.lr * spec.min_lr_ratio),
         seed=seed, device=cfg.device, out_dir=str(cfg.workdir / "runs" / name),
-        checkpoints=sched,
+        checkpoints=checkpoint_schedule(spec, steps),
         eval=EvalConfig(tokens_per_language=eval_tokens, languages=eval_languages),
         log_interval=max(1, steps // 20), progress=True)
 
 
-def _train(steps: StepCache, name: str, tc, what: str) -> str:
+def _train(steps: StepCache, name: str, tc: TrainConfig, what: str) -> str:
     """Train (or resume) one run as a cached step.
 
     A run directory left by a *different* config of this step (the experiment config
     changed since) is stale: it is removed and the run starts over, so that a changed
     setting re-runs what it touches instead of stopping the experiment.
     """
-    from babeltower.train.loop import train
-
     def go() -> str:
         _remove_stale_run(Path(tc.out_dir), tc.sha256(), steps.console)
         return str(train(tc))
@@ -87,11 +125,6 @@ def _train(steps: StepCache, name: str, tc, what: str) -> str:
 
 
 def _remove_stale_run(run_dir: Path, config_sha: str, console) -> None:
-    import json
-    import shutil
-
-    from babeltower.train.checkpointing import latest_checkpoint
-
     if not run_dir.exists():
         return
     last = latest_checkpoint(run_dir)
@@ -107,13 +140,7 @@ def _remove_stale_run(run_dir: Path, config_sha: str, console) -> None:
 
 
 def _final_checkpoint(run_dir: str | Path) -> str:
-    from babeltower.checkpoints import list_checkpoints
-
     return list_checkpoints(run_dir)[-1].path
-
-
-def _mixture_dict(spec) -> dict:
-    return spec.model_dump(mode="json")
 
 
 def check_feasible(cfg: ExperimentConfig, available: dict[str, int]) -> None:
@@ -136,107 +163,140 @@ def check_feasible(cfg: ExperimentConfig, available: dict[str, int]) -> None:
 
 
 def original_corpus(cfg: ExperimentConfig, available: dict[str, int]) -> dict[str, int]:
-    """The natural distribution of the train split, scaled to one epoch of scratch.tokens."""
-    from babeltower.mixture.spec import largest_remainder
-
+    """The corpus Algorithm 1 down-samples, one epoch of scratch.tokens: the configured
+    shares (``scratch.original``, the paper's shape) or the train split's natural
+    distribution; never more of a language than the train split holds."""
     avail = {lang: available[lang] for lang in cfg.languages}
-    total = sum(avail.values())
-    return largest_remainder({k: v * cfg.scratch.tokens / total for k, v in avail.items()},
+    shares = cfg.scratch.original or avail
+    total = sum(shares.values())
+    return largest_remainder({k: shares[k] * cfg.scratch.tokens / total for k in avail},
                              cfg.scratch.tokens, avail)
 
 
 # ---------------------------------------------------------------------------- pipeline
 def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Path:
     """Run (or resume) the whole study; returns the path of report.html."""
-    from babeltower.experiment import analysis, measure
-    from babeltower.report.study import write_report
-
-    import sys
-
     # in logs and pipes, do not squeeze the tables to 80 columns
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     t_start = time.time()
     cfg = cfg.model_copy(update={"workdir": Path(cfg.workdir).resolve()})
-    wd = cfg.workdir
-    wd.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(wd / "config.yaml")
-    n_scratch = len(cfg.scratch.mixtures) * len(cfg.scratch.seeds) + (
-        2 * len(cfg.scratch.seeds) if cfg.scratch.equal_epochs else 0)
-    total_steps = (3 + 2 * len(cfg.new_languages) + 2 +
-                   (cfg.regmix.proxies + 1 if "regmix" in cfg.scratch.mixtures else 0) + 2 * n_scratch)
-    steps = StepCache(wd, console, total=total_steps)
-    results: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json")}
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(cfg.workdir / "config.yaml")
+    steps = StepCache(cfg.workdir, console, total=_planned_steps(cfg))
+    results: dict[str, Any] = {"version": RESULTS_VERSION, "name": cfg.name,
+                               "config": cfg.model_dump(mode="json")}
 
-    # 1. data ---------------------------------------------------------------------------
-    from babeltower.corpus.shards import TokenShards
-    from babeltower.mixture.sampler import available_tokens
-
-    data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.languages}
-    data_dir = Path(steps.run("data", data_key, lambda: str(prepare_corpus(cfg)),
-                              "fetch code from packages, build, tokenize, pack"))
-    shards = TokenShards(data_dir)
-    from babeltower.corpus.stats import corpus_stats, render_stats
-
-    console.print(render_stats(corpus_stats(data_dir), title=f"corpus: {data_dir}"))
-    available = available_tokens(shards)
-    check_feasible(cfg, available)
-    corpus0 = original_corpus(cfg, available)
-    # baseline mixtures now, so a budget the corpus cannot meet fails before any training
-    mixtures = analysis.baseline_mixtures(cfg, available, corpus0)
-    results["corpus"] = measure.corpus_summary(shards)
-
-    # 2. primary-only model -------------------------------------------------------------
-    p = cfg.primary_phase
-    tc = train_config(cfg, data_dir, "primary", {"name": f"{cfg.primary}-only",
-                      "budgets": {cfg.primary: p.tokens}}, p.tokens, p.lr, p.batch_size,
-                      cfg.seed, p.warmup_tokens, p.min_lr_ratio, checkpoints=[],
-                      eval_languages=cfg.languages, eval_tokens=4096)
-    primary_run = _train(steps, "primary", tc, f"{cfg.primary}-only, {p.tokens:,} tokens")
-    primary_ckpt = _final_checkpoint(primary_run)
-    results["primary_run"] = primary_run
-
-    # 3. continual pre-training on each new language, measured at every checkpoint ------
-    c = cfg.continual
-    cpt: dict[str, dict] = {}
-    for lang in cfg.new_languages:
-        tc = train_config(cfg, data_dir, f"cpt-{lang}", {"name": f"{lang}-only",
-                          "budgets": {lang: c.tokens}}, c.tokens, c.lr, c.batch_size, cfg.seed,
-                          c.warmup_tokens, c.min_lr_ratio, init_from=primary_ckpt,
-                          checkpoints=c.checkpoints)
-        run = _train(steps, f"cpt-{lang}", tc, f"continual pre-training on {lang}, {c.tokens:,} tokens")
-        rows = steps.run(f"measure-cpt-{lang}", {"run": tc.identity(), **_measure_key(cfg)},
-                         lambda run=run, lang=lang: measure.measure_series(
-                             run, data_dir, cfg, pair_languages=[lang],
-                             loss_languages=[cfg.primary, lang], split="validation"),
-                         "loss, bpb, cloze, logit lens and LAPE at every checkpoint")
-        cpt[lang] = {"run": run, "checkpoints": rows}
-    results["cpt"] = cpt
-
-    # 4. stages, Algorithm 1, calibration ------------------------------------------------
-    analysed = steps.run("stages-algorithm1", {"cpt": {k: v["checkpoints"] for k, v in cpt.items()},
-                                               "corpus0": corpus0},
-                         lambda: analysis.analyse_cpt(cfg, cpt, corpus0),
+    data_dir, available, corpus0, mixtures = data_step(cfg, steps, results)
+    primary_ckpt = primary_step(cfg, steps, data_dir, results)
+    results["cpt"] = cpt_step(cfg, steps, data_dir, primary_ckpt)
+    if cfg.continual.replay_share > 0:
+        results["cpt_replay"] = cpt_step(cfg, steps, data_dir, primary_ckpt, replay=True)
+    analysed = steps.run("stages-algorithm1",
+                         {"cpt": {k: v["checkpoints"] for k, v in results["cpt"].items()},
+                          "corpus0": corpus0},
+                         lambda: analysis.analyse_cpt(cfg, results["cpt"], corpus0),
                          "stage detection, Algorithm 1, calibration of Eq. 1")
     results.update(analysed)
-
-    # 5. mixtures: baselines, optimised, RegMix ---------------------------------------------
     mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
     if "regmix" in cfg.scratch.mixtures:
         mixtures["regmix"] = _regmix(cfg, steps, data_dir, corpus0)
     results["mixtures"] = {k: v for k, v in mixtures.items() if k in cfg.scratch.mixtures
                            or k in ("natural", "optimized")}
+    results["scratch_runs"] = scratch_step(cfg, steps, data_dir, mixtures)
+    results["comparison"] = analysis.compare(cfg, results["scratch_runs"])
 
-    # 6. from scratch, every mixture x seed, at equal tokens (+ equal epochs) -----------------
+    results["timings_seconds"] = {**steps.timings, "total_this_invocation": time.time() - t_start}
+    results["provenance"] = provenance(config=cfg, seed=cfg.seed, data_hashes={
+        "data_manifest": TokenShards(data_dir).manifest.get("sha256") or _manifest_hash(data_dir)})
+    atomic_write_json(cfg.workdir / "results.json", _jsonable(results))
+    report = write_report(results, cfg.workdir)
+    console.print(f"[bold green]report:[/bold green] {report}")
+    console.print(f"[bold green]results:[/bold green] {cfg.workdir / 'results.json'}")
+    return report
+
+
+def _planned_steps(cfg: ExperimentConfig) -> int:
     s = cfg.scratch
-    runs: list[dict] = []
+    n_scratch = len(s.mixtures) * len(s.seeds) + (2 * len(s.seeds) if s.equal_epochs else 0)
+    arms = 2 if cfg.continual.replay_share > 0 else 1
+    return (3 + 2 * arms * len(cfg.new_languages) + 2
+            + (cfg.regmix.proxies + 1 if "regmix" in s.mixtures else 0) + 2 * n_scratch)
+
+
+def data_step(cfg: ExperimentConfig, steps: StepCache, results: dict):
+    """Fetch + build + tokenize + pack (cached), then the budgets every later step needs:
+    tokens available per language, the original corpus, the baseline mixtures (a budget
+    the corpus cannot meet fails here, before any training)."""
+    data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.languages}
+    data_dir = Path(steps.run("data", data_key, lambda: str(prepare_corpus(cfg)),
+                              "fetch code from packages, build, tokenize, pack"))
+    shards = TokenShards(data_dir)
+    steps.console.print(render_stats(corpus_stats(data_dir), title=f"corpus: {data_dir}"))
+    available = available_tokens(shards)
+    check_feasible(cfg, available)
+    corpus0 = original_corpus(cfg, available)
+    mixtures = analysis.baseline_mixtures(cfg, available, corpus0)
+    results["corpus"] = measure.corpus_summary(shards)
+    results["original_corpus"] = corpus0
+    return data_dir, available, corpus0, mixtures
+
+
+def primary_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, results: dict) -> str:
+    """Pre-train on the primary language only; returns its final checkpoint."""
+    p = cfg.primary_phase
+    tc = train_config(cfg, data_dir, "primary", {"name": f"{cfg.primary}-only",
+                      "budgets": {cfg.primary: p.tokens}}, RunSpec.of_phase(p, checkpoints=[]),
+                      cfg.seed, eval_languages=cfg.languages, eval_tokens=4096)
+    run = _train(steps, "primary", tc, f"{cfg.primary}-only, {p.tokens:,} tokens")
+    results["primary_run"] = run
+    return _final_checkpoint(run)
+
+
+def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ckpt: str,
+             replay: bool = False) -> dict[str, dict]:
+    """Continual pre-training on each new language from the primary model, measured at
+    every checkpoint. ``replay``: the control arm, where ``continual.replay_share`` of the
+    tokens are primary-language replay (same steps and learning rate)."""
+    c = cfg.continual
+    out: dict[str, dict] = {}
+    for lang in cfg.new_languages:
+        budgets = ({lang: round(c.tokens * (1 - c.replay_share)),
+                    cfg.primary: round(c.tokens * c.replay_share)} if replay else {lang: c.tokens})
+        name = f"cpt-{lang}" + ("-replay" if replay else "")
+        tc = train_config(cfg, data_dir, name, {"name": name, "budgets": budgets},
+                          RunSpec.of_phase(c), cfg.seed, init_from=primary_ckpt)
+        what = (f"continual pre-training on {lang}" + (f" + {c.replay_share:.0%} {cfg.primary} replay"
+                                                       if replay else "") + f", {c.tokens:,} tokens")
+        run = _train(steps, name, tc, what)
+        rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg)},
+                         lambda run=run, lang=lang: measure.measure_series(
+                             run, data_dir, cfg, pair_languages=[lang],
+                             loss_languages=[cfg.primary, lang], split="validation"),
+                         "loss, bpb, cloze, logit lens and LAPE at every checkpoint")
+        out[lang] = {"run": run, "checkpoints": rows, "budgets": budgets}
+    return out
+
+
+def _scratch_plan(cfg: ExperimentConfig, mixtures: dict) -> list[tuple[str, int, str, int]]:
+    """(mixture, seed, protocol, tokens) of every from-scratch run: every mixture at equal
+    tokens, and natural vs optimised at one epoch of their own corpus (equal epochs)."""
+    s = cfg.scratch
     plan = [(m, seed, "equal_tokens", s.tokens) for m in s.mixtures for seed in s.seeds]
     if s.equal_epochs:
         opt_tokens = int(sum(mixtures["optimized"]["corpus_tokens"].values()))
         plan += [(m, seed, "equal_epochs", tok) for seed in s.seeds
                  for m, tok in (("natural", s.tokens), ("optimized", opt_tokens))]
+    return plan
+
+
+def scratch_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, mixtures: dict) -> list[dict]:
+    """Every mixture x seed trained from scratch and scored on the TEST split."""
+    s = cfg.scratch
+    plan = _scratch_plan(cfg, mixtures)
     unique = {(tuple(sorted(_round_shares(mixtures[m]["shares"]).items())), seed, tok)
               for m, seed, _, tok in plan}
     steps.total = steps.count + 2 * len(unique)   # identical mixtures share their runs
+    runs: list[dict] = []
     for mixture, seed, protocol, tokens in plan:
         name = f"scratch-{protocol.replace('_', '-')}-{mixture}-s{seed}"
         budgets = _round_shares(mixtures[mixture]["shares"])
@@ -249,8 +309,9 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
             continue
         spec = {"name": mixture, "budgets": budgets, "total_tokens": tokens}
         track = seed == s.seeds[0] and mixture in ("natural", "optimized")
-        tc = train_config(cfg, data_dir, name, spec, tokens, s.lr, s.batch_size, seed,
-                          warmup_tokens=0, checkpoints="log" if track else [], n_checkpoints=8)
+        tc = train_config(cfg, data_dir, name, spec,
+                          RunSpec(tokens=tokens, lr=s.lr, batch_size=s.batch_size,
+                                  checkpoints="log" if track else [], n_checkpoints=8), seed)
         run = _train(steps, name, tc, f"{mixture} mixture, seed {seed}, {tokens:,} tokens ({protocol})")
         rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg), "track": track},
                          lambda run=run, track=track: measure.measure_series(
@@ -259,26 +320,11 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
                          "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
         runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
                      "tokens": tokens, "budgets": budgets, "run": run, "checkpoints": rows})
-    results["scratch_runs"] = runs
-    results["comparison"] = analysis.compare(cfg, runs)
-
-    # 7. results + report ------------------------------------------------------------------
-    results["timings_seconds"] = {**steps.timings, "total_this_invocation": time.time() - t_start}
-    results["provenance"] = provenance(config=cfg, seed=cfg.seed,
-                                       data_hashes={"data_manifest": shards.manifest.get("sha256")
-                                                    or _manifest_hash(data_dir)})
-    atomic_write_json(wd / "results.json", _jsonable(results))
-    report = write_report(results, wd)
-    console.print(f"[bold green]report:[/bold green] {report}")
-    console.print(f"[bold green]results:[/bold green] {wd / 'results.json'}")
-    return report
+    return runs
 
 
 def prepare_corpus(cfg: ExperimentConfig) -> Path:
     """Fetch (optional) + extra sources -> build -> tokenizer -> packed shards."""
-    from babeltower.corpus.fetch import fetch_corpus
-    from babeltower.corpus.prepare import prepare_data
-
     sources = list(cfg.corpus.sources)
     if cfg.corpus.fetch:
         sources.insert(0, str(fetch_corpus(cfg.workdir / "sources", languages=cfg.languages,
@@ -296,16 +342,11 @@ def _measure_key(cfg: ExperimentConfig) -> dict:
 
 
 def _manifest_hash(data_dir: Path) -> str:
-    from babeltower.io import sha256_file
-
     return sha256_file(Path(data_dir) / "manifest.json")
 
 
 def _regmix(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, corpus0: dict[str, int]) -> dict:
     """RegMix-style search: proxy runs on Dirichlet mixtures -> regression -> predicted best."""
-    from babeltower.experiment import analysis, measure
-    from babeltower.mixture.regmix import fit_regression, predict_best, sample_dirichlet_mixtures
-
     langs = cfg.languages
     weights = sample_dirichlet_mixtures(langs, cfg.regmix.proxies, alpha=cfg.regmix.dirichlet_alpha,
                                         seed=cfg.seed)
@@ -315,8 +356,9 @@ def _regmix(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, corpus0: di
         shares = {lang: float(x) for lang, x in zip(langs, w)}
         spec = {"name": f"regmix-proxy-{i}", "budgets": _round_shares(shares),
                 "total_tokens": cfg.regmix.proxy_tokens}
-        tc = train_config(cfg, data_dir, f"regmix-proxy-{i}", spec, cfg.regmix.proxy_tokens,
-                          s.lr, s.batch_size, cfg.seed, checkpoints=[])
+        tc = train_config(cfg, data_dir, f"regmix-proxy-{i}", spec,
+                          RunSpec(tokens=cfg.regmix.proxy_tokens, lr=s.lr, batch_size=s.batch_size,
+                                  checkpoints=[]), cfg.seed)
         run = _train(steps, f"regmix-proxy-{i}", tc, f"RegMix proxy {i + 1}/{cfg.regmix.proxies}")
         rows = measure.measure_series(run, data_dir, cfg, pair_languages=[], loss_languages=langs,
                                       split="validation", final_only=True, probes=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from babeltower.io import read_json
+from babeltower.results import read_results
 from babeltower.report.study import write_report
 
 
@@ -14,7 +14,7 @@ def report_command(
     workdir: Path = typer.Argument(..., help="an experiment's workdir (holds results.json)"),
 ) -> None:
     """Re-draw report.html, summary.md and the figures from an experiment's results.json."""
-    results = read_json(workdir / "results.json", "experiment results (run `babeltower experiment` first)")
+    results = read_results(workdir / "results.json")
     typer.echo(write_report(results, workdir))
 
 
