@@ -180,3 +180,42 @@ def comparison(table: dict[str, dict[str, tuple[float, float, float]]], path: st
         pad = 0.1 * (hi_ - lo_ or 1.0)
         ax.set_ylim(lo_ - pad, hi_ + pad)
     return _save(fig, path)
+
+
+def band_curves(panels: dict[str, dict], path: str | Path, title: str) -> Path:
+    """One panel per entry: curves with their uncertainty bands over checkpoints.
+
+    ``panels[name] = {"x": [...], "series": {label: {"y": [...], "lo": [...], "hi": [...],
+    "dashed": bool}}, "chance": float | None, "segments": [...], "ylabel": str,
+    "xlabel": str}``. Bands are whatever interval the caller computed (binomial Wilson,
+    bootstrap); a dashed series is a control arm drawn next to its treatment.
+    """
+    names = list(panels)
+    n = max(1, len(names))
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        p = panels[name]
+        _shade_stages(ax, p.get("segments"))
+        for i, (label, s) in enumerate(p["series"].items()):
+            colour = f"C{i % 10}"
+            x = p.get("x_by_series", {}).get(label, p["x"])
+            y = np.asarray(s["y"], dtype=float)
+            ax.plot(x, y, ls="--" if s.get("dashed") else "-", marker="o", ms=2.5, lw=1.3,
+                    color=colour, label=label)
+            if s.get("lo") is not None and s.get("hi") is not None:
+                ax.fill_between(x, np.asarray(s["lo"], dtype=float), np.asarray(s["hi"], dtype=float),
+                                color=colour, alpha=0.15, lw=0)
+        if p.get("chance") is not None:
+            ax.axhline(p["chance"], color="grey", lw=0.8, ls=":", label="chance")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(p.get("xlabel", "tokens of continual pre-training"))
+        ax.set_ylabel(p.get("ylabel", ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
