@@ -132,7 +132,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from babeltower.train import TrainConfig
-    from babeltower.train.loop import measure_peak_flops
+    from babeltower.train.mfu import measure_peak_flops
     from babeltower.train.presets import count_parameters, flops_per_token, model_config
 
     torch.set_num_threads(a.threads)

@@ -98,7 +98,7 @@ def _copy_tokenizer(tokenizer_dir: Path | None, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_hf():
+def quiet_hf():
     """No per-checkpoint "Writing model shards" bar from transformers (our bar is enough)."""
     from transformers.utils import logging as hf_logging
 
@@ -123,7 +123,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, training_state
     try:
         with atomic_dir(final, overwrite=True) as tmp:
             kw = {"state_dict": state_dict} if state_dict is not None else {}
-            with _quiet_hf():
+            with quiet_hf():
                 model.save_pretrained(tmp, safe_serialization=True, **kw)
             _copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, tmp)
             torch.save(training_state, tmp / STATE_FILE)
