@@ -1,6 +1,6 @@
 """Figures of the report: pure functions from tidy tables to PNG files.
 
-Computing lives elsewhere (evaluate, probes, mixture, report.stages); every function here
+Computing lives elsewhere (evaluate, probes, mixture, analysis); every function here
 takes already-computed numbers and only draws them, so a user can re-plot from
 ``results.json`` in a notebook. Each function writes one PNG (atomically) and returns its
 path.
