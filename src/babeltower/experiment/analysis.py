@@ -38,11 +38,11 @@ def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tup
     an identifier right, so the curve is a floor with single-prompt blips); the returned
     label says which signal was used.
     """
-    from babeltower.report.stages import detect_stages
+    from babeltower.analysis.stages import StageOptions, detect_stages
 
     if cfg.evaluation.performance == "cloze":
         x, y = curve(rows, "cloze_new", lang)
-        if len(x) >= 2 and detect_stages(x, y, n_bootstrap=0).kind not in ("flat", "undetermined"):
+        if len(x) >= 2 and detect_stages(x, y, options=StageOptions(n_bootstrap=0)).kind not in ("flat", "undetermined"):
             return x, y, f"cloze accuracy ({lang} prompts, first-token)"
         x, y = curve(rows, "bpb", lang)
         return x, [-v for v in y], f"-bits per byte ({lang}, validation; cloze was flat)"
@@ -53,7 +53,7 @@ def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tup
 def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, int]) -> dict:
     """Stages per language, Algorithm 1 on the original corpus, and Eq. 1 calibration."""
     from babeltower.mixture.optimize import CPTCurve, algorithm1, calibration_table
-    from babeltower.report.stages import detect_stages_multi
+    from babeltower.analysis.stages import detect_stages_multi
 
     stages, curves, perf_label, calibration = {}, {}, {}, {}
     for lang, run in cpt.items():
@@ -78,7 +78,7 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
                 calibration[lang] = calibration_table(curves[lang], share).to_dict()
             except Exception as e:  # noqa: BLE001 - Eq. 1 undefined when loss never fell
                 calibration[lang] = {"error": str(e)}
-    from babeltower.report.stages import detect_stages
+    from babeltower.analysis.stages import StageOptions, detect_stages
 
     stage_objs = {lang: detect_stages(curves[lang].tokens, curves[lang].performance)
                   for lang in curves}

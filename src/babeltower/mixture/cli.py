@@ -163,13 +163,14 @@ def stages_command(
 
     from babeltower.io import atomic_write_json, provenance, sha256_file
     from babeltower.mixture.optimize import read_cpt_runs
-    from babeltower.report.stages import detect_stages
+    from babeltower.analysis.stages import StageOptions, detect_stages
 
     if out is not None:
         _check_out(out, overwrite)
     cpt = read_cpt_runs(runs)
     kw = dict(k_noise=k_noise, min_relative_drop=min_relative_drop, seed=seed)
-    results = {lang: detect_stages(c.tokens, c.performance, **kw) for lang, c in cpt.items()}
+    opts = StageOptions(**kw)
+    results = {lang: detect_stages(c.tokens, c.performance, options=opts) for lang, c in cpt.items()}
     t = Table(title="stages (performance; higher is better)")
     for col in ("language", "kind", "confidence", "peak tokens", "stable from", "drop/noise"):
         t.add_column(col)

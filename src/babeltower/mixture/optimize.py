@@ -34,7 +34,7 @@ import numpy as np
 from babeltower.errors import BabelError
 from babeltower.languages import canonical
 from babeltower.mixture.spec import MixtureSpec
-from babeltower.report.stages import StageResult, detect_stages
+from babeltower.analysis.stages import StageOptions, StageResult, detect_stages
 
 KEEP_ALL_KINDS = ("monotone", "flat")
 P_ONE = 1 - 1e-6
@@ -161,7 +161,7 @@ def algorithm1(cpt_runs: dict[str, CPTCurve], available: dict[str, int], primary
                primary_tokens: int | None = None, *, beta: str = "last_k", beta_k: int = 3,
                best: str = "raw", keep_all_kinds: Sequence[str] = KEEP_ALL_KINDS,
                stages: dict[str, StageResult] | None = None, min_tokens: int = 0,
-               stage_kwargs: dict | None = None) -> Algorithm1Result:
+               stage_options: StageOptions = StageOptions()) -> Algorithm1Result:
     """Target tokens per language from CPT curves (paper's Algorithm 1; numbers in the result).
 
     ``available``: tokens per language in the corpus (e.g. ``available_tokens(shards)``).
@@ -201,7 +201,7 @@ def algorithm1(cpt_runs: dict[str, CPTCurve], available: dict[str, int], primary
             continue
         curve = runs[lang] if isinstance(runs[lang], CPTCurve) else CPTCurve(**runs[lang])
         st = stages.get(lang) or detect_stages(curve.tokens, curve.performance,
-                                               **(stage_kwargs or {}))
+                                               options=stage_options)
         stages[lang] = st
         a, b = curve.alpha(), curve.beta(beta, beta_k)
         perf = st.smoothed if best == "smoothed" and len(st.smoothed) == len(curve.tokens) \
@@ -238,7 +238,7 @@ def algorithm1(cpt_runs: dict[str, CPTCurve], available: dict[str, int], primary
                             f"/{1 - d.p_star:.4f}")
         decisions[lang] = d
     params = dict(beta=beta, beta_k=beta_k, best=best, keep_all_kinds=list(keep_all_kinds),
-                  min_tokens=min_tokens, stage_kwargs=stage_kwargs or {})
+                  min_tokens=min_tokens, stage_options=asdict(stage_options))
     return Algorithm1Result(primary, eta_p, decisions, params, stages)
 
 

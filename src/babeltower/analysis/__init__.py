@@ -1,0 +1,1 @@
+"""Analysis of measured curves: stage detection (and, later, power and statistics)."""
