@@ -4,9 +4,11 @@ A *fact* binds a fresh identifier (``TAVOKI_REMU``, a pronounceable name that oc
 nowhere else) to one answer from a fixed answer set (two-digit numbers; the answer is
 always preceded by a space, ``" 42"``, a token a byte-level BPE merges). Each fact is
 rendered in four surface forms per language (Allen-Zhu & Li's *knowledge augmentation*:
-the same fact in several forms is what makes it extractable from a new one):
+the same fact in several forms is what makes it extractable from a new one). No
+language's query text occurs in another language's templates (tested), so a query in
+one language cannot be answered by copying another language's form:
 
-* ``definition``  ``NAME = 42`` / ``define('NAME', 42);`` / ``const NAME = 42``
+* ``definition``  ``NAME: int = 42`` / ``define('NAME', 42);`` / ``export const NAME = 42;``
 * ``function``    a function named NAME returning the value
 * ``assertion``   ``assert NAME == 42`` / ``assert(NAME === 42);`` / ``assert_eq!(NAME, 42);``
 * ``config``      a config/map entry ``"NAME": 42`` / ``'NAME' => 42`` / ``NAME: 42``
@@ -67,7 +69,7 @@ ANSWER_POOL = tuple(str(v) for v in range(10, 100))  # two-digit numbers: " 42" 
 # before " {v}".
 TEMPLATES: dict[str, tuple[str, str, dict[str, str]]] = {
     "python": ("", ".py", {
-        "definition": "{n} = {v}\n",
+        "definition": "{n}: int = {v}\n",
         "function": "def {n}():\n    return {v}\n",
         "assertion": "assert {n} == {v}\n",
         "config": "SETTINGS = {{\n    \"{n}\": {v},\n}}\n"}),
@@ -77,24 +79,24 @@ TEMPLATES: dict[str, tuple[str, str, dict[str, str]]] = {
         "assertion": "assert({n} === {v});\n",
         "config": "return [\n    '{n}' => {v},\n];\n"}),
     "go": ("package settings\n\n", ".go", {
-        "definition": "const {n} = {v}\n",
+        "definition": "const (\n\t{n} = {v}\n)\n",
         "function": "func {n}() int {{\n\treturn {v}\n}}\n",
         "assertion": "if {n} != {v} {{\n\tt.Fatal(\"{n}\")\n}}\n",
         "config": "var settings = map[string]int{{\n\t\"{n}\": {v},\n}}\n"}),
     "cpp": ("#include <cassert>\n\n", ".cpp", {
         "definition": "constexpr int {n} = {v};\n",
-        "function": "int {n}() {{\n    return {v};\n}}\n",
+        "function": "inline int {n}() {{\n    return {v};\n}}\n",
         "assertion": "static_assert({n} == {v});\n",
         "config": "settings[\"{n}\"] = {v};\n"}),
     "java": ("import java.util.*;\n\n", ".java", {
         "definition": "static final int {n} = {v};\n",
         "function": "static int {n}() {{\n    return {v};\n}}\n",
-        "assertion": "assert {n} == {v};\n",
+        "assertion": "if ({n} != {v}) throw new AssertionError(\"{n}\");\n",
         "config": "settings.put(\"{n}\", {v});\n"}),
     "javascript": ("'use strict';\n\n", ".js", {
-        "definition": "const {n} = {v};\n",
+        "definition": "export const {n} = {v};\n",
         "function": "function {n}() {{\n  return {v};\n}}\n",
-        "assertion": "assert({n} === {v});\n",
+        "assertion": "assert.strictEqual({n}, {v});\n",
         "config": "module.exports = {{\n  {n}: {v},\n}};\n"}),
     "rust": ("use std::collections::HashMap;\n\n", ".rs", {
         "definition": "const {n}: u32 = {v};\n",
