@@ -31,6 +31,8 @@ import numpy as np
 
 from babeltower.corpus.config import BuildConfig
 from babeltower.corpus.filters import DROP_REASONS, content_filter_reason, decode_utf8, is_binary
+from babeltower.corpus.knowledge import (KNOWLEDGE_PACKAGE, is_knowledge_source,
+                                         iter_knowledge_inputs, knowledge_manifest)
 from babeltower.corpus.sources import InputItem, iter_inputs, probe_source, shard_of
 from babeltower.errors import BabelError
 from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
@@ -216,6 +218,8 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
 
     def tasks() -> Iterable[tuple[int, InputItem]]:
         for si, s in enumerate(sources):
+            if is_knowledge_source(s):
+                continue  # scanned below, in this process
             for item in iter_inputs(str(s)):
                 if shard_of(item, cfg.num_shards) == cfg.shard_index:
                     yield si, item
@@ -241,6 +245,14 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
                     bar.update()
     finally:
         bar.close()
+    # injected knowledge documents: filters and sha only (no MinHash: they are exempt
+    # from near dedup, their repetition is the point)
+    no_near = cfg.model_copy(update={"dedup": cfg.dedup.model_copy(update={"near": False})})
+    for si, s in enumerate(sources):
+        if is_knowledge_source(s):
+            out.extend(_spill(scan_item(item, no_near, si), spill)
+                       for item in iter_knowledge_inputs(s)
+                       if shard_of(item, cfg.num_shards) == cfg.shard_index)
     return out
 
 
@@ -386,7 +398,14 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
     records = sorted(records, key=record_key)
     if not records:
         raise BabelError("no input files found in the sources")
-    kept = [r for r in records if r["status"] == "kept"]
+    # injected knowledge documents skip dedup and the split: all of them go to train
+    injected = [r for r in records if r.get("package") == KNOWLEDGE_PACKAGE]
+    for r in injected:
+        if r["status"] != "kept":
+            raise BabelError(f"injected knowledge document {r['path']} was dropped "
+                             f"({r['reason']}); relax the filters or change the templates")
+        r["split"] = "train"
+    kept = [r for r in records if r["status"] == "kept" and r.get("package") != KNOWLEDGE_PACKAGE]
 
     # exact dedup: first occurrence (in source/path order) wins
     if cfg.dedup.exact:
@@ -417,13 +436,14 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
             kept = [r for r in kept if r["status"] == "kept"]
         # (in group mode ``kept`` is unchanged, so ``links`` index into it)
 
-    if not kept:
+    if not kept and not injected:
         reasons = Counter(r["reason"] for r in records)
         detail = ", ".join(f"{k}={v}" for k, v in reasons.most_common())
         raise BabelError(f"no files left after filtering ({len(records)} inputs: {detail})")
 
     for r, split in zip(kept, assign_splits(kept, cfg, links)):
         r["split"] = split
+    kept = kept + injected
 
     languages: dict[str, dict] = {}
     for r in records:
@@ -463,6 +483,9 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
         ledger["row"] = ledger["row"].astype("Int64")
         ledger.to_parquet(tmp / "ledger.parquet", index=False)
         files_sha["ledger.parquet"] = sha256_file(tmp / "ledger.parquet")
+        knowledge = knowledge_manifest(sources, injected, tmp)  # None without injected docs
+        if knowledge:
+            files_sha[knowledge["documents_file"]] = sha256_file(tmp / knowledge["documents_file"])
         dropped = Counter(r["reason"] for r in records if r["status"] != "kept")
         manifest = {
             "format": CORPUS_FORMAT,
@@ -479,6 +502,7 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
             "config": cfg.model_dump(mode="json", exclude={"shard_index", "num_shards",
                                                            "workers"}),
             "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
+            **({"knowledge": knowledge} if knowledge else {}),
             **(extra_manifest or {}),
         }
         atomic_write_json(tmp / "manifest.json", manifest)

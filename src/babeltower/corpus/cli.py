@@ -151,3 +151,31 @@ def tokenizer_train_command(
     cfg = _validate(TokenizerConfig, {"vocab_size": vocab_size, "sample_mb_per_language": sample_mb,
                                       "languages": languages, "seed": seed}, "tokenizer options")
     typer.echo(str(train_tokenizer(corpus, out, cfg, overwrite=overwrite)))
+
+
+@app.command("knowledge")
+def knowledge_command(
+    out: Path = typer.Option(..., "--out", help="Output dir: facts.json (queries) + source/ (documents)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML: a KnowledgeConfig, or a file with a 'knowledge:' section."),
+    primary: Optional[str] = typer.Option(None, "--primary"),
+    languages: Optional[str] = typer.Option(None, "--languages", help="New languages, comma-separated."),
+    facts_per_class: Optional[int] = typer.Option(None, "--facts-per-class"),
+    exposures: Optional[int] = typer.Option(None, "--exposures"),
+    n_answers: Optional[int] = typer.Option(None, "--n-answers"),
+    facts_per_document: Optional[int] = typer.Option(None, "--facts-per-document"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Synthetic facts: injected documents (a corpus source) + held-out queries (docs/knowledge.md).
+
+    Pass OUT/source to `corpus build --source` next to the real sources; evaluate with
+    `babeltower eval knowledge RUN --facts OUT/facts.json`.
+    """
+    from babeltower.corpus.knowledge import load_knowledge_config, write_knowledge
+
+    given = {"primary": primary, "languages": languages, "facts_per_class": facts_per_class,
+             "exposures": exposures, "n_answers": n_answers,
+             "facts_per_document": facts_per_document, "seed": seed}
+    cfg = load_knowledge_config({**_load_yaml(config, "knowledge"),
+                                 **{k: v for k, v in given.items() if v is not None}})
+    typer.echo(str(write_knowledge(cfg, out, overwrite=overwrite)))

@@ -5,6 +5,8 @@
     out_root/corpus/     built corpus     (corpus build)
     out_root/tokenizer/  byte-level BPE   (tokenizer train)
     out_root/data/       packed shards    (corpus pack)   <- returned, read with TokenShards
+    out_root/knowledge/  injected facts + queries (only with ``knowledge=``; see
+                         ``babeltower.corpus.knowledge``): facts.json, source/
 
 Each step is skipped when its output exists and was made with the same config from the
 same inputs (recorded in its manifest); otherwise it is redone atomically. An interrupted
@@ -22,10 +24,13 @@ from babeltower.corpus.build import build_corpus
 from babeltower.corpus.config import (BuildConfig, PackConfig, TokenizerConfig,
                                       canonical_languages)
 from babeltower.corpus.corpusdir import CorpusDir
+from babeltower.corpus.knowledge import (KnowledgeConfig, check_answer_tokens,
+                                         knowledge_fingerprint, knowledge_source,
+                                         load_knowledge_config, write_knowledge)
 from babeltower.corpus.pack import pack_corpus
 from babeltower.corpus.tokenizer import TOKENIZER_META, train_tokenizer
 from babeltower.errors import BabelError
-from babeltower.io import sha256_file
+from babeltower.io import sha256_file, sha256_json
 
 
 def _read_json(p: Path) -> dict | None:
@@ -38,7 +43,13 @@ def _read_json(p: Path) -> dict | None:
 def _corpus_is_current(out: Path, cfg: BuildConfig, sources: list[str]) -> bool:
     m = _read_json(out / "manifest.json")
     want = cfg.model_dump(mode="json", exclude={"shard_index", "num_shards", "workers"})
-    return bool(m) and m.get("config") == want and m.get("sources") == sources
+    return (bool(m) and m.get("config") == want and m.get("sources") == sources
+            and m.get("knowledge", {}).get("sources", []) == knowledge_fingerprint(sources))
+
+
+def _knowledge_is_current(out: Path, cfg: KnowledgeConfig) -> bool:
+    m = _read_json(out / "facts.json")
+    return bool(m) and m.get("config_sha256") == sha256_json(cfg.model_dump(mode="json"))
 
 
 def _tokenizer_is_current(out: Path, cfg: TokenizerConfig, corpus_sha: str) -> bool:
@@ -62,12 +73,15 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
                  languages: Sequence[str] | str | None = None, vocab_size: int = 4096,
                  sample_mb_per_language: float = 8.0, seed: int = 0,
                  build: BuildConfig | None = None, tokenizer: TokenizerConfig | None = None,
-                 pack: PackConfig | None = None, progress: bool = True) -> Path:
+                 pack: PackConfig | None = None, progress: bool = True,
+                 knowledge: KnowledgeConfig | dict | None = None) -> Path:
     """build -> tokenizer -> pack into ``out_root``; returns the packed data dir.
 
     ``languages`` (and ``seed``) apply to the build and the tokenizer unless explicit
     ``build``/``tokenizer`` configs are given; ``vocab_size`` and
-    ``sample_mb_per_language`` configure the tokenizer.
+    ``sample_mb_per_language`` configure the tokenizer. ``knowledge``: inject synthetic
+    facts (written to ``out_root/knowledge``, added as a source; every answer is checked
+    to be one token of the trained tokenizer before packing - BabelError otherwise).
     """
     root = Path(out_root)
     sources = [str(s) for s in sources]
@@ -80,11 +94,19 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
     pcfg = pack or PackConfig()
 
     corpus_dir, tok_dir, data_dir = root / "corpus", root / "tokenizer", root / "data"
+    kdir = root / "knowledge"
+    if knowledge is not None:
+        kcfg = load_knowledge_config(knowledge)
+        if not _knowledge_is_current(kdir, kcfg):
+            write_knowledge(kcfg, kdir, overwrite=True)
+        sources.append(str(knowledge_source(kdir)))
     if not _corpus_is_current(corpus_dir, bcfg, sources):
         build_corpus(sources, corpus_dir, bcfg, overwrite=True, progress=progress)
     corpus_sha = CorpusDir(corpus_dir).manifest_sha256
     if not _tokenizer_is_current(tok_dir, tcfg, corpus_sha):
         train_tokenizer(corpus_dir, tok_dir, tcfg, overwrite=True, progress=progress)
+    if knowledge is not None:
+        check_answer_tokens(tok_dir, kdir)
     if not _data_is_current(data_dir, pcfg, corpus_sha, tok_dir):
         pack_corpus(corpus_dir, tok_dir, data_dir, pcfg, overwrite=True, progress=progress)
     return data_dir

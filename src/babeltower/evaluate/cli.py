@@ -175,3 +175,22 @@ def toolchains_cmd():
         ok = all(v is not None for v in st.values())
         typer.echo(f"{lang:11s} {'ok' if ok else 'MISSING'}  " +
                    "  ".join(f"{k}={v or '-'}" for k, v in st.items()))
+
+
+@app.command("knowledge")
+def knowledge_cmd(
+    source: str = typer.Argument(..., help="Run dir, model dir or dir of model dirs (every checkpoint)."),
+    facts: Path = typer.Option(..., "--facts", help="facts.json of `babeltower corpus knowledge` (or its dir)."),
+    out: Path = typer.Option(..., help="Result JSON: items, curves, transfer shares + provenance."),
+    split: Optional[str] = typer.Option(None, help="Query split: validation or test (default: both)."),
+    batch_size: int = typer.Option(32),
+):
+    """Knowledge accuracy per class x query language per checkpoint, and the transfer share."""
+    from babeltower.evaluate.knowledge import evaluate_knowledge_series
+
+    res = evaluate_knowledge_series(source, facts, out=out, batch_size=batch_size, split=split)
+    _print_table(res["curves"], f"knowledge accuracy (chance = 1/answers) -> {out}",
+                 ["checkpoint", "class", "target", "language", "k", "n", "accuracy", "lo95", "hi95"])
+    _print_table(res["shares"], "knowledge-transfer share (primary-only among solved)",
+                 ["checkpoint", "language", "solved", "solved_primary_only", "share",
+                  "share_lo95", "share_hi95", "share_at_chance"])
