@@ -274,7 +274,7 @@ def check_toolchains(languages=SUPPORTED) -> dict[str, bool]:
             for lang in languages}
 
 
-def _sample_programs() -> dict[str, tuple[str, str]]:
+def sample_programs() -> dict[str, tuple[str, str]]:
     """A tiny passing and failing program per language (used by tests and the doctor)."""
     return {
         "python": ("assert 1 + 1 == 2\nprint('ok')\n", "assert 1 + 1 == 3\n"),
