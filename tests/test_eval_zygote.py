@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from babeltower.evaluate.execute import run_program
+from sandbox_fixtures import loopback_listener
 
 PROGRAMS = {
     "argv_main": ("import sys; print(sys.argv, __name__)", "pass", "['main.py'] __main__"),
@@ -19,8 +20,9 @@ PROGRAMS = {
     "stdin_closed": ("import sys; print(repr(sys.stdin.read()))", "pass", "''"),
     "env": ("import os; print(sorted(os.environ))", "pass",
             "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']"),
+    # PORT: a listener this test opens on 127.0.0.1 (see the test)
     "no_network": ("import socket, errno\ns = socket.socket()\ntry:\n"
-                   "    s.connect(('10.255.255.1', 9))\nexcept OSError as e:\n"
+                   "    s.connect(('127.0.0.1', PORT))\nexcept OSError as e:\n"
                    "    print(errno.errorcode[e.errno])", "pass", "ENETUNREACH"),
     "memory": ("x = bytearray(10 * 1024**3)", "memory", ""),
 }
@@ -29,8 +31,11 @@ PROGRAMS = {
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_fork_server_matches_a_fresh_interpreter(name):
     src, status, stdout = PROGRAMS[name]
-    fresh = run_program("python", src, timeout=5, python_fork_server=False)
-    forked = run_program("python", src, timeout=5, python_fork_server=True)
+    with loopback_listener() as (port, accepted):
+        src = src.replace("PORT", str(port))
+        fresh = run_program("python", src, timeout=5, python_fork_server=False)
+        forked = run_program("python", src, timeout=5, python_fork_server=True)
+        assert accepted() == []
     assert forked.isolation["runner"] == "fork server (no exec)"
     assert fresh.isolation["runner"] == "exec"
     for r in (fresh, forked):

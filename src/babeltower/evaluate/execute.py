@@ -21,10 +21,13 @@ go            ``go build -o main main.go`` then ``./main`` for a ``package main`
 ============  ==============================================================================
 
 Compilation runs in the same sandbox (own directory, no network, limits, own process
-group). Compilers run as the unprivileged sandbox user when every directory on their
-path is world-readable; a compiler that lives in a root-only directory (rustup under
-``/root/.cargo``) compiles as the caller - the compiled program itself always runs
-unprivileged. The JVM, node and the Go toolchain reserve large virtual address ranges at
+group, read-only host) and as the same unprivileged sandbox uid as the program: a
+``include_str!("/etc/shadow")`` or ``#include "/etc/shadow"`` fails to compile. A
+toolchain in a directory that uid may not enter (rustup's under ``/root``, mode 0700) is
+bind-mounted read-only into the sandbox's private ``/tmp`` and run from there - nothing on
+the host is copied or has its permissions changed (``fences.py``). The compiler's
+directory is writable (the binary must survive for the run step); the program's run sees
+it as a copy-on-write overlay whose writes are capped and discarded. The JVM, node and the Go toolchain reserve large virtual address ranges at
 start, so for them ``RLIMIT_AS`` is off and the memory cgroup plus their heap flags
 (``-Xmx``, ``--max-old-space-size``) bound memory.
 
@@ -43,6 +46,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from babeltower.errors import BabelError
+from babeltower.evaluate.fences import TOOLCHAIN_MOUNT_ROOT
 from babeltower.evaluate.sandbox import (Limits, SandboxResult, new_sandbox_dir,
                                          remove_dir_later, run_sandboxed)
 from babeltower.languages import get_language
@@ -115,6 +120,22 @@ def toolchain_status(language: str) -> dict[str, str | None]:
     return {t: (find_tool(t) or (None,))[0] for t in lang.toolchain}
 
 
+def _reachable_compiler(path: str, world_accessible: bool) -> tuple[str, list[tuple[str, str]]]:
+    """(path to run inside the sandbox, binds) for a compiler the sandbox uid must run.
+
+    A compiler the uid can reach runs from where it is. Otherwise its toolchain directory
+    (the parent of its ``bin/``, e.g. rustup's sysroot) is bound read-only under the
+    sandbox's private ``/tmp``: the toolchain finds its libraries relative to its own
+    executable, and the host's permissions stay as they are.
+    """
+    if world_accessible:
+        return path, []
+    exe = Path(path)
+    toolchain = exe.parent.parent
+    inside = f"{TOOLCHAIN_MOUNT_ROOT}/{toolchain.name}"
+    return f"{inside}/{exe.parent.name}/{exe.name}", [(str(toolchain), inside)]
+
+
 def _missing(language: str, tools: list[str], t0: float) -> ExecResult:
     pkgs = " ".join(get_language(language).apt_packages) or "?"
     return ExecResult(status="missing_toolchain", exit_code=None, signal=None, stdout="",
@@ -165,8 +186,6 @@ def run_program(language: str, source: str, timeout: float = 10.0,
     t0 = time.monotonic()
     lang = get_language(language).name
     if lang not in SUPPORTED:
-        from babeltower.errors import BabelError
-
         raise BabelError(f"no runner for language {lang!r} (supported: {', '.join(SUPPORTED)})")
     base = limits or Limits(timeout=timeout, memory_bytes=memory_bytes,
                             max_processes=max_processes)
@@ -205,13 +224,11 @@ def run_program(language: str, source: str, timeout: float = 10.0,
             (wd / "main.cpp").write_text(source, encoding="utf-8")
             compile_cmd = [tools["g++"][0], "-std=c++17", "-O0", "main.cpp", "-o", "main"]
             run_cmd = ["./main"]
-            privileged_compile = not tools["g++"][1]
         elif lang == "rust":
             (wd / "main.rs").write_text(source, encoding="utf-8")
             compile_cmd = [tools["rustc"][0], "--edition", "2021", "-C", "debuginfo=0",
                            "-o", "main", "main.rs"]
             run_cmd = ["./main"]
-            privileged_compile = not tools["rustc"][1]
         elif lang == "java":
             stem, main_cls = java_class_names(source)
             (wd / f"{stem}.java").write_text(source, encoding="utf-8")
@@ -222,7 +239,6 @@ def run_program(language: str, source: str, timeout: float = 10.0,
             run_cmd = [tools["java"][0], f"-Xmx{heap}m", "-XX:+UseSerialGC",
                        "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-ea", "-cp", ".", main_cls]
             runtime = replace(runtime, max_processes=max(runtime.max_processes, 256))
-            privileged_compile = not tools["javac"][1]
         else:  # go
             env = {"GOCACHE": str(wd / ".gocache"), "GOPATH": str(wd / ".gopath"),
                    "GOPROXY": "off", "GOFLAGS": "", "GO111MODULE": "off",
@@ -236,10 +252,11 @@ def run_program(language: str, source: str, timeout: float = 10.0,
                 (wd / "main.go").write_text(source, encoding="utf-8")
                 compile_cmd = [tools["go"][0], "build", "-o", "main", "main.go"]
                 run_cmd = ["./main"]
-            privileged_compile = not tools["go"][1]
 
+        compiler = tools[needed[0]]
+        compile_cmd[0], binds = _reachable_compiler(compiler[0], compiler[1])
         c = run_sandboxed(compile_cmd, workdir=wd, limits=compiler_limits, env=env,
-                          unprivileged=not privileged_compile)
+                          writable_workdir=True, binds=binds)
         compile_time = c.wall_time
         if c.status != "pass":
             # a compiler killed by our limits is a timeout/memory, not the program's fault
@@ -257,7 +274,7 @@ def check_toolchains(languages=SUPPORTED) -> dict[str, bool]:
             for lang in languages}
 
 
-def _sample_programs() -> dict[str, tuple[str, str]]:
+def sample_programs() -> dict[str, tuple[str, str]]:
     """A tiny passing and failing program per language (used by tests and the doctor)."""
     return {
         "python": ("assert 1 + 1 == 2\nprint('ok')\n", "assert 1 + 1 == 3\n"),

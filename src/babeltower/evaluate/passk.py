@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from babeltower.errors import BabelError
+from babeltower.evaluate.execute import run_program
 from babeltower.io import atomic_write_json, atomic_write_text, provenance, sha256_json
 
 
@@ -215,11 +216,10 @@ def generate_completions(model, tokenizer, prompts: list[str], stop_tokens: list
 # --------------------------------------------------------------------------- execution
 def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
                     workers: int = 2, timeout: float = 10.0,
-                    progress: bool = True, python_fork_server: bool = True) -> list[dict]:
+                    progress: bool = True, python_fork_server: bool = True,
+                    memory_bytes: int = 2 << 30) -> list[dict]:
     """Run every (problem, sample) program in the sandbox; one result row each."""
     from tqdm.auto import tqdm
-
-    from babeltower.evaluate.execute import run_program
 
     jobs = [(pi, si, comp) for pi, comps in completions.items() for si, comp in enumerate(comps)]
 
@@ -227,7 +227,7 @@ def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
         pi, si, comp = job
         p = problems[pi]
         r = run_program(p.language, p.program(comp), timeout=timeout,
-                        python_fork_server=python_fork_server)
+                        memory_bytes=memory_bytes, python_fork_server=python_fork_server)
         return {"problem": p.name, "language": p.language, "sample": si, "completion": comp,
                 "status": r.status, "exit_code": r.exit_code, "signal": r.signal,
                 "time": round(r.wall_time + (r.compile_time or 0.0), 4),

@@ -46,8 +46,6 @@ system calls (no imports, no locks), which keeps it safe with a thread pool arou
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
 import errno
 import os
 import queue
@@ -62,23 +60,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STATUSES = ("pass", "fail", "timeout", "compile_error", "crash", "memory", "missing_toolchain")
+from babeltower.evaluate import zygote
+from babeltower.evaluate.fences import Limits, make_preexec
 
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_PRIVATE = 1 << 18
-_MS_NOSUID = 2
-_MS_NODEV = 4
+__all__ = ["Limits", "SandboxResult", "STATUSES", "run_sandboxed", "new_sandbox_dir",
+           "remove_dir_later", "defer_cleanup", "default_env", "sandbox_root"]
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_unshare = _libc.unshare
-_unshare.argtypes = [ctypes.c_int]
-_mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                   ctypes.c_char_p]
+STATUSES = ("pass", "fail", "timeout", "compile_error", "crash", "memory", "disk",
+            "missing_toolchain")
 
 # Substrings of stderr that mean "ran out of memory" for the runtimes we execute.
 MEMORY_SIGNATURES = (
@@ -87,21 +76,6 @@ MEMORY_SIGNATURES = (
     "JavaScript heap out of memory", "Cannot allocate memory", "failed to reserve",
     "cannot allocate memory",
 )
-
-
-@dataclass
-class Limits:
-    """Resource limits of one sandboxed run (all per run, not per process)."""
-
-    timeout: float = 10.0                   # wall-clock seconds
-    cpu_seconds: int | None = None          # RLIMIT_CPU; default: ceil(timeout) + 1
-    memory_bytes: int = 2 << 30             # RLIMIT_AS and the memory cgroup limit
-    address_space: bool = True              # apply RLIMIT_AS (off for JVM/node/go)
-    max_processes: int = 64                 # pids cgroup / RLIMIT_NPROC
-    file_size_bytes: int = 64 << 20         # RLIMIT_FSIZE (largest file it may write)
-    open_files: int = 256                   # RLIMIT_NOFILE
-    max_output_bytes: int = 64 << 10        # kept per stream (stdout, stderr)
-    tmpfs_bytes: int = 64 << 20             # size of the private /tmp
 
 
 @dataclass
@@ -217,6 +191,17 @@ class _Cgroups:
         except (OSError, ValueError):
             return False
 
+    def peak_bytes(self) -> int:
+        """Most memory the sandbox's processes held at once (0 when not known)."""
+        d = self.dirs.get("memory")
+        names = ("memory.peak",) if self.v2 else ("memory.max_usage_in_bytes",)
+        for name in names if d is not None else ():
+            try:
+                return int((d / name).read_text())
+            except (OSError, ValueError):
+                pass
+        return 0
+
     @staticmethod
     def _remove(d: Path) -> None:
         try:
@@ -292,96 +277,6 @@ def remove_dir_later(path: str | os.PathLike) -> None:
     defer_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
-# --------------------------------------------------------------------------- child setup
-def _make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
-                  want_netns: bool, want_private_tmp: bool, status_fd: int,
-                  userns: bool = False, nproc: int | None = None):
-    """The function run in the child between fork and exec (system calls only).
-
-    It reports what it achieved by writing one byte per fence to ``status_fd``
-    (n = network namespace, t = private tmp), so the parent can say what was in force.
-    """
-    import resource
-
-    cpu = limits.cpu_seconds or int(limits.timeout) + 1
-    rl = [
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes)),
-        (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ]
-    if limits.address_space:
-        rl.append((resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)))
-    if uid is not None:  # per-user count; exact for our own unique uid
-        rl.append((resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes)))
-    elif nproc is not None:  # shared uid: what the caller runs now + the sandbox's allowance
-        rl.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-    # not root: a user namespace (mapping our own uid/gid onto themselves) is what lets an
-    # unprivileged caller create the network and mount namespaces
-    user_flag = _CLONE_NEWUSER if userns else 0
-    uid_map = f"{os.getuid()} {os.getuid()} 1".encode()
-    gid_map = f"{os.getgid()} {os.getgid()} 1".encode()
-    tmpfs_opts = f"size={limits.tmpfs_bytes},mode=1777".encode()
-    tmp_mounts = [b"/tmp", b"/var/tmp", b"/dev/shm"]
-
-    def preexec() -> None:
-        os.setsid()
-        pid_bytes = str(os.getpid()).encode()
-        for pf in procs_files:  # join the cgroups before anything can fork
-            try:
-                fd = os.open(pf, os.O_WRONLY)
-                os.write(fd, pid_bytes)
-                os.close(fd)
-            except OSError:
-                pass
-        flags = (_CLONE_NEWNET if want_netns else 0) | (_CLONE_NEWNS if want_private_tmp else 0)
-        ok = flags != 0 and _unshare(flags | user_flag) == 0
-        if ok and user_flag:
-            for path, data in ((b"/proc/self/setgroups", b"deny"),
-                               (b"/proc/self/uid_map", uid_map),
-                               (b"/proc/self/gid_map", gid_map)):
-                try:
-                    fd = os.open(path, os.O_WRONLY)
-                    os.write(fd, data)
-                    os.close(fd)
-                except OSError:
-                    pass
-        if not ok and want_netns and want_private_tmp:
-            ok_net = _unshare(_CLONE_NEWNET | user_flag) == 0
-            if ok_net:
-                os.write(status_fd, b"n")
-        elif ok:
-            if want_netns:
-                os.write(status_fd, b"n")
-            if want_private_tmp:
-                # stop our mounts from propagating back to the host, then cover the
-                # shared temp dirs with fresh tmpfs and bind our own directory back in
-                if _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0:
-                    covered = True
-                    for m in tmp_mounts:
-                        if os.path.isdir(m):
-                            if _mount(b"tmpfs", m, b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                                      tmpfs_opts) != 0:
-                                covered = False
-                    # cwd still refers to the original (now hidden) directory
-                    os.makedirs(workdir, exist_ok=True)
-                    if _mount(b".", workdir, None, _MS_BIND, None) == 0 and covered:
-                        os.write(status_fd, b"t")
-                    os.chdir(workdir)
-        for res, lim in rl:
-            try:
-                resource.setrlimit(res, lim)
-            except (ValueError, OSError):
-                pass
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        os.close(status_fd)
-
-    return preexec
-
-
 def _tasks_of_uid(uid: int) -> int:
     """Tasks (threads count for RLIMIT_NPROC) currently owned by ``uid``."""
     n = 0
@@ -434,13 +329,30 @@ def _pump(proc, deadline: float, cap: int, out: list, err: list, trunc: list) ->
     return False
 
 
-def _classify(returncode: int, timed_out: bool, stderr: str, oom: bool) -> tuple[str, int | None, int | None]:
+# Substrings of stderr that mean "ran out of room to write" (the capped tmpfs is full, or
+# one file reached RLIMIT_FSIZE).
+DISK_SIGNATURES = ("No space left on device", "File too large", "Disk quota exceeded",
+                   "ENOSPC", "EFBIG")
+# A program killed by a signal after its resident memory reached this share of the limit
+# died of the limit (e.g. a C++ malloc loop: RLIMIT_AS makes malloc return NULL, and the
+# program then dies of SIGSEGV), not of a bug of its own.
+MEMORY_PEAK_SHARE = 0.85
+
+
+def _classify(returncode: int, timed_out: bool, stderr: str, oom: bool,
+              peak_bytes: int, limits: Limits) -> tuple[str, int | None, int | None]:
+    """(status, exit code, signal) of a finished run; see the module docstring."""
     if timed_out:
         return "timeout", None, signal.SIGKILL
+    near_limit = peak_bytes >= MEMORY_PEAK_SHARE * limits.memory_bytes
+    out_of_memory = oom or any(s in stderr for s in MEMORY_SIGNATURES)
+    out_of_room = any(s in stderr for s in DISK_SIGNATURES)
     if returncode < 0:
         sig = -returncode
-        if oom or any(s in stderr for s in MEMORY_SIGNATURES):
+        if out_of_memory or near_limit:
             return "memory", None, sig
+        if sig == signal.SIGXFSZ or out_of_room:
+            return "disk", None, sig
         if sig == signal.SIGXCPU:
             return "timeout", None, sig
         if sig == signal.SIGABRT and "Assertion" in stderr:
@@ -448,8 +360,10 @@ def _classify(returncode: int, timed_out: bool, stderr: str, oom: bool) -> tuple
         return "crash", None, sig
     if returncode == 0:
         return "pass", 0, None
-    if oom or any(s in stderr for s in MEMORY_SIGNATURES):
+    if out_of_memory:
         return "memory", returncode, None
+    if out_of_room:
+        return "disk", returncode, None
     # a shell or runtime reporting a signal death as 128+n
     return "fail", returncode, None
 
@@ -481,16 +395,103 @@ def default_env(workdir: Path, extra: dict | None = None) -> dict[str, str]:
     return env
 
 
+def _uid_for(workdir: Path, unprivileged: bool) -> int | None:
+    """A fresh per-sandbox uid when root (the directory is made its own), else None."""
+    if not (unprivileged and os.geteuid() == 0):
+        return None
+    uid = (1 << 20) + secrets.randbelow((1 << 30) - (1 << 20))
+    for root, dirs, files in os.walk(workdir):
+        for n in [root, *[os.path.join(root, x) for x in dirs + files]]:
+            os.lchown(n, uid, uid)
+    return uid
+
+
+def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limits,
+               server) -> dict:
+    """What was actually in force, from the fences the child reported."""
+    return {
+        "network": "none (own network namespace)" if "n" in fences else "host",
+        "filesystem": ("own uid; private /tmp" if uid is not None and "t" in fences
+                       else "own uid" if uid is not None else
+                       "private /tmp, same uid" if "t" in fences else "same uid as caller"),
+        "host_filesystem": "read-only" if "r" in fences else "as the uid allows",
+        "writes": (f"capped at {limits.write_bytes} bytes (own dir + /tmp)" if "c" in fences
+                   else f"per file {limits.file_size_bytes} bytes (RLIMIT_FSIZE)"),
+        "toolchain": "bound read-only" if "b" in fences else "host path",
+        "processes": ("pids cgroup" if cg and "pids" in cg.dirs else
+                      "RLIMIT_NPROC (own uid)" if uid is not None else
+                      "RLIMIT_NPROC (shared with the caller's uid)" if nproc else
+                      "not limited"),
+        "memory": ", ".join(x for x in (
+            "memory cgroup" if cg and "memory" in cg.dirs else "",
+            "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
+        "uid": uid if uid is not None else os.geteuid(),
+        "runner": "fork server (no exec)" if server is not None else "exec",
+    }
+
+
+class _ExecProcess(subprocess.Popen):
+    """Popen that reaps with ``wait4``, keeping the child's peak resident memory."""
+
+    max_rss_bytes = 0
+
+    def poll(self):
+        """The exit code once it has ended, without reaping it (``waitid(WNOWAIT)``)."""
+        if self.returncode is None:
+            try:
+                ended = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                ended = True
+            if ended is not None:
+                self.wait()
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+            except ChildProcessError:  # reaped elsewhere: nothing more to know
+                self.returncode = -signal.SIGKILL
+            else:
+                self.max_rss_bytes = usage.ru_maxrss * 1024
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _start(cmd: list[str], wd: Path, env: dict, request: dict, python_fork_server: bool,
+           preexec, status_w: int):
+    """The program's process: a fork-server child for Python when asked, else an exec."""
+    if python_fork_server:
+        server = zygote.get_server(cmd[0])
+        if server is not None:
+            req = {**request, "script": str(wd / cmd[-1]), "argv": [],
+                   "server_path": server.src}
+            try:
+                return zygote.ZygoteProcess(server, req, status_w), server
+            except OSError:
+                pass  # the server went away: start this one the usual way
+    proc = _ExecProcess(cmd, cwd=wd, env=env, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
+                        pass_fds=(status_w,), close_fds=True)
+    return proc, None
+
+
 def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                   limits: Limits | None = None, env: dict | None = None,
                   unprivileged: bool = True, network: bool = False,
-                  private_tmp: bool = True, python_fork_server: bool = False) -> SandboxResult:
+                  private_tmp: bool = True, python_fork_server: bool = False,
+                  writable_workdir: bool = False,
+                  binds: list[tuple[str, str]] | None = None) -> SandboxResult:
     """Run ``cmd`` contained (see the module docstring) and classify how it ended.
 
     ``workdir``: an existing directory to run in (its files are made the sandbox
     user's); None = a fresh one, removed afterwards. ``env`` adds to the scrubbed
-    environment. ``unprivileged=False`` keeps our uid (used to run a compiler that lives
-    in a root-only directory, e.g. rustup's ``~/.cargo``); every other fence stays.
+    environment. ``unprivileged=False`` keeps our uid (every other fence stays).
+    ``writable_workdir=True`` (compilers): what it writes to its directory stays there
+    (each file capped by RLIMIT_FSIZE); otherwise the directory is a copy-on-write overlay
+    and everything it writes is capped by ``limits.write_bytes`` and discarded.
+    ``binds``: (host dir, path under ``fences.TOOLCHAIN_MOUNT_ROOT``) read-only binds, for
+    a toolchain the sandbox uid could not otherwise enter.
     ``python_fork_server=True`` with ``cmd = [python, ..., script]``: the script runs in a
     child forked from a small Python server instead of a fresh interpreter, under the same
     fences (see ``zygote.py``); falls back to a normal start if the server is unavailable.
@@ -498,59 +499,38 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
     limits = limits or Limits()
     own_dir = workdir is None
     wd = new_sandbox_dir() if own_dir else Path(workdir)
-    uid = None
-    if unprivileged and os.geteuid() == 0:
-        uid = (1 << 20) + secrets.randbelow((1 << 30) - (1 << 20))
-        for root, dirs, files in os.walk(wd):
-            for n in [root, *[os.path.join(root, x) for x in dirs + files]]:
-                os.lchown(n, uid, uid)
+    uid = _uid_for(wd, unprivileged)
     is_root = os.geteuid() == 0
     cg = _Cgroups(f"{os.getpid()}-{secrets.token_hex(6)}", limits) if is_root else None
     nproc = None
     if uid is None and not (cg and "pids" in cg.dirs):
         nproc = _tasks_of_uid(os.getuid()) + limits.max_processes
+    procs_files = cg.procs_files if cg else []
+    fence_args = dict(uid=uid, want_netns=not network, want_private_tmp=private_tmp,
+                      userns=not is_root, nproc=nproc, writable_workdir=writable_workdir,
+                      binds=[list(b) for b in binds or []])
     r_fd, w_fd = os.pipe()
-    preexec = _make_preexec(limits, uid, str(wd).encode(), cg.procs_files if cg else [],
-                            want_netns=not network, want_private_tmp=private_tmp,
-                            status_fd=w_fd, userns=not is_root, nproc=nproc)
+    preexec = make_preexec(limits, workdir=str(wd).encode(), procs_files=procs_files,
+                           status_fd=w_fd, **fence_args)
+    request = {"workdir": str(wd), "env": default_env(wd, env), "limits": asdict(limits),
+               "procs_files": [p.decode() for p in procs_files], **fence_args}
     out_chunks: list[bytes] = []
     err_chunks: list[bytes] = []
     trunc: list[bool] = []
     t0 = time.monotonic()
-    timed_out = False
     proc = None
     try:
         try:
-            server = None
-            if python_fork_server:
-                from babeltower.evaluate import zygote
-
-                server = zygote.get_server(cmd[0])
-            if server is not None:
-                req = {"workdir": str(wd), "env": default_env(wd, env),
-                       "limits": asdict(limits), "uid": uid,
-                       "procs_files": [p.decode() for p in (cg.procs_files if cg else [])],
-                       "want_netns": not network, "want_private_tmp": private_tmp,
-                       "userns": not is_root, "nproc": nproc,
-                       "script": str(Path(wd) / cmd[-1]), "argv": [],
-                       "server_path": server.src}
-                try:
-                    proc = zygote.ZygoteProcess(server, req, w_fd)
-                except OSError:
-                    server = None  # the server went away: start this one the usual way
-            if server is None:
-                proc = subprocess.Popen(
-                    cmd, cwd=wd, env=default_env(wd, env), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
-                    pass_fds=(w_fd,), close_fds=True)
+            proc, server = _start(cmd, wd, request["env"], request, python_fork_server,
+                                  preexec, w_fd)
         except OSError as e:
-            os.close(w_fd)
             os.close(r_fd)
             return SandboxResult(
                 status="crash" if e.errno != errno.ENOENT else "missing_toolchain",
                 exit_code=None, signal=None, stdout="", stderr=f"cannot start {cmd[0]}: {e}",
                 wall_time=time.monotonic() - t0, command=list(cmd))
-        os.close(w_fd)
+        finally:
+            os.close(w_fd)
         # one loop in this thread reads both pipes (capped) until they close or the
         # deadline passes: no reader or timer threads, and no Popen.wait(timeout) polling
         # (which sleeps in steps and cost ~10 ms per run)
@@ -569,28 +549,15 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         proc.stderr.close()
         with os.fdopen(r_fd, "rb") as f:
             fences = f.read().decode(errors="replace")
-        oom = cg.oom_killed() if cg else False
+        peak = max(proc.max_rss_bytes, cg.peak_bytes() if cg else 0)
         stdout = b"".join(out_chunks).decode("utf-8", "replace")
         stderr = b"".join(err_chunks).decode("utf-8", "replace")
-        status, code, sig = _classify(proc.returncode, timed_out, stderr, oom)
-        isolation = {
-            "network": "none (own network namespace)" if "n" in fences else "host",
-            "filesystem": ("own uid; private /tmp" if uid is not None and "t" in fences
-                           else "own uid" if uid is not None else
-                           "private /tmp, same uid" if "t" in fences else "same uid as caller"),
-            "processes": ("pids cgroup" if cg and "pids" in cg.dirs else
-                          "RLIMIT_NPROC (own uid)" if uid is not None else
-                          "RLIMIT_NPROC (shared with the caller's uid)" if nproc else
-                          "not limited"),
-            "memory": ", ".join(x for x in (
-                "memory cgroup" if cg and "memory" in cg.dirs else "",
-                "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
-            "uid": uid if uid is not None else os.geteuid(),
-            "runner": "fork server (no exec)" if server is not None else "exec",
-        }
+        status, code, sig = _classify(proc.returncode, timed_out, stderr,
+                                      cg.oom_killed() if cg else False, peak, limits)
         return SandboxResult(status=status, exit_code=code, signal=sig, stdout=stdout,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),
-                             isolation=isolation, command=list(cmd))
+                             isolation=_isolation(fences, uid, cg, nproc, limits, server),
+                             command=list(cmd))
     finally:
         if proc is not None and proc.poll() is None:  # interrupted (e.g. Ctrl-C): kill it
             try:

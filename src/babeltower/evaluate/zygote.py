@@ -6,12 +6,12 @@ the program inside (with no sandbox). We do the same from a *small* server proce
 
 * The server is ``python3 -B zygote.py SOCKET`` (the interpreter that would run the
   program), started once per host process, importing only the standard library and
-  ``sandbox.py``. It runs as the caller; it never runs untrusted code itself.
+  ``fences.py``. It runs as the caller; it never runs untrusted code itself.
 * Per program the client connects to its Unix socket and sends the request (JSON) plus
   three file descriptors (stdout, stderr, fence-status pipe write ends). The server forks;
   the child dups the pipes onto 1/2, ``/dev/null`` onto 0, closes every other descriptor,
   resets signal handlers, clears and sets the environment, changes into the sandbox
-  directory and applies exactly the fences of ``run_sandboxed`` (``_make_preexec``: own
+  directory and applies exactly the fences of ``run_sandboxed`` (``fences.make_preexec``: own
   session, cgroups, network/mount namespaces, private /tmp, rlimits, own uid), then runs
   the program as ``python3 main.py`` would: ``__name__ == "__main__"``, ``sys.argv``,
   ``sys.path[0]`` = its directory, uncaught exception -> traceback and exit 1,
@@ -37,6 +37,8 @@ import signal
 import socket
 import sys
 
+from babeltower.evaluate.fences import Limits, make_preexec
+
 # ----------------------------------------------------------------------------- server side
 
 
@@ -59,12 +61,11 @@ def _run_child(req: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["workdir"])
-    from babeltower.evaluate.sandbox import Limits, _make_preexec
-
-    preexec = _make_preexec(Limits(**req["limits"]), req["uid"], req["workdir"].encode(),
-                            [p.encode() for p in req["procs_files"]],
-                            want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
-                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"])
+    preexec = make_preexec(Limits(**req["limits"]), req["uid"], req["workdir"].encode(),
+                           [p.encode() for p in req["procs_files"]],
+                           want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
+                           status_fd=status_w, userns=req["userns"], nproc=req["nproc"],
+                           writable_workdir=req["writable_workdir"], binds=req["binds"])
     preexec()
     # the server's own import path (our source tree) is not the program's business
     sp = req.get("server_path") or "\0"
@@ -137,7 +138,6 @@ def serve(sock_path: str) -> None:
     import threading  # noqa: F401
     import traceback  # noqa: F401
 
-    import babeltower.evaluate.sandbox  # noqa: F401
 
     # die with the parent: our stdin is a pipe whose write end only the parent holds, so
     # EOF on it means the parent process is gone (PR_SET_PDEATHSIG would fire when the
@@ -194,15 +194,15 @@ def serve(sock_path: str) -> None:
                     pass
                 while True:
                     try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
+                        pid, status, usage = os.wait4(-1, os.WNOHANG)
                     except ChildProcessError:
                         break
                     if pid == 0:
                         break
                     conn = children.pop(pid, None)
                     if conn is not None:
-                        try:
-                            conn.sendall(f"status {status}\n".encode())
+                        try:  # with its peak resident memory (kB), for the memory verdict
+                            conn.sendall(f"status {status} {usage.ru_maxrss}\n".encode())
                         except OSError:
                             pass
                         conn.close()
@@ -277,6 +277,7 @@ class ZygoteProcess:
         self.stdout = io.FileIO(out_r, "r")
         self.stderr = io.FileIO(err_r, "r")
         self.returncode = None
+        self.max_rss_bytes = 0
         self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.conn.connect(server.path)
@@ -308,7 +309,9 @@ class ZygoteProcess:
         if line is None:
             return
         if line.startswith(b"status "):
-            self.returncode = os.waitstatus_to_exitcode(int(line.split()[1]))
+            fields = line.split()
+            self.returncode = os.waitstatus_to_exitcode(int(fields[1]))
+            self.max_rss_bytes = int(fields[2]) * 1024 if len(fields) > 2 else 0
         else:  # the server went away: treat as killed
             self.returncode = -signal.SIGKILL
         self.conn.close()
