@@ -76,12 +76,15 @@ def test_lape_selection_rules_by_hand():
 def test_gpt2_and_act_fn_points():
     tok = tiny_tokenizer()
     w = {"python": np.arange(0, 64).reshape(4, 16), "php": np.arange(100, 164).reshape(4, 16)}
-    s = collect_stats(tiny_model("gpt2", len(tok)), w)
-    assert s.counts["python"].shape == (3, 128)      # GPT-2 MLP width 4 * n_embd
+    g = collect_stats(tiny_model("gpt2", len(tok)), w, point="down_proj_input")
+    assert g.counts["python"].shape == (3, 128)      # GPT-2 MLP width 4 * n_embd
     s = collect_stats(tiny_model("llama", len(tok)), w, point="act_fn")
     assert s.counts["php"].shape == (3, 48)
-    with pytest.raises(BabelError, match="act_fn"):
-        collect_stats(tiny_model("gpt2", len(tok)), w, point="act_fn")
+    # GPT-2: the GELU output is both points (no gate), so the counts agree
+    a = collect_stats(tiny_model("gpt2", len(tok)), w, point="act_fn")
+    np.testing.assert_array_equal(a.counts["php"], g.counts["php"])
+    with pytest.raises(BabelError, match="activation point"):
+        collect_stats(tiny_model("gpt2", len(tok)), w, point="gate")
     with pytest.raises(BabelError, match="vocabulary"):
         collect_stats(tiny_model("gpt2", len(tok)), {"python": np.full((1, 4), 10_000)})
 

@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from babeltower.errors import BabelError
-from babeltower.probes.neurons import _hook_modules, n_neurons, read_neuron_sets
+from babeltower.architectures import neuron_modules
+from babeltower.probes.neurons import n_neurons, read_neuron_sets
 
 
 def _as_layer_dict(neurons) -> dict[int, list[int]]:
@@ -37,7 +38,7 @@ def zero_neurons(model, neurons):
     import torch
 
     layers = _as_layer_dict(neurons)
-    mods = _hook_modules(model, "down_proj_input")
+    mods = neuron_modules(model, "down_proj_input")
     width = n_neurons(model)
     handles = []
     for layer, idx in layers.items():

@@ -29,55 +29,15 @@ Measures per prompt and layer (first-token attribution, see ``suite.ATTRIBUTION`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
 from babeltower.probes.suite import ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite
 
 MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new", "logp_diff",
             "prefers_new", "primary_vs_control")
-
-
-# --------------------------------------------------------------------------- adapters
-
-@dataclass(frozen=True)
-class LensAdapter:
-    """Where an architecture keeps its final norm and its unembedding."""
-
-    final_norm: str   # attribute path from the *CausalLM module
-    unembed: str      # used only if the model has no get_output_embeddings()
-
-
-_LLAMA_LIKE = LensAdapter("model.norm", "lm_head")
-LENS_ADAPTERS: dict[str, LensAdapter] = {
-    # model_type -> adapter. Models with extra logit transforms (Gemma 2 soft-capping,
-    # Cohere/Granite logit scales) are left out on purpose: the lens would not reproduce
-    # their logits.
-    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe",
-                                "olmo", "olmo2", "phi3", "starcoder2", "smollm3", "stablelm")},
-    "gpt2": LensAdapter("transformer.ln_f", "lm_head"),
-    "gpt_bigcode": LensAdapter("transformer.ln_f", "lm_head"),
-    "gptj": LensAdapter("transformer.ln_f", "lm_head"),
-    "codegen": LensAdapter("transformer.ln_f", "lm_head"),
-    "gpt_neox": LensAdapter("gpt_neox.final_layer_norm", "lm_head"),  # "embed_out" before transformers 5
-    "phi": LensAdapter("model.final_layernorm", "lm_head"),
-}
-
-
-def _get_attr(module, path: str):
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
-def lens_adapter(model) -> LensAdapter:
-    mt = getattr(model.config, "model_type", None)
-    if mt not in LENS_ADAPTERS:
-        raise BabelError(f"logit lens does not support architecture {mt!r} "
-                         f"(supported: {', '.join(sorted(LENS_ADAPTERS))})")
-    return LENS_ADAPTERS[mt]
 
 
 def position_ids_for(attention_mask):
@@ -97,11 +57,9 @@ class LogitLens:
     """Decode every layer's hidden state through the model's own final norm + unembedding."""
 
     def __init__(self, model):
-        ad = lens_adapter(model)
         self.model = model
-        self.norm = _get_attr(model, ad.final_norm)
-        out_emb = model.get_output_embeddings()
-        self.unembed = out_emb if out_emb is not None else _get_attr(model, ad.unembed)
+        self.norm = final_norm(model)
+        self.unembed = unembedding(model)
         self.n_layers = int(model.config.num_hidden_layers)
         self.decoder = model.base_model
 

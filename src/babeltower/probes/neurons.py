@@ -35,56 +35,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from babeltower.architectures import POINTS, neuron_modules
 from babeltower.errors import BabelError
-from babeltower.probes.lens import _get_attr
 
-# --------------------------------------------------------------------------- adapters
-
-
-@dataclass(frozen=True)
-class MLPAdapter:
-    layers: str          # path to the list of blocks, from the *CausalLM module
-    down_proj: str       # path to the down-projection inside a block
-    act_fn: str | None   # path to the gate activation module (gated MLPs only)
-
-
-_LLAMA_MLP = MLPAdapter("model.layers", "mlp.down_proj", "mlp.act_fn")
-MLP_ADAPTERS: dict[str, MLPAdapter] = {
-    **{t: _LLAMA_MLP for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2",
-                               "smollm3", "stablelm", "gemma")},
-    "phi3": MLPAdapter("model.layers", "mlp.down_proj", None),   # fused gate_up_proj
-    "starcoder2": MLPAdapter("model.layers", "mlp.c_proj", None),
-    "phi": MLPAdapter("model.layers", "mlp.fc2", None),
-    "gpt2": MLPAdapter("transformer.h", "mlp.c_proj", None),
-    "gpt_bigcode": MLPAdapter("transformer.h", "mlp.c_proj", None),
-    "gptj": MLPAdapter("transformer.h", "mlp.fc_out", None),
-    "codegen": MLPAdapter("transformer.h", "mlp.fc_out", None),
-    "gpt_neox": MLPAdapter("gpt_neox.layers", "mlp.dense_4h_to_h", None),
-}
-POINTS = ("down_proj_input", "act_fn")
-
-
-def mlp_adapter(model) -> MLPAdapter:
-    mt = getattr(model.config, "model_type", None)
-    if mt not in MLP_ADAPTERS:
-        raise BabelError(f"neuron probes do not support architecture {mt!r} "
-                         f"(supported: {', '.join(sorted(MLP_ADAPTERS))})")
-    return MLP_ADAPTERS[mt]
-
-
-def _hook_modules(model, point: str):
-    """(module, kind) per layer: kind 'pre' reads the module's input, 'out' its output."""
-    if point not in POINTS:
-        raise BabelError(f"unknown activation point {point!r} (choose from {', '.join(POINTS)})")
-    ad = mlp_adapter(model)
-    blocks = _get_attr(model, ad.layers)
-    if point == "act_fn":
-        if ad.act_fn is None:
-            raise BabelError(f"point 'act_fn' needs a gated MLP with an act_fn module; "
-                             f"{model.config.model_type} has none (use down_proj_input)")
-        return [(_get_attr(b, ad.act_fn), "out") for b in blocks]
-    return [(_get_attr(b, ad.down_proj), "pre") for b in blocks]
-
+# --------------------------------------------------------------------------- model
 
 def n_neurons(model) -> int:
     """Width of the MLP intermediate activation."""
@@ -161,7 +115,7 @@ def count_positive(model, point: str = "down_proj_input"):
     """
     import torch
 
-    mods = _hook_modules(model, point)
+    mods = neuron_modules(model, point)
     sink: dict = {"positives": None, "mask": None}
     handles = []
 
@@ -198,7 +152,7 @@ def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
     import torch
     from tqdm.auto import tqdm
 
-    n_layers = len(_hook_modules(model, point))
+    n_layers = len(neuron_modules(model, point))
     stats = stats or NeuronStats(n_layers=n_layers, width=0)
     vocab = int(model.config.vocab_size)
     decoder = model.base_model

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from babeltower.architectures import blocks as model_blocks
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, atomic_write_text, provenance
@@ -339,12 +340,8 @@ def build_model(config: TrainConfig, shards: TokenShards):
 
 
 def _find_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks (the largest ModuleList), the FSDP sharding unit."""
-    best: list = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) > len(best):
-            best = list(m)
-    return best
+    """The transformer blocks, the FSDP sharding unit (from the architecture table)."""
+    return model_blocks(model)
 
 
 # ---------------------------------------------------------------------------------------
