@@ -1,28 +1,39 @@
 """Language-specific and language-transferring neurons (LAPE, Tang et al. 2024).
 
 For each MLP neuron and language: the probability that its activation is > 0 over N
-tokens of that language. Counted with forward pre-hooks on the MLP's down-projection,
-whose input is the intermediate activation (LLaMA gated MLP: ``act(gate) * up``;
-GPT-2: ``act(c_fc(x))``), streaming: memory does not grow with N.
+tokens of that language, counted with forward hooks (streaming: memory does not grow
+with N). Where the activation is read is ``point`` (``babeltower.architectures``):
+``"act_fn"`` (default, Tang et al.'s point: ``act_fn(gate_proj(x))`` in a gated MLP, the
+GELU output in a GPT-2-style MLP) or ``"down_proj_input"`` (``act(gate) * up``, the
+tensor the down-projection reads; for a gated MLP its sign is the product of two signs,
+a near coin flip, which is why it is not the default).
 
-``lape_select`` follows Tang et al.'s reference procedure, every threshold a parameter:
+``lape_select`` with ``assign="tang"`` (default) is Tang et al.'s rule (their
+``identify.py``), every threshold a parameter:
 
-1. normalise the probabilities over languages and take the entropy per neuron;
-2. drop neurons whose probabilities are all at or below the ``filter_rate`` quantile
-   (0.95) of all probabilities (they rarely fire for any language); if that drops every
-   neuron (saturated probabilities: the quantile is the maximum), ties count as passing;
-3. keep the ``top_rate`` (1%, 1-5% in the paper) lowest-entropy neurons;
-4. assign a kept neuron to every language whose probability reaches the
-   ``activation_bar_ratio`` quantile (0.95) of the kept neurons' probabilities
-   (``assign="selected"``, Tang's code; ties count as reaching it) - or, with
-   ``assign="filter"``, the step-2 threshold.
+1. normalise each neuron's probabilities over languages and take their entropy;
+2. the filter bar is the ``filter_rate`` quantile (0.95) of ALL probabilities (the k-th
+   smallest, k = round(N * filter_rate)); a neuron none of whose probabilities is
+   strictly above it is dropped;
+3. keep the ``top_rate`` (1%; 1-5% in the paper) lowest-entropy remaining neurons
+   (k = round(n_neurons * top_rate); ties in stable index order);
+4. the assignment bar is the ``activation_bar_ratio`` quantile (0.95) of ALL
+   probabilities; a kept neuron belongs to every language whose probability is strictly
+   above it.
+
+(Tang's ``topk`` fills up with dropped neurons when fewer than k pass step 2; those have
+no probability above the filter bar, so with ``activation_bar_ratio >= filter_rate`` they
+are never assigned: the sets are the same, and ``n_kept`` counts only passing neurons.)
+
+Other assignments, by name: ``assign="filter"`` uses the step-2 bar (the same as
+``"tang"`` when the two ratios are equal); ``assign="selected"`` (**ours, not Tang's**;
+this toolkit's earlier default) takes the ``activation_bar_ratio`` quantile of the KEPT
+neurons' probabilities with ``>=``, and when step 2 drops every neuron (saturated
+probabilities) lets ties at the filter bar pass. Every output records ``point`` and
+``assign``.
 
 **[ours]** Transferring neurons of a new language t: T = S_primary ∩ S_t, reported
 as |T| and |T|/|S_t| per layer and in total, per checkpoint.
-
-``point`` chooses the activation: ``"down_proj_input"`` (default; the tensor the
-down-projection reads) or ``"act_fn"`` (Tang's code for LLaMA: ``act(gate)`` alone,
-before the product with ``up``; only for gated MLPs with an ``act_fn`` module).
 """
 
 from __future__ import annotations
@@ -107,7 +118,7 @@ class NeuronStats:
 
 
 @contextmanager
-def count_positive(model, point: str = "down_proj_input"):
+def count_positive(model, point: str = "act_fn"):
     """Hooks that add each layer's per-neuron count of activations > 0 into ``sink``.
 
     Yields ``sink``: a dict with "positives" -> (n_layers, width) int64 tensor and
@@ -146,7 +157,7 @@ def count_positive(model, point: str = "down_proj_input"):
 
 
 def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
-                  point: str = "down_proj_input", stats: NeuronStats | None = None,
+                  point: str = "act_fn", stats: NeuronStats | None = None,
                   progress: bool = False) -> NeuronStats:
     """Count positive activations per language over token windows (lang -> (n, seq) ids)."""
     import torch
@@ -265,6 +276,7 @@ class LapeSelection:
     filter_threshold: float
     activation_bar: float
     n_kept: int
+    assign: str = "tang"
 
     def per_layer(self, lang: str) -> np.ndarray:
         return np.bincount(self.sets[lang][:, 0], minlength=self.n_layers)
@@ -286,7 +298,7 @@ class LapeSelection:
     def to_json(self) -> dict:
         return {"languages": self.languages, "n_layers": self.n_layers, "width": self.width,
                 "filter_threshold": self.filter_threshold, "activation_bar": self.activation_bar,
-                "n_kept": self.n_kept,
+                "n_kept": self.n_kept, "assign": self.assign,
                 "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()}}
 
 
@@ -294,52 +306,63 @@ def _layer_dict(pairs: np.ndarray, n_layers: int) -> dict[str, list[int]]:
     return {str(k): sorted(int(i) for i in pairs[pairs[:, 0] == k, 1]) for k in range(n_layers)}
 
 
+ASSIGN = ("tang", "filter", "selected")
+
+
+def _kth_smallest(values: np.ndarray, ratio: float) -> float:
+    """``torch.kthvalue(round(n * ratio))`` as in Tang's code (1-based, Python rounding)."""
+    flat = np.sort(values.ravel())
+    return float(flat[max(1, int(round(flat.size * ratio))) - 1])
+
+
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of each neuron's probabilities normalised over languages (0 if all zero)."""
+    total = probs.sum(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normed = np.where(total > 0, probs / total, 0.0)
+        logn = np.where(normed > 0, np.log(normed), 0.0)
+    return -(normed * logn).sum(axis=0)                          # (layers, width)
+
+
 def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0.01,
                 filter_rate: float = 0.95, activation_bar_ratio: float = 0.95,
-                assign: str = "selected") -> LapeSelection:
-    """Tang et al.'s LAPE selection on (n_languages, n_layers, width) probabilities."""
+                assign: str = "tang") -> LapeSelection:
+    """LAPE selection on (n_languages, n_layers, width) probabilities (module docstring)."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[0] != len(languages):
         raise BabelError("probabilities must be (n_languages, n_layers, width)")
     if not 0 < top_rate <= 1 or not 0 < filter_rate < 1 or not 0 < activation_bar_ratio < 1:
         raise BabelError("top_rate in (0, 1], filter_rate and activation_bar_ratio in (0, 1)")
-    if assign not in ("selected", "filter"):
-        raise BabelError(f"assign must be 'selected' or 'filter', not {assign!r}")
+    if assign not in ASSIGN:
+        raise BabelError(f"assign must be one of {', '.join(ASSIGN)}, not {assign!r}")
     n_lang, n_layers, width = probs.shape
-    total = probs.sum(axis=0, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normed = np.where(total > 0, probs / total, 0.0)
-        logn = np.where(normed > 0, np.log(normed), 0.0)
-    entropy = -(normed * logn).sum(axis=0)                       # (layers, width)
-    flat = np.sort(probs.ravel())
-    # torch.kthvalue(k) is the k-th smallest (1-based), as in Tang's code
-    k = max(1, int(round(flat.size * filter_rate)))
-    filter_thr = float(flat[k - 1])
-    passes = (probs > filter_thr).sum(axis=0) > 0
-    if not passes.any():
-        # saturated probabilities (tiny models: over 5% of them exactly 1.0) leave nothing
-        # strictly above the quantile; then ties at the threshold count, as in step 4
-        passes = (probs >= filter_thr).sum(axis=0) > 0
+    entropy = _entropy(probs)
+    filter_thr = _kth_smallest(probs, filter_rate)
+    passes = (probs > filter_thr).any(axis=0)
+    if assign == "selected" and not passes.any():
+        passes = (probs >= filter_thr).any(axis=0)   # ours: ties pass when nothing else does
     entropy = np.where(passes, entropy, np.inf)
-    n_keep = int(round(entropy.size * top_rate))
-    n_keep = min(max(n_keep, 1), int(passes.sum()))
+    n_keep = min(int(round(entropy.size * top_rate)), int(passes.sum()))
     order = np.argsort(entropy.ravel(), kind="stable")[:n_keep]
     rows, cols = np.unravel_index(order, entropy.shape)
     sel = probs[:, rows, cols]                                    # (n_lang, n_keep)
-    if assign == "selected" and sel.size:
-        s = np.sort(sel.ravel())
-        bar = float(s[max(1, int(round(s.size * activation_bar_ratio))) - 1])
-        hit = (sel >= bar) & (sel > 0)
-    else:
+    if assign == "tang":
+        bar = _kth_smallest(probs, activation_bar_ratio)
+        hit = sel > bar
+    elif assign == "filter":
         bar = filter_thr
-        hit = sel > filter_thr
+        hit = sel > bar
+    else:
+        bar = _kth_smallest(sel, activation_bar_ratio) if sel.size else filter_thr
+        hit = (sel >= bar) & (sel > 0)
     sets = {}
     for li, lang in enumerate(languages):
         j = np.flatnonzero(hit[li])
         pairs = np.stack([rows[j], cols[j]], axis=1).astype(np.int64) if j.size else \
             np.zeros((0, 2), dtype=np.int64)
         sets[lang] = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs
-    return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep)
+    return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep,
+                         assign)
 
 
 def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F821
@@ -377,7 +400,7 @@ def _safe_name(name: str) -> str:
 def run_neurons(source, data, languages: Sequence[str], primary: str, *,
                 revisions: list[str] | None = None, out: str | os.PathLike | None = None,
                 n_tokens: int = 65536, seq_len: int = 256, batch_size: int = 8,
-                split: str = "validation", point: str = "down_proj_input",
+                split: str = "validation", point: str = "act_fn",
                 top_rate: float = 0.01, filter_rate: float = 0.95,
                 activation_bar_ratio: float = 0.95, assign: str = "selected",
                 progress: bool = True, overwrite: bool = False,
