@@ -11,8 +11,9 @@ import torch
 from babeltower.cli import main
 from babeltower.errors import BabelError
 from babeltower.probes.ablate import ablate, language_losses, random_like, zero_neurons
-from babeltower.probes.neurons import (NeuronStats, collect_stats, lape_select, neuron_table,
-                                       run_neurons, summarize_neurons)
+from babeltower.probes.neurons import (LapeOptions, NeuronStats, collect_stats, lape_select,
+                                       neuron_table, run_neurons, summarize_neurons)
+from babeltower.series import SeriesOptions
 from test_probes_helpers import (LANG_RANGES, PLANTED, packed_data, planted_llama,
                                  planted_windows, tiny_model, tiny_tokenizer)
 
@@ -149,23 +150,35 @@ def test_run_neurons_series_resume_and_cli(tmp_path, capsys):
     data = packed_data(tmp_path / "data", planted_windows(n=8, seq=16))
     out = tmp_path / "neurons"
     done = []
-    df = run_neurons(run, data, LANGS, "python", out=out, seq_len=16, top_rate=5 / 64,
-                     progress=False, on_checkpoint=done.append)
+    opts = LapeOptions(languages=LANGS, primary="python", seq_len=16, top_rate=5 / 64)
+    df = run_neurons(run, data, opts, out=out, series=SeriesOptions(progress=False),
+                     on_checkpoint=done.append)
     assert done == ["step-00000000", "step-00000004"]
+    assert set(df.point) == {"act_fn"} and set(df.assign) == {"tang"}
     summ = summarize_neurons(df)
     php = summ[summ.language == "php"]
     assert list(php.n_transfer) == [1.0, 1.0] and list(php.transfer_ratio) == [1 / 3, 1 / 3]
     rec = json.loads((out / "checkpoints" / "step-00000004.neurons.json").read_text())
     assert rec["transfer"]["php"]["1"] == [3] and rec["sets"]["go"]["0"] == [2]
+    assert rec["point"] == "act_fn" and rec["assign"] == "tang" and rec["weights_sha256"]
     for f in ("neurons.parquet", "neurons.csv", "summary.csv", "provenance.json"):
         assert (out / f).exists()
-    # resume: counts are reused, selection recomputed with new parameters
-    (out / "neurons.parquet").unlink()
-    stats_mtime = (out / "checkpoints" / "step-00000000.stats.npz").stat().st_mtime_ns
-    df2 = run_neurons(run, data, LANGS, "python", out=out, seq_len=16, top_rate=5 / 64,
-                      progress=False)
-    assert (out / "checkpoints" / "step-00000000.stats.npz").stat().st_mtime_ns == stats_mtime
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["config"]["point"] == "act_fn" and prov["config"]["assign"] == "tang"
+    # interrupted after the first checkpoint: no output, the rerun computes only the second
+    def stop(name):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_neurons(run, data, opts, out=tmp_path / "n1", series=SeriesOptions(progress=False),
+                    on_checkpoint=stop)
+    assert not (tmp_path / "n1").exists()
+    done.clear()
+    df2 = run_neurons(run, data, opts, out=tmp_path / "n1", series=SeriesOptions(progress=False),
+                      on_checkpoint=done.append)
+    assert done == ["step-00000004"]
     assert df2.equals(df)
+    with pytest.raises(BabelError, match="already exists"):
+        run_neurons(run, data, opts, out=out, series=SeriesOptions(progress=False))
     # CLI: neurons then ablate the php set, and one-line errors
     capsys.readouterr()
     rc = main(["probe", "neurons", str(run), "--data", str(data), "--languages",
@@ -197,7 +210,8 @@ def test_raw_text_data(tmp_path):
     tiny_model("llama", len(tok)).save_pretrained(run)
     tok.save_pretrained(run)
     df = run_neurons(tmp_path / "run", {"python": tmp_path / "a.py", "php": tmp_path / "b.php"},
-                     ["python", "php"], "python", seq_len=32, progress=False, top_rate=0.05)
+                     LapeOptions(languages=["python", "php"], seq_len=32, top_rate=0.05),
+                     series=SeriesOptions(progress=False))
     assert set(df.language) == {"python", "php"}
     assert (df[df.measure == "n_specific"].value >= 0).all()
 
@@ -209,8 +223,8 @@ def test_checkpoint_summary_merges_lens_and_neurons(tmp_path):
 
     run = save_run(tmp_path, "llama", steps=(0, 4))
     data = packed_data(tmp_path / "data", planted_windows(n=4, seq=16))
-    nd = run_neurons(run, data, LANGS, "python", out=tmp_path / "n", seq_len=16,
-                     top_rate=0.05, progress=False)
+    nd = run_neurons(run, data, LapeOptions(languages=LANGS, seq_len=16, top_rate=0.05),
+                     out=tmp_path / "n", series=SeriesOptions(progress=False))
     run_lens(run, primary="python", new="php", out=tmp_path / "l", progress=False)
     s = checkpoint_summary(tmp_path / "l", tmp_path / "n")
     assert list(s.checkpoint) == ["step-00000000", "step-00000004"]

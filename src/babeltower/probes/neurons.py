@@ -42,12 +42,19 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from babeltower.architectures import POINTS, neuron_modules
+from babeltower.architectures import neuron_modules
+from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
+from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
+                           sha256_file)
+from babeltower.languages import canonical, detect_language
+from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
+                               safe_name, state_dir_for, write_outputs)
 
 # --------------------------------------------------------------------------- model
 
@@ -93,8 +100,6 @@ class NeuronStats:
 
     def save(self, path: str | os.PathLike) -> None:
         import io
-
-        from babeltower.io import atomic_write_bytes
 
         buf = io.BytesIO()
         langs = self.languages
@@ -206,8 +211,6 @@ def windows_from_ids(ids: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray
 
 def _text_files(paths, language: str | None = None) -> list[Path]:
     """Files given, and inside given directories the files of ``language`` (by extension)."""
-    from babeltower.languages import detect_language
-
     out: list[Path] = []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         p = Path(p)
@@ -231,8 +234,6 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
     """Token windows per language from a packed DATA dir (``TokenShards``, ``split``) or
     from raw text (``{lang: file | dir | [files]}``; in a directory, the files of that
     language), tokenised with ``tokenizer``. ``used_files`` collects the files read."""
-    from babeltower.languages import canonical
-
     out: dict[str, np.ndarray] = {}
     if isinstance(data, Mapping):
         if tokenizer is None:
@@ -254,8 +255,6 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
                     break
             out[lang] = windows_from_ids(np.asarray(ids, dtype=np.int64), n_tokens, seq_len)
         return out
-    from babeltower.corpus.shards import TokenShards
-
     shards = TokenShards(data)
     for lang in languages:
         sp = shards.split(lang, split)
@@ -300,6 +299,16 @@ class LapeSelection:
                 "filter_threshold": self.filter_threshold, "activation_bar": self.activation_bar,
                 "n_kept": self.n_kept, "assign": self.assign,
                 "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()}}
+
+    @classmethod
+    def from_json(cls, rec: dict) -> "LapeSelection":
+        sets = {}
+        for lang, by_layer in rec["sets"].items():
+            pairs = [(int(k), int(i)) for k, idx in by_layer.items() for i in idx]
+            sets[lang] = (np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
+        return cls(list(rec["languages"]), int(rec["n_layers"]), int(rec["width"]), sets,
+                   float(rec["filter_threshold"]), float(rec["activation_bar"]),
+                   int(rec["n_kept"]), rec.get("assign", "selected"))
 
 
 def _layer_dict(pairs: np.ndarray, n_layers: int) -> dict[str, list[int]]:
@@ -391,117 +400,138 @@ def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F
     return df
 
 
-# --------------------------------------------------------------------------- series runner
+# --------------------------------------------------------------------------- series
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+class LapeOptions(BaseModel):
+    """What LAPE counts and how it selects (recorded with every output)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    languages: list[str]
+    primary: str = "python"
+    n_tokens: int = Field(65536, ge=1)      # tokens per language
+    seq_len: int = Field(256, ge=2)
+    batch_size: int = Field(8, ge=1)
+    split: str = "validation"
+    point: Literal["act_fn", "down_proj_input"] = "act_fn"
+    top_rate: float = Field(0.01, gt=0, le=1)
+    filter_rate: float = Field(0.95, gt=0, lt=1)
+    activation_bar_ratio: float = Field(0.95, gt=0, lt=1)
+    assign: Literal["tang", "filter", "selected"] = "tang"
+
+    @model_validator(mode="after")
+    def _languages(self) -> "LapeOptions":
+        langs = [canonical(l) for l in self.languages]
+        self.primary = canonical(self.primary)
+        if self.primary not in langs:
+            langs = [self.primary] + langs
+        if len(langs) < 2:
+            raise ValueError("LAPE needs at least two languages")
+        self.languages = langs
+        return self
 
 
-def run_neurons(source, data, languages: Sequence[str], primary: str, *,
-                revisions: list[str] | None = None, out: str | os.PathLike | None = None,
-                n_tokens: int = 65536, seq_len: int = 256, batch_size: int = 8,
-                split: str = "validation", point: str = "act_fn",
-                top_rate: float = 0.01, filter_rate: float = 0.95,
-                activation_bar_ratio: float = 0.95, assign: str = "selected",
-                progress: bool = True, overwrite: bool = False,
-                on_checkpoint: Callable[[str], None] | None = None):
-    """LAPE over every checkpoint of ``source``: a tidy DataFrame (checkpoint, step, tokens,
-    layer, language, measure, value) with n_specific, n_transfer, transfer_ratio
-    (layer <NA> = all layers).
+def _describe(data) -> str | dict:
+    if isinstance(data, Mapping):
+        return {k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v)
+                for k, v in data.items()}
+    return str(data)
 
-    ``data``: a packed DATA dir (token ids used as they are) or ``{lang: text paths}``
-    (tokenised with each checkpoint's tokenizer). With ``out``: per-checkpoint counts
-    (``checkpoints/<name>.stats.npz``, reused on a rerun - only the cheap selection is
-    redone) and neuron sets (``<name>.neurons.json``), plus ``neurons.parquet``/``.csv``,
-    ``summary.csv`` and ``provenance.json``.
-    """
+
+class NeuronsMeasure:
+    """LAPE as a series measure: one row per checkpoint holding its neuron-set record
+    (``<checkpoint>.neurons.json``: sets, transfer sets, bars, tokens counted, point)."""
+
+    name = "lape"
+
+    def __init__(self, data, options: LapeOptions):
+        self.data, self.opt = data, options
+        # bad data fails before any model is loaded
+        self.packed = (None if isinstance(data, Mapping) else
+                       load_windows(data, options.languages, None, options.n_tokens,
+                                    options.seq_len, options.split))
+        self.files = ([str(f) for l in options.languages
+                       for f in _text_files(data[l] if l in data else [], l)]
+                      if isinstance(data, Mapping) else [])
+
+    def config(self) -> dict:
+        return {**self.opt.model_dump(), "data": _describe(self.data)}
+
+    def data_hashes(self) -> dict:
+        return _data_hashes(self.data, self.files)
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        o = self.opt
+        windows = self.packed if self.packed is not None else load_windows(
+            self.data, o.languages, tokenizer, o.n_tokens, o.seq_len, o.split)
+        stats = collect_stats(model, windows, batch_size=o.batch_size, point=o.point)
+        sel = lape_select(stats.probabilities(o.languages), o.languages, top_rate=o.top_rate,
+                          filter_rate=o.filter_rate, activation_bar_ratio=o.activation_bar_ratio,
+                          assign=o.assign)
+        rec = sel.to_json()
+        rec["point"] = o.point
+        rec["tokens_counted"] = stats.tokens
+        rec["transfer"] = {l: _layer_dict(sel.transfer(o.primary, l), sel.n_layers)
+                           for l in o.languages if l != o.primary}
+        return [{"tokens": ref.tokens, "point": o.point, "assign": o.assign, "record": rec}]
+
+
+def neurons_frame(rows: list[dict], primary: str):
+    """The tidy table of ``run_neurons`` from the measure's per-checkpoint rows."""
     import pandas as pd
 
-    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
-    from babeltower.languages import canonical
-    from babeltower.probes.lens import _checkpoints, _parquet_bytes, _progress
-
-    langs = [canonical(l) for l in languages]
-    primary = canonical(primary)
-    if primary not in langs:
-        langs = [primary] + langs
-    if len(langs) < 2:
-        raise BabelError("LAPE needs at least two languages")
-    refs = _checkpoints(source, revisions)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and (out_dir / "neurons.parquet").exists() and not overwrite:
-        raise BabelError(f"output {out_dir / 'neurons.parquet'} already exists "
-                         "(pass --overwrite to replace it)")
-    cache = out_dir / "checkpoints" if out_dir is not None else None
-    if cache is not None:
-        from babeltower.probes.lens import check_cache
-
-        # the counts depend on these; the selection parameters are cheap to change
-        check_cache(cache, {"languages": langs, "data": str(data) if not isinstance(data, Mapping)
-                            else {k: str(v) for k, v in data.items()}, "n_tokens": n_tokens,
-                            "seq_len": seq_len, "split": split, "point": point}, overwrite)
     frames = []
-    # bad data fails before any model is loaded
-    files_used: dict[str, None] = {}
-    packed_windows = (None if isinstance(data, Mapping)
-                      else load_windows(data, langs, None, n_tokens, seq_len, split))
-    for ref in _progress(refs, progress, "LAPE"):
-        sfile = cache / f"{_safe_name(ref.name)}.stats.npz" if cache is not None else None
-        if sfile is not None and sfile.exists() and not overwrite:
-            stats = NeuronStats.load(sfile)
-        else:
-            model, tokenizer = ref.load()
-            if isinstance(data, Mapping):
-                used = {}
-                windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split, used)
-                files_used.update({f: None for v in used.values() for f in v})
-            else:
-                windows = packed_windows
-            stats = collect_stats(model, windows, batch_size=batch_size, point=point,
-                                  progress=progress)
-            del model
-            if sfile is not None:
-                stats.save(sfile)
-        sel = lape_select(stats.probabilities(langs), langs, top_rate=top_rate,
-                          filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
-                          assign=assign)
-        if cache is not None:
-            rec = sel.to_json()
-            rec["checkpoint"], rec["step"] = ref.name, ref.step
-            rec["tokens_counted"] = stats.tokens
-            rec["transfer"] = {l: _layer_dict(sel.transfer(primary, l), sel.n_layers)
-                               for l in langs if l != primary}
-            atomic_write_json(cache / f"{_safe_name(ref.name)}.neurons.json", rec)
-        t = neuron_table(sel, primary)
-        t.insert(0, "checkpoint", ref.name)
-        t.insert(1, "step", ref.step)
-        t.insert(2, "tokens", ref.tokens)
+    for r in rows:
+        t = neuron_table(LapeSelection.from_json(r["record"]), primary)
+        for i, k in enumerate(("checkpoint", "step", "tokens")):
+            t.insert(i, k, r[k])
+        for k in ("point", "assign", "weights_sha256", "config_sha256", "data_sha256"):
+            t[k] = r[k]
         frames.append(t)
-        if on_checkpoint is not None:
-            on_checkpoint(ref.name)
-    df = pd.concat(frames, ignore_index=True)
-    if out_dir is not None:
-        atomic_write_bytes(out_dir / "neurons.parquet", _parquet_bytes(df))
-        atomic_write_bytes(out_dir / "neurons.csv", df.to_csv(index=False).encode())
-        atomic_write_bytes(out_dir / "summary.csv",
-                           summarize_neurons(df).to_csv(index=False).encode())
-        data_desc = ({k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v)
-                      for k, v in data.items()} if isinstance(data, Mapping) else str(data))
-        atomic_write_json(out_dir / "provenance.json", provenance(
-            config={"languages": langs, "primary": primary, "n_tokens": n_tokens,
-                    "seq_len": seq_len, "split": split, "point": point, "top_rate": top_rate,
-                    "filter_rate": filter_rate, "activation_bar_ratio": activation_bar_ratio,
-                    "assign": assign},
-            data=data_desc, data_hashes=_data_hashes(data, list(files_used)),
-            source=str(source), revisions=revisions, checkpoints=[r.name for r in refs]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | None = None,
+                out: str | os.PathLike | None = None, series: SeriesOptions | None = None,
+                steps: list[int] | None = None,
+                on_checkpoint: Callable[[str], None] | None = None):
+    """LAPE over every checkpoint of ``source``: a tidy DataFrame (checkpoint, step, tokens,
+    layer, language, measure, value, point, assign, hashes) with n_specific, n_transfer,
+    transfer_ratio (layer <NA> = all layers).
+
+    ``data``: a packed DATA dir (token ids used as they are) or ``{lang: text paths}``
+    (tokenised with each checkpoint's tokenizer). With ``out``: ``neurons.parquet``/``.csv``,
+    ``summary.csv``, ``provenance.json`` and ``checkpoints/<name>.neurons.json``, written as
+    one unit; an interrupted run resumes from ``<out>.partial/``.
+    """
+    series = series or SeriesOptions()
+    refuse_existing(out, series.overwrite)
+    lape = NeuronsMeasure(data, options)
+    res = run_series(source, [lape], state=state_dir_for(out), options=series,
+                     revisions=revisions, steps=steps, on_checkpoint=on_checkpoint)
+    df = neurons_frame(res.rows["lape"], options.primary)
+    if out is not None:
+        def write(d: Path) -> None:
+            for r in res.rows["lape"]:
+                rec = {**r["record"], "checkpoint": r["checkpoint"], "step": r["step"],
+                       "weights_sha256": r["weights_sha256"]}
+                atomic_write_json(d / "checkpoints" / f"{safe_name(r['checkpoint'])}.neurons.json",
+                                  rec)
+            atomic_write_bytes(d / "neurons.parquet", parquet_bytes(df))
+            atomic_write_bytes(d / "neurons.csv", df.to_csv(index=False).encode())
+            atomic_write_bytes(d / "summary.csv",
+                               summarize_neurons(df).to_csv(index=False).encode())
+            atomic_write_json(d / "provenance.json", provenance(
+                config=options.model_dump(), data=_describe(data),
+                data_hashes=lape.data_hashes(), source=str(source), revisions=revisions,
+                checkpoints=[r.name for r in res.refs], weights_sha256=res.weights))
+        write_outputs(out, write, res, overwrite=True)
     return df
 
 
 def _data_hashes(data, files_used: list[str]) -> dict:
     """sha256 of every text file read (raw text; files of cached checkpoints are not
     re-read), or of the packed data's manifest (which hashes every shard)."""
-    from babeltower.io import sha256_file
-
     if isinstance(data, Mapping):
         return {f: sha256_file(f) for f in files_used}
     mf = Path(data) / "manifest.json"
@@ -534,6 +564,4 @@ def summarize_neurons(df):
 
 def read_neuron_sets(path: str | os.PathLike) -> dict:
     """A ``<checkpoint>.neurons.json`` file written by ``run_neurons``."""
-    from babeltower.io import read_json
-
     return read_json(path, "neuron set file")
