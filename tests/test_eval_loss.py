@@ -117,7 +117,8 @@ def test_series_resume_and_output(data_dir, tmp_path):
     assert len(rec["rows"]) == 2
     # resume: a finished checkpoint in the partial file is not recomputed
     fake = dict(rec["rows"][0], loss=123.0)
-    (tmp_path / "loss.json.partial.jsonl").write_text(json.dumps(fake) + "\n")
+    (tmp_path / "loss.json.partial").mkdir()
+    (tmp_path / "loss.json.partial" / "loss.rank0.jsonl").write_text(json.dumps(fake) + "\n")
     df2 = evaluate_loss(tmp_path / "run", data_dir, ["php"], max_tokens_per_language=100,
                         out=out, progress=False)
     assert df2.loss.iloc[0] == 123.0 and df2.loss.iloc[1] == pytest.approx(df.loss.iloc[1])

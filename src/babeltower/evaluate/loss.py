@@ -44,7 +44,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from babeltower.errors import BabelError
-from babeltower.io import PartialRows, atomic_write_json, provenance
+from babeltower.corpus.shards import TokenShards
+from babeltower.io import atomic_write_json, provenance
+from babeltower.languages import canonical, detect_language
+from babeltower.series import SeriesOptions, run_series, state_dir_for
 
 LN2 = math.log(2.0)
 
@@ -87,9 +90,6 @@ def select_documents(docs: np.ndarray, max_tokens: int, max_docs: int | None = N
 
 def documents_from_shards(data, languages: list[str] | None, split: str, max_tokens: int,
                           max_docs: int | None = None) -> dict[str, list[Document]]:
-    from babeltower.corpus.shards import TokenShards
-    from babeltower.languages import canonical
-
     shards = data if isinstance(data, TokenShards) else TokenShards(data)
     langs = [canonical(x) for x in languages] if languages else shards.languages
     out: dict[str, list[Document]] = {}
@@ -104,8 +104,6 @@ def documents_from_shards(data, languages: list[str] | None, split: str, max_tok
 def documents_from_text(paths, tokenizer, languages: list[str] | None, max_tokens: int,
                         max_docs: int | None = None) -> dict[str, list[Document]]:
     """Raw text files (or directories of them) tokenized with the model's own tokenizer."""
-    from babeltower.languages import canonical, detect_language
-
     files: list[Path] = []
     for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
         p = Path(p)
@@ -285,14 +283,14 @@ def evaluate_model_loss(model, docs_by_lang: dict[str, list[Document]], prefix_i
 def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None,
                   max_tokens_per_language: int | None = None, *, text=None,
                   config: LossConfig | None = None, tokenizer=None, out=None,
-                  progress: bool = True, **overrides):
+                  progress: bool = True, series: SeriesOptions | None = None, **overrides):
     """Held-out loss and bits-per-byte per language -> a pandas DataFrame.
 
     ``source_or_model``: a checkpoint source (``list_checkpoints``: run dir, model dir,
     .gguf, ...) - every checkpoint is scored in training order - or a loaded model.
     ``data``: a packed DATA dir (uses its tokenizer's ids), or ``text``: raw files scored
     with the model's own tokenizer. ``out``: a JSON file with rows + provenance; a rerun
-    resumes past checkpoints already in ``<out>.partial.jsonl``.
+    resumes past checkpoints already finished in ``<out>.partial/``.
     Columns: checkpoint, step, tokens_seen, language, loss, bits_per_byte, nats, tokens,
     bytes, documents, context, stride.
     """
@@ -306,62 +304,66 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
     if cfg.split not in ("validation", "test", "train"):
         raise BabelError(f"unknown split {cfg.split!r} (validation, test)")
 
-    shard_docs = None
-    data_hashes: dict = {}
-    eos = None
+    shard_docs, data_hashes, eos = None, {}, None
     if data is not None:
-        from babeltower.corpus.shards import TokenShards
-
         shards = data if isinstance(data, TokenShards) else TokenShards(data)
         shard_docs = documents_from_shards(shards, cfg.languages, cfg.split,
                                            cfg.max_tokens_per_language, cfg.max_docs)
         eos = shards.eos_id
         data_hashes = {lang: shards.manifest["languages"][lang][cfg.split].get("sha256")
                        for lang in shard_docs}
-
-    if hasattr(source_or_model, "forward"):
-        refs = [None]
+    loss = LossMeasure(cfg, shard_docs, eos, text, data_hashes, progress)
+    if hasattr(source_or_model, "forward"):   # one loaded model: no series
+        rows = [{"checkpoint": "model", "step": None, **r}
+                for r in loss.measure(source_or_model, tokenizer, None)]
+        res = None
     else:
-        from babeltower.checkpoints import list_checkpoints
-
-        refs = list_checkpoints(source_or_model)
-
-    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
-    done = partial.done
-    rows: list[dict] = []
-    for ref in refs:
-        name = ref.name if ref is not None else "model"
-        if name in done:
-            rows.extend(done[name])
-            continue
-        if ref is None:
-            model, tok = source_or_model, tokenizer
-        else:
-            model, tok = ref.load()
-        if shard_docs is not None:
-            docs, prefix = shard_docs, eos
-        else:
-            if tok is None:
-                raise BabelError("scoring raw text needs the model's tokenizer")
-            docs = documents_from_text(text, tok, cfg.languages, cfg.max_tokens_per_language,
-                                       cfg.max_docs)
-            prefix = _prefix_id(tok, None)
-        meta = {"checkpoint": name, "step": getattr(ref, "step", None),
-                "tokens_seen": getattr(ref, "tokens", None)}
-        new = [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, cfg, progress)]
-        rows.extend(new)
-        partial.append(new)
-        if ref is not None:
-            del model
+        res = run_series(source_or_model, [loss], state=state_dir_for(out),
+                         options=series or SeriesOptions(progress=progress))
+        rows = res.rows["loss"]
     df = pd.DataFrame(rows)
-    if out is not None:
+    if out is not None and (res is None or res.is_writer):
         atomic_write_json(out, {
             "metric": "held-out loss (nats/token) and bits-per-byte per language",
             "rows": rows,
             "provenance": provenance(config=cfg, data_hashes=data_hashes or None,
-                                     source=str(source_or_model) if refs != [None] else "model",
+                                     source=str(source_or_model) if res is not None else "model",
                                      data=str(data) if data is not None else None,
-                                     text=[str(t) for t in ([text] if isinstance(text, (str, os.PathLike)) else (text or []))]),
+                                     text=[str(t) for t in ([text] if isinstance(text, (str, os.PathLike)) else (text or []))],
+                                     weights_sha256=res.weights if res is not None else None),
         })
-        partial.close()
+        if res is not None:
+            res.close()
     return df
+
+
+class LossMeasure:
+    """Held-out loss as a series measure (``babeltower.series``): one row per language."""
+
+    name = "loss"
+
+    def __init__(self, cfg: LossConfig, shard_docs: dict | None, eos: int | None, text,
+                 data_hashes: dict, progress: bool = False):
+        self.cfg, self.shard_docs, self.eos, self.text = cfg, shard_docs, eos, text
+        self.hashes, self.progress = data_hashes, progress
+
+    def config(self) -> dict:
+        return {**self.cfg.model_dump(mode="json"),
+                "text": None if self.text is None else [str(t) for t in (
+                    [self.text] if isinstance(self.text, (str, os.PathLike)) else self.text)]}
+
+    def data_hashes(self) -> dict:
+        return self.hashes
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        if self.shard_docs is not None:
+            docs, prefix = self.shard_docs, self.eos
+        else:
+            if tokenizer is None:
+                raise BabelError("scoring raw text needs the model's tokenizer")
+            docs = documents_from_text(self.text, tokenizer, self.cfg.languages,
+                                       self.cfg.max_tokens_per_language, self.cfg.max_docs)
+            prefix = _prefix_id(tokenizer, None)
+        meta = {"tokens_seen": getattr(ref, "tokens", None)}
+        return [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, self.cfg,
+                                                           self.progress)]

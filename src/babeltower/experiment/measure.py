@@ -1,8 +1,7 @@
 """Measure every checkpoint of a run: loss / bpb per language, cloze, logit lens, LAPE.
 
-Each checkpoint is loaded once and every measure is taken on it (the library's
-series runners ``evaluate_loss``, ``run_lens``, ``run_neurons`` would load it once per
-measure). The rows are plain dicts, one per checkpoint, so they go into results.json
+Each checkpoint is loaded once and every measure is taken on it
+(``babeltower.series.run_series`` with three measures: loss, lens + cloze, LAPE). The rows are plain dicts, one per checkpoint, so they go into results.json
 as they are:
 
     {"checkpoint", "step", "tokens",
@@ -12,7 +11,10 @@ as they are:
      "lens_layers": {lang: {"new_pref_share": [...], "logit_diff": [...], "control": [...],
                             "top1_new": [...], "top1_primary": [...]}},
      "specific_count": {lang: |S_lang|}, "transfer_count": {lang: |T|},
-     "transfer_ratio": {lang: |T|/|S_new|}, "transfer_by_layer": {lang: [...]}}
+     "transfer_ratio": {lang: |T|/|S_new|}, "transfer_by_layer": {lang: [...]},
+     "lape_point", "lape_assign",                                  # LAPE variant used
+     "lape_tokens": {lang}, "lape_documents": {lang},              # what LAPE read
+     "weights_sha256"}                                             # the weights measured
 
 Cloze accuracy is read at the lens's last layer, which reproduces the model's own
 logits (tested to 1e-4), so the experiment needs one forward for both.
@@ -24,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from babeltower.checkpoints import list_checkpoints
+from babeltower.corpus.shards import TokenShards
+from babeltower.evaluate.loss import LossConfig, documents_from_shards, evaluate_model_loss
 from babeltower.experiment.config import ExperimentConfig
+from babeltower.probes.lens import lens_items
+from babeltower.probes.neurons import collect_stats, lape_select, windows_from_ids
+from babeltower.probes.suite import load_suite
+from babeltower.series import META, SeriesOptions, run_series
 
 
 def corpus_summary(shards) -> dict:
@@ -70,25 +79,80 @@ _CHECKED: dict[tuple, object] = {}
 def checked_suite(primary: str, lang: str, tokenizer):
     """The probe suite tokenized for ``tokenizer`` (cached: every run of an experiment
     shares the data's tokenizer, and alignment costs seconds per suite)."""
-    from babeltower.probes.suite import load_suite
-
     key = (primary, lang, getattr(tokenizer, "name_or_path", None), len(tokenizer))
     if key not in _CHECKED:
         _CHECKED[key] = load_suite(primary, lang).check(tokenizer)
     return _CHECKED[key]
 
 
+class _Loss:
+    """Loss and bits-per-byte per language (one row per checkpoint)."""
+
+    name = "loss"
+
+    def __init__(self, docs, eos: int, cfg):
+        self.docs, self.eos, self.cfg = docs, eos, cfg
+
+    def config(self) -> dict:
+        return {**self.cfg.model_dump(mode="json"), "languages": sorted(self.docs)}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False)
+        return [{"loss": {r["language"]: r["loss"] for r in lrows},
+                 "bpb": {r["language"]: r["bits_per_byte"] for r in lrows}}]
+
+
+class _LensCloze:
+    """Cloze accuracy (the lens's last layer) and, with ``lens``, the lens measures."""
+
+    name = "lens"
+
+    def __init__(self, primary: str, pair_languages: list[str], lens: bool):
+        self.primary, self.langs, self.lens = primary, pair_languages, lens
+
+    def config(self) -> dict:
+        return {"primary": self.primary, "languages": self.langs, "lens": self.lens}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        row: dict = {k: {} for k in ("cloze_new", "cloze_primary", "lens_new_share_last",
+                                     "lens_new_share_mean", "lens_layers")}
+        for lang in self.langs:
+            checked = checked_suite(self.primary, lang, tokenizer)
+            lr = _lens_row(lens_items(model, tokenizer, checked, batch_size=32))
+            row["cloze_new"][lang] = lr["cloze_new"]
+            row["cloze_primary"][lang] = lr["cloze_primary"]
+            if self.lens:
+                row["lens_new_share_last"][lang] = lr["share_last"]
+                row["lens_new_share_mean"][lang] = lr["share_mean"]
+                row["lens_layers"][lang] = lr["layers"]
+        return [row]
+
+
+class _Lape:
+    """LAPE (Tang et al.'s rule) on fixed held-out windows (one row per checkpoint)."""
+
+    name = "lape"
+
+    def __init__(self, shards, cfg: ExperimentConfig, pair_languages: list[str]):
+        self.windows, self.counted = _lape_inputs(shards, cfg)
+        self.cfg, self.langs = cfg, pair_languages
+
+    def config(self) -> dict:
+        return {"top_rate": self.cfg.probes.top_rate, "primary": self.cfg.primary,
+                "languages": self.langs, "counted": self.counted}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        row = _neuron_row(model, self.windows, self.cfg, self.langs)
+        row["lape_tokens"] = {l: c["tokens"] for l, c in self.counted.items()}
+        row["lape_documents"] = {l: c["documents"] for l, c in self.counted.items()}
+        return [row]
+
+
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True) -> list[dict]:
-    """One row per checkpoint of ``run`` (all checkpoints, or the last one)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from babeltower.checkpoints import list_checkpoints
-    from babeltower.corpus.shards import TokenShards
-    from babeltower.evaluate.loss import LossConfig, documents_from_shards, evaluate_model_loss
-    from babeltower.probes.lens import lens_items
+    """One row per checkpoint of ``run`` (all checkpoints, or the last one), each
+    checkpoint loaded once for every measure (``babeltower.series``)."""
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
@@ -99,61 +163,56 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     # extrapolation (RoPE) rather than the language, and cost quadratically more
     loss_cfg = LossConfig(split=split, max_tokens_per_language=ev.val_tokens_per_language,
                           context=cfg.model.seq_len, batch_size=16)
-    checked = None
-    lape = None
+    measures: list = [_Loss(docs, shards.eos_id, loss_cfg)]
+    if pair_languages:
+        measures.append(_LensCloze(cfg.primary, pair_languages, probes and cfg.probes.lens))
+        if probes and cfg.probes.neurons:
+            measures.append(_Lape(shards, cfg, pair_languages))
+    res = run_series(refs, measures, options=SeriesOptions(progress=False))
     rows = []
-    for ref in tqdm(refs, desc=f"measure {Path(run).name}", unit="ckpt", leave=False):
-        model, tok = ref.load()
+    for i, ref in enumerate(refs):
         row = {"checkpoint": ref.name, "step": ref.step,
                "tokens": int(ref.manifest.get("tokens_seen") or 0),
                "tokens_by_language": ref.manifest.get("tokens_by_language")}
-        with torch.no_grad():
-            lrows = evaluate_model_loss(model, docs, shards.eos_id, loss_cfg, progress=False)
-        row["loss"] = {r["language"]: r["loss"] for r in lrows}
-        row["bpb"] = {r["language"]: r["bits_per_byte"] for r in lrows}
-        if pair_languages:
-            if checked is None:
-                checked = {lang: checked_suite(cfg.primary, lang, tok) for lang in pair_languages}
-            for key in ("cloze_new", "cloze_primary", "lens_new_share_last",
-                        "lens_new_share_mean", "lens_layers"):
-                row[key] = {}
-            for lang in pair_languages:
-                lr = _lens_row(lens_items(model, tok, checked[lang], batch_size=32))
-                row["cloze_new"][lang] = lr["cloze_new"]
-                row["cloze_primary"][lang] = lr["cloze_primary"]
-                if probes and cfg.probes.lens:
-                    row["lens_new_share_last"][lang] = lr["share_last"]
-                    row["lens_new_share_mean"][lang] = lr["share_mean"]
-                    row["lens_layers"][lang] = lr["layers"]
-        if probes and cfg.probes.neurons and pair_languages:
-            if lape is None:
-                lape = _lape_inputs(shards, cfg)
-            row.update(_neuron_row(model, lape, cfg, pair_languages))
+        for m in measures:
+            row.update({k: v for k, v in res.rows[m.name][i].items() if k not in META})
+        row["weights_sha256"] = res.weights[ref.name]
         rows.append(row)
-        del model
     return rows
 
 
-def _lape_inputs(shards, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
-    """Fixed held-out token windows per language for LAPE (validation split)."""
-    from babeltower.evaluate.loss import documents_from_shards
-    from babeltower.probes.neurons import windows_from_ids
+# LAPE reads at least this many tokens from at least this many documents per language
+# (fewer only when the split is smaller; the row then says how many were read)
+LAPE_MIN_TOKENS = 65536
+LAPE_MIN_DOCUMENTS = 20
 
-    n = cfg.probes.neuron_tokens_per_language
+
+def _lape_inputs(shards, cfg: ExperimentConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Fixed held-out token windows per language for LAPE (validation split), and per
+    language the tokens and documents they hold."""
+    n = max(cfg.probes.neuron_tokens_per_language, LAPE_MIN_TOKENS)
     docs = documents_from_shards(shards, cfg.languages, "validation", n)
-    return {lang: windows_from_ids(np.concatenate([d.tokens for d in ds]), n, cfg.model.seq_len)
-            for lang, ds in docs.items()}
+    few = [lang for lang, ds in docs.items() if len(ds) < LAPE_MIN_DOCUMENTS]
+    if few:   # long documents: take more of them, whatever their tokens add up to
+        more = documents_from_shards(shards, few, "validation", 1 << 62, LAPE_MIN_DOCUMENTS)
+        docs.update({lang: ds for lang, ds in more.items() if len(ds) > len(docs[lang])})
+    windows, counted = {}, {}
+    for lang, ds in docs.items():
+        ids = np.concatenate([d.tokens for d in ds])
+        windows[lang] = windows_from_ids(ids, ids.size, cfg.model.seq_len)
+        counted[lang] = {"tokens": int(windows[lang].size), "documents": len(ds)}
+    return windows, counted
 
 
 def _neuron_row(model, windows: dict, cfg: ExperimentConfig, pair_languages: list[str]) -> dict:
     """LAPE on one model: |S_l| per language, T = S_primary ∩ S_new per new language."""
-    from babeltower.probes.neurons import collect_stats, lape_select
-
-    stats = collect_stats(model, windows, batch_size=16)
+    stats = collect_stats(model, windows, batch_size=16, point="act_fn")
     langs = list(windows)
-    sel = lape_select(stats.probabilities(langs), langs, top_rate=cfg.probes.top_rate)
+    sel = lape_select(stats.probabilities(langs), langs, top_rate=cfg.probes.top_rate,
+                      assign="tang")
     out = {"specific_count": {lang: int(len(sel.sets[lang])) for lang in langs},
-           "transfer_count": {}, "transfer_ratio": {}, "transfer_by_layer": {}}
+           "transfer_count": {}, "transfer_ratio": {}, "transfer_by_layer": {},
+           "lape_point": "act_fn", "lape_assign": "tang"}
     for lang in pair_languages:
         t = sel.transfer(cfg.primary, lang)
         n_new = len(sel.sets[lang])

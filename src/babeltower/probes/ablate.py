@@ -9,6 +9,7 @@ language" from "any neurons matter".
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from babeltower.errors import BabelError
-from babeltower.probes.neurons import _hook_modules, n_neurons, read_neuron_sets
+from babeltower.architectures import neuron_modules
+from babeltower.probes.neurons import n_neurons, read_neuron_sets
 
 
 def _as_layer_dict(neurons) -> dict[int, list[int]]:
@@ -37,7 +39,7 @@ def zero_neurons(model, neurons):
     import torch
 
     layers = _as_layer_dict(neurons)
-    mods = _hook_modules(model, "down_proj_input")
+    mods = neuron_modules(model, "down_proj_input")
     width = n_neurons(model)
     handles = []
     for layer, idx in layers.items():
@@ -129,55 +131,67 @@ def select_set(record: dict, set_name: str, layer: int | None = None) -> dict[in
     return sets
 
 
+class AblateMeasure:
+    """Neuron ablation as a series measure: per checkpoint the rows of ``ablate`` for that
+    checkpoint's neuron set (``sets[checkpoint name]``)."""
+
+    name = "ablate"
+
+    def __init__(self, data, languages: Sequence[str], sets: dict[str, dict[int, list[int]]],
+                 set_name: str, layer: int | None = None, n_tokens: int = 32768,
+                 seq_len: int = 256, batch_size: int = 8, split: str = "validation",
+                 control_seed: int | None = 0):
+        self.data, self.langs, self.sets = data, [canonical(l) for l in languages], sets
+        self.set_name, self.layer, self.n_tokens, self.seq_len = set_name, layer, n_tokens, seq_len
+        self.batch_size, self.split, self.control_seed = batch_size, split, control_seed
+
+    def config(self) -> dict:
+        return {"languages": self.langs, "set": self.set_name, "layer": self.layer,
+                "n_tokens": self.n_tokens, "seq_len": self.seq_len, "split": self.split,
+                "control_seed": self.control_seed, "data": str(self.data),
+                "sets": {k: {str(l): v for l, v in s.items()} for k, s in self.sets.items()}}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        windows = load_windows(self.data, self.langs, tokenizer, self.n_tokens, self.seq_len,
+                               self.split)
+        df = ablate(model, windows, self.sets[ref.name], self.batch_size, self.control_seed)
+        df["set"] = self.set_name
+        df["layer"] = self.layer
+        return json.loads(df.to_json(orient="records"))
+
+
 def run_ablate(source, data, languages: Sequence[str], neurons: str | os.PathLike,
                set_name: str, *, layer: int | None = None, revisions: list[str] | None = None,
                out: str | os.PathLike | None = None, n_tokens: int = 32768, seq_len: int = 256,
                batch_size: int = 8, split: str = "validation", control_seed: int | None = 0,
-               progress: bool = True, overwrite: bool = False):
+               progress: bool = True, overwrite: bool = False,
+               series: SeriesOptions | None = None):
     """Ablate a neuron set in every checkpoint of ``source`` and report per-language loss
     changes. ``neurons``: a ``.neurons.json`` file (used for every checkpoint) or a
     ``run_neurons`` output dir (each checkpoint uses its own ``<name>.neurons.json``)."""
-    import pandas as pd
-
-    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
-    from babeltower.languages import canonical
-    from babeltower.probes.lens import _checkpoints, _parquet_bytes, _progress, _safe_name
-    from babeltower.probes.neurons import load_windows
-
-    langs = [canonical(l) for l in languages]
+    series = series or SeriesOptions(progress=progress, overwrite=overwrite)
     npath = Path(neurons)
     if not npath.exists():
         raise BabelError(f"neuron sets not found: {npath}")
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and (out_dir / "ablate.csv").exists() and not overwrite:
-        raise BabelError(f"output {out_dir / 'ablate.csv'} already exists "
-                         "(pass --overwrite to replace it)")
-    frames = []
-    refs = _checkpoints(source, revisions)
+    refuse_existing(out, series.overwrite)
+    refs = checkpoints_of(source, revisions)
     sets = {}
     for ref in refs:  # every neuron set is checked before any model is loaded
-        f = npath if npath.is_file() else npath / "checkpoints" / f"{_safe_name(ref.name)}.neurons.json"
+        f = npath if npath.is_file() else npath / "checkpoints" / f"{safe_name(ref.name)}.neurons.json"
         sets[ref.name] = select_set(read_neuron_sets(f), set_name, layer)
         if not sets[ref.name]:
             raise BabelError(f"neuron set {set_name!r} is empty for {ref.name}"
                              + (f" at layer {layer}" if layer is not None else ""))
-    for ref in _progress(refs, progress, "ablate"):
-        sel = sets[ref.name]
-        model, tokenizer = ref.load()
-        windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split)
-        df = ablate(model, windows, sel, batch_size, control_seed)
-        df.insert(0, "checkpoint", ref.name)
-        df.insert(1, "step", ref.step)
-        df["set"] = set_name
-        df["layer"] = layer
-        frames.append(df)
-        del model
-    df = pd.concat(frames, ignore_index=True)
-    if out_dir is not None:
-        atomic_write_bytes(out_dir / "ablate.parquet", _parquet_bytes(df))
-        atomic_write_bytes(out_dir / "ablate.csv", df.to_csv(index=False).encode())
-        atomic_write_json(out_dir / "provenance.json", provenance(
-            config={"languages": langs, "set": set_name, "layer": layer, "n_tokens": n_tokens,
-                    "seq_len": seq_len, "split": split, "control_seed": control_seed},
-            source=str(source), neurons=str(npath), checkpoints=[r.name for r in refs]))
+    m = AblateMeasure(data, languages, sets, set_name, layer, n_tokens, seq_len, batch_size,
+                      split, control_seed)
+    res = run_series(refs, [m], state=state_dir_for(out), options=series)
+    df = res.frame("ablate")
+    if out is not None:
+        def write(d: Path) -> None:
+            atomic_write_bytes(d / "ablate.parquet", parquet_bytes(df))
+            atomic_write_bytes(d / "ablate.csv", df.to_csv(index=False).encode())
+            atomic_write_json(d / "provenance.json", provenance(
+                config=m.config(), source=str(source), neurons=str(npath),
+                checkpoints=[r.name for r in refs], weights_sha256=res.weights))
+        write_outputs(out, write, res, overwrite=True)
     return df

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,17 @@ def _revisions(revisions: Optional[str]):
     return [r.strip() for r in revisions.split(",") if r.strip()] if revisions else None
 
 
+def _steps(steps: Optional[str]) -> list[int] | None:
+    from babeltower.errors import BabelError
+
+    if not steps:
+        return None
+    try:
+        return [int(x) for x in steps.split(",") if x.strip()]
+    except ValueError:
+        raise BabelError(f"--steps expects comma-separated integers, got {steps!r}") from None
+
+
 @app.command("lens")
 def lens_cmd(
     source: str = typer.Argument(..., help="Run dir, HF model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
@@ -64,6 +76,8 @@ def lens_cmd(
     revisions: Optional[str] = typer.Option(None, help="Comma-separated hub revisions."),
     batch_size: int = typer.Option(16, min=1),
     padding_side: str = typer.Option("left", help="left | right (results are the same)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated steps of the checkpoints, "
+                                        "in order (for directories without step names)."),
     plot: bool = typer.Option(True, help="Write heatmaps (PNG) next to the tables."),
     overwrite: bool = typer.Option(False, help="Recompute and replace existing results."),
 ):
@@ -74,7 +88,10 @@ def lens_cmd(
     from babeltower.probes.plots import lens_heatmap
 
     df = run_lens(source, suite_path, primary=primary, new=new, revisions=_revisions(revisions),
-                  out=out, batch_size=batch_size, padding_side=padding_side, overwrite=overwrite)
+                  out=out, batch_size=batch_size, padding_side=padding_side, overwrite=overwrite,
+                  steps=_steps(steps))
+    if os.environ.get("RANK", "0") != "0":
+        return   # under torchrun every rank returns the whole series; rank 0 reports it
     if plot:
         for measure in ("logp_diff", "prefers_new", "top1_new"):
             lens_heatmap(df, out / f"heatmap_{measure}.png", measure=measure)
@@ -131,23 +148,40 @@ def neurons_cmd(
     seq_len: int = typer.Option(256, min=2),
     batch_size: int = typer.Option(8, min=1),
     split: str = typer.Option("validation"),
-    point: str = typer.Option("down_proj_input", help="down_proj_input | act_fn (Tang's LLaMA code)."),
+    point: str = typer.Option("act_fn", help="act_fn (Tang et al.: act(gate_proj(x)); GELU "
+                              "output for GPT-2) | down_proj_input (act(gate) * up)."),
     top_rate: float = typer.Option(0.01, help="Share of neurons kept by lowest entropy (Tang: 0.01-0.05)."),
-    filter_rate: float = typer.Option(0.95, help="Quantile of all probabilities a kept neuron must exceed."),
-    activation_bar_ratio: float = typer.Option(0.95, help="Quantile for assigning a neuron to a language."),
-    assign: str = typer.Option("selected", help="selected (Tang's code) | filter."),
+    filter_rate: float = typer.Option(0.95, help="Quantile of ALL probabilities a kept neuron must exceed (strict)."),
+    activation_bar_ratio: float = typer.Option(0.95, help="Quantile of ALL probabilities a language's "
+                                               "probability must exceed (strict) to own a kept neuron."),
+    assign: str = typer.Option("tang", help="tang (Tang et al.'s rule) | filter (the filter "
+                               "bar) | selected (ours: quantile of the kept neurons, >=)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated steps of the checkpoints, "
+                                        "in order (for directories without step names)."),
     overwrite: bool = typer.Option(False),
 ):
     """LAPE language-specific neurons per checkpoint, and transferring neurons T = S_primary ∩ S_new."""
     from rich.console import Console
 
-    from babeltower.probes.neurons import run_neurons, summarize_neurons
+    from babeltower.probes.neurons import LapeOptions, run_neurons, summarize_neurons
+    from babeltower.series import SeriesOptions
 
-    df = run_neurons(source, _data_arg(data, text), _languages(languages), primary,
-                     revisions=_revisions(revisions), out=out, n_tokens=n_tokens, seq_len=seq_len,
-                     batch_size=batch_size, split=split, point=point, top_rate=top_rate,
-                     filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
-                     assign=assign, overwrite=overwrite)
+    from pydantic import ValidationError
+
+    from babeltower.errors import BabelError
+
+    try:
+        options = LapeOptions(languages=_languages(languages), primary=primary,
+                              n_tokens=n_tokens, seq_len=seq_len, batch_size=batch_size,
+                              split=split, point=point, top_rate=top_rate,
+                              filter_rate=filter_rate,
+                              activation_bar_ratio=activation_bar_ratio, assign=assign)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "options"
+        raise BabelError(f"LAPE option {where}: {err['msg']}") from None
+    df = run_neurons(source, _data_arg(data, text), options, revisions=_revisions(revisions),
+                     out=out, series=SeriesOptions(overwrite=overwrite), steps=_steps(steps))
     console = Console()
     _print_frame(console, summarize_neurons(df), "LAPE per checkpoint (all layers)")
     console.print(f"wrote {out}/neurons.parquet, neurons.csv, summary.csv, checkpoints/*.neurons.json")

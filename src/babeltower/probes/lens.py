@@ -28,56 +28,23 @@ Measures per prompt and layer (first-token attribution, see ``suite.ATTRIBUTION`
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
+from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
-from babeltower.probes.suite import ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite
+from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+from babeltower.checkpoints import convert_gguf
+from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
+                                     load_suite)
+from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
+                               state_dir_for, write_outputs)
 
 MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new", "logp_diff",
             "prefers_new", "primary_vs_control")
-
-
-# --------------------------------------------------------------------------- adapters
-
-@dataclass(frozen=True)
-class LensAdapter:
-    """Where an architecture keeps its final norm and its unembedding."""
-
-    final_norm: str   # attribute path from the *CausalLM module
-    unembed: str      # used only if the model has no get_output_embeddings()
-
-
-_LLAMA_LIKE = LensAdapter("model.norm", "lm_head")
-LENS_ADAPTERS: dict[str, LensAdapter] = {
-    # model_type -> adapter. Models with extra logit transforms (Gemma 2 soft-capping,
-    # Cohere/Granite logit scales) are left out on purpose: the lens would not reproduce
-    # their logits.
-    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe",
-                                "olmo", "olmo2", "phi3", "starcoder2", "smollm3", "stablelm")},
-    "gpt2": LensAdapter("transformer.ln_f", "lm_head"),
-    "gpt_bigcode": LensAdapter("transformer.ln_f", "lm_head"),
-    "gptj": LensAdapter("transformer.ln_f", "lm_head"),
-    "codegen": LensAdapter("transformer.ln_f", "lm_head"),
-    "gpt_neox": LensAdapter("gpt_neox.final_layer_norm", "lm_head"),  # "embed_out" before transformers 5
-    "phi": LensAdapter("model.final_layernorm", "lm_head"),
-}
-
-
-def _get_attr(module, path: str):
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
-def lens_adapter(model) -> LensAdapter:
-    mt = getattr(model.config, "model_type", None)
-    if mt not in LENS_ADAPTERS:
-        raise BabelError(f"logit lens does not support architecture {mt!r} "
-                         f"(supported: {', '.join(sorted(LENS_ADAPTERS))})")
-    return LENS_ADAPTERS[mt]
 
 
 def position_ids_for(attention_mask):
@@ -97,11 +64,9 @@ class LogitLens:
     """Decode every layer's hidden state through the model's own final norm + unembedding."""
 
     def __init__(self, model):
-        ad = lens_adapter(model)
         self.model = model
-        self.norm = _get_attr(model, ad.final_norm)
-        out_emb = model.get_output_embeddings()
-        self.unembed = out_emb if out_emb is not None else _get_attr(model, ad.unembed)
+        self.norm = final_norm(model)
+        self.unembed = unembedding(model)
         self.n_layers = int(model.config.num_hidden_layers)
         self.decoder = model.base_model
 
@@ -284,19 +249,9 @@ def aggregate_items(item_df):
     return out
 
 
-# --------------------------------------------------------------------------- series runner
-
-def _checkpoints(source, revisions):
-    from babeltower.checkpoints import CheckpointRef, list_checkpoints
-
-    if isinstance(source, (list, tuple)) and source and isinstance(source[0], CheckpointRef):
-        return list(source)
-    return list_checkpoints(source, revisions=revisions)
-
+# --------------------------------------------------------------------------- series
 
 def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
-    from babeltower.probes.suite import load_suite
-
     if isinstance(suite, ProbeSuite):
         return suite
     if isinstance(suite, CheckedSuite):
@@ -306,28 +261,42 @@ def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
     return load_suite(primary, new, path=suite)
 
 
-def check_cache(cache: Path, config: dict, overwrite: bool) -> None:
-    """Per-checkpoint caches are only reused with the settings that made them."""
-    import json
-
-    from babeltower.io import atomic_write_json, sha256_json
-
-    f = cache / "cache_config.json"
-    digest = sha256_json(config)
-    if f.exists() and not overwrite:
-        try:
-            old = json.loads(f.read_text()).get("sha256")
-        except json.JSONDecodeError:
-            old = None
-        if old != digest:
-            raise BabelError(f"cached results in {cache} were made with other settings "
-                             "(pass --overwrite or use another --out)")
-        return
-    atomic_write_json(f, {"sha256": digest, "config": config})
+LENS_COLUMNS = ["checkpoint", "step", "tokens", "layer", "n_layers", "side", "pair_language",
+                "kind", "measure", "value", "n", "sem", "attribution", "suite",
+                "weights_sha256", "config_sha256", "data_sha256"]
 
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+@dataclass
+class LensMeasure:
+    """The logit lens as a series measure (``babeltower.series``): per checkpoint the
+    prompt means of ``aggregate_items``, one row per (layer, side, kind, measure)."""
+
+    suite: ProbeSuite
+    batch_size: int = 16
+    padding_side: str = "left"
+    add_bos: bool | None = None
+    full_sequence: bool = True
+    name: str = "lens"
+    tokenizer_check: dict = field(default_factory=dict)
+
+    def config(self) -> dict:
+        # batch size and padding side do not change the numbers (tested), so not here
+        return {"suite": self.suite.model_dump(mode="json", exclude={"source"}),
+                "add_bos": self.add_bos, "full_sequence": self.full_sequence}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        checked = self.suite.check(tokenizer, add_bos=self.add_bos)
+        self.tokenizer_check[ref.name] = checked.summary()
+        if not checked.items:
+            raise BabelError(f"no usable probe prompts for {ref.name}'s tokenizer "
+                             f"({len(checked.dropped)} dropped, {len(checked.shared)} shared)")
+        items = lens_items(model, tokenizer, checked, self.batch_size, self.padding_side,
+                           full_sequence=self.full_sequence)
+        agg = aggregate_items(items)
+        agg.insert(0, "tokens", ref.tokens)
+        agg["n_layers"] = int(model.config.num_hidden_layers)
+        agg["suite"] = self.suite.name
+        return json.loads(agg.to_json(orient="records"))
 
 
 def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
@@ -335,78 +304,39 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
              revisions: list[str] | None = None, out: str | os.PathLike | None = None,
              batch_size: int = 16, padding_side: str = "left", add_bos: bool | None = None,
              full_sequence: bool = True, progress: bool = True, overwrite: bool = False,
-             on_checkpoint: Callable[[str], None] | None = None):
+             on_checkpoint: Callable[[str], None] | None = None,
+             options: SeriesOptions | None = None, steps: list[int] | None = None):
     """Logit lens over every checkpoint of ``source``: a tidy DataFrame with columns
-    (checkpoint, step, tokens, layer, n_layers, side, pair_language, kind, measure, value,
-    n, sem, attribution).
+    ``LENS_COLUMNS`` (checkpoint, step, tokens, layer, n_layers, side, pair_language, kind,
+    measure, value, n, sem, attribution, suite, and the weights/config/data hashes).
 
     ``suite``: a ProbeSuite, or a suite file/dir (with ``primary``/``new``), or None for the
-    built-in suite of (primary, new). With ``out``, per-checkpoint results are cached in
-    ``out/checkpoints/`` (a rerun skips finished checkpoints) and the combined table is
-    written as ``lens.parquet`` + ``lens.csv`` + ``summary.csv`` + ``provenance.json``.
+    built-in suite of (primary, new). With ``out``, an interrupted run resumes from
+    ``<out>.partial/`` and the finished directory (``lens.parquet`` + ``lens.csv`` +
+    ``summary.csv`` + ``provenance.json``) appears as one unit.
     """
-    import pandas as pd
-    import torch
-
-    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
-
     suite = _as_suite(suite, primary, new)
-    refs = _checkpoints(source, revisions)
-    out_dir = Path(out) if out is not None else None
-    cache = out_dir / "checkpoints" if out_dir is not None else None
-    if out_dir is not None and (out_dir / "lens.parquet").exists() and not overwrite:
-        raise BabelError(f"output {out_dir / 'lens.parquet'} already exists "
-                         "(pass --overwrite to replace it)")
-    if cache is not None:
-        check_cache(cache, {"suite": suite.model_dump(mode="json", exclude={"source"}),
-                            "add_bos": add_bos, "full_sequence": full_sequence}, overwrite)
-    frames = []
-    checked_summaries = {}
-    bar = _progress(refs, progress, "logit lens")
-    for ref in bar:
-        cfile = cache / f"{_safe_name(ref.name)}.parquet" if cache is not None else None
-        if cfile is not None and cfile.exists() and not overwrite:
-            frames.append(pd.read_parquet(cfile))
-            continue
-        model, tokenizer = ref.load()
-        checked = suite.check(tokenizer, add_bos=add_bos)
-        checked_summaries[ref.name] = checked.summary()
-        if not checked.items:
-            raise BabelError(f"no usable probe prompts for {ref.name}'s tokenizer "
-                             f"({len(checked.dropped)} dropped, {len(checked.shared)} shared)")
-        with torch.inference_mode():
-            items = lens_items(model, tokenizer, checked, batch_size, padding_side,
-                               full_sequence=full_sequence)
-        agg = aggregate_items(items)
-        agg.insert(0, "checkpoint", ref.name)
-        agg.insert(1, "step", ref.step)
-        agg.insert(2, "tokens", ref.tokens)
-        agg["n_layers"] = int(model.config.num_hidden_layers)
-        agg["suite"] = suite.name
-        if cfile is not None:
-            buf = _parquet_bytes(agg)
-            atomic_write_bytes(cfile, buf)
-            atomic_write_bytes(cache / f"{_safe_name(ref.name)}.items.parquet",
-                               _parquet_bytes(items))
-        frames.append(agg)
-        if on_checkpoint is not None:
-            on_checkpoint(ref.name)
-        del model
-    df = pd.concat(frames, ignore_index=True)
-    df = df[["checkpoint", "step", "tokens", "layer", "n_layers", "side", "pair_language",
-             "kind", "measure", "value", "n", "sem", "attribution", "suite"]]
-    if out_dir is not None:
-        atomic_write_bytes(out_dir / "lens.parquet", _parquet_bytes(df))
-        atomic_write_bytes(out_dir / "lens.csv", df.to_csv(index=False).encode())
-        atomic_write_bytes(out_dir / "summary.csv",
-                           summarize_lens(df).to_csv(index=False).encode())
-        atomic_write_json(out_dir / "provenance.json", provenance(
-            config={"suite": suite.model_dump(mode="json"), "batch_size": batch_size,
-                    "padding_side": padding_side, "add_bos": add_bos,
-                    "full_sequence": full_sequence},
-            source=str(source) if not isinstance(source, list) else [r.path for r in refs],
-            revisions=revisions, checkpoints=[r.name for r in refs],
-            attribution=ATTRIBUTION, tokenizer_check=checked_summaries))
+    refuse_existing(out, overwrite)
+    lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence)
+    opts = options or SeriesOptions(progress=progress, overwrite=overwrite)
+    res = run_series(source, [lens], state=state_dir_for(out), options=opts,
+                     revisions=revisions, steps=steps, on_checkpoint=on_checkpoint)
+    df = res.frame("lens")[LENS_COLUMNS]
+    if out is not None:
+        def write(d: Path) -> None:
+            atomic_write_bytes(d / "lens.parquet", parquet_bytes(df))
+            atomic_write_bytes(d / "lens.csv", df.to_csv(index=False).encode())
+            atomic_write_bytes(d / "summary.csv",
+                               summarize_lens(df).to_csv(index=False).encode())
+            atomic_write_json(d / "provenance.json", provenance(
+                config={"suite": suite.model_dump(mode="json"), "batch_size": batch_size,
+                        "padding_side": padding_side, "add_bos": add_bos,
+                        "full_sequence": full_sequence},
+                source=str(source) if not isinstance(source, list) else [r.path for r in res.refs],
+                revisions=revisions, checkpoints=[r.name for r in res.refs],
+                weights_sha256=res.weights, attribution=ATTRIBUTION,
+                tokenizer_check=lens.tokenizer_check))
+        write_outputs(out, write, res, overwrite=True)
     return df
 
 
@@ -463,29 +393,12 @@ def layer_table(df, checkpoint: str | None = None, side: str = "new", kind: str 
     return sel.pivot_table(index="layer", columns="measure", values="value")[list(measures)]
 
 
-def _parquet_bytes(df) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-def _progress(seq: Iterable, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    # disable=None: shown on a terminal only, so logs and captured stderr stay clean
-    return tqdm(list(seq), desc=desc, unit="ckpt", disable=None if enabled else True)
-
-
 def load_tokenizer(path: str):
     """A tokenizer from a tokenizer/model directory, a packed DATA dir, or a .gguf file."""
     from transformers import AutoTokenizer
 
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".gguf":
-        from babeltower.checkpoints import convert_gguf
-
         p = convert_gguf(p)
     elif (p / "tokenizer").is_dir() and (p / "manifest.json").exists():
         p = p / "tokenizer"

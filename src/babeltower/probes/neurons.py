@@ -1,28 +1,39 @@
 """Language-specific and language-transferring neurons (LAPE, Tang et al. 2024).
 
 For each MLP neuron and language: the probability that its activation is > 0 over N
-tokens of that language. Counted with forward pre-hooks on the MLP's down-projection,
-whose input is the intermediate activation (LLaMA gated MLP: ``act(gate) * up``;
-GPT-2: ``act(c_fc(x))``), streaming: memory does not grow with N.
+tokens of that language, counted with forward hooks (streaming: memory does not grow
+with N). Where the activation is read is ``point`` (``babeltower.architectures``):
+``"act_fn"`` (default, Tang et al.'s point: ``act_fn(gate_proj(x))`` in a gated MLP, the
+GELU output in a GPT-2-style MLP) or ``"down_proj_input"`` (``act(gate) * up``, the
+tensor the down-projection reads; for a gated MLP its sign is the product of two signs,
+a near coin flip, which is why it is not the default).
 
-``lape_select`` follows Tang et al.'s reference procedure, every threshold a parameter:
+``lape_select`` with ``assign="tang"`` (default) is Tang et al.'s rule (their
+``identify.py``), every threshold a parameter:
 
-1. normalise the probabilities over languages and take the entropy per neuron;
-2. drop neurons whose probabilities are all at or below the ``filter_rate`` quantile
-   (0.95) of all probabilities (they rarely fire for any language); if that drops every
-   neuron (saturated probabilities: the quantile is the maximum), ties count as passing;
-3. keep the ``top_rate`` (1%, 1-5% in the paper) lowest-entropy neurons;
-4. assign a kept neuron to every language whose probability reaches the
-   ``activation_bar_ratio`` quantile (0.95) of the kept neurons' probabilities
-   (``assign="selected"``, Tang's code; ties count as reaching it) - or, with
-   ``assign="filter"``, the step-2 threshold.
+1. normalise each neuron's probabilities over languages and take their entropy;
+2. the filter bar is the ``filter_rate`` quantile (0.95) of ALL probabilities (the k-th
+   smallest, k = round(N * filter_rate)); a neuron none of whose probabilities is
+   strictly above it is dropped;
+3. keep the ``top_rate`` (1%; 1-5% in the paper) lowest-entropy remaining neurons
+   (k = round(n_neurons * top_rate); ties in stable index order);
+4. the assignment bar is the ``activation_bar_ratio`` quantile (0.95) of ALL
+   probabilities; a kept neuron belongs to every language whose probability is strictly
+   above it.
+
+(Tang's ``topk`` fills up with dropped neurons when fewer than k pass step 2; those have
+no probability above the filter bar, so with ``activation_bar_ratio >= filter_rate`` they
+are never assigned: the sets are the same, and ``n_kept`` counts only passing neurons.)
+
+Other assignments, by name: ``assign="filter"`` uses the step-2 bar (the same as
+``"tang"`` when the two ratios are equal); ``assign="selected"`` (**ours, not Tang's**;
+this toolkit's earlier default) takes the ``activation_bar_ratio`` quantile of the KEPT
+neurons' probabilities with ``>=``, and when step 2 drops every neuron (saturated
+probabilities) lets ties at the filter bar pass. Every output records ``point`` and
+``assign``.
 
 **[ours]** Transferring neurons of a new language t: T = S_primary ∩ S_t, reported
 as |T| and |T|/|S_t| per layer and in total, per checkpoint.
-
-``point`` chooses the activation: ``"down_proj_input"`` (default; the tensor the
-down-projection reads) or ``"act_fn"`` (Tang's code for LLaMA: ``act(gate)`` alone,
-before the product with ``up``; only for gated MLPs with an ``act_fn`` module).
 """
 
 from __future__ import annotations
@@ -31,60 +42,21 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from babeltower.architectures import neuron_modules
+from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
-from babeltower.probes.lens import _get_attr
+from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
+                           sha256_file)
+from babeltower.languages import canonical, detect_language
+from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
+                               safe_name, state_dir_for, write_outputs)
 
-# --------------------------------------------------------------------------- adapters
-
-
-@dataclass(frozen=True)
-class MLPAdapter:
-    layers: str          # path to the list of blocks, from the *CausalLM module
-    down_proj: str       # path to the down-projection inside a block
-    act_fn: str | None   # path to the gate activation module (gated MLPs only)
-
-
-_LLAMA_MLP = MLPAdapter("model.layers", "mlp.down_proj", "mlp.act_fn")
-MLP_ADAPTERS: dict[str, MLPAdapter] = {
-    **{t: _LLAMA_MLP for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2",
-                               "smollm3", "stablelm", "gemma")},
-    "phi3": MLPAdapter("model.layers", "mlp.down_proj", None),   # fused gate_up_proj
-    "starcoder2": MLPAdapter("model.layers", "mlp.c_proj", None),
-    "phi": MLPAdapter("model.layers", "mlp.fc2", None),
-    "gpt2": MLPAdapter("transformer.h", "mlp.c_proj", None),
-    "gpt_bigcode": MLPAdapter("transformer.h", "mlp.c_proj", None),
-    "gptj": MLPAdapter("transformer.h", "mlp.fc_out", None),
-    "codegen": MLPAdapter("transformer.h", "mlp.fc_out", None),
-    "gpt_neox": MLPAdapter("gpt_neox.layers", "mlp.dense_4h_to_h", None),
-}
-POINTS = ("down_proj_input", "act_fn")
-
-
-def mlp_adapter(model) -> MLPAdapter:
-    mt = getattr(model.config, "model_type", None)
-    if mt not in MLP_ADAPTERS:
-        raise BabelError(f"neuron probes do not support architecture {mt!r} "
-                         f"(supported: {', '.join(sorted(MLP_ADAPTERS))})")
-    return MLP_ADAPTERS[mt]
-
-
-def _hook_modules(model, point: str):
-    """(module, kind) per layer: kind 'pre' reads the module's input, 'out' its output."""
-    if point not in POINTS:
-        raise BabelError(f"unknown activation point {point!r} (choose from {', '.join(POINTS)})")
-    ad = mlp_adapter(model)
-    blocks = _get_attr(model, ad.layers)
-    if point == "act_fn":
-        if ad.act_fn is None:
-            raise BabelError(f"point 'act_fn' needs a gated MLP with an act_fn module; "
-                             f"{model.config.model_type} has none (use down_proj_input)")
-        return [(_get_attr(b, ad.act_fn), "out") for b in blocks]
-    return [(_get_attr(b, ad.down_proj), "pre") for b in blocks]
-
+# --------------------------------------------------------------------------- model
 
 def n_neurons(model) -> int:
     """Width of the MLP intermediate activation."""
@@ -129,8 +101,6 @@ class NeuronStats:
     def save(self, path: str | os.PathLike) -> None:
         import io
 
-        from babeltower.io import atomic_write_bytes
-
         buf = io.BytesIO()
         langs = self.languages
         np.savez(buf, languages=np.array(langs), tokens=np.array([self.tokens[l] for l in langs]),
@@ -153,7 +123,7 @@ class NeuronStats:
 
 
 @contextmanager
-def count_positive(model, point: str = "down_proj_input"):
+def count_positive(model, point: str = "act_fn"):
     """Hooks that add each layer's per-neuron count of activations > 0 into ``sink``.
 
     Yields ``sink``: a dict with "positives" -> (n_layers, width) int64 tensor and
@@ -161,7 +131,7 @@ def count_positive(model, point: str = "down_proj_input"):
     """
     import torch
 
-    mods = _hook_modules(model, point)
+    mods = neuron_modules(model, point)
     sink: dict = {"positives": None, "mask": None}
     handles = []
 
@@ -192,13 +162,13 @@ def count_positive(model, point: str = "down_proj_input"):
 
 
 def collect_stats(model, windows: Mapping[str, np.ndarray], batch_size: int = 8,
-                  point: str = "down_proj_input", stats: NeuronStats | None = None,
+                  point: str = "act_fn", stats: NeuronStats | None = None,
                   progress: bool = False) -> NeuronStats:
     """Count positive activations per language over token windows (lang -> (n, seq) ids)."""
     import torch
     from tqdm.auto import tqdm
 
-    n_layers = len(_hook_modules(model, point))
+    n_layers = len(neuron_modules(model, point))
     stats = stats or NeuronStats(n_layers=n_layers, width=0)
     vocab = int(model.config.vocab_size)
     decoder = model.base_model
@@ -241,8 +211,6 @@ def windows_from_ids(ids: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray
 
 def _text_files(paths, language: str | None = None) -> list[Path]:
     """Files given, and inside given directories the files of ``language`` (by extension)."""
-    from babeltower.languages import detect_language
-
     out: list[Path] = []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         p = Path(p)
@@ -266,8 +234,6 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
     """Token windows per language from a packed DATA dir (``TokenShards``, ``split``) or
     from raw text (``{lang: file | dir | [files]}``; in a directory, the files of that
     language), tokenised with ``tokenizer``. ``used_files`` collects the files read."""
-    from babeltower.languages import canonical
-
     out: dict[str, np.ndarray] = {}
     if isinstance(data, Mapping):
         if tokenizer is None:
@@ -289,8 +255,6 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
                     break
             out[lang] = windows_from_ids(np.asarray(ids, dtype=np.int64), n_tokens, seq_len)
         return out
-    from babeltower.corpus.shards import TokenShards
-
     shards = TokenShards(data)
     for lang in languages:
         sp = shards.split(lang, split)
@@ -311,6 +275,7 @@ class LapeSelection:
     filter_threshold: float
     activation_bar: float
     n_kept: int
+    assign: str = "tang"
 
     def per_layer(self, lang: str) -> np.ndarray:
         return np.bincount(self.sets[lang][:, 0], minlength=self.n_layers)
@@ -332,60 +297,81 @@ class LapeSelection:
     def to_json(self) -> dict:
         return {"languages": self.languages, "n_layers": self.n_layers, "width": self.width,
                 "filter_threshold": self.filter_threshold, "activation_bar": self.activation_bar,
-                "n_kept": self.n_kept,
+                "n_kept": self.n_kept, "assign": self.assign,
                 "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()}}
+
+    @classmethod
+    def from_json(cls, rec: dict) -> "LapeSelection":
+        sets = {}
+        for lang, by_layer in rec["sets"].items():
+            pairs = [(int(k), int(i)) for k, idx in by_layer.items() for i in idx]
+            sets[lang] = (np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
+        return cls(list(rec["languages"]), int(rec["n_layers"]), int(rec["width"]), sets,
+                   float(rec["filter_threshold"]), float(rec["activation_bar"]),
+                   int(rec["n_kept"]), rec.get("assign", "selected"))
 
 
 def _layer_dict(pairs: np.ndarray, n_layers: int) -> dict[str, list[int]]:
     return {str(k): sorted(int(i) for i in pairs[pairs[:, 0] == k, 1]) for k in range(n_layers)}
 
 
+ASSIGN = ("tang", "filter", "selected")
+
+
+def _kth_smallest(values: np.ndarray, ratio: float) -> float:
+    """``torch.kthvalue(round(n * ratio))`` as in Tang's code (1-based, Python rounding)."""
+    flat = np.sort(values.ravel())
+    return float(flat[max(1, int(round(flat.size * ratio))) - 1])
+
+
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of each neuron's probabilities normalised over languages (0 if all zero)."""
+    total = probs.sum(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normed = np.where(total > 0, probs / total, 0.0)
+        logn = np.where(normed > 0, np.log(normed), 0.0)
+    return -(normed * logn).sum(axis=0)                          # (layers, width)
+
+
 def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0.01,
                 filter_rate: float = 0.95, activation_bar_ratio: float = 0.95,
-                assign: str = "selected") -> LapeSelection:
-    """Tang et al.'s LAPE selection on (n_languages, n_layers, width) probabilities."""
+                assign: str = "tang") -> LapeSelection:
+    """LAPE selection on (n_languages, n_layers, width) probabilities (module docstring)."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[0] != len(languages):
         raise BabelError("probabilities must be (n_languages, n_layers, width)")
     if not 0 < top_rate <= 1 or not 0 < filter_rate < 1 or not 0 < activation_bar_ratio < 1:
         raise BabelError("top_rate in (0, 1], filter_rate and activation_bar_ratio in (0, 1)")
-    if assign not in ("selected", "filter"):
-        raise BabelError(f"assign must be 'selected' or 'filter', not {assign!r}")
+    if assign not in ASSIGN:
+        raise BabelError(f"assign must be one of {', '.join(ASSIGN)}, not {assign!r}")
     n_lang, n_layers, width = probs.shape
-    total = probs.sum(axis=0, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normed = np.where(total > 0, probs / total, 0.0)
-        logn = np.where(normed > 0, np.log(normed), 0.0)
-    entropy = -(normed * logn).sum(axis=0)                       # (layers, width)
-    flat = np.sort(probs.ravel())
-    # torch.kthvalue(k) is the k-th smallest (1-based), as in Tang's code
-    k = max(1, int(round(flat.size * filter_rate)))
-    filter_thr = float(flat[k - 1])
-    passes = (probs > filter_thr).sum(axis=0) > 0
-    if not passes.any():
-        # saturated probabilities (tiny models: over 5% of them exactly 1.0) leave nothing
-        # strictly above the quantile; then ties at the threshold count, as in step 4
-        passes = (probs >= filter_thr).sum(axis=0) > 0
+    entropy = _entropy(probs)
+    filter_thr = _kth_smallest(probs, filter_rate)
+    passes = (probs > filter_thr).any(axis=0)
+    if assign == "selected" and not passes.any():
+        passes = (probs >= filter_thr).any(axis=0)   # ours: ties pass when nothing else does
     entropy = np.where(passes, entropy, np.inf)
-    n_keep = int(round(entropy.size * top_rate))
-    n_keep = min(max(n_keep, 1), int(passes.sum()))
+    n_keep = min(int(round(entropy.size * top_rate)), int(passes.sum()))
     order = np.argsort(entropy.ravel(), kind="stable")[:n_keep]
     rows, cols = np.unravel_index(order, entropy.shape)
     sel = probs[:, rows, cols]                                    # (n_lang, n_keep)
-    if assign == "selected" and sel.size:
-        s = np.sort(sel.ravel())
-        bar = float(s[max(1, int(round(s.size * activation_bar_ratio))) - 1])
-        hit = (sel >= bar) & (sel > 0)
-    else:
+    if assign == "tang":
+        bar = _kth_smallest(probs, activation_bar_ratio)
+        hit = sel > bar
+    elif assign == "filter":
         bar = filter_thr
-        hit = sel > filter_thr
+        hit = sel > bar
+    else:
+        bar = _kth_smallest(sel, activation_bar_ratio) if sel.size else filter_thr
+        hit = (sel >= bar) & (sel > 0)
     sets = {}
     for li, lang in enumerate(languages):
         j = np.flatnonzero(hit[li])
         pairs = np.stack([rows[j], cols[j]], axis=1).astype(np.int64) if j.size else \
             np.zeros((0, 2), dtype=np.int64)
         sets[lang] = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs
-    return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep)
+    return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep,
+                         assign)
 
 
 def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F821
@@ -414,117 +400,138 @@ def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F
     return df
 
 
-# --------------------------------------------------------------------------- series runner
+# --------------------------------------------------------------------------- series
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+class LapeOptions(BaseModel):
+    """What LAPE counts and how it selects (recorded with every output)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    languages: list[str]
+    primary: str = "python"
+    n_tokens: int = Field(65536, ge=1)      # tokens per language
+    seq_len: int = Field(256, ge=2)
+    batch_size: int = Field(8, ge=1)
+    split: str = "validation"
+    point: Literal["act_fn", "down_proj_input"] = "act_fn"
+    top_rate: float = Field(0.01, gt=0, le=1)
+    filter_rate: float = Field(0.95, gt=0, lt=1)
+    activation_bar_ratio: float = Field(0.95, gt=0, lt=1)
+    assign: Literal["tang", "filter", "selected"] = "tang"
+
+    @model_validator(mode="after")
+    def _languages(self) -> "LapeOptions":
+        langs = [canonical(l) for l in self.languages]
+        self.primary = canonical(self.primary)
+        if self.primary not in langs:
+            langs = [self.primary] + langs
+        if len(langs) < 2:
+            raise ValueError("LAPE needs at least two languages")
+        self.languages = langs
+        return self
 
 
-def run_neurons(source, data, languages: Sequence[str], primary: str, *,
-                revisions: list[str] | None = None, out: str | os.PathLike | None = None,
-                n_tokens: int = 65536, seq_len: int = 256, batch_size: int = 8,
-                split: str = "validation", point: str = "down_proj_input",
-                top_rate: float = 0.01, filter_rate: float = 0.95,
-                activation_bar_ratio: float = 0.95, assign: str = "selected",
-                progress: bool = True, overwrite: bool = False,
-                on_checkpoint: Callable[[str], None] | None = None):
-    """LAPE over every checkpoint of ``source``: a tidy DataFrame (checkpoint, step, tokens,
-    layer, language, measure, value) with n_specific, n_transfer, transfer_ratio
-    (layer <NA> = all layers).
+def _describe(data) -> str | dict:
+    if isinstance(data, Mapping):
+        return {k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v)
+                for k, v in data.items()}
+    return str(data)
 
-    ``data``: a packed DATA dir (token ids used as they are) or ``{lang: text paths}``
-    (tokenised with each checkpoint's tokenizer). With ``out``: per-checkpoint counts
-    (``checkpoints/<name>.stats.npz``, reused on a rerun - only the cheap selection is
-    redone) and neuron sets (``<name>.neurons.json``), plus ``neurons.parquet``/``.csv``,
-    ``summary.csv`` and ``provenance.json``.
-    """
+
+class NeuronsMeasure:
+    """LAPE as a series measure: one row per checkpoint holding its neuron-set record
+    (``<checkpoint>.neurons.json``: sets, transfer sets, bars, tokens counted, point)."""
+
+    name = "lape"
+
+    def __init__(self, data, options: LapeOptions):
+        self.data, self.opt = data, options
+        # bad data fails before any model is loaded
+        self.packed = (None if isinstance(data, Mapping) else
+                       load_windows(data, options.languages, None, options.n_tokens,
+                                    options.seq_len, options.split))
+        self.files = ([str(f) for l in options.languages
+                       for f in _text_files(data[l] if l in data else [], l)]
+                      if isinstance(data, Mapping) else [])
+
+    def config(self) -> dict:
+        return {**self.opt.model_dump(), "data": _describe(self.data)}
+
+    def data_hashes(self) -> dict:
+        return _data_hashes(self.data, self.files)
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        o = self.opt
+        windows = self.packed if self.packed is not None else load_windows(
+            self.data, o.languages, tokenizer, o.n_tokens, o.seq_len, o.split)
+        stats = collect_stats(model, windows, batch_size=o.batch_size, point=o.point)
+        sel = lape_select(stats.probabilities(o.languages), o.languages, top_rate=o.top_rate,
+                          filter_rate=o.filter_rate, activation_bar_ratio=o.activation_bar_ratio,
+                          assign=o.assign)
+        rec = sel.to_json()
+        rec["point"] = o.point
+        rec["tokens_counted"] = stats.tokens
+        rec["transfer"] = {l: _layer_dict(sel.transfer(o.primary, l), sel.n_layers)
+                           for l in o.languages if l != o.primary}
+        return [{"tokens": ref.tokens, "point": o.point, "assign": o.assign, "record": rec}]
+
+
+def neurons_frame(rows: list[dict], primary: str):
+    """The tidy table of ``run_neurons`` from the measure's per-checkpoint rows."""
     import pandas as pd
 
-    from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
-    from babeltower.languages import canonical
-    from babeltower.probes.lens import _checkpoints, _parquet_bytes, _progress
-
-    langs = [canonical(l) for l in languages]
-    primary = canonical(primary)
-    if primary not in langs:
-        langs = [primary] + langs
-    if len(langs) < 2:
-        raise BabelError("LAPE needs at least two languages")
-    refs = _checkpoints(source, revisions)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and (out_dir / "neurons.parquet").exists() and not overwrite:
-        raise BabelError(f"output {out_dir / 'neurons.parquet'} already exists "
-                         "(pass --overwrite to replace it)")
-    cache = out_dir / "checkpoints" if out_dir is not None else None
-    if cache is not None:
-        from babeltower.probes.lens import check_cache
-
-        # the counts depend on these; the selection parameters are cheap to change
-        check_cache(cache, {"languages": langs, "data": str(data) if not isinstance(data, Mapping)
-                            else {k: str(v) for k, v in data.items()}, "n_tokens": n_tokens,
-                            "seq_len": seq_len, "split": split, "point": point}, overwrite)
     frames = []
-    # bad data fails before any model is loaded
-    files_used: dict[str, None] = {}
-    packed_windows = (None if isinstance(data, Mapping)
-                      else load_windows(data, langs, None, n_tokens, seq_len, split))
-    for ref in _progress(refs, progress, "LAPE"):
-        sfile = cache / f"{_safe_name(ref.name)}.stats.npz" if cache is not None else None
-        if sfile is not None and sfile.exists() and not overwrite:
-            stats = NeuronStats.load(sfile)
-        else:
-            model, tokenizer = ref.load()
-            if isinstance(data, Mapping):
-                used = {}
-                windows = load_windows(data, langs, tokenizer, n_tokens, seq_len, split, used)
-                files_used.update({f: None for v in used.values() for f in v})
-            else:
-                windows = packed_windows
-            stats = collect_stats(model, windows, batch_size=batch_size, point=point,
-                                  progress=progress)
-            del model
-            if sfile is not None:
-                stats.save(sfile)
-        sel = lape_select(stats.probabilities(langs), langs, top_rate=top_rate,
-                          filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio,
-                          assign=assign)
-        if cache is not None:
-            rec = sel.to_json()
-            rec["checkpoint"], rec["step"] = ref.name, ref.step
-            rec["tokens_counted"] = stats.tokens
-            rec["transfer"] = {l: _layer_dict(sel.transfer(primary, l), sel.n_layers)
-                               for l in langs if l != primary}
-            atomic_write_json(cache / f"{_safe_name(ref.name)}.neurons.json", rec)
-        t = neuron_table(sel, primary)
-        t.insert(0, "checkpoint", ref.name)
-        t.insert(1, "step", ref.step)
-        t.insert(2, "tokens", ref.tokens)
+    for r in rows:
+        t = neuron_table(LapeSelection.from_json(r["record"]), primary)
+        for i, k in enumerate(("checkpoint", "step", "tokens")):
+            t.insert(i, k, r[k])
+        for k in ("point", "assign", "weights_sha256", "config_sha256", "data_sha256"):
+            t[k] = r[k]
         frames.append(t)
-        if on_checkpoint is not None:
-            on_checkpoint(ref.name)
-    df = pd.concat(frames, ignore_index=True)
-    if out_dir is not None:
-        atomic_write_bytes(out_dir / "neurons.parquet", _parquet_bytes(df))
-        atomic_write_bytes(out_dir / "neurons.csv", df.to_csv(index=False).encode())
-        atomic_write_bytes(out_dir / "summary.csv",
-                           summarize_neurons(df).to_csv(index=False).encode())
-        data_desc = ({k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v)
-                      for k, v in data.items()} if isinstance(data, Mapping) else str(data))
-        atomic_write_json(out_dir / "provenance.json", provenance(
-            config={"languages": langs, "primary": primary, "n_tokens": n_tokens,
-                    "seq_len": seq_len, "split": split, "point": point, "top_rate": top_rate,
-                    "filter_rate": filter_rate, "activation_bar_ratio": activation_bar_ratio,
-                    "assign": assign},
-            data=data_desc, data_hashes=_data_hashes(data, list(files_used)),
-            source=str(source), revisions=revisions, checkpoints=[r.name for r in refs]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | None = None,
+                out: str | os.PathLike | None = None, series: SeriesOptions | None = None,
+                steps: list[int] | None = None,
+                on_checkpoint: Callable[[str], None] | None = None):
+    """LAPE over every checkpoint of ``source``: a tidy DataFrame (checkpoint, step, tokens,
+    layer, language, measure, value, point, assign, hashes) with n_specific, n_transfer,
+    transfer_ratio (layer <NA> = all layers).
+
+    ``data``: a packed DATA dir (token ids used as they are) or ``{lang: text paths}``
+    (tokenised with each checkpoint's tokenizer). With ``out``: ``neurons.parquet``/``.csv``,
+    ``summary.csv``, ``provenance.json`` and ``checkpoints/<name>.neurons.json``, written as
+    one unit; an interrupted run resumes from ``<out>.partial/``.
+    """
+    series = series or SeriesOptions()
+    refuse_existing(out, series.overwrite)
+    lape = NeuronsMeasure(data, options)
+    res = run_series(source, [lape], state=state_dir_for(out), options=series,
+                     revisions=revisions, steps=steps, on_checkpoint=on_checkpoint)
+    df = neurons_frame(res.rows["lape"], options.primary)
+    if out is not None:
+        def write(d: Path) -> None:
+            for r in res.rows["lape"]:
+                rec = {**r["record"], "checkpoint": r["checkpoint"], "step": r["step"],
+                       "weights_sha256": r["weights_sha256"]}
+                atomic_write_json(d / "checkpoints" / f"{safe_name(r['checkpoint'])}.neurons.json",
+                                  rec)
+            atomic_write_bytes(d / "neurons.parquet", parquet_bytes(df))
+            atomic_write_bytes(d / "neurons.csv", df.to_csv(index=False).encode())
+            atomic_write_bytes(d / "summary.csv",
+                               summarize_neurons(df).to_csv(index=False).encode())
+            atomic_write_json(d / "provenance.json", provenance(
+                config=options.model_dump(), data=_describe(data),
+                data_hashes=lape.data_hashes(), source=str(source), revisions=revisions,
+                checkpoints=[r.name for r in res.refs], weights_sha256=res.weights))
+        write_outputs(out, write, res, overwrite=True)
     return df
 
 
 def _data_hashes(data, files_used: list[str]) -> dict:
     """sha256 of every text file read (raw text; files of cached checkpoints are not
     re-read), or of the packed data's manifest (which hashes every shard)."""
-    from babeltower.io import sha256_file
-
     if isinstance(data, Mapping):
         return {f: sha256_file(f) for f in files_used}
     mf = Path(data) / "manifest.json"
@@ -557,6 +564,4 @@ def summarize_neurons(df):
 
 def read_neuron_sets(path: str | os.PathLike) -> dict:
     """A ``<checkpoint>.neurons.json`` file written by ``run_neurons``."""
-    from babeltower.io import read_json
-
     return read_json(path, "neuron set file")

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from babeltower.architectures import blocks as model_blocks
 from babeltower.checkpoints import convert_gguf, list_checkpoints, verify_checkpoint
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
@@ -228,12 +229,8 @@ def build_model(config: TrainConfig, shards: TokenShards):
 
 
 def _find_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks (the largest ModuleList), the FSDP sharding unit."""
-    best: list = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) > len(best):
-            best = list(m)
-    return best
+    """The transformer blocks, the FSDP sharding unit (from the architecture table)."""
+    return model_blocks(model)
 
 
 def _unsharded_copy(model):

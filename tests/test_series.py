@@ -1,0 +1,149 @@
+"""The checkpoint-series runner: one load per checkpoint for all measures, weight hashes in
+every row, resume, outputs as one unit, and a 2-process torchrun sweep equal to 1 process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import babeltower.checkpoints as ckpts
+from babeltower.errors import BabelError
+from babeltower.io import sha256_file
+from babeltower.probes.lens import run_lens
+from babeltower.series import SeriesOptions, run_series, write_outputs
+from test_probes_helpers import save_run
+
+BIN = Path(sys.executable).parent
+
+
+class Norm:
+    """A per-model measure: the norm of the first parameter (differs between models)."""
+
+    def __init__(self, name="norm", scale=1.0):
+        self.name, self.scale, self.models = name, scale, []
+
+    def config(self):
+        return {"scale": self.scale}
+
+    def measure(self, model, tokenizer, ref):
+        self.models.append(id(model))
+        p = next(model.parameters())
+        return [{"value": float(p.norm()) * self.scale, "vocab": len(tokenizer)}]
+
+
+@pytest.fixture
+def run(tmp_path):
+    return save_run(tmp_path, "llama", steps=(0, 4, 8), n_layers=1)
+
+
+def test_one_load_per_checkpoint_for_all_measures(run, monkeypatch, tmp_path):
+    loads = []
+    real = ckpts.load_checkpoint
+    monkeypatch.setattr(ckpts, "load_checkpoint",
+                        lambda ref, **kw: loads.append(ref.name) or real(ref, **kw))
+    a, b = Norm("a"), Norm("b", scale=2.0)
+    res = run_series(run, [a, b], options=SeriesOptions(progress=False))
+    assert loads == ["step-00000000", "step-00000004", "step-00000008"]
+    assert a.models == b.models                     # both measures saw the same model object
+    assert [r["step"] for r in res.rows["a"]] == [0, 4, 8]
+    for ra, rb in zip(res.rows["a"], res.rows["b"]):
+        assert rb["value"] == pytest.approx(2 * ra["value"])
+        want = sha256_file(run / "checkpoints" / ra["checkpoint"] / "model.safetensors")
+        assert ra["weights_sha256"] == rb["weights_sha256"] == want
+        assert ra["config_sha256"] != rb["config_sha256"]
+    assert len({r["value"] for r in res.rows["a"]}) == 3
+    with pytest.raises(BabelError, match="distinct names"):
+        run_series(run, [Norm("a"), Norm("a")])
+
+
+def test_weights_hash_computed_once_per_file_version(run, monkeypatch, tmp_path):
+    monkeypatch.setenv("BABELTOWER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ckpts, "_HASHES", {})
+    calls = []
+    monkeypatch.setattr(ckpts, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    ref = ckpts.list_checkpoints(run)[0]
+    h = ckpts.weights_sha256(ref)
+    assert ckpts.weights_sha256(ref) == h and len(calls) == 1
+    monkeypatch.setattr(ckpts, "_HASHES", {})          # a new process reads the disk cache
+    assert ckpts.weights_sha256(ref) == h and len(calls) == 1
+    f = Path(ref.path) / "model.safetensors"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))   # touched: re-hash
+    assert ckpts.weights_sha256(ref) == h and len(calls) == 2
+
+
+def test_resume_skips_finished_and_redoes_changed_weights(run, tmp_path):
+    state = tmp_path / "state"
+    m = Norm()
+
+    def stop_after_first(name):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_series(run, [m], state=state, options=SeriesOptions(progress=False),
+                   on_checkpoint=stop_after_first)
+    done = []
+    res = run_series(run, [Norm()], state=state, options=SeriesOptions(progress=False),
+                     on_checkpoint=done.append)
+    assert done == ["step-00000004", "step-00000008"]
+    full = run_series(run, [Norm()], options=SeriesOptions(progress=False))
+    assert res.rows == full.rows
+    # other settings: refused; a checkpoint rewritten since: measured again
+    with pytest.raises(BabelError, match="other settings"):
+        run_series(run, [Norm(scale=3.0)], state=state, options=SeriesOptions(progress=False))
+    save_run(tmp_path, "llama", steps=(4,), n_layers=1)   # step 4 rewritten (seed 0 now)
+    done.clear()
+    run_series(run, [Norm()], state=state, options=SeriesOptions(progress=False),
+               on_checkpoint=done.append)
+    assert done == ["step-00000004"]
+
+
+def test_outputs_appear_as_one_unit(tmp_path):
+    out = tmp_path / "o"
+
+    def broken(d):
+        (d / "a.csv").write_text("x\n")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_outputs(out, broken)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    write_outputs(out, lambda d: (d / "a.csv").write_text("x\n"))
+    assert (out / "a.csv").read_text() == "x\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_rows_of_one(run, tmp_path):
+    one = run_lens(run, primary="python", new="php", out=tmp_path / "one", progress=False)
+    # start the 2-process sweep from a 1-process run interrupted after one checkpoint:
+    # resume works across world sizes
+    out = tmp_path / "two"
+
+    def stop(name):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_lens(run, primary="python", new="php", out=out, progress=False, on_checkpoint=stop)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    res = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={_free_port()}",
+         "-m", "babeltower.cli", "probe", "lens", str(run), "--new", "php", "--out", str(out),
+         "--no-plot"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = pd.read_parquet(out / "lens.parquet")
+    assert not (tmp_path / "two.partial").exists()
+    pd.testing.assert_frame_equal(one.reset_index(drop=True), two, check_exact=True)
