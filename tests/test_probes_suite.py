@@ -62,8 +62,8 @@ def test_merge_across_boundary_is_dropped_with_reason(tmp_path):
     f = tmp_path / "python-php.yaml"
     pairs = "\n".join(
         f"  - id: p{i}\n    kind: builtin\n"
-        f"    primary: {{identifier: \"len\", prompts: [\"n = \"]}}\n"
-        f"    new: {{identifier: \"len\", prompts: [\"<?php\\n$n = str\"]}}" for i in range(2))
+        f"    primary: {{identifier: \"len\", prompts: [\"n{i} = \"]}}\n"
+        f"    new: {{identifier: \"len\", prompts: [\"<?php\\n$n{i} = str\"]}}" for i in range(2))
     f.write_text(f"primary: python\nnew: php\npairs:\n{pairs}\n")
     checked = load_suite("python", "php", path=f).check(tok, add_bos=False)
     assert {d.side for d in checked.dropped} == {"new"}
@@ -132,3 +132,80 @@ def test_sentencepiece_style_tokenizer_is_aligned():
     assert len(checked.items) >= 140, checked.summary()
     for it in checked.items[:50]:
         assert fast.decode(it.target_ids).strip() == it.target
+
+
+KOTLIN_SUITE = """
+languages:
+  - {name: kotlin, extensions: [".kt", ".kts"]}
+primary: python
+new: kotlin
+pairs:
+  - id: println-print
+    kind: builtin
+    primary: {identifier: print}
+    new: {identifier: println, prompts: ["fun main() {\\n    ", "if (verbose) {\\n    "]}
+  - id: null-None
+    kind: keyword
+    primary: {identifier: None}
+    new: {identifier: "null", prompts: ["val x = ", "return "]}
+"""
+
+
+def test_user_suite_declares_a_language_and_needs_no_primary_prompts(tmp_path):
+    f = tmp_path / "python-kotlin.yaml"
+    f.write_text(KOTLIN_SUITE)
+    s = load_suite("python", "kotlin", path=f)
+    assert (s.primary, s.new) == ("python", "kotlin")
+    assert s.declared()["kotlin"].extensions == (".kt", ".kts")
+    assert load_suite("Python", "Kotlin", path=tmp_path).name == "python-kotlin"
+    checked = s.check(tiny_tokenizer(), add_bos=False)
+    # only new-side prompts, and each is checked against its primary counterpart
+    assert {it.side for it in checked.items + checked.shared} == {"new"}
+    assert len(checked.items) + len(checked.shared) + len(checked.dropped) == 4
+    # the built-in registry is untouched: the declaration is local to the file
+    with pytest.raises(BabelError, match="unknown language 'kotlin'"):
+        load_suite("python", "kotlin")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('languages:\n  - {name: kotlin, extensions: [".kt", ".kts"]}\n', ""),
+     "unknown language 'kotlin'"),
+    (lambda t: t.replace('[".kt", ".kts"]', "[kt]"), "extensions must be"),
+    (lambda t: t.replace("{name: kotlin", "{name: go"), "built in"),
+    (lambda t: t.replace('"return "]', '"val x = "]'), "duplicate prompt 'val x = '"),
+    (lambda t: t.replace('prompts: ["val x = ", "return "]', "prompts: []"), "no prompts"),
+])
+def test_bad_user_suite_is_one_line(tmp_path, capsys, edit, message):
+    f = tmp_path / "python-kotlin.yaml"
+    f.write_text(edit(KOTLIN_SUITE))
+    with pytest.raises(BabelError, match=message) as e:
+        load_suite("python", "kotlin", path=f)
+    assert len(str(e.value).splitlines()) == 1
+    rc = main(["probe", "suites", "--primary", "python", "--new", "kotlin", "--suite", str(f)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message.split("'")[0] in err
+
+
+def test_builtin_suites_have_no_duplicate_items():
+    # loading validates: the same (side, prompt, target, counterpart) twice is refused
+    for name in available_suites():
+        load_suite(*name.split("-", 1))
+
+
+def test_control_ids_are_other_pairs_first_tokens():
+    tok = tiny_tokenizer()
+    checked = load_suite("python", "php").check(tok, add_bos=False)
+    suite = checked.suite
+    it = next(i for i in checked.items if i.side == "new" and len(i.control_new_ids) > 2)
+    firsts = set()
+    for p in suite.pairs:
+        if p.id == it.pair_id:
+            continue
+        ids = tok(it.context + it.prompt[len(it.context):] + p.new.identifier,
+                  add_special_tokens=False)["input_ids"]
+        if ids[:len(it.prompt_ids)] == it.prompt_ids and len(ids) > len(it.prompt_ids):
+            firsts.add(ids[len(it.prompt_ids)])
+    firsts -= {it.target_first_id, it.counterpart_first_id}
+    # (the aligner also drops identifiers whose continuation would not decode back)
+    assert set(it.control_new_ids) <= firsts and len(firsts) > 2
+    assert not set(it.control_new_ids) & {it.target_first_id, it.counterpart_first_id}

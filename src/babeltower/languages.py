@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from typing import Mapping, Sequence
 
 from babeltower.errors import BabelError
 
@@ -85,6 +86,38 @@ def get_language(name: str) -> Language:
 
 def canonical(name: str) -> str:
     return get_language(name).name
+
+
+def declared_language(name: str, extensions: Sequence[str], display: str | None = None) -> Language:
+    """A language a user declares in a file (e.g. a probe suite) without editing this table:
+    a name and its file extensions. Not registered globally, so a declaration stays local
+    to the file that makes it. A name that is already a built-in language is refused, so a
+    declaration cannot silently change what a known name means."""
+    key = str(name).strip().lower()
+    if not key or not all(c.isalnum() or c in "_+#-" for c in key):
+        raise BabelError(f"language name {name!r} must be a non-empty word "
+                         "(letters, digits, _ + # -)")
+    if key in _ALIASES:
+        raise BabelError(f"language {key!r} is built in (as {_ALIASES[key]!r}); "
+                         "do not declare it again")
+    exts = tuple(str(e).strip().lower() for e in extensions)
+    bad = [e for e in exts if not e.startswith(".") or len(e) < 2 or " " in e]
+    if not exts or bad:
+        raise BabelError(f"language {key!r}: extensions must be a non-empty list like "
+                         f"['.kt', '.kts'] (got {list(extensions)!r})")
+    return Language(key, display or key, exts)
+
+
+def resolve_language(name: str, declared: Mapping[str, Language] | None = None) -> str:
+    """Canonical id of ``name``: a language in ``declared`` (by its id) or a built-in one."""
+    key = str(name).strip().lower()
+    if declared and key in declared:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    known = sorted(set(LANGUAGES) | set(declared or {}))
+    raise BabelError(f"unknown language {name!r} (known: {', '.join(known)}; a suite file "
+                     "may declare more under 'languages:' with name and extensions)")
 
 
 def detect_language(path: str, head: bytes | None = None) -> str | None:

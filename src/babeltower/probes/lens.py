@@ -23,7 +23,19 @@ Measures per prompt and layer (first-token attribution, see ``suite.ATTRIBUTION`
 ``prefers_new``        1 if log p(new) > log p(primary)
 ``primary_vs_control`` log p(primary) - mean log p(other pairs' primary first tokens): the
                        control - is the TRUE counterpart favoured, or Python tokens in general?
+``prefers_new_vs_unrelated``  control A of ``prefers_new``: the share of UNRELATED primary
+                       tokens (other pairs' primary first tokens) that the new token beats
+``other_new_prefers``  control B: the share of OTHER pairs' new first tokens that beat this
+                       prompt's primary token
+``logp_new_vs_unrelated``, ``logp_other_new_vs_primary``  the same two controls as log-prob
+                       margins (mean over the control tokens)
 =====================  ====================================================================
+
+``prefers_new`` and the controls are differences of logits at one position, so the
+normaliser cancels: ``vocab="gathered"`` computes them from the needed unembedding rows
+only (norm each layer's state, matmul with W_U[rows]); the top-1 and probability measures
+need the full vocabulary. ``lens_controls`` turns the per-prompt rows into the specific
+effect (true pair minus control) with a bootstrap interval over prompt texts.
 """
 
 from __future__ import annotations
@@ -43,8 +55,16 @@ from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, Pro
 from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
                                state_dir_for, write_outputs)
 
-MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new", "logp_diff",
-            "prefers_new", "primary_vs_control")
+#: measures that need the full-vocabulary distribution at every layer (argmax, probabilities)
+FULL_VOCAB_MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new")
+#: measures that are logit differences at one position: a few unembedding rows suffice
+PAIRWISE_MEASURES = ("logp_diff", "prefers_new", "primary_vs_control",
+                     "prefers_new_vs_unrelated", "other_new_prefers",
+                     "logp_new_vs_unrelated", "logp_other_new_vs_primary")
+MEASURES = FULL_VOCAB_MEASURES + PAIRWISE_MEASURES
+#: per-prompt measures at the output layer scored with whole identifiers ("full-sequence")
+SEQUENCE_MEASURES = ("seq_logp_diff", "seq_prefers_new", "seq_logp_target")
+VOCAB_MODES = ("full", "gathered")
 
 
 def position_ids_for(attention_mask):
@@ -70,6 +90,22 @@ class LogitLens:
         self.n_layers = int(model.config.num_hidden_layers)
         self.decoder = model.base_model
 
+    def hidden_states(self, input_ids, attention_mask):
+        """Every layer's hidden states at every position: a tuple of n_layers + 1 tensors
+        (batch, seq, hidden), the last one already through the final norm (HF)."""
+        import torch
+
+        with torch.no_grad():
+            # the decoder alone: the LM head over every position is the costliest part of a
+            # forward on short prompts, and the lens unembeds the positions it reads itself
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_for(attention_mask),
+                               output_hidden_states=True, use_cache=False)
+        hs = out.hidden_states
+        if len(hs) != self.n_layers + 1:
+            raise BabelError(f"model returned {len(hs)} hidden states for {self.n_layers} layers")
+        return hs
+
     def layer_states(self, input_ids, attention_mask=None, positions=None):
         """Hidden states at ``positions`` for every layer: (n_layers + 1, batch, hidden)."""
         import torch
@@ -78,17 +114,33 @@ class LogitLens:
             attention_mask = torch.ones_like(input_ids)
         if positions is None:
             positions = last_positions(attention_mask)
-        with torch.no_grad():
-            # the decoder alone: the LM head over every position is the costliest part of a
-            # forward on short prompts, and the lens unembeds the prediction positions itself
-            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_for(attention_mask),
-                               output_hidden_states=True, use_cache=False)
+        hs = self.hidden_states(input_ids, attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        hs = out.hidden_states
-        if len(hs) != self.n_layers + 1:
-            raise BabelError(f"model returned {len(hs)} hidden states for {self.n_layers} layers")
         return torch.stack([h[rows, positions] for h in hs])
+
+    def normed(self, states):
+        """The final norm applied to every layer's state but the last (already normed)."""
+        import torch
+
+        with torch.no_grad():
+            return torch.cat([self.norm(states[:-1]), states[-1:]], dim=0)
+
+    def decode_rows(self, states, token_ids):
+        """Logits of ``token_ids`` only, for stacked states (n_layers + 1, ..., hidden):
+        the normed states times the gathered unembedding rows W_U[token_ids] (+ bias), so a
+        pairwise measure costs len(token_ids) dot products per state instead of the vocabulary.
+        Equal to ``decode(states)[..., token_ids]`` (tested to 1e-4)."""
+        import torch
+
+        idx = torch.as_tensor(token_ids, dtype=torch.long, device=states.device)
+        weight = getattr(self.unembed, "weight", None)
+        if not isinstance(self.unembed, torch.nn.Linear) or weight is None:
+            return self.decode(states)[..., idx]   # an unusual head: take the exact path
+        with torch.no_grad():
+            out = self.normed(states) @ weight[idx].T
+            if self.unembed.bias is not None:
+                out = out + self.unembed.bias[idx]
+            return out
 
     def decode(self, states):
         """Logits for stacked states (n_layers + 1, ...): the norm is applied to every layer
@@ -96,8 +148,7 @@ class LogitLens:
         import torch
 
         with torch.no_grad():
-            normed = torch.cat([self.norm(states[:-1]), states[-1:]], dim=0)
-            return self.unembed(normed)
+            return self.unembed(self.normed(states))
 
     def layer_logits(self, input_ids, attention_mask=None, positions=None):
         """(n_layers + 1, batch, vocab) logits at ``positions`` (default: last real token)."""
@@ -159,79 +210,178 @@ def sequence_logprobs(model, contexts: Sequence[Sequence[int]],
     return out
 
 
+def _item_rows(it: CheckedItem, full_sequence: bool):
+    """Token rows one item runs, and which row scores which whole identifier.
+
+    Whole identifiers are scored by teacher forcing inside the lens's own forward: a
+    multi-token identifier's row is the prompt plus all but its last token. Attention is
+    causal, so the prompt position of that row has exactly the prompt's own states (the
+    lens reads it there), and the positions after it give the identifier's other tokens.
+    A single-token identifier needs no row of its own. -> (rows, {"primary"|"new": row})."""
+    if not full_sequence:
+        return [list(it.prompt_ids)], {}
+    rows, where = [], {}
+    for which, ids in (("primary", it.primary_ids), ("new", it.new_ids)):
+        if len(ids) > 1:
+            where[which] = len(rows)
+            rows.append(list(it.prompt_ids) + list(ids[:-1]))
+    return (rows or [list(it.prompt_ids)]), where
+
+
+def _item_measures(score, top, it: CheckedItem, n_l: int) -> dict:
+    """Per-layer measures of one item from ``score`` ((n_l, K) log-probs or logits, read
+    through ``score(token_ids)``) - the pairwise ones use differences only, so logits and
+    log-probs give the same values - and, with ``top`` (n_l,), the full-vocabulary ones."""
+    import torch
+
+    s_p, s_n = score([it.primary_first_id])[:, 0], score([it.new_first_id])[:, 0]
+    nan = torch.full((n_l,), float("nan"))
+    out = {"logp_diff": s_n - s_p, "prefers_new": (s_n > s_p).float()}
+    if it.control_ids:
+        ctrl = score(it.control_ids)                                  # (n_l, k)
+        out["primary_vs_control"] = s_p - ctrl.mean(-1)
+        out["prefers_new_vs_unrelated"] = (s_n[:, None] > ctrl).float().mean(-1)
+        out["logp_new_vs_unrelated"] = s_n - ctrl.mean(-1)
+    else:
+        for k in ("primary_vs_control", "prefers_new_vs_unrelated", "logp_new_vs_unrelated"):
+            out[k] = nan
+    if it.control_new_ids:
+        ctrl_new = score(it.control_new_ids)
+        out["other_new_prefers"] = (ctrl_new > s_p[:, None]).float().mean(-1)
+        out["logp_other_new_vs_primary"] = ctrl_new.mean(-1) - s_p
+    else:
+        out["other_new_prefers"] = out["logp_other_new_vs_primary"] = nan
+    if top is not None:
+        out.update({"top1_primary": (top == it.primary_first_id).float(),
+                    "top1_new": (top == it.new_first_id).float(),
+                    "top1_target": (top == it.target_first_id).float(),
+                    "p_primary": s_p.exp(), "p_new": s_n.exp()})
+    return out
+
+
+def _layer_scores(lens: LogitLens, states, chunk: list[CheckedItem], vocab: str):
+    """-> (per-item score functions token ids -> (n_l, k), argmax tokens (n_l, B) or None)."""
+    import torch
+
+    if vocab == "full":
+        logp = torch.log_softmax(lens.decode(states).float(), dim=-1)     # (n_l, B, V)
+        top = logp.argmax(dim=-1)
+        return [lambda ids, j=j: logp[:, j, ids] for j in range(len(chunk))], top
+    need = sorted({t for it in chunk for t in (it.primary_first_id, it.new_first_id,
+                                                *it.control_ids, *it.control_new_ids)})
+    col = {t: c for c, t in enumerate(need)}
+    logits = lens.decode_rows(states, need).float()                     # (n_l, B, R)
+    return [lambda ids, j=j: logits[:, j, [col[t] for t in ids]]
+            for j in range(len(chunk))], None
+
+
+def _sequence_scores(lens: LogitLens, last_hidden, chunk: list[CheckedItem], first: list[int],
+                     where: list[dict], offset: list[int]) -> list[tuple[float, float]]:
+    """log p(whole primary identifier), log p(whole new identifier) per item, read from the
+    model's own output (last layer) at the prompt and teacher-forced positions."""
+    import torch
+
+    slots: dict[tuple[int, int], int] = {}
+    picks = []   # (slot, token, item, which)
+    for j, it in enumerate(chunk):
+        p0 = len(it.prompt_ids) - 1
+        for w, ids in enumerate((it.primary_ids, it.new_ids)):
+            r = where[j].get(("primary", "new")[w], first[j])
+            for k, t in enumerate(ids):
+                slot = slots.setdefault((r, offset[r] + p0 + k), len(slots))
+                picks.append((slot, t, j, w))
+    rows = torch.tensor([rp[0] for rp in slots])
+    pos = torch.tensor([rp[1] for rp in slots])
+    with torch.no_grad():
+        logp = torch.log_softmax(lens.unembed(last_hidden[rows, pos]).float(), dim=-1)
+    tok_lp = logp[torch.tensor([p[0] for p in picks]), torch.tensor([p[1] for p in picks])]
+    sums = [[0.0, 0.0] for _ in chunk]
+    for (_, _, j, w), v in zip(picks, tok_lp.tolist()):
+        sums[j][w] += v
+    return [(a, b) for a, b in sums]
+
+
+def _lens_batch(lens: LogitLens, chunk: list[CheckedItem], pad: int, padding_side: str,
+                vocab: str, full_sequence: bool):
+    """One forward for a batch of items -> (per-item measure dicts, per-item (lp_p, lp_n))."""
+    import torch
+
+    rows, first, where = [], [], []
+    for it in chunk:
+        r, w = _item_rows(it, full_sequence)
+        first.append(len(rows))
+        where.append({k: v + len(rows) for k, v in w.items()})
+        rows += r
+    ids, mask = pad_batch(rows, pad, padding_side)
+    hs = lens.hidden_states(ids, mask)
+    offset = [ids.shape[1] - len(r) if padding_side == "left" else 0 for r in rows]
+    pos = torch.tensor([offset[first[j]] + len(it.prompt_ids) - 1 for j, it in enumerate(chunk)])
+    states = torch.stack([h[torch.tensor(first), pos] for h in hs])     # (n_l, B, H)
+    scores, top = _layer_scores(lens, states, chunk, vocab)
+    vals = [_item_measures(scores[j], None if top is None else top[:, j], it, len(hs))
+            for j, it in enumerate(chunk)]
+    seq = (_sequence_scores(lens, hs[-1], chunk, first, where, offset) if full_sequence
+           else None)
+    return vals, seq
+
+
 def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
                padding_side: str = "left", items: list[CheckedItem] | None = None,
-               full_sequence: bool = True):
+               full_sequence: bool = True, vocab: str = "full"):
     """Per-prompt, per-layer measures for one model: a tidy DataFrame
     (pair_id, kind, side, pair_language, prompt, layer, measure, value, attribution).
+
+    ``vocab="full"`` computes every measure in ``MEASURES`` (full-vocabulary logits at every
+    layer); ``vocab="gathered"`` only the ``PAIRWISE_MEASURES`` (pair and controls), from the
+    needed unembedding rows - the same values, a fraction of the work on a large vocabulary.
 
     With ``full_sequence``, the output layer is also scored with the full token sequence
     of both identifiers (``seq_logp_diff`` = log p(new identifier) - log p(primary
     identifier), ``seq_prefers_new``, ``seq_logp_target``), attribution "full-sequence":
-    multi-token identifiers (``array_push``) are then credited as a whole."""
+    multi-token identifiers (``array_push``) are then credited as a whole. This happens in
+    the lens's own forward (teacher forcing, see ``_item_rows``), not in extra passes."""
     import numpy as np
     import pandas as pd
-    import torch
 
+    if vocab not in VOCAB_MODES:
+        raise BabelError(f"vocab must be one of {', '.join(VOCAB_MODES)}, not {vocab!r}")
     lens = LogitLens(model)
     items = checked.items if items is None else items
     pad = _pad_id(tokenizer)
     n_l = lens.n_layers + 1
-    cols: dict[str, list] = {k: [None] * len(items) for k in MEASURES}
-    meta: list[tuple] = [(it.pair_id, it.kind, it.side, it.language, it.prompt) for it in items]
+    measures = MEASURES if vocab == "full" else PAIRWISE_MEASURES
+    cols: dict[str, list] = {k: [None] * len(items) for k in measures}
+    seq = np.zeros((len(items), 2))
+    meta_cols = ["pair_id", "kind", "side", "pair_language", "prompt"]
+    meta = [(it.pair_id, it.kind, it.side, it.language, it.prompt) for it in items]
     # batches of similar length waste little on padding; results go back to item order
-    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
+    order = sorted(range(len(items)), key=lambda i: max(
+        map(len, _item_rows(items[i], full_sequence)[0])))
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        chunk = [items[i] for i in idx]
-        ids, mask = pad_batch([it.prompt_ids for it in chunk], pad, padding_side)
-        logp = torch.log_softmax(lens.layer_logits(ids, mask).float(), dim=-1)  # (L+1, B, V)
-        top = logp.argmax(dim=-1)                                               # (L+1, B)
-        for j, it in enumerate(chunk):
-            lp = logp[:, j]
-            p_id, n_id = it.primary_first_id, it.new_first_id
-            lp_p, lp_n = lp[:, p_id], lp[:, n_id]
-            ctrl = (lp[:, it.control_ids].mean(dim=-1) if it.control_ids
-                    else torch.full((n_l,), float("nan")))
-            vals = {
-                "top1_primary": (top[:, j] == p_id).float(),
-                "top1_new": (top[:, j] == n_id).float(),
-                "top1_target": (top[:, j] == it.target_first_id).float(),
-                "p_primary": lp_p.exp(), "p_new": lp_n.exp(),
-                "logp_diff": lp_n - lp_p,
-                "prefers_new": (lp_n > lp_p).float(),
-                "primary_vs_control": lp_p - ctrl,
-            }
-            for k in MEASURES:
-                cols[k][idx[j]] = vals[k].numpy()
+        vals, sq = _lens_batch(lens, [items[i] for i in idx], pad, padding_side, vocab,
+                               full_sequence)
+        for j, i in enumerate(idx):
+            for k in measures:
+                cols[k][i] = vals[j][k].numpy()
+            if sq is not None:
+                seq[i] = sq[j]
     if not meta:
-        return pd.DataFrame(columns=["pair_id", "kind", "side", "pair_language", "prompt",
-                                     "layer", "measure", "value", "attribution"])
-    n = len(meta)
+        return pd.DataFrame(columns=meta_cols + ["layer", "measure", "value", "attribution"])
     frames = []
-    base = pd.DataFrame(meta, columns=["pair_id", "kind", "side", "pair_language", "prompt"])
+    base = pd.DataFrame(meta, columns=meta_cols)
     base = base.loc[base.index.repeat(n_l)].reset_index(drop=True)
-    base["layer"] = np.tile(np.arange(n_l), n)
-    for k in MEASURES:
-        f = base.copy()
-        f["measure"] = k
-        f["value"] = np.concatenate(cols[k]).astype(np.float64)
-        f["attribution"] = ATTRIBUTION
-        frames.append(f)
+    base["layer"] = np.tile(np.arange(n_l), len(meta))
+    for k in measures:
+        frames.append(base.assign(measure=k, value=np.concatenate(cols[k]).astype(np.float64),
+                                  attribution=ATTRIBUTION))
     if full_sequence:
-        ctx = [it.prompt_ids for it in items]
-        lp_p = sequence_logprobs(model, ctx, [it.primary_ids for it in items], pad, batch_size)
-        lp_n = sequence_logprobs(model, ctx, [it.new_ids for it in items], pad, batch_size)
+        lp_p, lp_n = seq[:, 0], seq[:, 1]
         lp_t = np.where([it.side == "new" for it in items], lp_n, lp_p)
-        last = pd.DataFrame(meta, columns=["pair_id", "kind", "side", "pair_language", "prompt"])
-        last["layer"] = n_l - 1
-        for k, v in (("seq_logp_diff", lp_n - lp_p), ("seq_prefers_new", (lp_n > lp_p) * 1.0),
-                     ("seq_logp_target", lp_t)):
-            f = last.copy()
-            f["measure"] = k
-            f["value"] = v.astype(np.float64)
-            f["attribution"] = "full-sequence"
-            frames.append(f)
+        last = pd.DataFrame(meta, columns=meta_cols).assign(layer=n_l - 1)
+        for k, v in zip(SEQUENCE_MEASURES, (lp_n - lp_p, (lp_n > lp_p) * 1.0, lp_t)):
+            frames.append(last.assign(measure=k, value=v.astype(np.float64),
+                                      attribution="full-sequence"))
     return pd.concat(frames, ignore_index=True)
 
 

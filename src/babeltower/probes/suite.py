@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from babeltower.errors import BabelError
-from babeltower.languages import canonical
+from babeltower.languages import Language, declared_language, resolve_language
 
 #: Stated in every output table: how an identifier is credited from one next-token distribution.
 ATTRIBUTION = "first-token"
@@ -46,7 +46,9 @@ SUITES_DIR = Path(__file__).parent / "suites"
 
 class SideSpec(BaseModel):
     identifier: str = Field(min_length=1)
-    prompts: list[str] = Field(min_length=1)
+    # may be empty on one side: a user pair with prompts only in the new language needs no
+    # (dummy) primary-language prompt; the pair check asks for at least one prompt in all
+    prompts: list[str] = Field(default_factory=list)
 
     @field_validator("identifier")
     @classmethod
@@ -63,6 +65,23 @@ class PairSpec(BaseModel):
     primary: SideSpec
     new: SideSpec
 
+    @model_validator(mode="after")
+    def _some_prompt(self) -> "PairSpec":
+        if not self.primary.prompts and not self.new.prompts:
+            raise ValueError(f"pair {self.id!r} has no prompts on either side")
+        return self
+
+
+class LanguageSpec(BaseModel):
+    """A language a suite file declares for itself (one not built into babeltower)."""
+
+    name: str
+    extensions: list[str]
+    display: str | None = None
+
+    def language(self) -> Language:
+        return declared_language(self.name, self.extensions, self.display)
+
 
 class ProbeSuite(BaseModel):
     """One language pair's probe suite (the YAML file, validated)."""
@@ -70,22 +89,42 @@ class ProbeSuite(BaseModel):
     primary: str
     new: str
     pairs: list[PairSpec] = Field(min_length=1)
+    languages: list[LanguageSpec] = Field(default_factory=list)  # user-declared languages
     source: str | None = None  # file it was loaded from (set by load_suite)
 
-    @field_validator("primary", "new")
-    @classmethod
-    def _known_language(cls, v: str) -> str:
-        return canonical(v)
+    @model_validator(mode="after")
+    def _known_languages(self) -> "ProbeSuite":
+        self.primary = resolve_language(self.primary, self.declared())
+        self.new = resolve_language(self.new, self.declared())
+        if self.primary == self.new:
+            raise ValueError(f"primary and new language are both {self.primary!r}")
+        return self
 
     @field_validator("pairs")
     @classmethod
-    def _unique_ids(cls, v: list[PairSpec]) -> list[PairSpec]:
+    def _unique_pairs_and_prompts(cls, v: list[PairSpec]) -> list[PairSpec]:
         seen: set[str] = set()
+        items: dict[tuple, str] = {}
         for p in v:
             if p.id in seen:
                 raise ValueError(f"duplicate pair id {p.id!r}")
             seen.add(p.id)
+            for side, other in (("primary", "new"), ("new", "primary")):
+                spec = getattr(p, side)
+                # the same prompt for the same target and counterpart twice would count one
+                # measurement twice; the same TEXT for another target is allowed (the
+                # analysis groups prompts by text, see lens.lens_controls)
+                for prompt in spec.prompts:
+                    key = (side, prompt, spec.identifier, getattr(p, other).identifier)
+                    if key in items:
+                        raise ValueError(f"duplicate prompt {prompt!r} ({side} side of pair "
+                                         f"{p.id!r}, already in pair {items[key]!r})")
+                    items[key] = p.id
         return v
+
+    def declared(self) -> dict[str, Language]:
+        """The languages this suite declares, by id (BabelError for a bad declaration)."""
+        return {lang.name: lang for lang in (spec.language() for spec in self.languages)}
 
     @property
     def name(self) -> str:
@@ -122,6 +161,9 @@ class CheckedItem:
     control_ids: list[int] = field(default_factory=list)  # other pairs' primary first tokens
     shared_first_token: bool = False  # target and counterpart start with the same token
     counterpart_ids: list[int] = field(default_factory=list)  # all tokens of the counterpart
+    # other pairs' NEW-language first tokens after the same context (the second control:
+    # do unrelated new tokens beat this primary token as often as the true pair's does?)
+    control_new_ids: list[int] = field(default_factory=list)
 
     @property
     def primary_first_id(self) -> int:
@@ -239,8 +281,19 @@ def _read_suite_file(path: Path) -> ProbeSuite:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise BabelError(f"probe suite {path}: {loc}: {err['msg']}") from e
+        msg = err["msg"].removeprefix("Value error, ")
+        raise BabelError(f"probe suite {path}: {loc + ': ' if loc else ''}{msg}") from e
     return suite
+
+
+def _language_key(name: str) -> str:
+    """File-name form of a language name: the built-in id, or the name as written
+    (lower case) for a language a user suite declares itself."""
+    key = str(name).strip().lower()
+    try:
+        return resolve_language(key)
+    except BabelError:
+        return key
 
 
 def load_suite(primary: str, new: str, path: str | os.PathLike | None = None) -> ProbeSuite:
@@ -250,7 +303,7 @@ def load_suite(primary: str, new: str, path: str | os.PathLike | None = None) ->
     without it the built-in suites are used. An unknown pair is a BabelError that lists
     the available suites.
     """
-    primary_c, new_c = canonical(primary), canonical(new)
+    primary_c, new_c = _language_key(primary), _language_key(new)
     if path is not None:
         p = Path(path)
         if not p.exists():
@@ -262,8 +315,17 @@ def load_suite(primary: str, new: str, path: str | os.PathLike | None = None) ->
                                  f"not {primary_c}-{new_c}")
             return suite
         root = p
+        f = root / f"{primary_c}-{new_c}.yaml"
+        if f.exists():
+            suite = _read_suite_file(f)
+            if (suite.primary, suite.new) != (primary_c, new_c):
+                raise BabelError(f"probe suite {f} is {suite.primary}-{suite.new}, "
+                                 f"not {primary_c}-{new_c}")
+            return suite
     else:
         root = SUITES_DIR
+        # only user suites may declare languages: a name unknown here is a typo
+        resolve_language(primary), resolve_language(new)
     f = root / f"{primary_c}-{new_c}.yaml"
     if not f.exists():
         avail = ", ".join(available_suites(root)) or "none"
@@ -320,6 +382,24 @@ def _bos_for(tokenizer, add_bos: bool | None) -> int | None:
     return None
 
 
+def _control_ids(al: _Aligner, suite: ProbeSuite, pair_id: str, prompt: str,
+                 ctx_ids: list[int], side: str, exclude: tuple[int, int]) -> list[int]:
+    """First tokens of the OTHER pairs' ``side`` identifiers after the same context: the
+    controls. A token equal to this item's target or counterpart first token would be no
+    control, and one that aligns at another boundary is not the same next-token question."""
+    out: list[int] = []
+    for op in suite.pairs:
+        if op.id == pair_id:
+            continue
+        g = al.align(prompt, getattr(op, side).identifier)
+        if isinstance(g, str) or g[1] != ctx_ids:
+            continue
+        cid = g[2][0]
+        if cid not in exclude and cid not in out:
+            out.append(cid)
+    return out
+
+
 def check_suite(suite: ProbeSuite, tokenizer, add_bos: bool | None = None) -> CheckedSuite:
     """See ``ProbeSuite.check``."""
     bos_id = _bos_for(tokenizer, add_bos)
@@ -344,25 +424,16 @@ def check_suite(suite: ProbeSuite, tokenizer, add_bos: bool | None = None) -> Ch
                                                f"counterpart {ospec.identifier!r}: {why}"))
                     continue
                 cp_first = cgot[2][0]
-                # control: other pairs' PRIMARY identifiers after the same context; a pair
-                # whose primary identifier starts like this pair's target or counterpart
-                # would be no control
-                controls: list[int] = []
-                for op in suite.pairs:
-                    if op.id == pair.id:
-                        continue
-                    g = al.align(prompt, op.primary.identifier)
-                    if isinstance(g, str) or g[1] != ctx_ids:
-                        continue
-                    cid = g[2][0]
-                    if cid not in (tgt_ids[0], cp_first) and cid not in controls:
-                        controls.append(cid)
+                controls = _control_ids(al, suite, pair.id, prompt, ctx_ids, "primary",
+                                        (tgt_ids[0], cp_first))
+                controls_new = _control_ids(al, suite, pair.id, prompt, ctx_ids, "new",
+                                            (tgt_ids[0], cp_first))
                 item = CheckedItem(
                     pair_id=pair.id, kind=pair.kind, side=side, language=lang[side],
                     prompt=prompt, context=context, prompt_ids=ctx_ids,
                     target=spec.identifier, target_first_id=tgt_ids[0], target_ids=tgt_ids,
                     counterpart=ospec.identifier, counterpart_first_id=cp_first,
                     control_ids=controls, shared_first_token=tgt_ids[0] == cp_first,
-                    counterpart_ids=list(cgot[2]))
+                    counterpart_ids=list(cgot[2]), control_new_ids=controls_new)
                 (shared if item.shared_first_token else items).append(item)
     return CheckedSuite(suite=suite, items=items, shared=shared, dropped=dropped, bos_id=bos_id)
