@@ -150,27 +150,45 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """JSON from a file; a missing or corrupt file is a one-line BabelError."""
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of a regular file; missing, a directory, unreadable, binary or
+    non-UTF-8 is a one-line BabelError (never a UnicodeDecodeError traceback)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BabelError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise BabelError(f"{what} {p} is a directory; expected a file")
     try:
-        return json.loads(p.read_text())
+        data = p.read_bytes()
+    except OSError as e:
+        raise BabelError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if b"\0" in data:
+        raise BabelError(f"{what} {p} is a binary file; expected UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BabelError(f"{what} {p} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """JSON from a file; a missing, binary or corrupt file is a one-line BabelError."""
+    p = Path(path)
+    text = read_text_file(p, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise BabelError(f"corrupt {what} {p}: {e.msg} (line {e.lineno})") from None
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
-    """A YAML file whose top level is a mapping; missing, unparsable or non-mapping files
-    are a one-line BabelError."""
+    """A YAML file whose top level is a mapping; missing, binary, unparsable or
+    non-mapping files are a one-line BabelError."""
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise BabelError(f"{what} not found: {p}")
+    text = read_text_file(p, what)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise BabelError(f"cannot parse {what} {p}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
