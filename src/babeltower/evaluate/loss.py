@@ -41,15 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.io import PartialRows, atomic_write_json, provenance
 
 LN2 = math.log(2.0)
 
 
-class LossConfig(BaseModel):
+class LossConfig(Config):
     """How held-out loss is measured (recorded with every result)."""
 
     split: str = "validation"

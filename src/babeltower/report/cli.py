@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from babeltower.errors import BabelError
 
 
 def experiment_command(
@@ -18,14 +17,9 @@ def experiment_command(
     """Run the whole Babel Tower study (cached and resumable: run again to continue)."""
     from babeltower.experiment import ExperimentConfig, run_experiment
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise BabelError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v
+    overrides = list(set_ or [])   # parsed by babeltower.config.apply_overrides
     if workdir is not None:
-        overrides["workdir"] = str(workdir)
+        overrides.append(f"workdir={workdir}")
     cfg = ExperimentConfig.from_yaml(config, overrides)
     run_experiment(cfg)
 
