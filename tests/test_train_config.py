@@ -176,3 +176,47 @@ def test_example_configs_parse():
     for f in files:
         cfg = TrainConfig.from_yaml(f)
         assert cfg.model and cfg.data
+
+
+# ---- the one config base (babeltower.config) ----
+
+def test_every_config_shares_the_strict_base():
+    from babeltower.config import Config
+    from babeltower.corpus.config import BuildConfig, TokenizerConfig
+    from babeltower.evaluate.loss import LossConfig
+    from babeltower.experiment.config import ExperimentConfig
+    from babeltower.mixture.spec import MixtureSpec
+
+    for cls in (TrainConfig, ExperimentConfig, BuildConfig, TokenizerConfig, MixtureSpec,
+                LossConfig):
+        assert issubclass(cls, Config), cls
+    with pytest.raises(BabelError, match="bogus"):
+        LossConfig.from_dict({"bogus": 1})       # LossConfig was not strict before
+
+
+def test_with_overrides_parses_yaml_scalars_and_names_the_bad_key():
+    cfg = TrainConfig(data="d")
+    new = cfg.with_overrides(["optimizer.lr=1e-3", "eval.languages=[python, php]",
+                              "max_steps=7", "schedule.min_lr=null", "model=gpt2-nano"])
+    assert new.optimizer.lr == 1e-3 and isinstance(new.optimizer.lr, float)
+    assert new.eval.languages == ["python", "php"] and new.max_steps == 7
+    assert new.model == "gpt2-nano" and cfg.max_steps is None      # the original untouched
+    for bad, name in [("optimizer.lrr=1", "optimizer.lrr"), ("seq_len=abc", "seq_len"),
+                      ("seed.x=1", "seed")]:
+        with pytest.raises(BabelError) as e:
+            cfg.with_overrides([bad])
+        assert "\n" not in str(e.value) and name in str(e.value), str(e.value)
+
+
+def test_repository_configs_load_unchanged():
+    from pathlib import Path
+
+    from babeltower.experiment.config import ExperimentConfig
+
+    root = Path(__file__).parent.parent / "configs"
+    for name in ("default.yaml", "paper-1.3b.yaml"):
+        cfg = ExperimentConfig.from_yaml(root / name, ["scratch.seeds=[3]"])
+        assert cfg.scratch.seeds == [3] and cfg.primary
+        # YAML out, the same object back in
+        back = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+        assert back == cfg

@@ -1,5 +1,8 @@
 """Checkpoint series: the object every probe and evaluation iterates over.
 
+(This is the reading side; a training run writes its series with
+``babeltower.train.checkpointing``.)
+
 A *source* is one of
   * a babeltower run directory (``RUN/checkpoints/step-XXXXXXXX/``), all checkpoints in
     step order;

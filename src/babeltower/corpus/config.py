@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.languages import canonical
 
@@ -36,8 +37,7 @@ def canonical_languages(languages) -> list[str] | None:
     return out
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Config   # the one strict base (babeltower.config)
 
 
 class FilterConfig(_Strict):

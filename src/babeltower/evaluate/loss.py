@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.corpus.shards import TokenShards
 from babeltower.io import atomic_write_json, provenance
@@ -52,7 +53,7 @@ from babeltower.series import SeriesOptions, run_series, state_dir_for
 LN2 = math.log(2.0)
 
 
-class LossConfig(BaseModel):
+class LossConfig(Config):
     """How held-out loss is measured (recorded with every result)."""
 
     split: str = "validation"

@@ -17,22 +17,10 @@ def experiment_command(
     workdir: Optional[Path] = typer.Option(None, help="where steps, runs and the report go"),
 ) -> None:
     """Run the whole Babel Tower study (cached and resumable: run again to continue)."""
-    overrides = list(set_ or [])
+    overrides = list(set_ or [])   # parsed by babeltower.config.apply_overrides
     if workdir is not None:
         overrides.append(f"workdir={workdir}")
-    run_experiment(ExperimentConfig.from_yaml(config, _as_mapping(overrides)))
-
-
-def _as_mapping(items: list[str]) -> dict[str, str]:
-    from babeltower.errors import BabelError
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise BabelError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v
-    return out
+    run_experiment(ExperimentConfig.from_yaml(config, overrides))
 
 
 def register(app: typer.Typer) -> None:

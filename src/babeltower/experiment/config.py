@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from babeltower.config import Config, apply_overrides
 from babeltower.errors import BabelError
 from babeltower.languages import canonical
 
 BASELINES = ("natural", "uniform", "temperature-0.3", "temperature-0.5", "unimax")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Config   # the one strict base (babeltower.config)
 
 
 class CorpusSettings(_Strict):
@@ -156,14 +156,16 @@ class ExperimentConfig(_Strict):
         return [self.primary, *self.new_languages]
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "ExperimentConfig":
+    def from_yaml(cls, path: str | Path, overrides: list[str] | dict | None = None,
+                  ) -> "ExperimentConfig":
         from babeltower.io import read_yaml_mapping
 
         raw = read_yaml_mapping(path, "experiment config")
         if "primary" not in raw:
             raise BabelError(f"{path}: missing 'primary' (the primary language, e.g. python)")
-        for k, v in (overrides or {}).items():
-            _set_dotted(raw, k, v)
+        if isinstance(overrides, dict):
+            overrides = [f"{k}={v}" for k, v in overrides.items()]
+        apply_overrides(raw, overrides or [])
         return cls.from_dict(raw, where=str(path))
 
     @classmethod
@@ -180,9 +182,3 @@ class ExperimentConfig(_Strict):
 
         return atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
-
-def _set_dotted(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value

@@ -27,8 +27,9 @@ from typing import Any
 import pydantic
 import yaml
 
+from babeltower.config import Config
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_text, sha256_json
+from babeltower.io import sha256_json
 from babeltower.languages import canonical
 
 FRACTION_TOLERANCE = 1e-6
@@ -57,10 +58,11 @@ def largest_remainder(targets: dict[str, float], total: int,
     return floors
 
 
-class MixtureSpec(pydantic.BaseModel):
-    """Per-language token budgets for one training run."""
+class MixtureSpec(Config):
+    """Per-language token budgets for one training run (from_dict/from_yaml keep their own
+    messages, which name the mixture file; YAML out and ``with_overrides`` from ``Config``)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    config_name = "mixture"
 
     name: str = "custom"
     # per language: absolute tokens (>= 1) or fractions (all <= 1 summing to 1, then
@@ -168,10 +170,6 @@ class MixtureSpec(pydantic.BaseModel):
                             "allow_repeat": self.allow_repeat})
 
     # ---- io -------------------------------------------------------------------------
-    def to_yaml(self, path: str | Path) -> Path:
-        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-        return atomic_write_text(path, text)
-
     @classmethod
     def from_dict(cls, d: Any, source: str = "mixture") -> "MixtureSpec":
         if not isinstance(d, dict):

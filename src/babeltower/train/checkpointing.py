@@ -1,4 +1,7 @@
-"""Checkpoint schedule, atomic checkpoint writing, and finding where to resume.
+"""Writing a training run's checkpoints: schedule, atomic writes, where to resume.
+
+(The reading side - listing and opening any checkpoint series, ours, an HF repo's
+revisions or GGUF files, for the probes - is ``babeltower.checkpoints``.)
 
 A checkpoint ``RUN/checkpoints/step-XXXXXXXX/`` (8 digits) holds
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
 import shutil
@@ -89,12 +93,31 @@ def set_rng_state(st: dict) -> None:
 
 # ---- writing ----
 
+# transformers 5 saves a fast tokenizer as "TokenizersBackend", a class transformers 4.x
+# does not have (AutoTokenizer then fails); PreTrainedTokenizerFast is the same tokenizer
+# (tokenizer.json) under a name both majors know
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def portable_tokenizer_config(directory: Path) -> None:
+    """Rewrite ``tokenizer_config.json`` so transformers 4.x and 5.x both load it."""
+    path = Path(directory) / "tokenizer_config.json"
+    if not (path.exists() and (Path(directory) / "tokenizer.json").exists()):
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        cfg["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    cfg.pop("backend", None)   # a 5.x-only key
+    atomic_write_json(path, cfg)
+
+
 def _copy_tokenizer(tokenizer_dir: Path | None, dest: Path) -> None:
     if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
         return
     for f in Path(tokenizer_dir).iterdir():
         if f.is_file() and f.name not in ("config.json", MANIFEST):
             shutil.copy2(f, dest / f.name)
+    portable_tokenizer_config(dest)
 
 
 @contextlib.contextmanager

@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from babeltower.errors import BabelError
-from babeltower.io import atomic_write_text, sha256_json
+from babeltower.config import Config, apply_overrides
+from babeltower.io import read_yaml_mapping, sha256_json
+
+__all__ = ["TrainConfig", "OptimizerConfig", "ScheduleConfig", "CheckpointSchedule",
+           "EvalConfig", "COSMETIC_FIELDS", "apply_overrides"]
 
 
 # Fields that do not define the run: a resumed run may differ in these. Outputs and
@@ -26,11 +28,7 @@ COSMETIC_FIELDS = ("out_dir", "progress", "tensorboard", "log_interval", "num_th
                    "peak_flops", "device", "strategy", "compile", "deterministic")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OptimizerConfig(_Section):
+class OptimizerConfig(Config):
     """AdamW. Weight decay applies to matrices only (not norms, biases), as in nanoGPT."""
 
     lr: float = Field(3e-3, gt=0)
@@ -39,7 +37,7 @@ class OptimizerConfig(_Section):
     eps: float = Field(1e-8, gt=0)
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Config):
     """Linear warmup, then cosine decay to ``min_lr`` at the last step (or constant)."""
 
     warmup_steps: int | None = Field(None, ge=0)   # None -> warmup_fraction of the run
@@ -48,7 +46,7 @@ class ScheduleConfig(_Section):
     min_lr: float | None = Field(None, ge=0)       # None -> 0.1 * lr
 
 
-class CheckpointSchedule(_Section):
+class CheckpointSchedule(Config):
     """Which optimizer steps get a checkpoint (the union of all rules; all kept).
 
     ``log_spaced`` gives 0, 1, 2, 4, ..., up to ``log_until`` (Pythia's early series);
@@ -66,7 +64,7 @@ class CheckpointSchedule(_Section):
     keep_last: int | None = Field(None, gt=0)   # None: keep all; N: delete all but the last N
 
 
-class EvalConfig(_Section):
+class EvalConfig(Config):
     """Validation loss per language on fixed windows (the same windows at every eval).
 
     Runs at every checkpoint (its value goes into the checkpoint manifest) and, if
@@ -80,8 +78,10 @@ class EvalConfig(_Section):
     split: str = "validation"
 
 
-class TrainConfig(_Section):
+class TrainConfig(Config):
     """A full training run (from scratch or continual pre-training via ``init_from``)."""
+
+    config_name = "train config"
 
     # what to train
     model: str = "nano"                  # preset name (see presets.PRESETS) or HF config.json / model dir
@@ -135,23 +135,12 @@ class TrainConfig(_Section):
         """Hash of everything that determines the weights (resume refuses a mismatch)."""
         return sha256_json(self.identity())
 
-    # ---- YAML in, the same object out ----
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        from babeltower.errors import validation_error
-
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise validation_error(e, "invalid train config") from None
-
+    # ---- YAML in (the base's to_yaml / from_dict / with_overrides for the rest) ----
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None,
                   ) -> "TrainConfig":
-        from babeltower.io import read_yaml_mapping
-
         p = Path(path)
-        data = read_yaml_mapping(p, "train config")
+        data = read_yaml_mapping(p, cls.config_name)
         # relative data/mixture/model paths are relative to the YAML file, like litgpt
         for key in ("data", "mixture", "init_from", "model"):
             v = data.get(key)
@@ -160,32 +149,6 @@ class TrainConfig(_Section):
         apply_overrides(data, overrides or [])
         return cls.from_dict(data)
 
-    def to_yaml(self, path: str | os.PathLike) -> Path:
-        return atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"),
-                                                      sort_keys=False))
-
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.micro_batch_size * self.grad_accum * world_size * self.seq_len
 
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a config dict in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise BabelError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise BabelError(f"--set {key}: {part} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return data
