@@ -154,7 +154,7 @@ def test_run_neurons_series_resume_and_cli(tmp_path, capsys):
     df = run_neurons(run, data, opts, out=out, series=SeriesOptions(progress=False),
                      on_checkpoint=done.append)
     assert done == ["step-00000000", "step-00000004"]
-    assert set(df.point) == {"act_fn"} and set(df.assign) == {"tang"}
+    assert set(df["point"]) == {"act_fn"} and set(df["assign"]) == {"tang"}
     summ = summarize_neurons(df)
     php = summ[summ.language == "php"]
     assert list(php.n_transfer) == [1.0, 1.0] and list(php.transfer_ratio) == [1 / 3, 1 / 3]

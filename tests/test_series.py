@@ -147,3 +147,50 @@ def test_torchrun_two_processes_give_the_rows_of_one(run, tmp_path):
     two = pd.read_parquet(out / "lens.parquet")
     assert not (tmp_path / "two.partial").exists()
     pd.testing.assert_frame_equal(one.reset_index(drop=True), two, check_exact=True)
+
+
+def _cfg(**kw):
+    from babeltower.experiment.config import ExperimentConfig
+
+    return ExperimentConfig.model_validate({
+        "primary": "python", "new_languages": ["php", "go"], "model": {"seq_len": 16},
+        "primary_phase": {"tokens": 100, "lr": 1e-3}, "continual": {"tokens": 100, "lr": 1e-3},
+        "scratch": {"tokens": 100},
+        "evaluation": {"val_tokens_per_language": 64}, **kw})
+
+
+def test_experiment_lape_inputs_read_64k_tokens_from_20_documents(tmp_path):
+    import numpy as np
+
+    from babeltower.corpus.shards import TokenShards
+    from babeltower.experiment.measure import _lape_inputs
+    from test_probes_helpers import packed_data
+
+    rng = np.random.default_rng(0)
+    # python: 25 documents of 4000 tokens - 17 reach 64k tokens, so 20 are read (80k);
+    # php: 30 documents of 16 tokens - the split is smaller: all of it, and said so
+    # go: 100 documents of 1000 tokens - 66 documents reach 65536 tokens
+    docs = {"python": rng.integers(0, 60, size=(25, 4000)),
+            "php": rng.integers(0, 60, size=(30, 16)),
+            "go": rng.integers(0, 60, size=(100, 1000))}
+    shards = TokenShards(packed_data(tmp_path / "d", docs))
+    windows, counted = _lape_inputs(shards, _cfg())
+    assert counted == {"python": {"tokens": 80000, "documents": 20},
+                       "php": {"tokens": 480, "documents": 30},
+                       "go": {"tokens": 66000, "documents": 66}}
+    assert windows["php"].size == 480 and windows["go"].shape[1] == 16
+
+
+def test_experiment_rows_keep_their_keys(tmp_path):
+    from babeltower.experiment.measure import measure_series
+    from test_probes_helpers import packed_data, planted_llama, planted_windows, tiny_tokenizer
+
+    run = tmp_path / "run" / "checkpoints" / "step-00000003"
+    planted_llama().save_pretrained(run)
+    tiny_tokenizer().save_pretrained(run)
+    data = packed_data(tmp_path / "d", planted_windows(n=8, seq=16))
+    rows = measure_series(tmp_path / "run", data, _cfg(), pair_languages=[],
+                          loss_languages=["python", "php"], split="validation")
+    assert set(rows[0]) == {"checkpoint", "step", "tokens", "tokens_by_language", "loss", "bpb",
+                            "weights_sha256"}
+    assert rows[0]["step"] == 3 and set(rows[0]["loss"]) == {"python", "php"}

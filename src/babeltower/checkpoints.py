@@ -207,9 +207,10 @@ def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=
     if device.type != "cpu":
         kw["device_map"] = {"": str(device)}   # no CPU copy of a large model on the way
     try:
+        # the tokenizer first: a broken one fails before the (large) weights are read
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, **{k: v for k, v in kw.items() if k != "device_map"})
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
-        kw.pop("device_map", None)
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types for a bad file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise BabelError(f"cannot load checkpoint {ref.name} from {path}: "

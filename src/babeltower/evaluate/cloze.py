@@ -22,7 +22,6 @@ not need to tell the two apart) and flagged ``shared_first_token``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, provenance

@@ -17,9 +17,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from babeltower.errors import BabelError
 from babeltower.architectures import neuron_modules
-from babeltower.probes.neurons import n_neurons, read_neuron_sets
+from babeltower.errors import BabelError
+from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+from babeltower.languages import canonical
+from babeltower.probes.neurons import load_windows, n_neurons, read_neuron_sets
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+                               run_series, safe_name, state_dir_for, write_outputs)
 
 
 def _as_layer_dict(neurons) -> dict[int, list[int]]:
