@@ -707,8 +707,13 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
 def summarize_lens(df):
     """One row per checkpoint, read on the NEW-language prompts (all kinds):
     share_new_last / share_primary_last (top-1 share at the output layer),
-    prefers_new_last, logp_diff_last, and the same averaged over all layers (``*_mean``),
-    plus the control margin at the output layer and cloze accuracy on both sides."""
+    prefers_new_last, logp_diff_last, the same averaged over the blocks (``*_mean``, layers
+    1..L: the embedding layer is reported apart as ``*_layer0``), the control margin and
+    the two controls of ``prefers_new`` at the output layer (``control_a_last``: the new
+    token against unrelated primary tokens; ``control_b_last``: other pairs' new tokens
+    against the primary token; ``specific_last`` = control_a_last - prefers_new_last; the
+    interval needs the per-prompt rows, see ``lens_controls``), and cloze accuracy on both
+    sides."""
     import pandas as pd
 
     rows = []
@@ -716,6 +721,7 @@ def summarize_lens(df):
                                             dropna=False):
         new_side = g[(g.side == "new") & (g.kind == "all")]
         last = new_side[new_side.layer == new_side.layer.max()]
+        blocks, layer0 = new_side[new_side.layer > 0], new_side[new_side.layer == 0]
 
         def at(frame, m):
             v = frame.loc[frame.measure == m, "value"]
@@ -729,11 +735,16 @@ def summarize_lens(df):
             "share_primary_last": at(last, "top1_primary"),
             "prefers_new_last": at(last, "prefers_new"),
             "logp_diff_last": at(last, "logp_diff"),
-            "share_new_mean": at(new_side, "top1_new"),
-            "share_primary_mean": at(new_side, "top1_primary"),
-            "prefers_new_mean": at(new_side, "prefers_new"),
-            "logp_diff_mean": at(new_side, "logp_diff"),
+            "share_new_mean": at(blocks, "top1_new"),
+            "share_primary_mean": at(blocks, "top1_primary"),
+            "prefers_new_mean": at(blocks, "prefers_new"),
+            "logp_diff_mean": at(blocks, "logp_diff"),
+            "prefers_new_layer0": at(layer0, "prefers_new"),
+            "logp_diff_layer0": at(layer0, "logp_diff"),
             "control_margin_last": at(last, "primary_vs_control"),
+            "control_a_last": at(last, "prefers_new_vs_unrelated"),
+            "control_b_last": at(last, "other_new_prefers"),
+            "specific_last": at(last, "prefers_new_vs_unrelated") - at(last, "prefers_new"),
             "cloze_new_last": at(last, "top1_target"),
             "cloze_primary_last": at(prim_last, "top1_target"),
             "attribution": ATTRIBUTION,
