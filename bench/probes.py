@@ -54,16 +54,20 @@ def _model_dir(which: str) -> str:
 
 
 def _batches(checked, batch_size: int):
-    """Prompts grouped by token length: equal-length batches, no padding anywhere."""
+    """Prompts grouped by token length: equal-length batches, no padding anywhere.
+    -> [(input_ids, vocabulary rows the pairwise/control measures of the batch need)]"""
     import torch
 
-    by_len: dict[int, list[list[int]]] = {}
+    by_len: dict[int, list] = {}
     for it in checked.items:
-        by_len.setdefault(len(it.prompt_ids), []).append(it.prompt_ids)
+        by_len.setdefault(len(it.prompt_ids), []).append(it)
     out = []
-    for _, seqs in sorted(by_len.items()):
-        for b in range(0, len(seqs), batch_size):
-            out.append(torch.tensor(seqs[b:b + batch_size]))
+    for _, items in sorted(by_len.items()):
+        for b in range(0, len(items), batch_size):
+            chunk = items[b:b + batch_size]
+            rows = sorted({t for it in chunk for t in (it.primary_first_id, it.new_first_id,
+                                                        *it.control_ids, *it.control_new_ids)})
+            out.append((torch.tensor([it.prompt_ids for it in chunk]), torch.tensor(rows)))
     return out
 
 
@@ -81,7 +85,7 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    from babeltower.probes.lens import LogitLens
+    from babeltower.probes.lens import LogitLens, lens_items
     from babeltower.probes.suite import load_suite
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -96,45 +100,69 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
     bridge = TransformerBridge.boot_transformers(model_dir, hf_model=tl_hf, tokenizer=tok)
     n_layers = lens.n_layers + 1
 
-    def ours():
+    def ours():                      # full vocabulary at every layer (top-1, probabilities)
         with torch.no_grad():
-            return [lens.layer_logits(ids) for ids in batches]
+            return [lens.layer_logits(ids) for ids, _ in batches]
+
+    def ours_rows():                 # pairwise/control measures: the needed rows only
+        with torch.no_grad():
+            return [lens.decode_rows(lens.layer_states(ids), rows) for ids, rows in batches]
+
+    def tl_resid(ids):
+        _, cache = bridge.run_with_cache(ids)
+        resid = cache.accumulated_resid(apply_ln=True, pos_slice=-1)
+        del cache
+        return resid
 
     def tl():
+        with torch.no_grad():
+            return [bridge.unembed(tl_resid(ids)) for ids, _ in batches]
+
+    def tl_rows():                   # the peer given the same shortcut: W_U[:, rows] only
         outs = []
         with torch.no_grad():
-            for ids in batches:
-                _, cache = bridge.run_with_cache(ids)
-                resid = cache.accumulated_resid(apply_ln=True, pos_slice=-1)
-                outs.append(bridge.unembed(resid))
-                del cache
+            for ids, rows in batches:
+                z = tl_resid(ids) @ bridge.W_U[:, rows]
+                b_u = bridge.b_U
+                outs.append(z if b_u is None else z + b_u[rows])
         return outs
 
-    # agreement first (also warms both up)
+    def ours_items():                # the library call: every pairwise/control measure
+        return lens_items(ours_model, tok, checked, batch_size, full_sequence=False,
+                          vocab="gathered")
+
+    # agreement first (also warms all up)
     a, b = ours(), tl()
     max_diff = max(float((x - y.reshape(x.shape)).abs().max()) for x, y in zip(a, b))
     top1_agree = sum(int((x.argmax(-1) == y.reshape(x.shape).argmax(-1)).sum())
                      for x, y in zip(a, b))
     total = sum(x.shape[0] * x.shape[1] for x in a)
-    t_ours, t_tl = [], []
-    for _ in range(rounds):
-        t_ours += _time(ours, 1)
-        t_tl += _time(tl, 1)
-    mo, mt = statistics.median(t_ours), statistics.median(t_tl)
-    with torch.no_grad():
-        states = [lens.layer_states(ids) for ids in batches]
-        t = time.perf_counter()
-        for st in states:
-            lens.decode(st)
-        t_unembed = time.perf_counter() - t
+    ar, br = ours_rows(), tl_rows()
+    rows_diff = max(float((x - y.reshape(x.shape)).abs().max()) for x, y in zip(ar, br))
+    rows_vs_full = max(float((x - f[..., rows]).abs().max())
+                       for x, f, (_, rows) in zip(ar, a, batches))
+    ours_items()
+    fns = {"ours": ours, "tl": tl, "ours_rows": ours_rows, "tl_rows": tl_rows,
+           "ours_items": ours_items}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):          # interleaved: every round runs each variant once
+        for k, fn in fns.items():
+            times[k] += _time(fn, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "prompts": len(checked.items), "batches": len(batches), "layers": n_layers,
-        "ours_s": mo, "tl_s": mt,
+        "rows_per_batch": statistics.mean(len(r) for _, r in batches),
+        **{f"{k}_s": v for k, v in med.items()},
         # one "checkpoint" = this model over all prompts
-        "ours_layers_ckpt_per_s": n_layers / mo, "tl_layers_ckpt_per_s": n_layers / mt,
-        "speedup": mt / mo, "max_abs_logit_diff": max_diff,
+        "ours_layers_ckpt_per_s": n_layers / med["ours"],
+        "tl_layers_ckpt_per_s": n_layers / med["tl"],
+        "speedup": med["tl"] / med["ours"], "speedup_rows": med["tl"] / med["ours_rows"],
+        "speedup_rows_vs_tl_rows": med["tl_rows"] / med["ours_rows"],
+        "speedup_items": med["tl"] / med["ours_items"],
+        "ratios_per_round": [t / o for t, o in zip(times["tl"], times["ours_rows"])],
+        "max_abs_logit_diff": max_diff, "rows_max_abs_diff": rows_diff,
+        "rows_vs_full_max_abs_diff": rows_vs_full,
         "top1_agreement": top1_agree / total, "vocab": int(ours_model.config.vocab_size),
-        "unembed_share": min(1.0, t_unembed / mo),
     }
 
 
@@ -177,6 +205,29 @@ def bench_lape(model_dir: str, rounds: int, n_windows: int, seq_len: int, batch_
             "lape_tok_per_s": n_tok / ml, "hook_overhead": mh / mp, "lape_ratio": ml / mp}
 
 
+def _print_lens(r: dict, tl_version: str) -> None:
+    print(f"\nlogit lens, python-php suite: {r['prompts']} prompts in {r['batches']} "
+          f"equal-length batches, {r['layers']} layers (embeddings + blocks), "
+          f"{r['rows_per_batch']:.0f} of {r['vocab']} vocabulary rows per batch for the "
+          "pairwise/control measures")
+    tl = f"TransformerLens {tl_version}"
+    print(f"  full vocabulary   babeltower LogitLens.layer_logits : {r['ours_s']:.3f} s/checkpoint"
+          f" = {r['ours_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
+    print(f"  full vocabulary   {tl} run_with_cache+unembed : {r['tl_s']:.3f} s/checkpoint")
+    print(f"  gathered rows     babeltower decode_rows           : {r['ours_rows_s']:.3f} s")
+    print(f"  gathered rows     {tl} resid @ W_U[:, rows]   : {r['tl_rows_s']:.3f} s")
+    print(f"  lens_items(vocab='gathered') (all pairwise/control measures, DataFrame): "
+          f"{r['ours_items_s']:.3f} s")
+    print(f"  ratio full vocabulary (TL / ours)            : {r['speedup']:.2f}x")
+    print(f"  ratio pairwise (TL full / ours gathered)     : {r['speedup_rows']:.2f}x  "
+          f"[target >= 3x]  per round: {', '.join(f'{x:.2f}' for x in r['ratios_per_round'])}")
+    print(f"  ratio pairwise (TL gathered / ours gathered) : {r['speedup_rows_vs_tl_rows']:.2f}x")
+    print(f"  ratio pairwise (TL full / lens_items)        : {r['speedup_items']:.2f}x")
+    print(f"  agreement: max |logit diff| full {r['max_abs_logit_diff']:.2e}, gathered rows "
+          f"ours vs TL {r['rows_max_abs_diff']:.2e}, gathered vs full "
+          f"{r['rows_vs_full_max_abs_diff']:.2e}; top-1 agreement {r['top1_agreement']:.4f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2 | tiny | a HF model dir")
@@ -187,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-lens", action="store_true", help="only the LAPE benchmark")
+    ap.add_argument("--skip-lape", action="store_true", help="only the lens benchmark")
     args = ap.parse_args(argv)
     import torch
 
@@ -206,18 +258,9 @@ def main(argv=None) -> int:
     else:
         r = bench_lens(model_dir, args.rounds, args.batch_size, args.prompts)
     if r is not None:
-        print(f"\nlogit lens, python-php suite: {r['prompts']} prompts in {r['batches']} "
-          f"equal-length batches, {r['layers']} layers (embeddings + blocks)")
-        print(f"  babeltower LogitLens        : {r['ours_s']:.3f} s/checkpoint = "
-              f"{r['ours_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
-        print(f"  TransformerLens {version('transformer-lens'):<11} : {r['tl_s']:.3f} s/checkpoint"
-              f" = {r['tl_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
-        print(f"  ratio (TransformerLens time / babeltower time): {r['speedup']:.2f}x  "
-              f"[target >= 3x]")
-        print(f"  agreement: max |logit diff| {r['max_abs_logit_diff']:.2e}, "
-              f"top-1 agreement {r['top1_agreement']:.4f}")
-        print(f"  of babeltower's time, unembedding {r['layers']} layers x "
-              f"{r['vocab']} tokens: {r['unembed_share']:.0%} (the same work in both)")
+        _print_lens(r, version('transformer-lens'))
+    if args.skip_lape:
+        return 0
     q = bench_lape(model_dir, args.rounds, args.lape_windows, args.seq_len, 4)
     print(f"\nLAPE counting hooks, {q['tokens']} tokens of CPython stdlib:")
     print(f"  plain forward (full model)           : {q['plain_tok_per_s']:.0f} tokens/s")

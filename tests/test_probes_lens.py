@@ -207,3 +207,171 @@ def test_full_sequence_scoring(arch, checked):
         else:
             multi += 1
     assert multi > 0
+
+
+# --------------------------------------------------------------------------- controls
+
+def _word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]")
+
+
+def planted_pairs(n_pairs=20, n_prompts=2, counterpart=0.0, own_new=0.0, seed=0, hidden=32):
+    """A suite of word-level pairs (prompts only on the new side, one context word per
+    prompt) and a 2-layer LLaMA whose blocks add nothing, so every layer's state at a
+    prompt is the normed embedding of its context word. Context words of pair i are
+    g + P_i + noise (g shared by all, P_i the pair's own direction); unembedding rows are
+    noise, new-language tokens + 1.5 g (a uniform preference for new tokens), the primary
+    counterpart of pair i + ``counterpart`` * P_i, its new token + ``own_new`` * P_i.
+    With both at 0 nothing relates a prompt to its pair: true pair and controls are
+    exchangeable, so the specific effects are 0 by construction."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from babeltower.probes.suite import ProbeSuite
+
+    ctx = [[f"c{i}x{r}" for r in range(n_prompts)] for i in range(n_pairs)]
+    prim, new = [f"py{i}" for i in range(n_pairs)], [f"nw{i}" for i in range(n_pairs)]
+    tok = _word_tokenizer([w for c in ctx for w in c] + prim + new)
+    suite = ProbeSuite(primary="python", new="php", pairs=[
+        {"id": f"p{i}", "kind": "builtin", "primary": {"identifier": prim[i]},
+         "new": {"identifier": new[i], "prompts": [w + " " for w in ctx[i]]}}
+        for i in range(n_pairs)])
+    g = torch.Generator().manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=16,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=32, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    shared = torch.zeros(hidden)
+    shared[0] = 2.0
+    pair_dir = torch.randn(n_pairs, hidden, generator=g)
+    pair_dir[:, 0] = 0.0
+    pair_dir = 2.0 * pair_dir / pair_dir.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        emb = 0.5 * torch.randn(len(tok), hidden, generator=g)
+        unemb = torch.randn(len(tok), hidden, generator=g)
+        for i in range(n_pairs):
+            for w in ctx[i]:
+                emb[tok.convert_tokens_to_ids(w)] += shared + pair_dir[i]
+            unemb[tok.convert_tokens_to_ids(prim[i])] += counterpart * pair_dir[i]
+            unemb[tok.convert_tokens_to_ids(new[i])] += 0.75 * shared + own_new * pair_dir[i]
+        model.model.embed_tokens.weight.copy_(emb)
+        model.lm_head.weight.copy_(unemb)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    checked = suite.check(tok, add_bos=False)
+    assert len(checked.items) == n_pairs * n_prompts and not checked.dropped
+    return model, tok, checked
+
+
+def test_controls_equal_the_true_pair_without_a_counterpart_relation():
+    from babeltower.probes.lens import lens_controls
+
+    model, tok, checked = planted_pairs()
+    table = lens_controls(lens_items(model, tok, checked, vocab="gathered"))
+    assert list(table.layer) == [0, 1, 2] and (table.n_prompts == 40).all()
+    assert (table.n_clusters == 20).all()   # one cluster per pair: its prompts share ids
+    for r in table.itertuples():
+        # new tokens are preferred across the board ...
+        assert r.share > 0.6 and r.control_a > 0.6 and r.control_b > 0.6
+        # ... but nothing is specific to the pair
+        assert r.ci_low <= 0 <= r.ci_high and abs(r.specific) < 0.1
+        assert r.specific_new_ci_low <= 0 <= r.specific_new_ci_high
+
+
+def test_planted_counterpart_relation_is_specific():
+    from babeltower.probes.lens import lens_controls, lens_controls_summary
+
+    model, tok, checked = planted_pairs(counterpart=3.0)
+    items = lens_items(model, tok, checked)
+    table = lens_controls(items)
+    for r in table.itertuples():
+        assert r.specific == pytest.approx(r.control_a - r.share)
+        assert r.specific > 0.2 and r.ci_low > 0      # the true counterpart is favoured
+        # control B moves with the true pair: other new tokens lose to the raised
+        # counterpart as this pair's own new token does
+        assert r.specific_new_ci_low <= 0 <= r.specific_new_ci_high
+    summ = lens_controls_summary(items).set_index("span")
+    assert list(summ.index) == ["layer 0", "layers 1-2", "layer 2", "layer 2, full identifiers"]
+    assert summ.loc["layers 1-2", "share"] == pytest.approx(table.share[1:].mean())
+    # single-token identifiers: the whole-identifier share is the first-token one
+    assert summ.loc["layer 2, full identifiers", "share"] == pytest.approx(table.share.iloc[-1])
+    # the pair's own new token raised instead: specific_new, not specific
+    model, tok, checked = planted_pairs(own_new=3.0)
+    table = lens_controls(lens_items(model, tok, checked))
+    assert (table.specific_new_ci_low > 0).all()
+    assert ((table.ci_low <= 0) & (0 <= table.ci_high)).all()
+
+
+def test_controls_group_prompts_that_share_text(checked):
+    from babeltower.probes.lens import lens_controls
+
+    tok = tiny_tokenizer()
+    items = lens_items(tiny_model("llama", len(tok)), tok, checked, full_sequence=False,
+                       vocab="gathered")
+    texts = {it.prompt for it in checked.items if it.side == "new"}
+    n_new = len([it for it in checked.items if it.side == "new"])
+    assert len(texts) < n_new            # the PHP suite has prompts shared between targets
+    table = lens_controls(items, n_boot=200)
+    assert table.n_prompts.max() == len(texts)
+    # share = mean over texts of the mean over each text's items (not over items)
+    sel = items[(items.side == "new") & (items.measure == "prefers_new") & (items.layer == 0)]
+    assert table.share.iloc[0] == pytest.approx(sel.groupby("prompt").value.mean().mean())
+    with pytest.raises(BabelError, match="missing measures"):
+        lens_controls(items[items.measure != "other_new_prefers"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gathered_rows_equal_the_full_vocabulary(arch, checked):
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, len(tok))
+    lens = LogitLens(model)
+    ids, mask = pad_batch([it.prompt_ids for it in checked.items[:9]], 0, "left")
+    states = lens.layer_states(ids, mask)
+    rows = [3, 17, 5, 250, 3]
+    diff = (lens.decode_rows(states, rows) - lens.decode(states)[..., rows]).abs().max()
+    assert float(diff) < 1e-4
+    items = checked.items[:30]
+    full = lens_items(model, tok, checked, batch_size=7, items=items)
+    gathered = lens_items(model, tok, checked, batch_size=7, items=items, vocab="gathered")
+    from babeltower.probes.lens import PAIRWISE_MEASURES
+
+    assert set(gathered.measure) == set(PAIRWISE_MEASURES) | {
+        "seq_logp_diff", "seq_prefers_new", "seq_logp_target"}
+    merged = full.merge(gathered, on=["pair_id", "side", "prompt", "layer", "measure"])
+    assert len(merged) == len(gathered)
+    np.testing.assert_allclose(merged.value_x, merged.value_y, atol=1e-4)
+    # the control measures by hand from the full log-probs of one item
+    it = next(i for i in items if i.control_ids and i.control_new_ids)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([it.prompt_ids])).logits[0, -1], -1)
+    got = gathered[(gathered.prompt == it.prompt) & (gathered.pair_id == it.pair_id)
+                   & (gathered.side == it.side) & (gathered.layer == lens.n_layers)
+                   ].set_index("measure").value
+    n, p = lp[it.new_first_id], lp[it.primary_first_id]
+    assert got["prefers_new_vs_unrelated"] == pytest.approx(
+        float((n > lp[it.control_ids]).float().mean()))
+    assert got["other_new_prefers"] == pytest.approx(
+        float((lp[it.control_new_ids] > p).float().mean()))
+    assert got["logp_other_new_vs_primary"] == pytest.approx(
+        float(lp[it.control_new_ids].mean() - p), abs=1e-4)
+
+
+def test_in_pass_sequence_scoring_equals_two_pass(checked):
+    from babeltower.probes.lens import sequence_logprobs
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    items = checked.items[:40]
+    df = lens_items(model, tok, checked, batch_size=6, items=items, vocab="gathered")
+    ctx = [it.prompt_ids for it in items]
+    lp_p = sequence_logprobs(model, ctx, [it.primary_ids for it in items])
+    lp_n = sequence_logprobs(model, ctx, [it.new_ids for it in items])
+    got = df[df.measure == "seq_logp_diff"].value.to_numpy()
+    assert any(len(it.primary_ids) > 1 or len(it.new_ids) > 1 for it in items)
+    np.testing.assert_allclose(got, lp_n - lp_p, atol=1e-4)

@@ -399,6 +399,150 @@ def aggregate_items(item_df):
     return out
 
 
+# --------------------------------------------------------------------------- controls
+
+#: lens_items measures behind the controls table: the true pair and its two controls
+CONTROL_MEASURES = {"share": "prefers_new", "control_a": "prefers_new_vs_unrelated",
+                    "control_b": "other_new_prefers"}
+
+
+def _units(item_df, measure: str, columns):
+    """Prompt texts x columns of one measure, averaged over the items that share a prompt
+    text: prompts written for several targets (``"n = "`` for len and for str) count once."""
+    sel = item_df[item_df.measure == measure]
+    return sel.pivot_table(index="prompt", columns="layer", values="value",
+                           aggfunc="mean", dropna=False).reindex(columns=columns)
+
+
+def _clusters(item_df, texts) -> list[int]:
+    """Cluster id per prompt text: texts linked through a shared pair (one pair's prompts
+    share its identifiers, so their values are not independent) or a shared text fall in
+    one cluster; the bootstrap resamples clusters (union-find over pairs and texts)."""
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for text, pair in item_df[["prompt", "pair_id"]].drop_duplicates().itertuples(index=False):
+        parent[find(("text", text))] = find(("pair", pair))
+    roots = [find(("text", t)) for t in texts]
+    ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+    return [ids[r] for r in roots]
+
+
+def _boot_means(x, weights):
+    """Weighted means over units (rows of x, NaN = missing) for each bootstrap weight row."""
+    import numpy as np
+
+    ok = ~np.isnan(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(ok, x, 0.0)) / (weights @ ok)
+
+
+def _controls_frame(units: dict, clusters: list[int], n_boot: int, seed: int,
+                    confidence: float):
+    """share / control_a / control_b / specific (+ interval) / specific_new (+ interval) for
+    unit matrices (prompt texts x columns), with a bootstrap over clusters of texts."""
+    import numpy as np
+    import pandas as pd
+
+    share, ca, cb = (units[k].to_numpy(float) for k in ("share", "control_a", "control_b"))
+    specific, specific_new = ca - share, share - cb
+    n_units, n_clusters = share.shape[0], max(clusters) + 1
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
+    weights = draws[:, clusters] * 1.0                       # (n_boot, n_units)
+    alpha = (1.0 - confidence) / 2
+    out = pd.DataFrame(index=units["share"].columns)
+    ones = np.ones((1, n_units))
+    for name, x in (("share", share), ("control_a", ca), ("control_b", cb),
+                    ("specific", specific), ("specific_new", specific_new)):
+        out[name] = _boot_means(x, ones)[0]
+        if name in ("share", "specific", "specific_new"):
+            boot = _boot_means(x, weights)
+            lo, hi = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
+            prefix = "" if name == "specific" else f"{name}_"
+            out[f"{prefix}ci_low"], out[f"{prefix}ci_high"] = lo, hi
+    out["n_prompts"] = (~np.isnan(specific)).sum(axis=0)
+    out["n_clusters"] = n_clusters
+    return out
+
+
+def _control_items(item_df, side: str, kind: str | None):
+    sel = item_df[item_df.side == side]
+    if kind not in (None, "all"):
+        sel = sel[sel.kind == kind]
+    missing = [m for m in CONTROL_MEASURES.values() if m not in set(sel.measure)]
+    if sel.empty or missing:
+        raise BabelError(f"no lens rows for the controls (side={side}, kind={kind}"
+                         + (f"; missing measures {', '.join(missing)}" if missing else "") + ")")
+    return sel
+
+
+def lens_controls(item_df, side: str = "new", kind: str | None = None, n_boot: int = 2000,
+                  seed: int = 0, confidence: float = 0.95):
+    """Per layer: the working-language share with its two controls and the specific effect.
+
+    ``item_df`` is ``lens_items``'s output (one model). Columns: layer, share (true pair:
+    new token beats its primary counterpart), control_a (the new token against UNRELATED
+    primary tokens, other pairs' primary first tokens), control_b (OTHER pairs' new tokens
+    against this primary token), specific = control_a - share (how much more often the TRUE
+    counterpart beats the new token than an unrelated primary token does: > 0 only if the
+    counterpart relation itself is preferred, the translation reading) with ci_low/ci_high,
+    specific_new = share - control_b (the prompt's own new token beats the counterpart more
+    often than other new tokens do) with its interval, share_ci_low/high, n_prompts
+    (distinct prompt texts with both measures).
+    Intervals: percentile bootstrap over prompt TEXTS (items sharing a text are averaged
+    first), resampled in clusters (texts linked by a pair or a shared text, n_clusters):
+    one pair's prompts share its identifiers and are not independent. Layer 0 (embeddings) is a row of its own; ``lens_controls_summary`` reports it
+    apart from the mean over the blocks."""
+    sel = _control_items(item_df, side, kind)
+    layers = sorted(set(sel.layer))
+    units = {k: _units(sel, m, layers) for k, m in CONTROL_MEASURES.items()}
+    out = _controls_frame(units, _clusters(sel, units["share"].index), n_boot, seed,
+                          confidence)
+    out.index.name = "layer"
+    return out.reset_index()
+
+
+def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
+                          n_boot: int = 2000, seed: int = 0, confidence: float = 0.95):
+    """``lens_controls``'s columns for three spans, one row each: "layer 0" (embeddings),
+    "layers 1-L" (the mean over the blocks, embeddings left out), "layer L" (the output
+    layer, first-token attribution); plus "layer L, full identifiers": the share scored
+    with whole identifiers (``seq_prefers_new``; its controls are not computed, NaN)."""
+    import numpy as np
+    import pandas as pd
+
+    sel = _control_items(item_df, side, kind)
+    layers = sorted(set(sel.layer))
+    last = layers[-1]
+    spans = {"layer 0": [0], f"layers 1-{last}": layers[1:], f"layer {last}": [last]}
+    units = {}
+    for k, m in CONTROL_MEASURES.items():
+        per_layer = _units(sel, m, layers)
+        units[k] = pd.DataFrame({name: per_layer[cols].mean(axis=1, skipna=False)
+                                 for name, cols in spans.items()})
+    clusters = _clusters(sel, units["share"].index)
+    out = _controls_frame(units, clusters, n_boot, seed, confidence)
+    seq = sel[sel.measure == "seq_prefers_new"]
+    if len(seq):
+        s = seq.groupby("prompt")["value"].mean().reindex(units["share"].index).to_numpy(float)
+        n_c = max(clusters) + 1
+        draws = np.random.default_rng(seed).multinomial(n_c, np.full(n_c, 1 / n_c), n_boot)
+        boot = _boot_means(s[:, None], draws[:, clusters] * 1.0)[:, 0]
+        lo, hi = np.nanquantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+        s = s[~np.isnan(s)]
+        row = pd.Series(np.nan, index=out.columns)
+        row[["share", "share_ci_low", "share_ci_high", "n_prompts"]] = [s.mean(), lo, hi, len(s)]
+        out.loc[f"layer {last}, full identifiers"] = row
+    out.index.name = "span"
+    return out.reset_index()
+
+
 # --------------------------------------------------------------------------- series
 
 def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
@@ -493,8 +637,13 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
 def summarize_lens(df):
     """One row per checkpoint, read on the NEW-language prompts (all kinds):
     share_new_last / share_primary_last (top-1 share at the output layer),
-    prefers_new_last, logp_diff_last, and the same averaged over all layers (``*_mean``),
-    plus the control margin at the output layer and cloze accuracy on both sides."""
+    prefers_new_last, logp_diff_last, the same averaged over the blocks (``*_mean``, layers
+    1..L: the embedding layer is reported apart as ``*_layer0``), the control margin and
+    the two controls of ``prefers_new`` at the output layer (``control_a_last``: the new
+    token against unrelated primary tokens; ``control_b_last``: other pairs' new tokens
+    against the primary token; ``specific_last`` = control_a_last - prefers_new_last; the
+    interval needs the per-prompt rows, see ``lens_controls``), and cloze accuracy on both
+    sides."""
     import pandas as pd
 
     rows = []
@@ -502,6 +651,7 @@ def summarize_lens(df):
                                             dropna=False):
         new_side = g[(g.side == "new") & (g.kind == "all")]
         last = new_side[new_side.layer == new_side.layer.max()]
+        blocks, layer0 = new_side[new_side.layer > 0], new_side[new_side.layer == 0]
 
         def at(frame, m):
             v = frame.loc[frame.measure == m, "value"]
@@ -515,11 +665,16 @@ def summarize_lens(df):
             "share_primary_last": at(last, "top1_primary"),
             "prefers_new_last": at(last, "prefers_new"),
             "logp_diff_last": at(last, "logp_diff"),
-            "share_new_mean": at(new_side, "top1_new"),
-            "share_primary_mean": at(new_side, "top1_primary"),
-            "prefers_new_mean": at(new_side, "prefers_new"),
-            "logp_diff_mean": at(new_side, "logp_diff"),
+            "share_new_mean": at(blocks, "top1_new"),
+            "share_primary_mean": at(blocks, "top1_primary"),
+            "prefers_new_mean": at(blocks, "prefers_new"),
+            "logp_diff_mean": at(blocks, "logp_diff"),
+            "prefers_new_layer0": at(layer0, "prefers_new"),
+            "logp_diff_layer0": at(layer0, "logp_diff"),
             "control_margin_last": at(last, "primary_vs_control"),
+            "control_a_last": at(last, "prefers_new_vs_unrelated"),
+            "control_b_last": at(last, "other_new_prefers"),
+            "specific_last": at(last, "prefers_new_vs_unrelated") - at(last, "prefers_new"),
             "cloze_new_last": at(last, "top1_target"),
             "cloze_primary_last": at(prim_last, "top1_target"),
             "attribution": ATTRIBUTION,
