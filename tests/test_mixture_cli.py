@@ -55,15 +55,15 @@ def test_mixture_command_bad_input(tmp_path, capsys, args, needle):
 
 def test_optimize_command_end_to_end(tmp_path, data, capsys):
     avail = available_tokens(data)
-    lines = ["language,step,tokens,loss,performance"]
+    lines = ["language,step,tokens,loss,performance,trials"]
     for i, (t, lo, pf) in enumerate(zip(TOKENS, loss_curve(), peaked(3))):
-        lines.append(f"php,{i},{t},{lo},{pf}")
+        lines.append(f"php,{i},{t},{lo},{pf},400")
     runs = tmp_path / "metrics.csv"
     runs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "optimized.yaml"
     eta_p = avail["python"] // 2
     rc = main(["optimize", "--runs", str(runs), "--primary", "python", "--data", str(data.root),
-               "--primary-tokens", str(eta_p), "-o", str(out)])
+               "--primary-tokens", str(eta_p), "--beta", "last_k", "-o", str(out)])
     assert rc == 0
     spec = MixtureSpec.from_yaml(out)
     # P* = 0.5 at the best checkpoint -> eta_php = eta_p
@@ -85,18 +85,32 @@ def test_optimize_command_end_to_end(tmp_path, data, capsys):
 
 
 def test_stages_command(tmp_path, capsys):
-    lines = ["language,tokens,loss,performance"]
+    lines = ["language,tokens,loss,performance,trials"]
     for t, lo, pf in zip(TOKENS, loss_curve(), peaked(4)):
-        lines.append(f"php,{t},{lo},{pf}")
+        lines.append(f"php,{t},{lo},{pf},400")
     for t, lo, pf in zip(TOKENS, loss_curve(), np.linspace(0, 0.6, 14)):
-        lines.append(f"cpp,{t},{lo},{pf}")
+        lines.append(f"cpp,{t},{lo},{pf},400")
     runs = tmp_path / "metrics.csv"
     runs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "stages.json"
-    assert main(["stages", "--runs", str(runs), "-o", str(out)]) == 0
+    assert main(["stages", "detect", "--runs", str(runs), "--bootstrap", "99", "-o", str(out)]) == 0
     res = json.loads(out.read_text())["stages"]
-    assert res["php"]["kind"] == "three-stage" and res["php"]["peak_index"] == 4
-    assert res["cpp"]["kind"] == "monotone"
+    assert res["php"]["call"] == "rise_then_drop" and res["php"]["peak_index"] == 4
+    assert res["php"]["p_value"] <= 0.05
+    assert res["cpp"]["call"] == "monotone"
     capsys.readouterr()
-    assert main(["stages", "--runs", str(tmp_path / "missing.csv")]) == 2
+    assert main(["stages", "detect", "--runs", str(tmp_path / "missing.csv")]) == 2
     assert "not found" in _one_line_error(capsys)
+    no_noise = tmp_path / "no_noise.csv"
+    no_noise.write_text("\n".join(x.rsplit(",", 1)[0] for x in lines) + "\n")
+    assert main(["stages", "detect", "--runs", str(no_noise)]) == 2
+    assert "no per-checkpoint uncertainty" in _one_line_error(capsys)
+
+
+def test_stages_power_command(capsys):
+    assert main(["stages", "power", "--checkpoints", "12", "--eval-size", "400", "--sims", "20",
+                 "--bootstrap", "19"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("12 checkpoints, n=400: detection") and "false positives" in line
+    assert main(["stages", "power", "--checkpoints", "12", "--eval-size", "0"]) == 2
+    assert "zero eval size" in _one_line_error(capsys)

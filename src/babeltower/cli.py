@@ -43,6 +43,7 @@ DEBUG_FLAG = "--debug"
 
 
 def _register() -> None:
+    from babeltower.analysis.cli import app as stages_app
     from babeltower.corpus.cli import app as corpus_app, tokenizer_app
     from babeltower.evaluate.cli import app as eval_app
     from babeltower.experiment.cli import register as register_experiment
@@ -55,6 +56,7 @@ def _register() -> None:
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(probe_app, name="probe")
     app.add_typer(eval_app, name="eval")
+    app.add_typer(stages_app, name="stages")
     register_train(app)
     register_mixture(app)
     register_experiment(app)

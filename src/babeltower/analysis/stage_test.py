@@ -153,7 +153,7 @@ def bootstrap_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 class CallSettings:
     alpha: float = 0.05
     n_bootstrap: int = 999
-    null: str = "isotonic"     # drop test's null curve: "isotonic" fit or "flat" (pooled level)
+    null: str = "flat"         # drop test's null curve: "flat" (pooled level) or "isotonic" fit
 
 
 @dataclass

@@ -11,8 +11,11 @@ known power (docs/stages.md; the statistics are in ``stage_test``):
 2. **Drop test.** H0: the mean curve is non-decreasing (isotonic). Statistic: the largest
    likelihood-ratio gain from allowing one downward jump after any running maximum
    (isotonic fit of [0..m] plus isotonic fit of [m+1..end] against the isotonic fit of
-   the whole curve). p-value: parametric bootstrap under the fitted isotonic null (or a
-   flat null, ``null="flat"``, the least favourable one, more conservative).
+   the whole curve). p-value: parametric bootstrap under a flat curve at the pooled
+   level (``null="flat"``, the default: the least favourable monotone curve, since a
+   drop is likeliest where nothing rises) or under the fitted isotonic curve
+   (``null="isotonic"``: more power, but measured 6.0% [4.1, 8.5] false positives at
+   alpha 0.05 on rise-then-plateau curves of 40 checkpoints, n = 400).
 3. **Rise test.** H0: constant. Statistic: isotonic against constant fit, over the part
    before the drop (if the drop is significant) or the whole curve; bootstrap under the
    pooled constant.
@@ -97,7 +100,7 @@ class StageOptions:
 
     alpha: float = 0.05            # significance level of the drop and rise tests
     n_bootstrap: int = 999         # parametric-bootstrap replicates per test
-    null: str = "isotonic"         # drop test's null curve: "isotonic" or "flat"
+    null: str = "flat"             # drop test's null curve: "flat" or "isotonic"
     min_points: int = 6            # fewer checkpoints: an error
     stable_fraction: float = 0.15  # stabilization band, as a share of the drop (rise)
     tolerance: int | None = None   # corroboration tolerance, checkpoints (max(1, n//10))

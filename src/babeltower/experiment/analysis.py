@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, detect_stages,
+                                        detect_stages_multi)
+from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with_controls, holm,
+                                            paired_t)
+from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
+from babeltower.mixture.optimize import CPTCurve, algorithm1, calibration_table
 
 
 # ------------------------------------------------------------------- per-checkpoint curves
@@ -30,58 +36,120 @@ def curve(rows: list[dict], measure: str, language: str | None = None) -> tuple[
     return xs, ys
 
 
+def per_checkpoint(rows: list[dict], measure: str, language: str) -> list | None:
+    """One value per row of ``measure`` for ``language``, or None if any row lacks it."""
+    vals = [(r.get(measure) or {}).get(language) for r in rows]
+    return None if any(v is None for v in vals) else [float(v) for v in vals]
+
+
+def cloze_trials(rows: list[dict], lang: str) -> list | None:
+    """Prompts behind each checkpoint's cloze accuracy (its binomial n): the measurement's
+    ``cloze_new_n``, else the lens's ``n_prompts``; None when neither was recorded."""
+    n = per_checkpoint(rows, "cloze_new_n", lang)
+    if n is None:
+        n = [((r.get("lens_layers") or {}).get(lang) or {}).get("n_prompts") for r in rows]
+        n = None if any(v is None for v in n) else [float(v) for v in n]
+    return n
+
+
 def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tuple[list, list, str]:
     """The per-checkpoint performance signal chosen in the config (higher is better).
 
-    ``cloze`` falls back to negative bits-per-byte when the cloze curve carries no signal
-    at this scale (stage detection calls it flat or undetermined: a tiny model rarely gets
-    an identifier right, so the curve is a floor with single-prompt blips); the returned
-    label says which signal was used.
+    ``cloze`` falls back to negative bits-per-byte when the stage test calls the cloze
+    curve flat or undetermined (a tiny model rarely gets an identifier right, so the
+    curve is a floor with single-prompt blips), or when the prompt counts behind it were
+    not recorded; the returned label says which signal was used.
     """
-    from babeltower.analysis.stages import StageOptions, detect_stages
-
     if cfg.evaluation.performance == "cloze":
-        x, y = curve(rows, "cloze_new", lang)
-        if len(x) >= 2 and detect_stages(x, y, options=StageOptions(n_bootstrap=0)).kind not in ("flat", "undetermined"):
+        rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
+        x, y = curve(rows_c, "cloze_new", lang)
+        trials = cloze_trials(rows_c, lang)
+        call = None
+        if trials is not None and len(x) >= StageOptions().min_points:
+            call = detect_stages(x, y, BinomialNoise(trials), options=StageOptions(n_bootstrap=99),
+                                 name=f"{lang} cloze").call
+        if call not in (None, "flat", "undetermined"):
             return x, y, f"cloze accuracy ({lang} prompts, first-token)"
+        why = "cloze was flat" if call else "cloze untested: no prompt counts"
         x, y = curve(rows, "bpb", lang)
-        return x, [-v for v in y], f"-bits per byte ({lang}, validation; cloze was flat)"
+        return x, [-v for v in y], f"-bits per byte ({lang}, validation; {why})"
     x, y = curve(rows, "bpb", lang)
     return x, [-v for v in y], f"-bits per byte ({lang}, validation)"
 
 
+def performance_noise(rows: list[dict], lang: str, label: str):
+    """The stage test's noise model for the curve ``performance_curve`` chose: binomial
+    over the cloze prompts, or the bpb standard errors (``bpb_se``, from the measurement's
+    document bootstrap); None when the measurement did not record them."""
+    if label.startswith("cloze"):
+        rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
+        trials = cloze_trials(rows_c, lang)
+        return None if trials is None else BinomialNoise(trials)
+    se = per_checkpoint([r for r in rows if (r.get("bpb") or {}).get(lang) is not None],
+                        "bpb_se", lang)
+    return None if se is None else GaussianNoise(se)
+
+
+_CORROBORATING = (("working-language share (last layer)", "lens_new_share_last", True),
+                  ("working-language share (mean over layers)", "lens_new_share_mean", True),
+                  ("transferring-neuron ratio |T|/|S_new|", "transfer_ratio", False))
+
+
+def _stages(rows: list[dict], lang: str, x: list, perf: list, label: str):
+    """(stage dict for results.json, StageResult or None) of one language's CPT run."""
+    noise = performance_noise(rows, lang, label)
+    if noise is None:
+        return ({"performance": {"call": "undetermined", "kind": "undetermined",
+                                 "reason": "no per-checkpoint uncertainty recorded for "
+                                           f"{label}: stage test not run"},
+                 "performance_measure": label}, None)
+    multi: dict[str, tuple] = {"performance": (x, perf, True)}
+    for name, key, hib in _CORROBORATING:
+        cx, cy = curve(rows, key, lang)
+        if len(cx) >= 2 and len(set(cy)) > 1:
+            multi[name] = (cx, cy, hib)
+    try:
+        res = detect_stages_multi(multi, noise, performance="performance")
+    except BabelError as e:      # too few checkpoints, ...: recorded, Algorithm 1 keeps all
+        return ({"performance": {"call": "undetermined", "kind": "undetermined",
+                                 "reason": str(e)}, "performance_measure": label}, None)
+    return {**res.to_dict(), "performance_measure": label}, res.performance
+
+
+def _calibration(cfg: ExperimentConfig, rows: list[dict], lang: str, c: CPTCurve) -> dict:
+    """Eq. 1 against the measured share, next to the same statistics for the primary
+    language's bpb over the same checkpoints and for a family of monotone null curves."""
+    sx, share = curve(rows, "lens_new_share_mean", lang)
+    if not sx or len(sx) != len(c.tokens):
+        return {"error": "no measured working-language share at every checkpoint"}
+    try:
+        table = calibration_table(c, share).to_dict()
+    except BabelError as e:      # Eq. 1 undefined when the loss never fell
+        return {"error": str(e)}
+    primary_bpb = per_checkpoint(rows, "bpb", cfg.primary)
+    controls = {} if primary_bpb is None else {f"{cfg.primary} bpb (forgetting)": primary_bpb}
+    p_loss = [row["p_loss"] for row in table["rows"]]
+    table["specificity"] = correlation_with_controls(c.tokens, share, p_loss, controls)
+    return table
+
+
 def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, int]) -> dict:
     """Stages per language, Algorithm 1 on the original corpus, and Eq. 1 calibration."""
-    from babeltower.mixture.optimize import CPTCurve, algorithm1, calibration_table
-    from babeltower.analysis.stages import detect_stages_multi
-
-    stages, curves, perf_label, calibration = {}, {}, {}, {}
+    stages, curves, perf_label, calibration, stage_objs = {}, {}, {}, {}, {}
     for lang, run in cpt.items():
         rows = run["checkpoints"]
         x, perf, label = performance_curve(cfg, rows, lang)
         perf_label[lang] = label
-        multi: dict[str, tuple] = {"performance": (x, perf, True)}
-        for name, key, hib in (("working-language share (last layer)", "lens_new_share_last", True),
-                               ("working-language share (mean over layers)", "lens_new_share_mean", True),
-                               ("transferring-neuron ratio |T|/|S_new|", "transfer_ratio", False)):
-            cx, cy = curve(rows, key, lang)
-            if len(cx) >= 2 and len(set(cy)) > 1:
-                multi[name] = (cx, cy, hib)
-        res = detect_stages_multi(multi, performance="performance")
-        stages[lang] = {**res.to_dict(), "performance_measure": label}
-        lx, loss = curve(rows, "loss", lang)
-        curves[lang] = CPTCurve(tokens=lx, loss=loss, performance=perf if len(perf) == len(lx) else None,
-                                steps=[r["step"] for r in rows if r.get("loss", {}).get(lang) is not None])
-        sx, share = curve(rows, "lens_new_share_mean", lang)
-        if sx and len(sx) == len(lx):
-            try:
-                calibration[lang] = calibration_table(curves[lang], share).to_dict()
-            except Exception as e:  # noqa: BLE001 - Eq. 1 undefined when loss never fell
-                calibration[lang] = {"error": str(e)}
-    from babeltower.analysis.stages import StageOptions, detect_stages
-
-    stage_objs = {lang: detect_stages(curves[lang].tokens, curves[lang].performance)
-                  for lang in curves}
+        stages[lang], st = _stages(rows, lang, x, perf, label)
+        if st is not None:
+            stage_objs[lang] = st
+        lrows = [r for r in rows if (r.get("loss") or {}).get(lang) is not None]
+        lx, loss = curve(lrows, "loss", lang)
+        curves[lang] = CPTCurve(tokens=lx, loss=loss,
+                                performance=perf if len(perf) == len(lx) else None,
+                                steps=[r["step"] for r in lrows])
+        calibration[lang] = _calibration(cfg, rows, lang, curves[lang])
+    # a language without a stage result keeps all its data (the reason says why)
     alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs)
     return {"stages": stages, "performance_measure": perf_label,
             "algorithm1": alg.to_dict(), "calibration": calibration}
@@ -167,14 +235,34 @@ def compare(cfg: ExperimentConfig, runs: list[dict]) -> dict:
                                   "mean": mean, "ci_low": lo, "ci_high": hi,
                                   "n_seeds": sum(v is not None for v in vals),
                                   "tokens": next(x["tokens"] for x in rs if x["mixture"] == m),
-                                  "diff_vs_natural": dm, "diff_ci_low": dlo, "diff_ci_high": dhi})
-        out[protocol] = table
+                                  "diff_vs_natural": dm, "diff_ci_low": dlo, "diff_ci_high": dhi,
+                                  "diffs": [d for d in diffs if d is not None]})
+        out[protocol] = adjust_family(table)
     eq = out.get("equal_tokens", [])
     ranked = sorted((t for t in eq if t["language"] == "mean" and t["measure"] == "bpb"),
                     key=lambda t: t["mean"])
     out["best_equal_tokens"] = ranked[0]["mixture"] if ranked else None
     out["ranking_equal_tokens"] = [t["mixture"] for t in ranked]
     return out
+
+
+def adjust_family(table: list[dict], level: float = 0.95) -> list[dict]:
+    """Multiplicity over one protocol's family: every (mixture != natural, language,
+    measure) difference against natural. Adds the paired t-test p-value, its Holm and
+    Benjamini-Hochberg adjustments, and a simultaneous (Bonferroni) interval at level
+    1 - (1 - level)/m, m = number of differences with a p-value (docs/mixtures.md)."""
+    family = [t for t in table if t["mixture"] != "natural" and len(t["diffs"]) >= 2]
+    tests = [paired_t(t["diffs"], level) for t in family]
+    m = sum(math.isfinite(x["p"]) for x in tests)
+    for t, x, ph, q in zip(family, tests, holm([x["p"] for x in tests]),
+                           benjamini_hochberg([x["p"] for x in tests])):
+        wide = paired_t(t["diffs"], level, family_size=max(1, m))
+        t.update({"diff_p": x["p"], "diff_p_holm": ph, "diff_q_bh": q, "family_size": m,
+                  "diff_ci_low_simultaneous": wide["ci_low"],
+                  "diff_ci_high_simultaneous": wide["ci_high"]})
+    for t in table:
+        t.pop("diffs")
+    return table
 
 
 def _final_value(run: dict, measure: str, lang: str, cfg: ExperimentConfig) -> float | None:

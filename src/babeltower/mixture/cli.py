@@ -1,7 +1,7 @@
-"""CLI: ``babeltower mixture`` (baseline mixtures), ``babeltower optimize`` (Algorithm 1)
-and ``babeltower stages`` (stage detection on CPT metrics).
+"""CLI: ``babeltower mixture`` (baseline mixtures) and ``babeltower optimize`` (Algorithm 1;
+the stage test's own verbs are in ``babeltower.analysis.cli``).
 
-All are thin: they call ``make_baseline`` / ``algorithm1`` / ``detect_stages`` and write
+Both are thin: they call ``make_baseline`` / ``algorithm1`` and write
 a MixtureSpec YAML and/or a JSON of every number with provenance, atomically.
 """
 
@@ -99,7 +99,8 @@ def _print_budgets(spec) -> None:
 
 def optimize_command(
     runs: Path = typer.Option(..., "--runs", help="Per-checkpoint CPT metrics: CSV (language, "
-                                                  "tokens, loss[, performance][, step]) or JSON."),
+                                                  "tokens, loss[, performance][, step][, trials]"
+                                                  "[, performance_se][, loss_se]) or JSON."),
     primary: str = typer.Option(..., "--primary", help="Primary language (e.g. python)."),
     out: Path = typer.Option(..., "--out", "-o", help="Optimized mixture YAML to write; the "
                                                       "numbers go to the same name with .json."),
@@ -108,27 +109,36 @@ def optimize_command(
                                             help="Instead of --data: 'python=1000,php=2000'."),
     primary_tokens: Optional[int] = typer.Option(None, "--primary-tokens",
                                                  help="eta_p (default: all primary data)."),
-    beta: str = typer.Option("last_k", "--beta", help="Converged loss: last_k or min."),
+    beta: str = typer.Option("fit_exp", "--beta", help="Converged loss: fit_exp (asymptote of "
+                             "a + b exp(-c t)), tail (constant-LR tail), last_k or min."),
     beta_k: int = typer.Option(3, "--beta-k", help="Checkpoints averaged for beta=last_k."),
-    best: str = typer.Option("raw", "--best", help="Best checkpoint from raw or smoothed "
-                                                   "performance."),
+    beta_tail_from: Optional[float] = typer.Option(None, "--beta-tail-from",
+                                                   help="beta=tail: tokens where the "
+                                                        "constant-LR tail starts."),
+    p_threshold: float = typer.Option(0.05, "--p-threshold", help="A stage call with a larger "
+                                                                  "p-value keeps all data."),
+    floor: float = typer.Option(0.05, "--floor", help="No language below this share of its "
+                                                      "available tokens."),
+    min_tokens: int = typer.Option(0, "--min-tokens", help="... nor below this many tokens."),
     split: str = typer.Option("train", "--split"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Algorithm 1: down-sample each new language to its best CPT stage; write YAML + JSON."""
     from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import algorithm1, read_cpt_runs
+    from babeltower.mixture.optimize import Algorithm1Options, algorithm1, read_cpt_runs
 
     json_out = out.with_suffix(".json")
     _check_out(out, overwrite)
     _check_out(json_out, overwrite)
     cpt = read_cpt_runs(runs)
     avail = _available(data, available, split)
-    res = algorithm1(cpt, avail, primary, primary_tokens, beta=beta, beta_k=beta_k, best=best)
+    opts = Algorithm1Options(beta=beta, beta_k=beta_k, beta_tail_from=beta_tail_from,
+                             p_threshold=p_threshold, floor_fraction=floor, min_tokens=min_tokens)
+    res = algorithm1(cpt, avail, primary, primary_tokens, opts)
     spec = res.to_mixture()
     hashes = {"runs": sha256_file(runs), **(_data_hashes(data) or {})}
     cfg = {"runs": str(runs), "primary": primary, "primary_tokens": primary_tokens,
-           "beta": beta, "beta_k": beta_k, "best": best, "split": split,
+           "algorithm1": res.params, "split": split,
            "data": str(data) if data else None, "available": avail}
     atomic_write_json(json_out, {**res.to_dict(), "mixture": spec.model_dump(mode="json"),
                                  "provenance": provenance(config=cfg, data_hashes=hashes)})
@@ -139,56 +149,19 @@ def optimize_command(
     from rich.table import Table
 
     t = Table(title="Algorithm 1")
-    for col in ("language", "stage", "P*", "available", "target", "reason"):
+    for col in ("language", "stage (p)", "P* [95%]", "available", "target [95%]", "reason"):
         t.add_column(col)
     for lang, d in res.decisions.items():
-        t.add_row(lang, d.stage_kind or "-", "-" if d.p_star is None else f"{d.p_star:.3f}",
-                  f"{d.available:,}", f"{d.target_tokens:,}", d.reason)
+        stage = "-" if d.stage_call is None else f"{d.stage_call} ({d.stage_p_value:.3g})"
+        p = "-" if d.p_star is None else f"{d.p_star:.3f}" + (
+            "" if d.p_star_interval is None else " [{:.3f}, {:.3f}]".format(*d.p_star_interval))
+        target = f"{d.target_tokens:,}" + (
+            "" if d.target_interval is None else " [{:,}, {:,}]".format(*d.target_interval))
+        t.add_row(lang, stage, p, f"{d.available:,}", target, d.reason)
     Console(stderr=True).print(t)
     typer.echo(str(out))
-
-
-def stages_command(
-    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
-                                                  "optimize --runs)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
-    k_noise: float = typer.Option(3.0, "--k-noise", help="Drop must exceed k x noise sigma."),
-    min_relative_drop: float = typer.Option(0.1, "--min-relative-drop"),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed for the confidence."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-) -> None:
-    """Translation / transition / stabilization per language from CPT metrics (docs/stages.md)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import read_cpt_runs
-    from babeltower.analysis.stages import StageOptions, detect_stages
-
-    if out is not None:
-        _check_out(out, overwrite)
-    cpt = read_cpt_runs(runs)
-    kw = dict(k_noise=k_noise, min_relative_drop=min_relative_drop, seed=seed)
-    opts = StageOptions(**kw)
-    results = {lang: detect_stages(c.tokens, c.performance, options=opts) for lang, c in cpt.items()}
-    t = Table(title="stages (performance; higher is better)")
-    for col in ("language", "kind", "confidence", "peak tokens", "stable from", "drop/noise"):
-        t.add_column(col)
-    for lang, r in results.items():
-        t.add_row(lang, r.kind, f"{r.confidence:.2f}",
-                  "-" if r.peak_x is None else f"{r.peak_x:,.0f}",
-                  "-" if r.stable_x is None else f"{r.stable_x:,.0f}",
-                  f"{r.drop_to_noise:.1f}" if r.noise_sigma > 0 else "-")
-    Console(stderr=True).print(t)
-    if out is not None:
-        atomic_write_json(out, {"stages": {k: r.to_dict() for k, r in results.items()},
-                                "provenance": provenance(config={"runs": str(runs), **kw},
-                                                         seed=seed,
-                                                         data_hashes={"runs": sha256_file(runs)})})
-        typer.echo(str(out))
 
 
 def register(app: typer.Typer) -> None:
     app.command("mixture")(mixture_command)
     app.command("optimize")(optimize_command)
-    app.command("stages")(stages_command)

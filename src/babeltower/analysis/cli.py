@@ -1,0 +1,134 @@
+"""CLI: ``babeltower stages detect`` (the stage test on CPT metrics) and ``babeltower
+stages power`` (detection and false-positive rates of that test for a schedule, an eval
+size and an effect). Thin: they call ``detect_stages`` / ``stage_power`` and print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from babeltower.analysis.power import (Effect, describe, find_design, read_schedule, schedule,
+                                       stage_power)
+from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions, detect_stages
+from babeltower.errors import BabelError
+from babeltower.io import atomic_write_json, provenance, sha256_file
+from babeltower.mixture.optimize import read_cpt_runs
+
+app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
+                  no_args_is_help=True)
+
+
+def _check_out(out: Optional[Path], overwrite: bool) -> None:
+    if out is not None and out.exists() and not overwrite:
+        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+
+
+@app.command("detect")
+def detect_command(
+    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
+                                                  "optimize --runs, with trials or "
+                                                  "performance_se)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests."),
+    n_bootstrap: int = typer.Option(999, "--bootstrap", help="Replicates per p-value."),
+    null: str = typer.Option("flat", "--null", help="Drop test's null curve: flat or isotonic."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Rise-then-drop / monotone / flat per language, with p-values (docs/stages.md)."""
+    _check_out(out, overwrite)
+    opts = StageOptions(alpha=alpha, n_bootstrap=n_bootstrap, null=null, seed=seed)
+    results = {}
+    for lang, c in read_cpt_runs(runs).items():
+        noise = c.performance_noise()
+        if noise is None:
+            raise BabelError(f"{runs}: {lang} has no per-checkpoint uncertainty (add a 'trials' "
+                             "or 'performance_se' column); the test needs the evaluation's own")
+        results[lang] = detect_stages(c.tokens, c.performance, noise, options=opts,
+                                      name=f"{lang} performance")
+    t = Table(title="stages (performance; higher is better)")
+    for col in ("language", "call", "drop p", "rise p", "peak tokens", "stable from", "drop"):
+        t.add_column(col)
+    for lang, r in results.items():
+        t.add_row(lang, r.call, f"{r.p_value:.3g}", f"{r.rise_p_value:.3g}",
+                  "-" if r.peak_x is None else f"{r.peak_x:,.0f}",
+                  "-" if r.stable_x is None else f"{r.stable_x:,.0f}", f"{r.drop:.4g}")
+    Console(stderr=True).print(t)
+    if out is not None:
+        cfg = {"runs": str(runs), "alpha": alpha, "n_bootstrap": n_bootstrap, "null": null}
+        atomic_write_json(out, {"stages": {k: r.to_dict() for k, r in results.items()},
+                                "provenance": provenance(config=cfg, seed=seed,
+                                                         data_hashes={"runs": sha256_file(runs)})})
+        typer.echo(str(out))
+
+
+def _sizes(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BabelError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@app.command("power")
+def power_command(
+    checkpoints: Optional[int] = typer.Option(None, "--checkpoints", help="N checkpoints over "
+                                              "CPT (with --spacing)."),
+    schedule_file: Optional[Path] = typer.Option(None, "--schedule", help="Checkpoint positions "
+                                                 "(tokens or steps, one a line, or JSON)."),
+    spacing: str = typer.Option("even", "--spacing", help="even or dense-middle."),
+    eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Binomial n: prompts "
+                                            "per checkpoint."),
+    se: Optional[float] = typer.Option(None, "--se", help="Instead of --eval-size: standard "
+                                       "error per checkpoint (loss/bpb)."),
+    peak_at: float = typer.Option(0.2, "--peak-at", help="Peak position, fraction of CPT."),
+    drop: float = typer.Option(0.3, "--drop", help="Drop: share of the peak (accuracy) or "
+                                                   "of the rise (--se)."),
+    base: float = typer.Option(0.4, "--base-acc", help="Peak level."),
+    start: Optional[float] = typer.Option(None, "--start", help="Level at CPT start "
+                                                               "(default base/2)."),
+    transition: float = typer.Option(0.2, "--transition", help="Decline length, fraction "
+                                                              "of CPT."),
+    sims: int = typer.Option(500, "--sims", help="Simulated curves per kind."),
+    n_bootstrap: int = typer.Option(99, "--bootstrap", help="Replicates per p-value."),
+    alpha: float = typer.Option(0.05, "--alpha"),
+    find: bool = typer.Option(False, "--find", help="Scan --find-checkpoints x --find-sizes "
+                                                    "for the cheapest design that meets "
+                                                    "--power with <= alpha false positives."),
+    find_checkpoints: str = typer.Option("30,40,50", "--find-checkpoints"),
+    find_sizes: str = typer.Option("100,200,400,800", "--find-sizes", help="Eval sizes (or "
+                                   "standard errors with --se) to scan."),
+    power: float = typer.Option(0.9, "--power", help="Target detection rate for --find."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of the results."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Detection rate of a rise-then-drop and false positives on monotone / flat curves."""
+    _check_out(out, overwrite)
+    if (eval_size is None) == (se is None) and not find:
+        raise BabelError("give exactly one of --eval-size (binomial n) or --se")
+    effect = Effect(peak_at, drop, base, start, transition)
+    opts = StageOptions(alpha=alpha, n_bootstrap=n_bootstrap)
+    kind = "gaussian" if se is not None else "binomial"
+    if find:
+        results = find_design(effect, [int(c) for c in _sizes(find_checkpoints)],
+                              _sizes(find_sizes), spacing, kind, sims, opts, seed, power, alpha)
+    else:
+        if (checkpoints is None) == (schedule_file is None):
+            raise BabelError("give exactly one of --checkpoints N or --schedule FILE")
+        x = read_schedule(schedule_file) if schedule_file else schedule(spacing, checkpoints)
+        noise = GaussianNoise(se) if se is not None else BinomialNoise(eval_size)
+        results = [stage_power(x, noise, effect, sims, opts, seed)]
+    for r in results:
+        typer.echo(describe(r) + ("  <- meets the target" if r.meets(power, alpha) else ""))
+    if find and not results[-1].meets(power, alpha):
+        typer.echo("no design in the grid meets the target: widen --find-checkpoints/--find-sizes")
+    if out is not None:
+        atomic_write_json(out, {"results": [r.to_dict() for r in results],
+                                "provenance": provenance(config={"effect": effect.__dict__,
+                                                                 "sims": sims, "find": find},
+                                                         seed=seed)})
+        typer.echo(str(out))
