@@ -44,10 +44,14 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from babeltower.checkpoints import list_checkpoints
 from babeltower.errors import BabelError
 from babeltower.evaluate.execute import run_program
+from babeltower.evaluate.humaneval import load_humaneval
+from babeltower.evaluate.problems import load_problems
 from babeltower.io import (PartialRows, atomic_dir, atomic_write_json, atomic_write_text,
                            provenance, sha256_json)
+from babeltower.languages import canonical
 
 
 class Problem(BaseModel):
@@ -65,8 +69,6 @@ class Problem(BaseModel):
     @field_validator("language")
     @classmethod
     def _known_language(cls, v: str) -> str:
-        from babeltower.languages import canonical
-
         return canonical(v)
 
     def program(self, completion: str) -> str:
@@ -148,16 +150,10 @@ def passk_config(**values) -> PassKConfig:
 def load_problem_set(spec: str) -> list[Problem]:
     """``humaneval``, ``builtin:<lang>`` / ``<lang>`` (our multilingual set), or a file."""
     if spec == "humaneval":
-        from babeltower.evaluate.humaneval import load_humaneval
-
         return [Problem.model_validate(r) for r in load_humaneval()]
     if Path(spec).exists():
         return read_problems_file(spec)
     lang = spec.split(":", 1)[1] if spec.startswith("builtin:") else spec
-    try:
-        from babeltower.evaluate.problems import load_problems
-    except ImportError as e:
-        raise BabelError(f"the built-in problem set is not available ({e})") from e
     if not spec.startswith("builtin:") and ("/" in spec or spec.endswith(".jsonl")):
         raise BabelError(f"problems file not found: {spec}")
     rows = load_problems(f"builtin:{lang}")
@@ -425,8 +421,6 @@ def pass_at_k(source=None, problems: str | list[Problem] = "humaneval",
     else:
         if source is None:
             raise BabelError("pass@k needs a SOURCE (a checkpoint or run), a model, or --references")
-        from babeltower.checkpoints import list_checkpoints
-
         for ref in list_checkpoints(source):
             ck = {"name": ref.name, "path": ref.path, "step": ref.step, "tokens": ref.tokens}
             sub = out_root / ref.name
