@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from babeltower.errors import BabelError
 from babeltower.evaluate.humaneval import load_humaneval
 from babeltower.evaluate.passk import (Problem, estimate_pass_at_k, execute_samples,
-                                       generate_completions, pass_at_k, read_problems_file,
-                                       truncate_at_stop)
+                                       generate_completions, partial_samples_path, pass_at_k,
+                                       read_problems_file, truncate_at_stop)
 
 
 @settings(max_examples=200, deadline=None)
@@ -66,7 +66,7 @@ def test_resume_uses_finished_samples(tmp_path):
                   tests="assert f() == 1\n", stop_tokens=["\ndef"],
                   canonical_solution="    return 1\n") for i in range(3)]
     out = tmp_path / "run"
-    part = out / "references" / "samples.partial.jsonl"
+    part = partial_samples_path(out / "references")
     part.parent.mkdir(parents=True)
     # a finished problem recorded as failed must be kept, not re-run
     part.write_text(json.dumps({"problem": "p0", "language": "python", "sample": 0,
@@ -74,7 +74,9 @@ def test_resume_uses_finished_samples(tmp_path):
                     + '{"problem": "p1", "sam')  # a line cut by an interruption
     s = pass_at_k(problems=probs, references=True, out=out, progress=False)
     assert s["checkpoints"][0]["solved"] == 2
-    assert not part.exists()
+    assert not part.exists() and not (out / ".partial").exists()
+    assert sorted(p.name for p in (out / "references").iterdir()) == ["samples.jsonl",
+                                                                     "summary.json"]
 
 
 def test_bad_problem_file_names_the_line(tmp_path):
@@ -172,7 +174,7 @@ def test_series_pass_at_k_feeds_the_transfer_share(tiny_lm, tmp_path, monkeypatc
                   tests="assert x == 2\n", stop_tokens=["\n"])]
     out = tmp_path / "passk"
     # an earlier, interrupted run of step 2 finished problem a
-    part = out / "step-00000002" / "samples.partial.jsonl"
+    part = partial_samples_path(out / "step-00000002")
     part.parent.mkdir(parents=True)
     part.write_text(json.dumps({"problem": "HumanEval_0_a", "language": "python", "sample": 0,
                                 "completion": " done before", "status": "pass",
@@ -196,3 +198,30 @@ def test_series_pass_at_k_feeds_the_transfer_share(tiny_lm, tmp_path, monkeypatc
     df = knowledge_transfer({"HumanEval_0": True, "HumanEval_1": True},
                             {"HumanEval_0": False, "HumanEval_1": True}, series)
     assert list(df.share) == [1.0, 1.0] and list(df.subset_size) == [1, 1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--problems", "{dir}"], "problems file is not a file"),
+    (["--problems", "{dir}/random.jsonl"], "not a UTF-8 JSONL file"),
+    (["--problems", "builtin:python", "--n", "0"], "bad --n"),
+    (["--problems", "builtin:python", "--k", "0"], "bad --k"),
+], ids=["directory", "binary-file", "n-0", "k-0"])
+def test_pass_at_k_bad_inputs_are_one_line_and_exit_2(tmp_path, args, message):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import babeltower
+
+    (tmp_path / "random.jsonl").write_bytes(bytes(range(256)) * 8)
+    src = str(Path(babeltower.__file__).resolve().parent.parent)
+    cmd = [sys.executable, "-c", "import sys; from babeltower.cli import main; sys.exit(main())",
+           "eval", "pass-at-k", "--references", "--out", str(tmp_path / "out"),
+           *[a.format(dir=tmp_path) for a in args]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": src})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()

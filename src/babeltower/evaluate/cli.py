@@ -92,9 +92,9 @@ def passk_cmd(
     out: Path = typer.Option(..., help="Output dir (per checkpoint: samples.jsonl, summary.json)."),
 ):
     """Functional correctness (pass@k) with sandboxed execution; resumable."""
-    from babeltower.evaluate.passk import PassKConfig, pass_at_k
+    from babeltower.evaluate.passk import pass_at_k, passk_config
 
-    cfg = PassKConfig(problems=problems, n=n, k=k, temperature=temperature, top_p=top_p,
+    cfg = passk_config(problems=problems, n=n, k=k, temperature=temperature, top_p=top_p,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers,
                       timeout=timeout, seed=seed, limit=limit, references=references)
     top = pass_at_k(source, problems, out=out, config=cfg)

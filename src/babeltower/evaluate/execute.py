@@ -170,6 +170,46 @@ def _as_exec(r: SandboxResult, language: str, compile_time: float | None = None,
     return ExecResult(**d, language=language, compile_time=compile_time)
 
 
+def _build_plan(lang: str, source: str, wd: Path, tools: dict, base: Limits,
+                runtime: Limits) -> tuple[list[str], list[str], dict[str, str], Limits]:
+    """(compile command, run command, extra environment, run limits) of a compiled
+    language; writes the source file into ``wd`` under the name its compiler wants."""
+    env: dict[str, str] = {}
+    if lang == "cpp":
+        (wd / "main.cpp").write_text(source, encoding="utf-8")
+        compile_cmd = [tools["g++"][0], "-std=c++17", "-O0", "main.cpp", "-o", "main"]
+        run_cmd = ["./main"]
+    elif lang == "rust":
+        (wd / "main.rs").write_text(source, encoding="utf-8")
+        compile_cmd = [tools["rustc"][0], "--edition", "2021", "-C", "debuginfo=0",
+                       "-o", "main", "main.rs"]
+        run_cmd = ["./main"]
+    elif lang == "java":
+        stem, main_cls = java_class_names(source)
+        (wd / f"{stem}.java").write_text(source, encoding="utf-8")
+        heap = max(64, base.memory_bytes >> 21)
+        compile_cmd = [tools["javac"][0], "-J-Xmx512m", "-J-XX:+UseSerialGC",
+                       "-J-XX:TieredStopAtLevel=1", "-nowarn", "-encoding", "UTF-8",
+                       "-d", ".", f"{stem}.java"]
+        run_cmd = [tools["java"][0], f"-Xmx{heap}m", "-XX:+UseSerialGC",
+                   "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-ea", "-cp", ".", main_cls]
+        runtime = replace(runtime, max_processes=max(runtime.max_processes, 256))
+    else:  # go
+        env = {"GOCACHE": str(wd / ".gocache"), "GOPATH": str(wd / ".gopath"),
+               "GOPROXY": "off", "GOFLAGS": "", "GO111MODULE": "off",
+               "GOMAXPROCS": "2", "CGO_ENABLED": "0", "GOTELEMETRY": "off"}
+        is_test = "func main()" not in source and re.search(r"func Test\w*\(", source)
+        if is_test:
+            (wd / "main_test.go").write_text(source, encoding="utf-8")
+            compile_cmd = [tools["go"][0], "test", "-c", "-o", "main.test", "main_test.go"]
+            run_cmd = ["./main.test"]
+        else:
+            (wd / "main.go").write_text(source, encoding="utf-8")
+            compile_cmd = [tools["go"][0], "build", "-o", "main", "main.go"]
+            run_cmd = ["./main"]
+    return compile_cmd, run_cmd, env, runtime
+
+
 def run_program(language: str, source: str, timeout: float = 10.0,
                 compile_timeout: float = 60.0, memory_bytes: int = 2 << 30,
                 max_processes: int = 64, limits: Limits | None = None,
@@ -219,40 +259,7 @@ def run_program(language: str, source: str, timeout: float = 10.0,
                                           python_fork_server=python_fork_server
                                           and lang == "python"), lang)
 
-        env: dict[str, str] = {}
-        if lang == "cpp":
-            (wd / "main.cpp").write_text(source, encoding="utf-8")
-            compile_cmd = [tools["g++"][0], "-std=c++17", "-O0", "main.cpp", "-o", "main"]
-            run_cmd = ["./main"]
-        elif lang == "rust":
-            (wd / "main.rs").write_text(source, encoding="utf-8")
-            compile_cmd = [tools["rustc"][0], "--edition", "2021", "-C", "debuginfo=0",
-                           "-o", "main", "main.rs"]
-            run_cmd = ["./main"]
-        elif lang == "java":
-            stem, main_cls = java_class_names(source)
-            (wd / f"{stem}.java").write_text(source, encoding="utf-8")
-            heap = max(64, base.memory_bytes >> 21)
-            compile_cmd = [tools["javac"][0], "-J-Xmx512m", "-J-XX:+UseSerialGC",
-                           "-J-XX:TieredStopAtLevel=1", "-nowarn", "-encoding", "UTF-8",
-                           "-d", ".", f"{stem}.java"]
-            run_cmd = [tools["java"][0], f"-Xmx{heap}m", "-XX:+UseSerialGC",
-                       "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-ea", "-cp", ".", main_cls]
-            runtime = replace(runtime, max_processes=max(runtime.max_processes, 256))
-        else:  # go
-            env = {"GOCACHE": str(wd / ".gocache"), "GOPATH": str(wd / ".gopath"),
-                   "GOPROXY": "off", "GOFLAGS": "", "GO111MODULE": "off",
-                   "GOMAXPROCS": "2", "CGO_ENABLED": "0", "GOTELEMETRY": "off"}
-            is_test = "func main()" not in source and re.search(r"func Test\w*\(", source)
-            if is_test:
-                (wd / "main_test.go").write_text(source, encoding="utf-8")
-                compile_cmd = [tools["go"][0], "test", "-c", "-o", "main.test", "main_test.go"]
-                run_cmd = ["./main.test"]
-            else:
-                (wd / "main.go").write_text(source, encoding="utf-8")
-                compile_cmd = [tools["go"][0], "build", "-o", "main", "main.go"]
-                run_cmd = ["./main"]
-
+        compile_cmd, run_cmd, env, runtime = _build_plan(lang, source, wd, tools, base, runtime)
         compiler = tools[needed[0]]
         compile_cmd[0], binds = _reachable_compiler(compiler[0], compiler[1])
         c = run_sandboxed(compile_cmd, workdir=wd, limits=compiler_limits, env=env,

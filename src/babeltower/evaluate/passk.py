@@ -24,8 +24,10 @@ Outputs (``pass_at_k(..., out=DIR)``), one sub-directory per checkpoint of the s
     DIR/<checkpoint>/summary.json    # pass@k, per-problem n/c, status counts, provenance
     DIR/summary.json                 # one row per checkpoint + provenance
 
-Samples are appended to ``samples.partial.jsonl`` as problems finish; a rerun resumes
-from it, and the final files appear only when a checkpoint is complete.
+Samples are appended to ``DIR/.partial/<checkpoint>/samples.partial.jsonl`` as problems
+finish; a rerun resumes from it. A checkpoint's directory is written as one unit (a
+temporary directory renamed into place, ``io.atomic_dir``) only when it is complete, so
+``DIR/<checkpoint>/`` either holds both files or does not exist.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from babeltower.checkpoints import list_checkpoints
 from babeltower.errors import BabelError
 from babeltower.evaluate.execute import run_program
-from babeltower.io import atomic_write_json, atomic_write_text, provenance, sha256_json
+from babeltower.evaluate.humaneval import load_humaneval
+from babeltower.evaluate.problems import load_problems
+from babeltower.io import (PartialRows, atomic_dir, atomic_write_json, atomic_write_text,
+                           provenance, sha256_json)
+from babeltower.languages import canonical
 
 
 class Problem(BaseModel):
@@ -62,8 +69,6 @@ class Problem(BaseModel):
     @field_validator("language")
     @classmethod
     def _known_language(cls, v: str) -> str:
-        from babeltower.languages import canonical
-
         return canonical(v)
 
     def program(self, completion: str) -> str:
@@ -76,6 +81,13 @@ class PassKConfig(BaseModel):
     problems: str = "humaneval"          # a file, builtin:<lang>, <lang>, or humaneval
     n: int = Field(1, ge=1)               # samples per problem
     k: list[int] = Field(default_factory=lambda: [1])
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("every k must be >= 1")
+        return v
     temperature: float = Field(0.0, ge=0.0)   # 0 = greedy
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(256, ge=1)
@@ -93,40 +105,55 @@ def read_problems_file(path: str | os.PathLike) -> list[Problem]:
     p = Path(path)
     if not p.exists():
         raise BabelError(f"problems file not found: {p}")
+    if not p.is_file():
+        raise BabelError(f"problems file is not a file: {p}")
     opener = gzip.open if p.suffix == ".gz" else open
     out: list[Problem] = []
-    with opener(p, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Problem.model_validate(json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise BabelError(f"{p}:{i}: not JSON ({e.msg})") from e
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"]) or "row"
-                raise BabelError(f"{p}:{i}: bad problem row ({where}: {err['msg']})") from e
-            except BabelError as e:
-                raise BabelError(f"{p}:{i}: {e}") from e
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    out.append(_problem_row(p, i, line))
+    except UnicodeDecodeError as e:
+        raise BabelError(f"{p}: not a UTF-8 JSONL file ({e.reason} at byte {e.start})") from e
+    except (OSError, EOFError) as e:  # unreadable, or a broken .gz
+        raise BabelError(f"{p}: cannot read problems ({e})") from e
     if not out:
         raise BabelError(f"no problems in {p}")
     return out
 
 
+def _problem_row(p: Path, i: int, line: str) -> Problem:
+    try:
+        return Problem.model_validate(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise BabelError(f"{p}:{i}: not JSON ({e.msg})") from e
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "row"
+        raise BabelError(f"{p}:{i}: bad problem row ({where}: {err['msg']})") from e
+    except BabelError as e:
+        raise BabelError(f"{p}:{i}: {e}") from e
+
+
+def passk_config(**values) -> PassKConfig:
+    """A validated PassKConfig; a bad value is one line naming the option."""
+    try:
+        return PassKConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise BabelError(f"pass@k: bad --{where.replace('_', '-')}: {err['msg']} "
+                         f"(got {err.get('input')!r})") from e
+
+
 def load_problem_set(spec: str) -> list[Problem]:
     """``humaneval``, ``builtin:<lang>`` / ``<lang>`` (our multilingual set), or a file."""
     if spec == "humaneval":
-        from babeltower.evaluate.humaneval import load_humaneval
-
         return [Problem.model_validate(r) for r in load_humaneval()]
     if Path(spec).exists():
         return read_problems_file(spec)
     lang = spec.split(":", 1)[1] if spec.startswith("builtin:") else spec
-    try:
-        from babeltower.evaluate.problems import load_problems
-    except ImportError as e:
-        raise BabelError(f"the built-in problem set is not available ({e})") from e
     if not spec.startswith("builtin:") and ("/" in spec or spec.endswith(".jsonl")):
         raise BabelError(f"problems file not found: {spec}")
     rows = load_problems(f"builtin:{lang}")
@@ -274,15 +301,19 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def _read_partial(path: Path) -> dict[str, list[dict]]:
-    from babeltower.io import PartialRows
-
     return PartialRows(path, "problem").done
+
+
+def partial_samples_path(out_dir: str | os.PathLike) -> Path:
+    """Where the samples of an unfinished checkpoint ``out_dir`` accumulate (resume file)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / ".partial" / out_dir.name / "samples.partial.jsonl"
 
 
 def _evaluate_one(problems: list[Problem], cfg: PassKConfig, out_dir: Path, model=None,
                   tokenizer=None, checkpoint: dict | None = None, progress: bool = True) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "samples.partial.jsonl"
+    partial = partial_samples_path(out_dir)
+    partial.parent.mkdir(parents=True, exist_ok=True)
     done = _read_partial(partial)
     # only problems with all n samples count as done
     done = {k: v for k, v in done.items() if len(v) == cfg.n}
@@ -341,9 +372,15 @@ def _evaluate_one(problems: list[Problem], cfg: PassKConfig, out_dir: Path, mode
         config=cfg, seed=cfg.seed,
         data_hashes={"problems": sha256_json([p.model_dump() for p in problems])},
         checkpoint=checkpoint)
-    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_json(out_dir / "summary.json", summary)
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_json(tmp / "summary.json", summary)
     partial.unlink(missing_ok=True)
+    for d in (partial.parent, partial.parent.parent):  # .partial/<checkpoint>, .partial
+        try:
+            d.rmdir()
+        except OSError:
+            pass
     return summary
 
 
@@ -359,7 +396,7 @@ def pass_at_k(source=None, problems: str | list[Problem] = "humaneval",
     """
     import tempfile
 
-    cfg = (config or PassKConfig()).model_copy(update=overrides)
+    cfg = passk_config(**{**(config or PassKConfig()).model_dump(), **overrides})
     if isinstance(problems, str):
         cfg = cfg.model_copy(update={"problems": problems})
         probs = load_problem_set(problems)
@@ -384,8 +421,6 @@ def pass_at_k(source=None, problems: str | list[Problem] = "humaneval",
     else:
         if source is None:
             raise BabelError("pass@k needs a SOURCE (a checkpoint or run), a model, or --references")
-        from babeltower.checkpoints import list_checkpoints
-
         for ref in list_checkpoints(source):
             ck = {"name": ref.name, "path": ref.path, "step": ref.step, "tokens": ref.tokens}
             sub = out_root / ref.name

@@ -476,6 +476,19 @@ def _start(cmd: list[str], wd: Path, env: dict, request: dict, python_fork_serve
     return proc, None
 
 
+def _kill_tree(proc, cg) -> None:
+    """Kill the whole tree: the group, then anything that left it but not the cgroup."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if cg:
+        cg.kill_all()
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+
+
 def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                   limits: Limits | None = None, env: dict | None = None,
                   unprivileged: bool = True, network: bool = False,
@@ -537,16 +550,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         timed_out = _pump(proc, t0 + limits.timeout, limits.max_output_bytes,
                           out_chunks, err_chunks, trunc)
         wall = time.monotonic() - t0
-        # kill the whole tree: the group, then anything that escaped it but not the cgroup
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if cg:
-            cg.kill_all()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        _kill_tree(proc, cg)
         with os.fdopen(r_fd, "rb") as f:
             fences = f.read().decode(errors="replace")
         peak = max(proc.max_rss_bytes, cg.peak_bytes() if cg else 0)
