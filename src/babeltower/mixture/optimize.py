@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from babeltower.errors import BabelError
+from babeltower.io import read_text_file
 from babeltower.languages import canonical
 from babeltower.mixture.spec import MixtureSpec
 from babeltower.report.stages import StageResult, detect_stages
@@ -324,8 +325,7 @@ checkpoint of each language's CPT run (performance defaults to -loss). Or JSON:
 def read_cpt_runs(path: str | Path) -> dict[str, CPTCurve]:
     """Per-language CPT curves from a metrics CSV or JSON (format: ``METRICS_FORMAT``)."""
     p = Path(path)
-    if not p.is_file():
-        raise BabelError(f"metrics file not found: {p}")
+    read_text_file(p, "metrics file")  # missing, a directory, binary or non-UTF-8: one line
     rows: dict[str, dict[str, list]] = {}
     if p.suffix.lower() == ".json":
         try:
