@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import tempfile
 import zlib
 from collections import Counter, defaultdict
@@ -158,6 +159,9 @@ _WORKER_CFG: BuildConfig | None = None
 
 def _init_worker(cfg_json: str) -> None:
     global _WORKER_CFG
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports it
+    # once; workers printing their own KeyboardInterrupt tracebacks would bury that line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_CFG = BuildConfig.model_validate_json(cfg_json)
 
 

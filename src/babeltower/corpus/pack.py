@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +37,9 @@ def _init_tokenizer(path: str, worker: bool = True) -> None:
     global _TOK
     if worker:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core
+        # Ctrl-C reaches the whole process group: the parent stops the pool and reports
+        # it once, instead of every worker printing a KeyboardInterrupt traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     from tokenizers import Tokenizer
 
     _TOK = Tokenizer.from_file(path)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from babeltower.errors import BabelError
+from babeltower.io import read_text_file
 
 _BENCH_ID = re.compile(r"^(HumanEval|MBPP|mbpp|MBXP|mbxp)[/_](\d+)")
 
@@ -57,6 +58,8 @@ def load_results(path: str | Path, solved_if="any", key: Callable[[str], str] = 
     """{problem id: solved} from a pass@k output: a checkpoint dir, its summary.json or
     samples.jsonl; or a JSON mapping {problem: bool} / list of {problem, solved}."""
     p = Path(path)
+    if not p.is_dir():
+        read_text_file(p, "pass@k results")  # missing, binary or non-UTF-8: one line
     if p.is_dir():
         if (p / "summary.json").exists() and "per_problem" in json.loads(
                 (p / "summary.json").read_text()):

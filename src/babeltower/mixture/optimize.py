@@ -46,6 +46,7 @@ from scipy.optimize import curve_fit
 from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, StageResult,
                                         detect_stages)
 from babeltower.errors import BabelError
+from babeltower.io import read_text_file
 from babeltower.languages import canonical
 from babeltower.mixture.spec import MixtureSpec
 
@@ -501,8 +502,7 @@ loss_se = standard errors: the stage test needs one of them). Or JSON:
 def read_cpt_runs(path: str | Path) -> dict[str, CPTCurve]:
     """Per-language CPT curves from a metrics CSV or JSON (format: ``METRICS_FORMAT``)."""
     p = Path(path)
-    if not p.is_file():
-        raise BabelError(f"metrics file not found: {p}")
+    read_text_file(p, "metrics file")  # missing, a directory, binary or non-UTF-8: one line
     rows: dict[str, dict[str, list]] = {}
     if p.suffix.lower() == ".json":
         try:

@@ -1,0 +1,328 @@
+"""The CLI's error boundary under real failures: a real full (and read-only) disk, real
+SIGINTs to real processes, and unexpected exceptions (one line + a traceback log).
+
+The disk tests mount a small tmpfs, so they need root (CI runs as root); as root a
+mount that fails is a test failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from babeltower.checkpoints import list_checkpoints, verify_checkpoint
+from babeltower.cli import main
+from babeltower.train import TrainConfig
+from test_corpus_build import make_tree, python_source
+from test_probes_helpers import save_run
+from train_fixtures import make_packed
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = dict(seq_len=32, micro_batch_size=8, log_interval=3, progress=False,
+                  peak_flops=1e11, eval={"tokens_per_language": 256},
+                  checkpoints={"log_spaced": False, "every": 2})
+
+
+# ---- helpers ----
+
+class Tmpfs:
+    """A size-limited tmpfs at ``path``; ``leave_free(n)`` fills it with ballast until
+    about ``n`` bytes are free, ``grow()`` removes the ballast."""
+
+    def __init__(self, path: Path, size_mb: int):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                       check=True, capture_output=True)
+        self.ballast = path / "ballast"
+
+    def free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def leave_free(self, n: int) -> None:
+        with open(self.ballast, "ab") as f:
+            f.write(b"\0" * max(0, self.free() - n))
+        assert abs(self.free() - n) < 64 * 1024, (self.free(), n)
+
+    def grow(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+
+    def umount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs these as root)")
+    mounted: list[Tmpfs] = []
+
+    def make(name: str, size_mb: int) -> Tmpfs:
+        fs = Tmpfs(tmp_path / name, size_mb)
+        mounted.append(fs)
+        return fs
+
+    yield make
+    for fs in mounted:
+        fs.umount()
+
+
+def _tree_digest(root: Path) -> str:
+    """Names and bytes of every file under ``root`` (to show it was left untouched)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _messages(err: str) -> list[str]:
+    """stderr without progress bars (tqdm redraws with \\r) and notes: what the user is told."""
+    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in err.splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("babeltower: note:")
+            and not ("it/s]" in ln or "s/it]" in ln)]
+
+
+def _one_line(capsys, rc: int, *needles: str) -> str:
+    full = capsys.readouterr().err
+    assert "Traceback" not in full, full
+    lines = _messages(full)
+    assert rc not in (0, None), full
+    assert len(lines) == 1, full
+    err = lines[0]
+    for n in needles:
+        assert n.lower() in err.lower(), err
+    return err
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT / "tests"),
+            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _train_config(tmp_path: Path, data: Path, out: Path, **kw) -> Path:
+    cfg = {**TINY_TRAIN, "data": str(data), "out_dir": str(out), "max_steps": 2, **kw}
+    path = tmp_path / f"{out.name}.yaml"
+    TrainConfig.from_dict(cfg).to_yaml(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    return make_packed(tmp_path_factory.mktemp("packed"))
+
+
+# ---- a real full disk ----
+
+def test_train_on_a_full_disk_is_one_line_keeps_checkpoints_and_resumes(tmp_path, packed,
+                                                                        tmpfs, capsys):
+    fs = tmpfs("disk", 64)
+    # a first run on the same disk tells how big one checkpoint is
+    probe = _train_config(tmp_path, packed, fs.path / "probe", max_steps=1)
+    assert main(["train", str(probe)]) == 0
+    one = _size(fs.path / "probe" / "checkpoints" / "step-00000000")
+    # room for step 0 and about half of step 2
+    cfg = _train_config(tmp_path, packed, fs.path / "run")
+    fs.leave_free(int(one * 1.5))
+    capsys.readouterr()
+    _one_line(capsys, main(["train", str(cfg)]), "no space left on device")
+    ckdir = fs.path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-00000000"]  # no temp leftovers
+    verify_checkpoint(ckdir / "step-00000000")
+    # once there is room again the same command resumes and finishes
+    fs.grow()
+    assert main(["train", str(cfg)]) == 0
+    assert [r.step for r in list_checkpoints(fs.path / "run")] == [0, 2]
+
+
+@pytest.fixture(scope="module")
+def corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("corpus")
+    make_tree(base / "src")
+    assert main(["corpus", "build", "--source", str(base / "src"), "--out", str(base / "c"),
+                 "--languages", "python,go", "--workers", "1"]) == 0
+    assert main(["tokenizer", "train", "--corpus", str(base / "c"), "--out", str(base / "t"),
+                 "--vocab-size", "350"]) == 0
+    return base / "c", base / "t"
+
+
+def test_corpus_pack_on_a_full_disk_leaves_the_earlier_output(corpus_and_tokenizer, tmpfs,
+                                                              capsys):
+    corpus, tok = corpus_and_tokenizer
+    fs = tmpfs("disk", 16)
+    out = fs.path / "packed"
+    argv = ["corpus", "pack", "--corpus", str(corpus), "--tokenizer", str(tok), "--out",
+            str(out), "--workers", "1"]
+    assert main(argv) == 0
+    before = _tree_digest(out)
+    fs.leave_free(_size(out) // 2)   # not enough for a second copy next to the first
+    capsys.readouterr()
+    _one_line(capsys, main([*argv, "--overwrite"]), "no space left on device")
+    assert _tree_digest(out) == before                                 # earlier output intact
+    assert sorted(p.name for p in fs.path.iterdir()) == ["ballast", "packed"]  # no temp dir
+    # a read-only disk is one line too
+    fs.grow()
+    fs.read_only()
+    _one_line(capsys, main([*argv, "--overwrite"]), "read-only file system")
+    assert _tree_digest(out) == before
+
+
+def test_probe_lens_on_a_full_disk_leaves_the_earlier_output(tmp_path, tmpfs, capsys):
+    run = save_run(tmp_path, "llama", steps=(0,))
+    fs = tmpfs("disk", 16)
+    out = fs.path / "lens"
+    argv = ["probe", "lens", str(run), "--new", "php", "--out", str(out)]
+    assert main(argv) == 0
+    before = _tree_digest(out)
+    fs.leave_free(8192)
+    capsys.readouterr()
+    _one_line(capsys, main([*argv, "--overwrite"]), "no space left on device")
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in fs.path.iterdir()) == ["ballast", "lens"]
+
+
+# ---- real SIGINTs to real processes ----
+
+def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 600) -> tuple[int, str]:
+    """Send SIGINT once ``ready()`` is true (the command is mid-run); exit code, stderr."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the command never got going"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    return proc.returncode, err.strip()
+
+
+def test_sigint_during_train_exits_130_with_one_line(tmp_path, packed):
+    out = tmp_path / "run"
+    cfg = _train_config(tmp_path, packed, out, max_steps=100000)
+    proc = subprocess.Popen([sys.executable, "-m", "babeltower.cli", "train", str(cfg)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    rc, err = _interrupt_when(
+        proc, lambda: (out / "checkpoints" / "step-00000000" / "manifest.json").exists())
+    assert rc == 130, err
+    assert "Traceback" not in err
+    assert _messages(err) == ["babeltower: interrupted; run the same command to resume"], err
+    for r in list_checkpoints(out):  # what was saved is complete
+        verify_checkpoint(r.path)
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def test_sigint_during_corpus_build_exits_130_and_leaves_nothing(tmp_path):
+    import random
+
+    src = tmp_path / "src"
+    rng = random.Random(0)
+    for i in range(1500):  # enough files that the scan is still running when interrupted
+        p = src / f"pkg{i % 40}" / f"m{i}.py"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(python_source(rng))
+    out = tmp_path / "corpus"
+    # its own process group, interrupted as a terminal's Ctrl-C is: the parent and its
+    # scan workers all get SIGINT
+    proc = subprocess.Popen([sys.executable, "-m", "babeltower.cli", "corpus", "build",
+                             "--source", str(src), "--out", str(out), "--workers", "2"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while len(_children(proc.pid)) < 2:  # the scan pool is up
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert _messages(err) == ["babeltower: interrupted; no partial output is kept, run the "
+                              "same command to start again"], err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus")]
+
+
+# ---- unexpected errors ----
+
+def test_unexpected_error_is_one_line_with_a_traceback_log(tmp_path, capsys, monkeypatch):
+    import babeltower.corpus.stats as stats
+
+    def broken(path):
+        raise ZeroDivisionError("a bug deep in the library")
+
+    monkeypatch.setattr(stats, "print_stats", broken)
+    monkeypatch.setenv("BABELTOWER_LOG_DIR", str(tmp_path / "logs"))
+    capsys.readouterr()
+    rc = main(["corpus", "stats", str(tmp_path)])
+    err = _one_line(capsys, rc, "internal error", "ZeroDivisionError", "a bug deep")
+    assert rc == 1
+    (log,) = (tmp_path / "logs").iterdir()
+    assert str(log) in err
+    text = log.read_text()
+    assert "Traceback" in text and "def broken" not in text and "in broken" in text
+    # --debug prints the traceback instead (anywhere on the command line)
+    rc = main(["corpus", "stats", str(tmp_path), "--debug"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" in err and "ZeroDivisionError" in err
+    assert len(list((tmp_path / "logs").iterdir())) == 1
+
+
+def test_library_errors_from_a_full_disk_are_recognised():
+    """The exceptions a real full disk raised (measured on a tmpfs) map to one line."""
+    import errno
+
+    from babeltower.errors import environment_error
+
+    def chained(outer: Exception, inner: Exception) -> Exception:
+        try:
+            try:
+                raise inner
+            except Exception:
+                raise outer
+        except Exception as e:
+            return e
+
+    cases = {
+        "no space left on device": [
+            OSError(errno.ENOSPC, "No space left on device", "/x/y"),
+            RuntimeError("Error while serializing: I/O error: No space left on device "
+                         "(os error 28)"),
+            chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected "
+                                 "pos 576 vs 534"),
+                    RuntimeError("basic_ios::clear: iostream error")),
+            chained(ValueError("while saving"), OSError(errno.ENOSPC, "No space")),
+        ],
+        "permission denied": [PermissionError(errno.EACCES, "Permission denied", "/etc/x"),
+                              RuntimeError("failed: Permission denied (os error 13)")],
+        "read-only file system": [OSError(errno.EROFS, "Read-only file system")],
+    }
+    for message, excs in cases.items():
+        for e in excs:
+            got = environment_error(e)
+            assert got is not None and message in str(got), (e, got)
+    for e in (ValueError("bad value"), RuntimeError("shape mismatch (os error 99)"),
+              KeyError("x"), OSError(errno.ENOENT, "No such file")):
+        assert environment_error(e) is None, e
