@@ -201,6 +201,7 @@ def test_build_keeps_every_injected_document_in_train_and_lists_it(tmp_path):
     assert sum(k["documents_by_language_class"].values()) == len(docs)
 
 
+@pytest.mark.slow
 def test_prepare_injects_checks_tokens_and_rebuilds_on_change(tmp_path):
     src = _organic(tmp_path / "src")
     kcfg = {**CFG, "languages": ["php"], "exposures": 20}
