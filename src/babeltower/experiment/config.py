@@ -23,6 +23,16 @@ BASELINES = ("natural", "uniform", "temperature-0.3", "temperature-0.5", "unimax
 _Strict = Config   # the one strict base (babeltower.config)
 
 
+class KnowledgeSettings(_Strict):
+    """The controlled-knowledge benchmark injected into the corpus (docs/knowledge.md);
+    its primary and new languages are the experiment's."""
+    facts_per_class: int = Field(60, ge=1)
+    exposures: int = Field(500, ge=1)
+    facts_per_document: int = Field(4, ge=1)
+    n_answers: int = Field(20, ge=2)
+    seed: int = 0
+
+
 class CorpusSettings(_Strict):
     fetch: bool = True                        # gather the offline default corpus from packages
     sources: list[str] = []                   # extra sources for `corpus build` (dirs, archives, JSONL/Parquet, dataset ids)
@@ -31,6 +41,11 @@ class CorpusSettings(_Strict):
     max_mb_per_language: float | dict[str, float] = 6.0
     vocab_size: int = 4096
     seed: int = 0
+    # held-out shares of each language's bytes (split by package/group, never inside one)
+    validation: float = Field(0.03, ge=0, lt=0.5)
+    test: float = Field(0.03, ge=0, lt=0.5)
+    # the controlled-knowledge benchmark (None: off)
+    knowledge: KnowledgeSettings | None = None
 
 
 class ModelSettings(_Strict):
@@ -69,6 +84,7 @@ class ProbeSettings(_Strict):
     lens: bool = True
     neurons: bool = True
     neuron_tokens_per_language: int = 8192
+    every: int = Field(1, ge=1)              # LAPE on every k-th CPT checkpoint (and the last)
     # LAPE: share of lowest-entropy neurons kept. Tang et al. use 1-5%; tiny models have
     # ~2k MLP neurons, so 1% would be ~20 neurons split over all languages.
     top_rate: float = 0.05
@@ -149,6 +165,13 @@ class ExperimentConfig(_Strict):
                                  f"{', '.join(self.languages)} (got {', '.join(sorted(orig))})")
             if any(v <= 0 for v in orig.values()):
                 raise ValueError("scratch.original shares must be positive")
+        return self
+
+    @model_validator(mode="after")
+    def _knowledge_signal(self) -> "ExperimentConfig":
+        if self.evaluation.performance == "knowledge" and self.corpus.knowledge is None:
+            raise ValueError("evaluation.performance: knowledge needs corpus.knowledge "
+                             "(the benchmark injected into the corpus)")
         return self
 
     @property

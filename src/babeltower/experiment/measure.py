@@ -22,15 +22,17 @@ logits (tested to 1e-4), so the experiment needs one forward for both.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.shards import TokenShards
+from babeltower.evaluate.knowledge import knowledge_curves, knowledge_items, transfer_shares
 from babeltower.evaluate.loss import LossConfig, documents_from_shards, evaluate_model_loss
 from babeltower.experiment.config import ExperimentConfig
-from babeltower.probes.lens import lens_items
+from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
 from babeltower.probes.neurons import collect_stats, lape_select, windows_from_ids
 from babeltower.probes.suite import load_suite
 from babeltower.series import META, SeriesOptions, run_series
@@ -70,6 +72,7 @@ def _lens_row(item_df) -> dict:
             "share_last": layers["new_pref_share"][-1] if layers["new_pref_share"] else None,
             "share_mean": float(np.mean(layers["new_pref_share"])) if layers["new_pref_share"] else None,
             "cloze_new": float(cloze_n.mean()) if len(cloze_n) else None,
+            "cloze_new_n": int(len(cloze_n)),
             "cloze_primary": float(cloze_p.mean()) if len(cloze_p) else None}
 
 
@@ -98,8 +101,14 @@ class _Loss:
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
         lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False)
+        # the document bootstrap's 95% interval as a standard error (the stage test's noise)
         return [{"loss": {r["language"]: r["loss"] for r in lrows},
-                 "bpb": {r["language"]: r["bits_per_byte"] for r in lrows}}]
+                 "bpb": {r["language"]: r["bits_per_byte"] for r in lrows},
+                 "bpb_se": {r["language"]: (r["bpb_hi95"] - r["bpb_lo95"]) / (2 * 1.96)
+                            for r in lrows if r.get("bpb_hi95") is not None},
+                 "eval_documents": {lang: len(ds) for lang, ds in self.docs.items()},
+                 "eval_tokens": {lang: int(sum(d.tokens.size for d in ds))
+                                 for lang, ds in self.docs.items()}}]
 
 
 class _LensCloze:
@@ -114,18 +123,65 @@ class _LensCloze:
         return {"primary": self.primary, "languages": self.langs, "lens": self.lens}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        row: dict = {k: {} for k in ("cloze_new", "cloze_primary", "lens_new_share_last",
-                                     "lens_new_share_mean", "lens_layers")}
+        row: dict = {k: {} for k in ("cloze_new", "cloze_primary", "cloze_new_n", "lens_new_share_last",
+                                     "lens_new_share_mean", "lens_layers", "lens_specific")}
         for lang in self.langs:
             checked = checked_suite(self.primary, lang, tokenizer)
-            lr = _lens_row(lens_items(model, tokenizer, checked, batch_size=32))
+            items = lens_items(model, tokenizer, checked, batch_size=32)
+            lr = _lens_row(items)
             row["cloze_new"][lang] = lr["cloze_new"]
             row["cloze_primary"][lang] = lr["cloze_primary"]
+            row["cloze_new_n"][lang] = lr["cloze_new_n"]
             if self.lens:
                 row["lens_new_share_last"][lang] = lr["share_last"]
                 row["lens_new_share_mean"][lang] = lr["share_mean"]
                 row["lens_layers"][lang] = lr["layers"]
+                row["lens_specific"][lang] = lens_specific(items)
         return [row]
+
+
+def lens_specific(items) -> dict:
+    """The working-language share with its two controls and the specific effect, per
+    layer and per span (layer 0, layers 1-L, layer L, full identifiers), each with a
+    cluster-bootstrap interval over prompts (``probes.lens.lens_controls``)."""
+    per_layer = lens_controls(items, n_boot=1000)
+    spans = lens_controls_summary(items, n_boot=1000)
+    cols = ["share", "share_ci_low", "share_ci_high", "control_a", "control_b", "specific",
+            "ci_low", "ci_high", "specific_new", "specific_new_ci_low", "specific_new_ci_high"]
+    out = {c: [_num(v) for v in per_layer[c]] for c in cols if c in per_layer}
+    out["n_prompts"] = int(per_layer["n_prompts"].max()) if len(per_layer) else 0
+    out["spans"] = [{k: (_num(v) if k != "span" else v) for k, v in r.items()}
+                    for r in spans.to_dict("records")]
+    return out
+
+
+def _num(v):
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+class _Knowledge:
+    """Controlled-knowledge accuracy per class x query language (k of n, Wilson interval)
+    and the knowledge-transfer share, on one split of the held-out queries."""
+
+    name = "knowledge"
+
+    def __init__(self, facts: dict, split: str):
+        self.facts, self.split = facts, split
+
+    def config(self) -> dict:
+        return {"facts": self.facts.get("config_sha256"), "split": self.split}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        items = knowledge_items(model, tokenizer, self.facts, batch_size=64, split=self.split)
+        series = [(ref.name, ref.step, items)]
+        curves = knowledge_curves(series, len(self.facts["answers"]))
+        shares = transfer_shares(series)
+        keep = ["class", "target", "language", "side", "k", "n", "accuracy", "lo95", "hi95"]
+        return [{"knowledge": {
+            "split": self.split, "chance": 1 / len(self.facts["answers"]),
+            "curves": json.loads(curves[keep].to_json(orient="records")),
+            "transfer": json.loads(shares.drop(columns=["checkpoint", "step"]).to_json(orient="records"))}}]
 
 
 class _Lape:
@@ -150,15 +206,19 @@ class _Lape:
 
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
-                   final_only: bool = False, probes: bool = True) -> list[dict]:
+                   final_only: bool = False, probes: bool = True, facts: dict | None = None,
+                   lape_every: int = 1) -> list[dict]:
     """One row per checkpoint of ``run`` (all checkpoints, or the last one), each
-    checkpoint loaded once for every measure (``babeltower.series``)."""
+    checkpoint loaded once for every measure (``babeltower.series``). ``facts``: the
+    controlled-knowledge benchmark (queries of ``split``'s side: validation for curves,
+    test for the comparison). ``lape_every``: LAPE on every k-th checkpoint (and the
+    last), the one measure whose cost grows with the tokens it reads."""
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
     shards = TokenShards(data_dir)
     ev = cfg.evaluation
-    docs = documents_from_shards(shards, loss_languages, split, ev.val_tokens_per_language)
+    docs = eval_documents(shards, loss_languages, split, ev.val_tokens_per_language)
     # score in windows of the training context: longer windows would test length
     # extrapolation (RoPE) rather than the language, and cost quadratically more
     loss_cfg = LossConfig(split=split, max_tokens_per_language=ev.val_tokens_per_language,
@@ -166,8 +226,21 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     measures: list = [_Loss(docs, shards.eos_id, loss_cfg)]
     if pair_languages:
         measures.append(_LensCloze(cfg.primary, pair_languages, probes and cfg.probes.lens))
-        if probes and cfg.probes.neurons:
-            measures.append(_Lape(shards, cfg, pair_languages))
+    if facts is not None:
+        measures.append(_Knowledge(facts, "test" if split == "test" else "validation"))
+    rows = _run(refs, measures)
+    if pair_languages and probes and cfg.probes.neurons:
+        every = [r for i, r in enumerate(refs) if i % max(1, lape_every) == 0 or i == len(refs) - 1]
+        lape = dict(zip([r.name for r in every], _run(every, [_Lape(shards, cfg, pair_languages)])))
+        for row in rows:
+            row.update({k: v for k, v in lape.get(row["checkpoint"], {}).items()
+                        if k not in ("checkpoint", "step", "tokens", "tokens_by_language",
+                                     "weights_sha256")})
+    return rows
+
+
+def _run(refs, measures) -> list[dict]:
+    """run_series over ``refs``: one merged row per checkpoint."""
     res = run_series(refs, measures, options=SeriesOptions(progress=False))
     rows = []
     for i, ref in enumerate(refs):
@@ -179,6 +252,23 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
         row["weights_sha256"] = res.weights[ref.name]
         rows.append(row)
     return rows
+
+
+# held-out scoring reads at least this many documents per language (fewer only when the
+# split holds fewer; the row records how many documents and tokens were read)
+EVAL_MIN_DOCUMENTS = 20
+
+
+def eval_documents(shards, languages: list[str], split: str, tokens: int) -> dict:
+    """Documents to score per language: the first ones up to ``tokens`` tokens, and more
+    (whatever their tokens) until at least EVAL_MIN_DOCUMENTS, so a few long files never
+    stand for a whole language."""
+    docs = documents_from_shards(shards, languages, split, tokens)
+    few = [lang for lang, ds in docs.items() if len(ds) < EVAL_MIN_DOCUMENTS]
+    if few:
+        more = documents_from_shards(shards, few, split, 1 << 62, EVAL_MIN_DOCUMENTS)
+        docs.update({lang: ds for lang, ds in more.items() if len(ds) > len(docs[lang])})
+    return docs
 
 
 # LAPE reads at least this many tokens from at least this many documents per language

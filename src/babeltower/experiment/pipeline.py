@@ -34,7 +34,9 @@ import numpy as np
 from rich.console import Console
 
 from babeltower.checkpoints import list_checkpoints
+from babeltower.corpus.config import BuildConfig, SplitConfig
 from babeltower.corpus.fetch import fetch_corpus
+from babeltower.corpus.knowledge import KnowledgeConfig, load_facts, load_knowledge_config
 from babeltower.corpus.prepare import prepare_data
 from babeltower.corpus.shards import TokenShards
 from babeltower.corpus.stats import corpus_stats, render_stats
@@ -258,6 +260,7 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
     every checkpoint. ``replay``: the control arm, where ``continual.replay_share`` of the
     tokens are primary-language replay (same steps and learning rate)."""
     c = cfg.continual
+    facts = facts_of(cfg, data_dir)
     out: dict[str, dict] = {}
     for lang in cfg.new_languages:
         budgets = ({lang: round(c.tokens * (1 - c.replay_share)),
@@ -271,8 +274,9 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
         rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg)},
                          lambda run=run, lang=lang: measure.measure_series(
                              run, data_dir, cfg, pair_languages=[lang],
-                             loss_languages=[cfg.primary, lang], split="validation"),
-                         "loss, bpb, cloze, logit lens and LAPE at every checkpoint")
+                             loss_languages=[cfg.primary, lang], split="validation",
+                             facts=facts, probes=not replay, lape_every=cfg.probes.every),
+                         "loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint")
         out[lang] = {"run": run, "checkpoints": rows, "budgets": budgets}
     return out
 
@@ -292,6 +296,7 @@ def _scratch_plan(cfg: ExperimentConfig, mixtures: dict) -> list[tuple[str, int,
 def scratch_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, mixtures: dict) -> list[dict]:
     """Every mixture x seed trained from scratch and scored on the TEST split."""
     s = cfg.scratch
+    facts = facts_of(cfg, data_dir)
     plan = _scratch_plan(cfg, mixtures)
     unique = {(tuple(sorted(_round_shares(mixtures[m]["shares"]).items())), seed, tok)
               for m, seed, _, tok in plan}
@@ -316,7 +321,8 @@ def scratch_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, mixtur
         rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg), "track": track},
                          lambda run=run, track=track: measure.measure_series(
                              run, data_dir, cfg, pair_languages=cfg.new_languages,
-                             loss_languages=cfg.languages, split="test", final_only=not track),
+                             loss_languages=cfg.languages, split="test", final_only=not track,
+                             facts=facts, lape_every=cfg.probes.every),
                          "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
         runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
                      "tokens": tokens, "budgets": budgets, "run": run, "checkpoints": rows})
@@ -332,8 +338,28 @@ def prepare_corpus(cfg: ExperimentConfig) -> Path:
                                            seed=cfg.corpus.seed, overwrite=True)))
     if not sources:
         raise BabelError("corpus.fetch is false and corpus.sources is empty: no code to train on")
+    c = cfg.corpus
+    build = BuildConfig(languages=cfg.languages, seed=c.seed,
+                        split=SplitConfig(validation=c.validation, test=c.test, seed=c.seed))
     return prepare_data(sources, cfg.workdir / "data", languages=cfg.languages,
-                        vocab_size=cfg.corpus.vocab_size, seed=cfg.corpus.seed)
+                        vocab_size=c.vocab_size, seed=c.seed, build=build,
+                        knowledge=knowledge_config(cfg))
+
+
+def knowledge_config(cfg: ExperimentConfig) -> KnowledgeConfig | None:
+    """The benchmark's config: the experiment's languages and its knowledge settings."""
+    k = cfg.corpus.knowledge
+    if k is None:
+        return None
+    return load_knowledge_config({"primary": cfg.primary, "languages": cfg.new_languages,
+                                  **k.model_dump()})
+
+
+def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
+    """The injected facts and their held-out queries (written next to the data dir)."""
+    if cfg.corpus.knowledge is None:
+        return None
+    return load_facts(Path(data_dir).parent / "knowledge" / "facts.json")
 
 
 def _measure_key(cfg: ExperimentConfig) -> dict:
