@@ -71,9 +71,12 @@ def test_performance_falls_back_to_bpb_when_cloze_is_flat():
              "bpb": {"php": 4.0 - 0.1 * i}} for i, t in enumerate([0, 1, 2, 4, 8, 16, 32, 64])]
     x, y, label = performance_curve(c, rows, "php")
     assert "bits per byte" in label and y[0] == -4.0 and y[-1] > y[0]
-    rising = [{"tokens": r["tokens"], "cloze_new": {"php": 0.05 * i}, "bpb": r["bpb"]}
-              for i, r in enumerate(rows)]
+    rising = [{"tokens": r["tokens"], "cloze_new": {"php": 0.05 * i}, "bpb": r["bpb"],
+               "cloze_new_n": {"php": 100}} for i, r in enumerate(rows)]
     assert "cloze" in performance_curve(c, rising, "php")[2]
+    # the same rising curve without the prompt counts behind it cannot be tested
+    blind = [{k: v for k, v in r.items() if k != "cloze_new_n"} for r in rising]
+    assert "no prompt counts" in performance_curve(c, blind, "php")[2]
 
 
 def test_mean_ci_matches_student_t():
@@ -100,3 +103,26 @@ def test_comparison_pairs_by_seed_and_ranks():
     assert math.isclose(u["diff_vs_natural"], -0.1) and math.isclose(u["diff_ci_low"], -0.1)
     assert out["best_equal_tokens"] == "uniform"
     assert rows[("natural", "php", "cloze_new")]["mean"] == 0.1
+
+
+def test_comparison_adjusts_p_values_over_the_family():
+    c = cfg()
+    runs = [_run("natural", s, 3.0 + 0.1 * s) for s in range(3)]
+    # uniform: bpb lower by 0.1, 0.2, 0.3 (mean and php/go/python all the same diffs)
+    runs += [_run("uniform", s, 2.9 + 0.0 * s) for s in range(3)]
+    runs += [_run("unimax", s, 3.0 + 0.1 * s + [0.05, -0.05, 0.1][s]) for s in range(3)]
+    out = compare(c, runs)["equal_tokens"]
+    fam = [t for t in out if t["mixture"] != "natural" and t["diff_p"] == t["diff_p"]]
+    m = len(fam)
+    assert m > 0 and all(t["family_size"] == m for t in fam)
+    # Holm by hand over the family
+    ps = sorted(t["diff_p"] for t in fam)
+    running, expect = 0.0, {}
+    for k, p in enumerate(ps):
+        running = max(running, min(1.0, (m - k) * p))
+        expect.setdefault(p, running)
+    for t in fam:
+        assert t["diff_p_holm"] == pytest.approx(expect[t["diff_p"]])
+        assert t["diff_ci_low_simultaneous"] <= t["diff_ci_low"]
+        assert t["diff_ci_high_simultaneous"] >= t["diff_ci_high"]
+        assert "diffs" not in t

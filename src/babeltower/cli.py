@@ -47,7 +47,7 @@ def _register() -> None:
     from babeltower.corpus.cli import app as corpus_app, tokenizer_app
     from babeltower.evaluate.cli import app as eval_app
     from babeltower.experiment.cli import register as register_experiment
-    from babeltower.mixture.cli import register as register_mixture
+    from babeltower.mixture.cli import register as register_mixture, stages_detect_command
     from babeltower.probes.cli import app as probe_app
     from babeltower.report.cli import register as register_report
     from babeltower.train.cli import register as register_train
@@ -56,6 +56,7 @@ def _register() -> None:
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(probe_app, name="probe")
     app.add_typer(eval_app, name="eval")
+    stages_app.command("detect")(stages_detect_command)
     app.add_typer(stages_app, name="stages")
     register_train(app)
     register_mixture(app)

@@ -1,1 +1,2 @@
-"""Analysis of measured curves: stage detection (and, later, power and statistics)."""
+"""Analysis of measured curves: the stage test (stages, stage_test), its power (power),
+and the statistics of comparisons (statistics). Computing only; report/ draws."""

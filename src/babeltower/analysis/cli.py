@@ -1,6 +1,9 @@
-"""CLI: ``babeltower stages detect`` (the stage test on CPT metrics) and ``babeltower
-stages power`` (detection and false-positive rates of that test for a schedule, an eval
-size and an effect). Thin: they call ``detect_stages`` / ``stage_power`` and print."""
+"""CLI: ``babeltower stages power`` (detection and false-positive rates of the stage test
+for a schedule, an eval size and an effect). Thin: it calls ``stage_power`` and prints.
+
+``babeltower stages detect`` reads CPT metrics files, which belong to ``mixture``
+(a layer above this one), so it lives in ``babeltower.mixture.cli`` and the top-level
+CLI adds it to this group."""
 
 from __future__ import annotations
 
@@ -8,62 +11,20 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from babeltower.analysis.power import (Effect, describe, find_design, read_schedule, schedule,
                                        stage_power)
-from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions, detect_stages
+from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, provenance, sha256_file
-from babeltower.mixture.optimize import read_cpt_runs
+from babeltower.io import atomic_write_json, provenance
 
 app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
                   no_args_is_help=True)
 
 
-def _check_out(out: Optional[Path], overwrite: bool) -> None:
+def check_out(out: Optional[Path], overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked to."""
     if out is not None and out.exists() and not overwrite:
         raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
-
-
-@app.command("detect")
-def detect_command(
-    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
-                                                  "optimize --runs, with trials or "
-                                                  "performance_se)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests."),
-    n_bootstrap: int = typer.Option(999, "--bootstrap", help="Replicates per p-value."),
-    null: str = typer.Option("flat", "--null", help="Drop test's null curve: flat or isotonic."),
-    seed: int = typer.Option(0, "--seed"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-) -> None:
-    """Rise-then-drop / monotone / flat per language, with p-values (docs/stages.md)."""
-    _check_out(out, overwrite)
-    opts = StageOptions(alpha=alpha, n_bootstrap=n_bootstrap, null=null, seed=seed)
-    results = {}
-    for lang, c in read_cpt_runs(runs).items():
-        noise = c.performance_noise()
-        if noise is None:
-            raise BabelError(f"{runs}: {lang} has no per-checkpoint uncertainty (add a 'trials' "
-                             "or 'performance_se' column); the test needs the evaluation's own")
-        results[lang] = detect_stages(c.tokens, c.performance, noise, options=opts,
-                                      name=f"{lang} performance")
-    t = Table(title="stages (performance; higher is better)")
-    for col in ("language", "call", "drop p", "rise p", "peak tokens", "stable from", "drop"):
-        t.add_column(col)
-    for lang, r in results.items():
-        t.add_row(lang, r.call, f"{r.p_value:.3g}", f"{r.rise_p_value:.3g}",
-                  "-" if r.peak_x is None else f"{r.peak_x:,.0f}",
-                  "-" if r.stable_x is None else f"{r.stable_x:,.0f}", f"{r.drop:.4g}")
-    Console(stderr=True).print(t)
-    if out is not None:
-        cfg = {"runs": str(runs), "alpha": alpha, "n_bootstrap": n_bootstrap, "null": null}
-        atomic_write_json(out, {"stages": {k: r.to_dict() for k, r in results.items()},
-                                "provenance": provenance(config=cfg, seed=seed,
-                                                         data_hashes={"runs": sha256_file(runs)})})
-        typer.echo(str(out))
 
 
 def _sizes(text: str) -> list[float]:
@@ -107,7 +68,7 @@ def power_command(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detection rate of a rise-then-drop and false positives on monotone / flat curves."""
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     if (eval_size is None) == (se is None) and not find:
         raise BabelError("give exactly one of --eval-size (binomial n) or --se")
     effect = Effect(peak_at, drop, base, start, transition)

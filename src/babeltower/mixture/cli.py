@@ -1,7 +1,8 @@
-"""CLI: ``babeltower mixture`` (baseline mixtures) and ``babeltower optimize`` (Algorithm 1;
-the stage test's own verbs are in ``babeltower.analysis.cli``).
+"""CLI: ``babeltower mixture`` (baseline mixtures), ``babeltower optimize`` (Algorithm 1)
+and ``babeltower stages detect`` (the stage test on CPT metrics; the top-level CLI adds it
+to the ``stages`` group of ``babeltower.analysis.cli``).
 
-Both are thin: they call ``make_baseline`` / ``algorithm1`` and write
+All are thin: they call ``make_baseline`` / ``algorithm1`` / ``detect_stages`` and write
 a MixtureSpec YAML and/or a JSON of every number with provenance, atomically.
 """
 
@@ -160,6 +161,52 @@ def optimize_command(
         t.add_row(lang, stage, p, f"{d.available:,}", target, d.reason)
     Console(stderr=True).print(t)
     typer.echo(str(out))
+
+
+def stages_detect_command(
+    runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
+                                                  "optimize --runs, with trials or "
+                                                  "performance_se)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests."),
+    n_bootstrap: int = typer.Option(999, "--bootstrap", help="Replicates per p-value."),
+    null: str = typer.Option("flat", "--null", help="Drop test's null curve: flat or isotonic."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Rise-then-drop / monotone / flat per language, with p-values (docs/stages.md)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babeltower.analysis.stages import StageOptions, detect_stages
+    from babeltower.io import atomic_write_json, provenance, sha256_file
+    from babeltower.mixture.optimize import read_cpt_runs
+
+    if out is not None:
+        _check_out(out, overwrite)
+    opts = StageOptions(alpha=alpha, n_bootstrap=n_bootstrap, null=null, seed=seed)
+    results = {}
+    for lang, c in read_cpt_runs(runs).items():
+        noise = c.performance_noise()
+        if noise is None:
+            raise BabelError(f"{runs}: {lang} has no per-checkpoint uncertainty (add a 'trials' "
+                             "or 'performance_se' column); the test needs the evaluation's own")
+        results[lang] = detect_stages(c.tokens, c.performance, noise, options=opts,
+                                      name=f"{lang} performance")
+    t = Table(title="stages (performance; higher is better)")
+    for col in ("language", "call", "drop p", "rise p", "peak tokens", "stable from", "drop"):
+        t.add_column(col)
+    for lang, r in results.items():
+        t.add_row(lang, r.call, f"{r.p_value:.3g}", f"{r.rise_p_value:.3g}",
+                  "-" if r.peak_x is None else f"{r.peak_x:,.0f}",
+                  "-" if r.stable_x is None else f"{r.stable_x:,.0f}", f"{r.drop:.4g}")
+    Console(stderr=True).print(t)
+    if out is not None:
+        cfg = {"runs": str(runs), "alpha": alpha, "n_bootstrap": n_bootstrap, "null": null}
+        atomic_write_json(out, {"stages": {k: r.to_dict() for k, r in results.items()},
+                                "provenance": provenance(config=cfg, seed=seed,
+                                                         data_hashes={"runs": sha256_file(runs)})})
+        typer.echo(str(out))
 
 
 def register(app: typer.Typer) -> None:
