@@ -18,7 +18,8 @@ from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with
                                             paired_t)
 from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
-from babeltower.mixture.optimize import CPTCurve, algorithm1, calibration_table
+from babeltower.evaluate.transfer import wilson_interval
+from babeltower.mixture.optimize import Algorithm1Options, CPTCurve, algorithm1, calibration_table
 
 
 # ------------------------------------------------------------------- per-checkpoint curves
@@ -52,6 +53,34 @@ def cloze_trials(rows: list[dict], lang: str) -> list | None:
     return n
 
 
+def knowledge_counts(row: dict, lang: str, cls: str = "primary-only",
+                     query_language: str | None = None) -> tuple[int, int] | None:
+    """(k, n) of one knowledge class asked in ``query_language`` (default: the new
+    language ``lang``) at one checkpoint; the primary-only pool serves every new language,
+    so its target is "all"."""
+    q = query_language or lang
+    for c in (row.get("knowledge") or {}).get("curves", []):
+        if c["class"] == cls and c["language"] == q and c["target"] in (lang, "all"):
+            return int(c["k"]), int(c["n"])
+    return None
+
+
+def knowledge_curve(rows: list[dict], lang: str, cls: str = "primary-only",
+                    query_language: str | None = None) -> tuple[list, list, list]:
+    """(tokens, accuracy, n) over checkpoints of one class asked in one language."""
+    xs, ys, ns = [], [], []
+    for r in rows:
+        kn = knowledge_counts(r, lang, cls, query_language)
+        if kn is not None and kn[1] > 0:
+            xs.append(float(r["tokens"]))
+            ys.append(kn[0] / kn[1])
+            ns.append(kn[1])
+    return xs, ys, ns
+
+
+TRANSFER_LABEL = "knowledge transfer: primary-only facts asked in {lang}"
+
+
 def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tuple[list, list, str]:
     """The per-checkpoint performance signal chosen in the config (higher is better).
 
@@ -60,6 +89,9 @@ def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tup
     curve is a floor with single-prompt blips), or when the prompt counts behind it were
     not recorded; the returned label says which signal was used.
     """
+    if cfg.evaluation.performance == "knowledge":
+        x, y, _ = knowledge_curve(rows, lang)
+        return x, y, TRANSFER_LABEL.format(lang=lang)
     if cfg.evaluation.performance == "cloze":
         rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
         x, y = curve(rows_c, "cloze_new", lang)
@@ -81,6 +113,9 @@ def performance_noise(rows: list[dict], lang: str, label: str):
     """The stage test's noise model for the curve ``performance_curve`` chose: binomial
     over the cloze prompts, or the bpb standard errors (``bpb_se``, from the measurement's
     document bootstrap); None when the measurement did not record them."""
+    if label.startswith("knowledge"):
+        _, _, n = knowledge_curve(rows, lang)
+        return BinomialNoise(n) if n else None
     if label.startswith("cloze"):
         rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
         trials = cloze_trials(rows_c, lang)
@@ -150,7 +185,9 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
                                 steps=[r["step"] for r in lrows])
         calibration[lang] = _calibration(cfg, rows, lang, curves[lang])
     # a language without a stage result keeps all its data (the reason says why)
-    alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs)
+    a = cfg.algorithm1
+    alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs, options=Algorithm1Options(
+        beta=a.beta, p_threshold=a.p_threshold, floor_fraction=a.floor_fraction))
     return {"stages": stages, "performance_measure": perf_label,
             "algorithm1": alg.to_dict(), "calibration": calibration}
 
@@ -217,7 +254,7 @@ def compare(cfg: ExperimentConfig, runs: list[dict]) -> dict:
         table = []
         for m in mixtures:
             for lang in [*cfg.languages, "mean"]:
-                for measure in ("bpb", "cloze_new"):
+                for measure in COMPARED:
                     vals, diffs = [], []
                     for r in (x for x in rs if x["mixture"] == m):
                         v = _final_value(r, measure, lang, cfg)
@@ -265,8 +302,21 @@ def adjust_family(table: list[dict], level: float = 0.95) -> list[dict]:
     return table
 
 
+# what the from-scratch comparison reads off each run's final checkpoint: test bpb, cloze,
+# and knowledge transfer (primary-only facts asked in each new language)
+COMPARED = ("bpb", "cloze_new", "transfer")
+
+
 def _final_value(run: dict, measure: str, lang: str, cfg: ExperimentConfig) -> float | None:
     row = run["checkpoints"][-1]
+    if measure == "transfer":
+        if lang == cfg.primary:
+            return None
+        langs = cfg.new_languages if lang == "mean" else [lang]
+        kn = [knowledge_counts(row, x) for x in langs]
+        if any(v is None or v[1] == 0 for v in kn):
+            return None
+        return float(sum(k for k, _ in kn) / sum(n for _, n in kn))
     d = row.get(measure) or {}
     if lang == "mean":
         langs = cfg.languages if measure == "bpb" else cfg.new_languages
@@ -276,3 +326,71 @@ def _final_value(run: dict, measure: str, lang: str, cfg: ExperimentConfig) -> f
         return float(np.mean(vals))
     v = d.get(lang)
     return None if v is None else float(v)
+
+
+# ------------------------------------------------------------------------ replay contrast
+def _end_rate(rows: list[dict], lang: str, cls: str, query_language: str) -> dict | None:
+    kn = knowledge_counts(rows[-1], lang, cls, query_language) if rows else None
+    if kn is None or kn[1] == 0:
+        return None
+    lo, hi = wilson_interval(*kn)
+    return {"k": kn[0], "n": kn[1], "accuracy": kn[0] / kn[1], "lo95": lo, "hi95": hi}
+
+
+def _difference(a: dict | None, b: dict | None) -> dict | None:
+    """a - b of two independent proportions with a Newcombe (Wilson-score) 95% interval."""
+    if a is None or b is None:
+        return None
+    d = a["accuracy"] - b["accuracy"]
+    lo = d - math.sqrt((a["accuracy"] - a["lo95"]) ** 2 + (b["hi95"] - b["accuracy"]) ** 2)
+    hi = d + math.sqrt((a["hi95"] - a["accuracy"]) ** 2 + (b["accuracy"] - b["lo95"]) ** 2)
+    return {"difference": d, "lo95": lo, "hi95": hi}
+
+
+def _transfer_call(rows: list[dict], lang: str, name: str) -> dict:
+    x, y, n = knowledge_curve(rows, lang)
+    try:
+        res = detect_stages(x, y, BinomialNoise(n), options=StageOptions(), name=name)
+    except BabelError as e:
+        return {"call": "undetermined", "reason": str(e)}
+    return {"call": res.call, "p_value": res.p_value, "rise_p_value": res.rise_p_value,
+            "peak_x": res.peak_x, "reason": res.reason}
+
+
+def replay_contrast(cfg: ExperimentConfig, cpt: dict[str, dict], replay: dict[str, dict]) -> dict:
+    """Per new language: is a drop of transferred knowledge a switch of systems or plain
+    forgetting? The same stage test on the transfer curve with and without primary replay,
+    and at the last checkpoint the transfer and primary-side accuracies of both arms with
+    their difference (Newcombe interval). A drop that persists under replay, while replay
+    keeps the primary facts, is not explained by forgetting them."""
+    out = {}
+    for lang, run in cpt.items():
+        if lang not in replay:
+            continue
+        rows, rrows = run["checkpoints"], replay[lang]["checkpoints"]
+        arms = {}
+        for arm, rs in (("no_replay", rows), ("replay", rrows)):
+            arms[arm] = {"transfer_stage": _transfer_call(rs, lang, f"{lang} transfer ({arm})"),
+                         "transfer_end": _end_rate(rs, lang, "primary-only", lang),
+                         "primary_side_end": _end_rate(rs, lang, "primary-only", cfg.primary),
+                         "primary_bpb_end": (rs[-1].get("bpb") or {}).get(cfg.primary)}
+        out[lang] = {**arms, "share": cfg.continual.replay_share,
+                     "transfer_difference": _difference(arms["replay"]["transfer_end"],
+                                                        arms["no_replay"]["transfer_end"]),
+                     "primary_side_difference": _difference(arms["replay"]["primary_side_end"],
+                                                            arms["no_replay"]["primary_side_end"]),
+                     "reading": _replay_reading(arms)}
+    return out
+
+
+def _replay_reading(arms: dict) -> str:
+    drop = {a: arms[a]["transfer_stage"]["call"] == "rise_then_drop" for a in arms}
+    if drop["no_replay"] and drop["replay"]:
+        return ("the transferred knowledge rises then drops with and without replay: the drop "
+                "is not explained by forgetting the primary facts (a switch of systems)")
+    if drop["no_replay"]:
+        return ("the drop appears without replay only: it tracks forgetting of the primary "
+                "facts, not a switch of systems")
+    if drop["replay"]:
+        return "a drop only with replay: no reading (see the curves)"
+    return "no significant drop in either arm: nothing to attribute"

@@ -113,6 +113,13 @@ class ScratchSettings(_Strict):
         return v
 
 
+class Algorithm1Settings(_Strict):
+    """Algorithm 1's guard rails (docs/mixtures.md)."""
+    beta: Literal["fit_exp", "tail", "last_k", "min"] = "fit_exp"   # the converged loss
+    p_threshold: float = Field(0.05, gt=0, le=1)   # a stage call above it keeps all data
+    floor_fraction: float = Field(0.05, ge=0, le=1)   # no language below this share
+
+
 class RegMixSettings(_Strict):
     proxies: int = 6                          # proxy runs on Dirichlet-sampled mixtures
     proxy_tokens: int = 60_000
@@ -132,6 +139,7 @@ class ExperimentConfig(_Strict):
     probes: ProbeSettings = ProbeSettings()
     scratch: ScratchSettings
     regmix: RegMixSettings = RegMixSettings()
+    algorithm1: Algorithm1Settings = Algorithm1Settings()
     device: str = "cpu"
     seed: int = 0
 

@@ -193,6 +193,7 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     results["cpt"] = cpt_step(cfg, steps, data_dir, primary_ckpt)
     if cfg.continual.replay_share > 0:
         results["cpt_replay"] = cpt_step(cfg, steps, data_dir, primary_ckpt, replay=True)
+        results["replay"] = analysis.replay_contrast(cfg, results["cpt"], results["cpt_replay"])
     analysed = steps.run("stages-algorithm1",
                          {"cpt": {k: v["checkpoints"] for k, v in results["cpt"].items()},
                           "corpus0": corpus0},
