@@ -52,8 +52,8 @@ from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
 from babeltower.checkpoints import convert_gguf
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
-from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
-                               state_dir_for, write_outputs)
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+                               run_series, state_dir_for, write_outputs)
 
 #: measures that need the full-vocabulary distribution at every layer (argmax, probabilities)
 FULL_VOCAB_MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "p_new")
@@ -610,11 +610,12 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
     ``summary.csv`` + ``provenance.json``) appears as one unit.
     """
     suite = _as_suite(suite, primary, new)
-    refuse_existing(out, overwrite)
-    lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence)
+    refs = checkpoints_of(source, revisions, steps)     # a wrong source is named first
     opts = options or SeriesOptions(progress=progress, overwrite=overwrite)
-    res = run_series(source, [lens], state=state_dir_for(out), options=opts,
-                     revisions=revisions, steps=steps, on_checkpoint=on_checkpoint)
+    refuse_existing(out, opts.overwrite)
+    lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence)
+    res = run_series(refs, [lens], state=state_dir_for(out), options=opts,
+                     on_checkpoint=on_checkpoint)
     df = res.frame("lens")[LENS_COLUMNS]
     if out is not None:
         def write(d: Path) -> None:

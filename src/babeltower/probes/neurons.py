@@ -53,8 +53,8 @@ from babeltower.errors import BabelError
 from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
                            sha256_file)
 from babeltower.languages import canonical, detect_language
-from babeltower.series import (SeriesOptions, parquet_bytes, refuse_existing, run_series,
-                               safe_name, state_dir_for, write_outputs)
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+                               run_series, safe_name, state_dir_for, write_outputs)
 
 # --------------------------------------------------------------------------- model
 
@@ -505,10 +505,11 @@ def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | No
     one unit; an interrupted run resumes from ``<out>.partial/``.
     """
     series = series or SeriesOptions()
+    refs = checkpoints_of(source, revisions, steps)     # a wrong source is named first
     refuse_existing(out, series.overwrite)
     lape = NeuronsMeasure(data, options)
-    res = run_series(source, [lape], state=state_dir_for(out), options=series,
-                     revisions=revisions, steps=steps, on_checkpoint=on_checkpoint)
+    res = run_series(refs, [lape], state=state_dir_for(out), options=series,
+                     on_checkpoint=on_checkpoint)
     df = neurons_frame(res.rows["lape"], options.primary)
     if out is not None:
         def write(d: Path) -> None:
