@@ -61,6 +61,8 @@ def run_ours(cfg, out: Path, warmup: int) -> float:
 
 
 def run_hf_trainer(cfg, data: Path, out: Path, warmup: int) -> float:
+    """Tokens/s of a Hugging Face Trainer on our model and sequences; on CUDA (when
+    ``cfg.device`` is cuda) in bf16 autocast, and compiled when ``cfg.compile``."""
     from transformers import (AutoModelForCausalLM, Trainer, TrainerCallback,
                               TrainingArguments)
 
@@ -105,7 +107,8 @@ def run_hf_trainer(cfg, data: Path, out: Path, warmup: int) -> float:
         learning_rate=o.lr, adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_epsilon=o.eps,
         weight_decay=o.weight_decay, max_grad_norm=cfg.grad_clip,
         lr_scheduler_type="cosine", warmup_steps=s.warmup_steps or 0,
-        logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+        logging_strategy="no", save_strategy="no", report_to=[],
+        use_cpu=cfg.device != "cuda", bf16=cfg.device == "cuda", torch_compile=cfg.compile,
         dataloader_num_workers=0, disable_tqdm=True, seed=cfg.seed,
     )
     clock = Clock()

@@ -11,6 +11,7 @@ size       layers  hidden  heads  FFN        non-embedding params (llama / gpt2)
 nano       6       128     4      352 / 512  1.21M / 1.19M
 micro      8       256     8      512 / 1024 5.25M / 6.32M
 small      12      384     6      1024/1536  21.2M / 21.3M
+125m       12      768     12     2048/3072  84.9M / 84.9M (GPT-2 small; the GPU check)
 1.3b       24      2048    16     5504/8192  1.21B / 1.21B (the paper: GPT-2 1.3B, ctx 2048)
 =========  ======  ======  =====  =========  ===================================
 
@@ -33,6 +34,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "nano": (6, 128, 4, 352),
     "micro": (8, 256, 8, 512),
     "small": (12, 384, 6, 1024),
+    "125m": (12, 768, 12, 2048),
     "1.3b": (24, 2048, 16, 5504),
 }
 FAMILIES = ("llama", "gpt2")
