@@ -179,6 +179,7 @@ def main() -> int:
             if not ok:
                 n_bad += 1
                 bad.append(f"{name} / {kind}: rc={rc} babeltower {' '.join(argv)}\n  {err[:300]}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"{n_cases} cases, {n_cases - n_bad} one-line errors with exit 2, "
                  f"{n_bad} failing.")
