@@ -326,3 +326,52 @@ def test_library_errors_from_a_full_disk_are_recognised():
     for e in (ValueError("bad value"), RuntimeError("shape mismatch (os error 99)"),
               KeyError("x"), OSError(errno.ENOENT, "No such file")):
         assert environment_error(e) is None, e
+
+
+# ---- bad files through the CLI ----
+
+def _bad_files(base: Path) -> dict[str, Path]:
+    base.mkdir(parents=True, exist_ok=True)
+    files = {"binary": base / "binary.yaml", "latin1": base / "latin1.yaml",
+             "directory": base / "dir.yaml", "empty": base / "empty.yaml"}
+    files["binary"].write_bytes(bytes(range(256)) * 4)
+    files["latin1"].write_bytes("name: crème\n".encode("latin-1"))
+    files["directory"].mkdir()
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def test_binary_config_to_train_is_one_line_in_a_subprocess(tmp_path):
+    files = _bad_files(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "babeltower.cli", "train", str(files["binary"])],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert _messages(proc.stderr) == [f"babeltower: error: train config {files['binary']} is a "
+                                      "binary file; expected UTF-8 text"], proc.stderr
+
+
+@pytest.mark.parametrize("argv, what, directory", [
+    (["train", "{}"], "train config", "is a directory"),
+    (["experiment", "{}", "--workdir", "{out}"], "experiment config", "is a directory"),
+    (["corpus", "build", "--source", "{out}", "--config", "{}", "--out", "{out}"], "config",
+     "is a directory"),
+    (["stages", "--runs", "{}"], "metrics file", "is a directory"),
+    (["optimize", "--runs", "{}", "--primary", "python", "--out", "{out}"], "metrics file",
+     "is a directory"),
+    # a directory is a valid input there (a pass@k output dir), so it is looked into
+    (["eval", "transfer", "--primary-only", "{}", "--new-only", "{}", "--out", "{out}"],
+     "pass@k results", "no pass@k results"),
+])
+def test_binary_non_utf8_and_directory_inputs_are_one_line(tmp_path, capsys, argv, what,
+                                                           directory):
+    files = _bad_files(tmp_path / "in")
+    expect = {"binary": "is a binary file", "latin1": "is not UTF-8 text",
+              "directory": directory}
+    for kind, needle in expect.items():
+        args = [a.format(files[kind], out=tmp_path / "out") for a in argv]
+        capsys.readouterr()
+        rc = main(args)
+        err = _one_line(capsys, rc, needle)
+        assert what in err or kind == "directory", err
+        assert rc == 2, err
+    assert not (tmp_path / "out").exists()

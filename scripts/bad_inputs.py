@@ -1,0 +1,201 @@
+"""Every babeltower command x every kind of bad input, through the CLI's own entry point.
+
+    PYTHONPATH=src:tests python scripts/bad_inputs.py [--markdown docs/failures.md]
+
+Runs each case in this process (``babeltower.cli.main``, the same error boundary as the
+console script) and prints a markdown table: exit code and the first line of stderr.
+A case fails the check when it exits 0, prints more than one line, or reaches the
+boundary as an unexpected error (exit 1, "internal error"); the script exits 1 then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUTS = ["missing", "directory", "binary", "non-UTF-8", "empty", "broken YAML",
+          "unknown language", "wrong-typed option"]
+
+
+def make_inputs(base: Path) -> dict[str, Path]:
+    """One file (or non-file) per kind of bad input."""
+    files = {"missing": base / "does-not-exist", "directory": base / "a-directory",
+             "binary": base / "binary.bin", "non-UTF-8": base / "latin1.txt",
+             "empty": base / "empty.yaml", "broken YAML": base / "broken.yaml"}
+    files["directory"].mkdir()
+    files["binary"].write_bytes(bytes(range(256)) * 8)
+    files["non-UTF-8"].write_bytes("x = 'café'\nname: crème\n".encode("latin-1"))
+    files["empty"].write_bytes(b"")
+    files["broken YAML"].write_text("model: [nano\n  data: {unclosed: \n- - :\n")
+    return files
+
+
+def make_run(base: Path) -> Path:
+    """A valid tiny checkpoint series, so language/option cases are not stopped earlier."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_probes_helpers import save_run
+
+    return save_run(base, "llama", steps=(0,))
+
+
+def cases(run: Path, out: Path) -> dict[str, dict[str, list[str] | None]]:
+    """command -> {input kind -> argv with {X} for the bad path (None: not applicable)}."""
+    X = "{X}"
+    py = f"python={X}"
+    nano = str(ROOT / "configs" / "train-nano.yaml")
+    default = str(ROOT / "configs" / "default.yaml")
+    o = str(out)
+    r = str(run)
+    rows = {
+        "train CONFIG": (["train", X], ["train", nano, "--set", "mixture.budgets={klingon: 1.0}"],
+                         ["train", nano, "--set", "seq_len=abc"]),
+        "experiment CONFIG": (["experiment", X, "--workdir", o],
+                              ["experiment", default, "--set", "new_languages=[klingon]",
+                               "--workdir", o],
+                              ["experiment", default, "--set", "seed=abc", "--workdir", o]),
+        "report WORKDIR": (["report", X], None, None),
+        "mixture --data": (["mixture", "natural", "--data", X, "--out", o],
+                           ["mixture", "natural", "--available", "klingon=100", "--out", o],
+                           ["mixture", "natural", "--total-tokens", "abc", "--out", o]),
+        "optimize --runs": (["optimize", "--runs", X, "--primary", "python", "--out", o],
+                            ["optimize", "--runs", r, "--primary", "klingon", "--out", o],
+                            ["optimize", "--runs", r, "--primary", "python", "--beta", "abc",
+                             "--out", o]),
+        "stages --runs": (["stages", "--runs", X], None,
+                          ["stages", "--runs", r, "--k-noise", "abc"]),
+        "corpus fetch": (None, ["corpus", "fetch", "--out", o, "--languages", "klingon"],
+                         ["corpus", "fetch", "--out", o, "--seed", "abc"]),
+        "corpus build --source": (["corpus", "build", "--source", X, "--out", o],
+                                  ["corpus", "build", "--source", r, "--out", o,
+                                   "--languages", "klingon"],
+                                  ["corpus", "build", "--source", r, "--out", o,
+                                   "--workers", "abc"]),
+        "corpus build --config": (["corpus", "build", "--source", r, "--config", X, "--out", o],
+                                  None, None),
+        "corpus merge SHARDS": (["corpus", "merge", X, "--out", o], None, None),
+        "corpus pack --corpus": (["corpus", "pack", "--corpus", X, "--tokenizer", X,
+                                  "--out", o], None,
+                                 ["corpus", "pack", "--corpus", r, "--tokenizer", r,
+                                  "--out", o, "--workers", "abc"]),
+        "corpus stats PATH": (["corpus", "stats", X], None, None),
+        "tokenizer train --corpus": (["tokenizer", "train", "--corpus", X, "--out", o],
+                                     ["tokenizer", "train", "--corpus", r, "--out", o,
+                                      "--languages", "klingon"],
+                                     ["tokenizer", "train", "--corpus", r, "--out", o,
+                                      "--vocab-size", "abc"]),
+        "probe suites --suite": (["probe", "suites", "--suite", X],
+                                 ["probe", "suites", "--primary", "python", "--new", "klingon"],
+                                 None),
+        "probe lens SOURCE": (["probe", "lens", X, "--new", "php", "--out", o],
+                              ["probe", "lens", r, "--new", "klingon", "--out", o],
+                              ["probe", "lens", r, "--new", "php", "--out", o,
+                               "--batch-size", "abc"]),
+        "probe lens --suite": (["probe", "lens", r, "--new", "php", "--suite", X, "--out", o],
+                               None, None),
+        "probe neurons SOURCE": (["probe", "neurons", X, "--languages", "python,php",
+                                  "--out", o],
+                                 ["probe", "neurons", r, "--languages", "python,klingon",
+                                  "--out", o],
+                                 ["probe", "neurons", r, "--languages", "python,php",
+                                  "--out", o, "--top-rate", "abc"]),
+        "probe neurons --text": (["probe", "neurons", r, "--languages", "python,php",
+                                  "--text", py, "--text", f"php={X}", "--out", o], None, None),
+        "probe ablate --neurons": (["probe", "ablate", r, "--languages", "python,php",
+                                    "--neurons", X, "--set", "python", "--out", o], None,
+                                   None),
+        "eval loss SOURCE": (["eval", "loss", X, "--out", o],
+                             ["eval", "loss", r, "--languages", "klingon", "--out", o],
+                             ["eval", "loss", r, "--max-tokens", "abc", "--out", o]),
+        "eval loss --text": (["eval", "loss", r, "--text", py, "--out", o], None, None),
+        "eval cloze SOURCE": (["eval", "cloze", X, "--out", o], None,
+                              ["eval", "cloze", r, "--batch-size", "abc", "--out", o]),
+        "eval pass-at-k --problems": (["eval", "pass-at-k", r, "--problems", X, "--out", o],
+                                      None,
+                                      ["eval", "pass-at-k", r, "--n", "0", "--out", o]),
+        "eval transfer": (["eval", "transfer", "--primary-only", X, "--new-only", X,
+                           "--out", o], None, None),
+        "eval run FILE": (["eval", "run", X, "--language", "python"],
+                          ["eval", "run", X, "--language", "klingon"],
+                          ["eval", "run", X, "--language", "python", "--timeout", "abc"]),
+    }
+    table = {}
+    for name, (path_case, lang_case, type_case) in rows.items():
+        row = {kind: path_case for kind in INPUTS[:6]}
+        row["unknown language"] = lang_case
+        row["wrong-typed option"] = type_case
+        table[name] = row
+    return table
+
+
+def run_case(argv: list[str]) -> tuple[int, str]:
+    from babeltower.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        rc = main(argv)
+    lines = [ln for ln in err.getvalue().splitlines()
+             if ln.strip() and "it/s]" not in ln and not ln.startswith("babeltower: note:")]
+    return rc, "\n".join(lines)
+
+
+def verdict(rc: int, err: str) -> bool:
+    return rc not in (0, 1) and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--markdown", help="also write the table into this file")
+    args = ap.parse_args()
+    os.environ.setdefault("BABELTOWER_LOG_DIR", tempfile.mkdtemp(prefix="bad-inputs-logs-"))
+    base = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
+    files = make_inputs(base)
+    run = make_run(base / "fixture")
+    header = "| command | " + " | ".join(INPUTS) + " |"
+    lines = [header, "|" + "---|" * (len(INPUTS) + 1)]
+    n_cases = n_bad = 0
+    bad: list[str] = []
+    for name, row in cases(run, base / "out").items():
+        cells = []
+        for kind in INPUTS:
+            template = row[kind]
+            if template is None:
+                cells.append("-")
+                continue
+            bad_path = files.get(kind, files["missing"])
+            argv = [a.replace("{X}", str(bad_path)) for a in template]
+            rc, err = run_case(argv)
+            n_cases += 1
+            ok = verdict(rc, err)
+            first = (err.splitlines() or [""])[0].removeprefix("babeltower: error: ")
+            first = re.sub(re.escape(str(base)), "…", first)[:90].replace("|", "\\|")
+            cells.append(f"{rc}: {first}" + ("" if ok else " **(FAIL)**"))
+            if not ok:
+                n_bad += 1
+                bad.append(f"{name} / {kind}: rc={rc} babeltower {' '.join(argv)}\n  {err[:300]}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{n_cases} cases, {n_cases - n_bad} one-line errors with exit 2, "
+                 f"{n_bad} failing.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    for b in bad:
+        print(b, file=sys.stderr)
+    if args.markdown:
+        md = Path(args.markdown)
+        doc = md.read_text()
+        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+        head, _, rest = doc.partition(start)
+        _, _, tail = rest.partition(end)
+        md.write_text(f"{head}{start}\n{text}{end}{tail}")
+    return 1 if n_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
