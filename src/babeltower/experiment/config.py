@@ -43,7 +43,7 @@ class CorpusSettings(_Strict):
     seed: int = 0
     # held-out shares of each language's bytes (split by package/group, never inside one)
     validation: float = Field(0.03, ge=0, lt=0.5)
-    test: float = Field(0.03, ge=0, lt=0.5)
+    test: float = Field(0.02, ge=0, lt=0.5)
     # the controlled-knowledge benchmark (None: off)
     knowledge: KnowledgeSettings | None = None
 

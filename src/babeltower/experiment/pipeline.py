@@ -341,7 +341,7 @@ def prepare_corpus(cfg: ExperimentConfig) -> Path:
         raise BabelError("corpus.fetch is false and corpus.sources is empty: no code to train on")
     c = cfg.corpus
     build = BuildConfig(languages=cfg.languages, seed=c.seed,
-                        split=SplitConfig(validation=c.validation, test=c.test, seed=c.seed))
+                        split=SplitConfig(validation=c.validation, test=c.test))
     return prepare_data(sources, cfg.workdir / "data", languages=cfg.languages,
                         vocab_size=c.vocab_size, seed=c.seed, build=build,
                         knowledge=knowledge_config(cfg))
