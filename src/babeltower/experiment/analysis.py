@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from babeltower.analysis.power import Effect, stage_power
 from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, detect_stages,
                                         detect_stages_multi)
 from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with_controls, holm,
@@ -157,6 +158,22 @@ def _stages(rows: list[dict], lang: str, x: list, perf: list, label: str):
     return {**res.to_dict(), "performance_measure": label}, res.performance
 
 
+def stage_power_at(x: list, noise, y: list, sims: int = 200) -> dict | None:
+    """What this run's stage test could have seen: detection of a 30% drop after a peak
+    at 20% of CPT (at the curve's own peak level, and at 0.3) on this schedule and eval
+    size, with false positives on monotone and flat curves (``analysis.power``)."""
+    if noise is None or len(x) < StageOptions().min_points or noise.kind != "binomial":
+        return None
+    span = (np.asarray(x, dtype=float) - x[0]) / max(1e-9, x[-1] - x[0])
+    out = {"eval_size": float(np.mean(noise.scale(len(x), "power"))), "checkpoints": len(x)}
+    for name, base in (("at_observed_peak", float(np.clip(max(y), 0.1, 0.9))), ("at_0.3", 0.3)):
+        r = stage_power(span, noise, Effect(peak_at=0.2, drop=0.3, base=base), sims=sims)
+        out[name] = {"base": base, "detection": r.detection.to_dict(),
+                     "false_positive_monotone": r.false_positive_monotone.to_dict(),
+                     "false_positive_flat": r.false_positive_flat.to_dict()}
+    return out
+
+
 def _calibration(cfg: ExperimentConfig, rows: list[dict], lang: str, c: CPTCurve) -> dict:
     """Eq. 1 against the measured share, next to the same statistics for the primary
     language's bpb over the same checkpoints and for a family of monotone null curves."""
@@ -190,6 +207,9 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
                                 performance=perf if len(perf) == len(lx) else None,
                                 steps=[r["step"] for r in lrows])
         calibration[lang] = _calibration(cfg, rows, lang, curves[lang])
+        if cfg.corpus.knowledge is not None:
+            stages[lang]["transfer"] = _transfer_call(rows, lang, f"{lang} transfer")
+        stages[lang]["power"] = stage_power_at(x, performance_noise(rows, lang, label), perf)
     # a language without a stage result keeps all its data (the reason says why)
     a = cfg.algorithm1
     alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs, options=Algorithm1Options(
