@@ -393,6 +393,8 @@ def _ledger_row(rec: dict) -> dict:
                                     "duplicate_of")}
 
 
+# long: dedup -> split -> write -> manifest of one atomic output; the steps share the
+# record table, the clusters and the split map, which a split would pass around whole
 def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out: Path,
              overwrite: bool = False, extra_manifest: dict | None = None,
              spill: TextSpill | None = None) -> Path:

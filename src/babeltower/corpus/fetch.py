@@ -350,6 +350,8 @@ def _hash_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
 
 # ---------------------------------------------------------------- the fetch
 
+# long: one pass over languages and their package sources with the per-source accounting
+# the manifest records; each source kind is already its own function
 def fetch_corpus(out: str | os.PathLike, languages=None,
                  max_mb_per_language: str | float | dict | None = 16,
                  cache_dir: str | os.PathLike | None = None,

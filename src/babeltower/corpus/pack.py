@@ -67,6 +67,53 @@ def encode_documents(texts: list[str], tokenizer_dir: str | os.PathLike) -> list
     return _encode(texts)
 
 
+def _pack_split(corpus, lang: str, split: str, tmp: Path, dtype, eos_id: int, pool,
+                batch_docs: int, bar) -> dict:
+    """Tokenize one language's split into shards under ``tmp``; returns its summary."""
+    writer = ShardWriter(tmp / lang / split, dtype, eos_id)
+    batches = _batches(corpus, lang, split, batch_docs)
+    # keep the texts of the batches in flight to count their bytes
+    pending: list[list[str]] = []
+
+    def tee(it):
+        for b in it:
+            pending.append(b)
+            yield b
+
+    encoded = pool.imap(_encode, tee(batches)) if pool is not None else map(_encode, tee(batches))
+    for ids_batch in encoded:
+        texts = pending.pop(0)
+        for text, ids in zip(texts, ids_batch):
+            n_bytes = len(text.encode("utf-8"))
+            writer.add(ids, n_bytes)
+            bar.update(n_bytes)
+    return writer.close()
+
+
+def _data_manifest(corpus, tok_dir: Path, tok_copy: Path, meta: dict, cfg: PackConfig,
+                   langs: list[str], languages_info: dict, dtype, eos_id: int,
+                   vocab_size: int) -> dict:
+    return {
+        "format": DATA_FORMAT,
+        "languages": languages_info,
+        "dtype": dtype.name,
+        "eos_id": int(eos_id),
+        "vocab_size": int(vocab_size),
+        "tokenizer": {"dir": "tokenizer", "source": str(tok_dir),
+                      "sha256": {p.name: sha256_file(p) for p in sorted(tok_copy.iterdir())
+                                 if p.is_file()},
+                      "config": meta.get("config")},
+        "corpus": str(corpus.root),
+        "corpus_manifest_sha256": corpus.manifest_sha256,
+        "corpus_summary": {lang: corpus.manifest["languages"].get(lang, {}) for lang in langs},
+        "corpus_dropped": corpus.manifest.get("dropped", {}),
+        "config": cfg.model_dump(mode="json"),
+        "provenance": provenance(config=cfg, data_hashes={
+            "corpus_manifest": corpus.manifest_sha256,
+            "tokenizer.json": sha256_file(tok_dir / "tokenizer.json")}),
+    }
+
+
 def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                 out: str | os.PathLike, config: PackConfig | None = None,
                 languages: list[str] | None = None, overwrite: bool = False,
@@ -104,54 +151,14 @@ def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
         _init_tokenizer(str(tok_dir / "tokenizer.json"), worker=False)
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            languages_info: dict[str, dict] = {}
-            for lang in langs:
-                languages_info[lang] = {}
-                for split in SPLITS:
-                    if not corpus.path(lang, split).is_file():
-                        continue
-                    writer = ShardWriter(tmp / lang / split, dtype, eos_id)
-                    batches = _batches(corpus, lang, split, cfg.batch_docs)
-                    # keep the texts of the batches in flight to count their bytes
-                    pending: list[list[str]] = []
-
-                    def tee(it):
-                        for b in it:
-                            pending.append(b)
-                            yield b
-
-                    encoded = (pool.imap(_encode, tee(batches)) if pool is not None
-                               else map(_encode, tee(batches)))
-                    for ids_batch in encoded:
-                        texts = pending.pop(0)
-                        for text, ids in zip(texts, ids_batch):
-                            n_bytes = len(text.encode("utf-8"))
-                            writer.add(ids, n_bytes)
-                            bar.update(n_bytes)
-                    languages_info[lang][split] = writer.close()
+            languages_info = {lang: {split: _pack_split(corpus, lang, split, tmp, dtype, eos_id,
+                                                        pool, cfg.batch_docs, bar)
+                                     for split in SPLITS if corpus.path(lang, split).is_file()}
+                              for lang in langs}
             tok_copy = tmp / "tokenizer"
             shutil.copytree(tok_dir, tok_copy)
-            manifest = {
-                "format": DATA_FORMAT,
-                "languages": languages_info,
-                "dtype": dtype.name,
-                "eos_id": int(eos_id),
-                "vocab_size": int(vocab_size),
-                "tokenizer": {"dir": "tokenizer", "source": str(tok_dir),
-                              "sha256": {p.name: sha256_file(p) for p in sorted(tok_copy.iterdir())
-                                         if p.is_file()},
-                              "config": meta.get("config")},
-                "corpus": str(corpus.root),
-                "corpus_manifest_sha256": corpus.manifest_sha256,
-                "corpus_summary": {lang: corpus.manifest["languages"].get(lang, {})
-                                   for lang in langs},
-                "corpus_dropped": corpus.manifest.get("dropped", {}),
-                "config": cfg.model_dump(mode="json"),
-                "provenance": provenance(config=cfg, data_hashes={
-                    "corpus_manifest": corpus.manifest_sha256,
-                    "tokenizer.json": sha256_file(tok_dir / "tokenizer.json")}),
-            }
-            write_manifest(tmp, manifest)
+            write_manifest(tmp, _data_manifest(corpus, tok_dir, tok_copy, meta, cfg, langs,
+                                               languages_info, dtype, eos_id, vocab_size))
     except BaseException:
         if pool is not None:  # Ctrl-C or an error: do not wait for queued batches
             pool.terminate()
