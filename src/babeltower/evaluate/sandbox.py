@@ -489,6 +489,8 @@ def _kill_tree(proc, cg) -> None:
     proc.stderr.close()
 
 
+# long: the one entry point every language goes through; its keyword list is the sandbox's
+# documented surface and the body is set-up -> run -> classify, each already a helper
 def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                   limits: Limits | None = None, env: dict | None = None,
                   unprivileged: bool = True, network: bool = False,
