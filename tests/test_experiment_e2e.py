@@ -140,3 +140,58 @@ def test_unmeetable_budget_fails_before_training(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and "exceeds" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "work" / "runs").exists()
+
+
+# ---- the default experiment's shape: knowledge benchmark, replay arm, even checkpoints ----
+@pytest.fixture(scope="module")
+def knowledge_experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kexp")
+    src = tmp / "src"
+    make_source_tree(src, max_bytes_per_language=150_000)
+    cfg = _config(
+        tmp, src, new_languages=["javascript"],
+        corpus={"fetch": False, "sources": [str(src)], "vocab_size": 1024,
+                "validation": 0.1, "test": 0.1,
+                "knowledge": {"facts_per_class": 10, "exposures": 12, "n_answers": 5}},
+        continual={"tokens": 12000, "lr": 1.0e-3, "batch_size": 4, "min_lr_ratio": 1.0,
+                   "checkpoints": "even", "n_checkpoints": 8, "replay_share": 0.25},
+        evaluation={"val_tokens_per_language": 1024, "performance": "knowledge"},
+        probes={"neurons": False},
+        scratch={"tokens": 8000, "batch_size": 8, "seeds": [0, 1], "equal_epochs": False,
+                 "mixtures": ["natural", "optimized"], "original": {"python": 0.3, "javascript": 0.7}})
+    assert main(["experiment", str(cfg)]) == 0
+    return tmp / "work"
+
+
+def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_experiment):
+    work = knowledge_experiment
+    r = json.loads((work / "results.json").read_text())
+    assert r["version"] == 2
+    rows = r["cpt"]["javascript"]["checkpoints"]
+    assert len(rows) == 9                                   # step 0 + 8 even checkpoints
+    curves = rows[-1]["knowledge"]["curves"]
+    classes = {(c["class"], c["language"]) for c in curves}
+    for cls in ("primary-only", "shared", "new-only"):
+        assert (cls, "javascript") in classes, cls
+    assert all(0 <= c["k"] <= c["n"] and c["n"] > 0 for c in curves)
+    # the replay arm trained on both languages, the other on the new language only
+    assert r["cpt_replay"]["javascript"]["budgets"]["python"] > 0
+    assert set(r["cpt"]["javascript"]["budgets"]) == {"javascript"}
+    rep = r["replay"]["javascript"]
+    assert rep["no_replay"]["transfer_stage"]["call"] in ("rise_then_drop", "monotone", "flat",
+                                                          "undetermined")
+    st = r["stages"]["javascript"]
+    assert st["performance_measure"].startswith("knowledge")
+    assert st["performance"]["call"] in ("rise_then_drop", "monotone", "flat", "undetermined")
+    assert 0 <= st["power"]["at_0.3"]["detection"]["rate"] <= 1
+    # Algorithm 1 never drops a language, the original corpus has the configured shape
+    alg = r["algorithm1"]["languages"]["javascript"]
+    assert alg["target_tokens"] > 0
+    orig = r["original_corpus"]
+    assert orig["javascript"] > orig["python"]
+    assert any(t["measure"] == "transfer" for t in r["comparison"]["equal_tokens"])
+    html = (work / "report.html").read_text()
+    for heading in ("Controlled knowledge", "Replay control", "Stage test"):
+        assert heading in html, heading
+    assert _is_png(work / "figures" / "knowledge.png")
+    assert _is_png(work / "figures" / "specific_javascript.png")
