@@ -358,7 +358,7 @@ def test_binary_config_to_train_is_one_line_in_a_subprocess(tmp_path):
     (["experiment", "{}", "--workdir", "{out}"], "experiment config", "is a directory"),
     (["corpus", "build", "--source", "{out}", "--config", "{}", "--out", "{out}"], "config",
      "is a directory"),
-    (["stages", "--runs", "{}"], "metrics file", "is a directory"),
+    (["stages", "detect", "--runs", "{}"], "metrics file", "is a directory"),
     (["optimize", "--runs", "{}", "--primary", "python", "--out", "{out}"], "metrics file",
      "is a directory"),
     # a directory is a valid input there (a pass@k output dir), so it is looked into

@@ -202,5 +202,5 @@ def test_experiment_rows_keep_their_keys(tmp_path):
     rows = measure_series(tmp_path / "run", data, _cfg(), pair_languages=[],
                           loss_languages=["python", "php"], split="validation")
     assert set(rows[0]) == {"checkpoint", "step", "tokens", "tokens_by_language", "loss", "bpb",
-                            "weights_sha256"}
+                            "bpb_se", "eval_documents", "eval_tokens", "weights_sha256"}
     assert rows[0]["step"] == 3 and set(rows[0]["loss"]) == {"python", "php"}

@@ -555,7 +555,10 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         _kill_tree(proc, cg)
         with os.fdopen(r_fd, "rb") as f:
             fences = f.read().decode(errors="replace")
-        peak = max(proc.max_rss_bytes, cg.peak_bytes() if cg else 0)
+        # the cgroup's peak when there is one: ru_maxrss of a child forked from a large
+        # parent (a test runner that has loaded models) counts the parent's pages it
+        # inherited before exec, and would call any crash 'memory'
+        peak = cg.peak_bytes() if cg else proc.max_rss_bytes
         stdout = b"".join(out_chunks).decode("utf-8", "replace")
         stderr = b"".join(err_chunks).decode("utf-8", "replace")
         status, code, sig = _classify(proc.returncode, timed_out, stderr,
