@@ -9,6 +9,13 @@ What the child does, in order, and why:
 1. ``setsid`` and join the sandbox's cgroups (before anything can fork).
 2. ``unshare`` a network namespace (only a down loopback: no traffic at all) and a mount
    namespace (as root directly; not root inside a new user namespace mapping our uid).
+   Not root, also a **PID namespace** with a tiny init of our own (``_namespace_init``,
+   forked right here): every process the program starts is inside it, ``setsid`` or not,
+   and when that init dies the kernel kills all of them. It dies with the program
+   (``PR_SET_PDEATHSIG``) and the parent kills it once more when the run ends. Without
+   root there is no cgroup, and killing the process group misses a child that called
+   ``setsid``: this is what reaches every descendant there. (The program itself stays
+   outside, so it is not a PID 1 that ignores default-action signals.)
 3. Mounts, all private to that namespace:
 
    * **every host mount read-only** (a bind remount of each mount point listed in
@@ -30,8 +37,9 @@ What the child does, in order, and why:
 5. drop to the per-sandbox uid/gid with no supplementary groups (when root).
 
 It reports each fence that held by writing one byte to ``status_fd`` (``n`` network,
-``t`` private tmp, ``r`` host read-only, ``c`` writes capped, ``b`` toolchain binds), so the
-parent can say what was in force rather than assume it.
+``t`` private tmp, ``r`` host read-only, ``c`` writes capped, ``b`` toolchain binds, and
+``p<pid>.`` own PID namespace whose init has host pid ``<pid>``), so the parent can say what
+was in force rather than assume it (and kill that init).
 
 The preexec function only makes system calls (no imports, no locks): safe with threads.
 """
@@ -42,9 +50,11 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import signal
 from dataclasses import dataclass
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWPID = 0x20000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _MS_RDONLY = 1
@@ -67,6 +77,10 @@ _MOUNT_OPTION_FLAGS = {b"nosuid": _MS_NOSUID, b"nodev": _MS_NODEV, b"noexec": _M
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _unshare = _libc.unshare
 _unshare.argtypes = [ctypes.c_int]
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                   ctypes.c_ulong]
+_PR_SET_PDEATHSIG = 1
 _mount = _libc.mount
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                    ctypes.c_char_p]
@@ -207,6 +221,40 @@ def _rlimits(limits: Limits, uid: int | None, nproc: int | None) -> list:
     return rl
 
 
+def _namespace_init() -> None:
+    """PID 1 of the sandbox's PID namespace: reap orphans until killed; never returns.
+
+    Forked in the child between ``unshare(CLONE_NEWPID)`` and exec, so it is the first
+    process of the namespace. It holds no descriptor (the output pipes close when the
+    program's processes close them) and dies with the program (``PR_SET_PDEATHSIG``);
+    its death makes the kernel kill every process left in the namespace.
+    """
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.closerange(0, 1 << 16)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        while True:
+            try:  # reap every ended child (orphans of the namespace are ours)
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+            signal.sigwait([signal.SIGCHLD])
+    finally:
+        os._exit(0)
+
+
+def _start_pid_namespace_init(status_fd: int) -> None:
+    """After ``unshare(CLONE_NEWPID)``: fork the namespace's init, report its host pid."""
+    try:
+        init_pid = os.fork()
+    except OSError:
+        return  # no init: the program's first child becomes it (still contained)
+    if init_pid == 0:
+        _namespace_init()
+    os.write(status_fd, b"p%d." % init_pid)
+
+
 def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
                  want_netns: bool, want_private_tmp: bool, status_fd: int,
                  userns: bool = False, nproc: int | None = None,
@@ -222,6 +270,8 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
     # not root: a user namespace (mapping our own uid/gid onto themselves) is what lets an
     # unprivileged caller create the network and mount namespaces
     user_flag = _CLONE_NEWUSER if userns else 0
+    # not root: no cgroup to kill the tree by; a PID namespace does it (module docstring)
+    pid_flag = _CLONE_NEWPID if userns else 0
     id_maps = ((b"/proc/self/setgroups", b"deny"),
                (b"/proc/self/uid_map", f"{os.getuid()} {os.getuid()} 1".encode()),
                (b"/proc/self/gid_map", f"{os.getgid()} {os.getgid()} 1".encode()))
@@ -234,14 +284,24 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
         for pf in procs_files:  # join the cgroups before anything can fork
             _write_file(pf, pid_bytes)
         flags = (_CLONE_NEWNET if want_netns else 0) | (_CLONE_NEWNS if want_private_tmp else 0)
-        ok = flags != 0 and _unshare(flags | user_flag) == 0
+        ok = flags != 0 and _unshare(flags | user_flag | pid_flag) == 0
+        pid_ns = ok and pid_flag != 0
         if ok and user_flag:
             for path, data in id_maps:
                 _write_file(path, data)
         if not ok and want_netns and want_private_tmp:
-            if _unshare(_CLONE_NEWNET | user_flag) == 0:
+            if _unshare(_CLONE_NEWNET | user_flag | pid_flag) == 0:
                 os.write(status_fd, b"n")
-        elif ok:
+                pid_ns = pid_flag != 0
+        if not ok and not pid_ns and pid_flag:
+            # no network/mount namespace here: still the PID namespace, if allowed
+            pid_ns = _unshare(user_flag | pid_flag) == 0
+            if pid_ns and user_flag:
+                for path, data in id_maps:
+                    _write_file(path, data)
+        if pid_ns:
+            _start_pid_namespace_init(status_fd)
+        if ok:
             if want_netns:
                 os.write(status_fd, b"n")
             # stop our mounts from propagating back to the host
