@@ -44,25 +44,6 @@ def test_infinite_loop_times_out_and_is_killed():
     host_still_works()
 
 
-def test_fork_bomb_is_contained():
-    # children that escape the process group via setsid are still in the pids cgroup
-    src = ("import os\n"
-           "while True:\n"
-           "    try:\n"
-           "        if os.fork() == 0: os.setsid()\n"
-           "    except OSError: pass\n")
-    r = py(src)
-    assert r.status == "timeout"
-    assert r.isolation["processes"] in ("pids cgroup", "RLIMIT_NPROC (own uid)",
-                                        "RLIMIT_NPROC (shared with the caller's uid)")
-    # nothing of it is left running (zombies, already dead, wait for init to reap them)
-    uid = r.isolation["uid"]
-    if uid != os.geteuid():
-        left = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
-        assert left == []
-    host_still_works()
-
-
 def _uid_of(pid: str):
     """uid of a live (non-zombie) process, else None."""
     try:
@@ -73,6 +54,53 @@ def _uid_of(pid: str):
     if fields.get("State", "").strip().startswith("Z"):
         return None
     return int(fields["Uid"].split()[0])
+
+
+def _running_with(marker: str, uid: int) -> list[int]:
+    """Live (non-zombie) processes of ``uid`` whose command line holds ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and _uid_of(pid) == uid:
+            found.append(int(pid))
+    return found
+
+
+def _assert_nothing_left(marker: str, uid: int) -> None:
+    """Right after the run returned, none of its processes is alive (kill them if so,
+    so that a failing test does not leave a fork bomb behind)."""
+    left = _running_with(marker, uid)
+    for _ in range(200 if left else 0):
+        for pid in _running_with(marker, uid):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    assert left == [], f"{len(left)} processes of the run still alive after it returned"
+
+
+def test_fork_bomb_is_contained():
+    # children that escape the process group via setsid are still in the pids cgroup
+    # (root) or the run's PID namespace (not root); a unique marker names its processes
+    marker = f"bt-fork-bomb-{secrets.token_hex(8)}"
+    src = (f"# {marker}\n"
+           "import os\n"
+           "while True:\n"
+           "    try:\n"
+           "        if os.fork() == 0: os.setsid()\n"
+           "    except OSError: pass\n")
+    r = py(src)
+    _assert_nothing_left(marker, r.isolation["uid"])
+    assert r.status == "timeout"
+    assert r.isolation["processes"] in ("pids cgroup", "RLIMIT_NPROC (own uid)",
+                                        "RLIMIT_NPROC (shared with the caller's uid)")
+    assert r.isolation["process_tree"] in ("pids cgroup", "own PID namespace")
+    host_still_works()
 
 
 def test_huge_allocation_reports_memory():
@@ -196,7 +224,9 @@ def test_outbound_connection_to_a_loopback_listener_fails():
 
 
 def test_daemon_does_not_outlive_the_run():
-    src = ("import os, time\n"
+    marker = f"bt-daemon-{secrets.token_hex(8)}"
+    src = (f"# {marker}\n"
+           "import os, time\n"
            "if os.fork() == 0:\n"
            "    os.setsid()\n"
            "    if os.fork() == 0:\n"
@@ -207,14 +237,9 @@ def test_daemon_does_not_outlive_the_run():
     r = py(src)
     assert r.status == "pass", r.stderr
     (daemon,) = r.stdout.split()  # it was running when the program ended
-    if not ROOT:  # no cgroup: a setsid'd daemon survives; the result must not claim otherwise
-        assert r.isolation["processes"] != "pids cgroup"
-        try:
-            os.kill(int(daemon), 9)
-        except OSError:
-            pass
-        return
-    assert _uid_of(daemon) != r.isolation["uid"]  # gone (or the pid reused by someone else)
+    # gone when the run returned: killed with the cgroup (root) or the PID namespace
+    _assert_nothing_left(marker, r.isolation["uid"])
+    assert r.isolation["process_tree"] in ("pids cgroup", "own PID namespace")
 
 
 def test_output_is_capped_and_environment_scrubbed():
