@@ -263,6 +263,17 @@ def test_stdin_is_closed():
     assert r.status == "pass" and r.stdout.strip() == "''"
 
 
+def test_threads_and_worker_processes_work():
+    # not root the program runs inside its own PID namespace: it must still start threads
+    # (a process may only start threads in its own namespace) and reap its workers
+    src = ("import subprocess, threading\n"
+           "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+           "print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout)")
+    r = py(src, limits=dataclasses.replace(FAST, timeout=10.0))
+    assert r.status == "pass", r.stderr
+    assert r.stdout.split() == ["thread", "child"]
+
+
 def test_signal_death_is_a_crash():
     r = py("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     assert r.status == "crash" and r.signal == 11

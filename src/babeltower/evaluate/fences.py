@@ -9,13 +9,16 @@ What the child does, in order, and why:
 1. ``setsid`` and join the sandbox's cgroups (before anything can fork).
 2. ``unshare`` a network namespace (only a down loopback: no traffic at all) and a mount
    namespace (as root directly; not root inside a new user namespace mapping our uid).
-   Not root, also a **PID namespace** with a tiny init of our own (``_namespace_init``,
-   forked right here): every process the program starts is inside it, ``setsid`` or not,
-   and when that init dies the kernel kills all of them. It dies with the program
-   (``PR_SET_PDEATHSIG``) and the parent kills it once more when the run ends. Without
-   root there is no cgroup, and killing the process group misses a child that called
-   ``setsid``: this is what reaches every descendant there. (The program itself stays
-   outside, so it is not a PID 1 that ignores default-action signals.)
+   Not root, also a **PID namespace**: the child forks a tiny init of our own
+   (``_namespace_init``), which forks the program, so every process of the program is
+   inside it, ``setsid`` or not; the child itself waits outside and ends as the program
+   did. When the program's process ends, the init exits, and the kernel kills every
+   process left in the namespace; the init also dies with the outer process
+   (``PR_SET_PDEATHSIG``, e.g. on a timeout's kill) and the parent kills it once more when
+   the run ends. Without root there is no cgroup, and killing the process group misses a
+   child that called ``setsid``: this is what reaches every descendant there. (The program
+   is PID 2, not a PID 1 that ignores default-action signals; and it is inside the
+   namespace because a process may not start threads in a namespace other than its own.)
 3. Mounts, all private to that namespace:
 
    * **every host mount read-only** (a bind remount of each mount point listed in
@@ -221,38 +224,72 @@ def _rlimits(limits: Limits, uid: int | None, nproc: int | None) -> list:
     return rl
 
 
-def _namespace_init() -> None:
-    """PID 1 of the sandbox's PID namespace: reap orphans until killed; never returns.
+def _close_all_but(keep: int) -> None:
+    os.closerange(0, keep)
+    os.closerange(keep + 1, 1 << 16)
 
-    Forked in the child between ``unshare(CLONE_NEWPID)`` and exec, so it is the first
-    process of the namespace. It holds no descriptor (the output pipes close when the
-    program's processes close them) and dies with the program (``PR_SET_PDEATHSIG``);
-    its death makes the kernel kill every process left in the namespace.
-    """
+
+def _mirror_program_end(init_pid: int, status_r: int) -> None:
+    """Outside the PID namespace: wait for its init, then end exactly as the program did
+    (exit code, or the same signal), so the caller sees the program's own status."""
     try:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        os.closerange(0, 1 << 16)
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        _close_all_but(status_r)  # the output pipes and Popen's error pipe included
+        os.waitpid(init_pid, 0)
+        raw = os.read(status_r, 16)
+        status = int(raw) if raw else -1
+        if status < 0 or os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status) if status >= 0 else signal.SIGKILL
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core of this copy
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    finally:
+        os._exit(255)
+
+
+def _namespace_init(program_pid: int, status_w: int) -> None:
+    """PID 1 of the sandbox's PID namespace: reap every process that ends in it, and when
+    the program's own process ends, report its raw wait status and exit - the kernel then
+    kills whatever else is still running in the namespace (daemons, setsid'd children)."""
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # killed with the outer process
+        _close_all_but(status_w)
         while True:
-            try:  # reap every ended child (orphans of the namespace are ours)
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
-                pass
-            signal.sigwait([signal.SIGCHLD])
+            pid, status = os.waitpid(-1, 0)
+            if pid == program_pid:
+                os.write(status_w, str(status).encode())
+                break
     finally:
         os._exit(0)
 
 
-def _start_pid_namespace_init(status_fd: int) -> None:
-    """After ``unshare(CLONE_NEWPID)``: fork the namespace's init, report its host pid."""
+def _enter_pid_namespace(status_fd: int) -> bool:
+    """After ``unshare(CLONE_NEWPID)``: the caller becomes a waiter outside (it never
+    returns), its child the namespace's init, and the init's child - the only one that
+    returns, True - goes on to become the program (threads need it inside the namespace).
+    False (and nothing forked) when the processes cannot be made."""
+    status_r, status_w = os.pipe()
     try:
         init_pid = os.fork()
     except OSError:
-        return  # no init: the program's first child becomes it (still contained)
-    if init_pid == 0:
-        _namespace_init()
-    os.write(status_fd, b"p%d." % init_pid)
+        os.close(status_r)
+        os.close(status_w)
+        return False
+    if init_pid != 0:
+        os.write(status_fd, b"p%d." % init_pid)
+        os.close(status_w)
+        _mirror_program_end(init_pid, status_r)
+    os.close(status_r)
+    try:
+        program_pid = os.fork()
+    except OSError:
+        os._exit(255)
+    if program_pid != 0:
+        _namespace_init(program_pid, status_w)
+    os.close(status_w)
+    return True
 
 
 def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
@@ -299,8 +336,10 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
             if pid_ns and user_flag:
                 for path, data in id_maps:
                     _write_file(path, data)
-        if pid_ns:
-            _start_pid_namespace_init(status_fd)
+        if pid_ns and not _enter_pid_namespace(status_fd):
+            # outside it the program could start no thread: fail plainly instead
+            os.write(2, b"sandbox: cannot start the processes of a PID namespace\n")
+            os._exit(127)
         if ok:
             if want_netns:
                 os.write(status_fd, b"n")
