@@ -4,6 +4,7 @@ CI runs this file both as root (own uid, cgroups) and as an unprivileged user (t
 user-namespace path: same uid, no cgroups) - see ``.ci/run``; every test asserts in both.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -44,25 +45,6 @@ def test_infinite_loop_times_out_and_is_killed():
     host_still_works()
 
 
-def test_fork_bomb_is_contained():
-    # children that escape the process group via setsid are still in the pids cgroup
-    src = ("import os\n"
-           "while True:\n"
-           "    try:\n"
-           "        if os.fork() == 0: os.setsid()\n"
-           "    except OSError: pass\n")
-    r = py(src)
-    assert r.status == "timeout"
-    assert r.isolation["processes"] in ("pids cgroup", "RLIMIT_NPROC (own uid)",
-                                        "RLIMIT_NPROC (shared with the caller's uid)")
-    # nothing of it is left running (zombies, already dead, wait for init to reap them)
-    uid = r.isolation["uid"]
-    if uid != os.geteuid():
-        left = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
-        assert left == []
-    host_still_works()
-
-
 def _uid_of(pid: str):
     """uid of a live (non-zombie) process, else None."""
     try:
@@ -73,6 +55,53 @@ def _uid_of(pid: str):
     if fields.get("State", "").strip().startswith("Z"):
         return None
     return int(fields["Uid"].split()[0])
+
+
+def _running_with(marker: str, uid: int) -> list[int]:
+    """Live (non-zombie) processes of ``uid`` whose command line holds ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and _uid_of(pid) == uid:
+            found.append(int(pid))
+    return found
+
+
+def _assert_nothing_left(marker: str, uid: int) -> None:
+    """Right after the run returned, none of its processes is alive (kill them if so,
+    so that a failing test does not leave a fork bomb behind)."""
+    left = _running_with(marker, uid)
+    for _ in range(200 if left else 0):
+        for pid in _running_with(marker, uid):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    assert left == [], f"{len(left)} processes of the run still alive after it returned"
+
+
+def test_fork_bomb_is_contained():
+    # children that escape the process group via setsid are still in the pids cgroup
+    # (root) or the run's PID namespace (not root); a unique marker names its processes
+    marker = f"bt-fork-bomb-{secrets.token_hex(8)}"
+    src = (f"# {marker}\n"
+           "import os\n"
+           "while True:\n"
+           "    try:\n"
+           "        if os.fork() == 0: os.setsid()\n"
+           "    except OSError: pass\n")
+    r = py(src)
+    _assert_nothing_left(marker, r.isolation["uid"])
+    assert r.status == "timeout"
+    assert r.isolation["processes"] in ("pids cgroup", "RLIMIT_NPROC (own uid)",
+                                        "RLIMIT_NPROC (shared with the caller's uid)")
+    assert r.isolation["process_tree"] in ("pids cgroup", "own PID namespace")
+    host_still_works()
 
 
 def test_huge_allocation_reports_memory():
@@ -196,7 +225,9 @@ def test_outbound_connection_to_a_loopback_listener_fails():
 
 
 def test_daemon_does_not_outlive_the_run():
-    src = ("import os, time\n"
+    marker = f"bt-daemon-{secrets.token_hex(8)}"
+    src = (f"# {marker}\n"
+           "import os, time\n"
            "if os.fork() == 0:\n"
            "    os.setsid()\n"
            "    if os.fork() == 0:\n"
@@ -204,17 +235,13 @@ def test_daemon_does_not_outlive_the_run():
            "        time.sleep(60)\n"
            "    os._exit(0)\n"
            "time.sleep(0.5)\n")
-    r = py(src)
+    # a generous timeout: it must end by itself (status pass) on a loaded machine too
+    r = py(src, limits=dataclasses.replace(FAST, timeout=10.0))
     assert r.status == "pass", r.stderr
     (daemon,) = r.stdout.split()  # it was running when the program ended
-    if not ROOT:  # no cgroup: a setsid'd daemon survives; the result must not claim otherwise
-        assert r.isolation["processes"] != "pids cgroup"
-        try:
-            os.kill(int(daemon), 9)
-        except OSError:
-            pass
-        return
-    assert _uid_of(daemon) != r.isolation["uid"]  # gone (or the pid reused by someone else)
+    # gone when the run returned: killed with the cgroup (root) or the PID namespace
+    _assert_nothing_left(marker, r.isolation["uid"])
+    assert r.isolation["process_tree"] in ("pids cgroup", "own PID namespace")
 
 
 def test_output_is_capped_and_environment_scrubbed():
@@ -234,6 +261,17 @@ def test_output_is_capped_and_environment_scrubbed():
 def test_stdin_is_closed():
     r = py("import sys; print(repr(sys.stdin.read()))")
     assert r.status == "pass" and r.stdout.strip() == "''"
+
+
+def test_threads_and_worker_processes_work():
+    # not root the program runs inside its own PID namespace: it must still start threads
+    # (a process may only start threads in its own namespace) and reap its workers
+    src = ("import subprocess, threading\n"
+           "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+           "print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout)")
+    r = py(src, limits=dataclasses.replace(FAST, timeout=10.0))
+    assert r.status == "pass", r.stderr
+    assert r.stdout.split() == ["thread", "child"]
 
 
 def test_signal_death_is_a_crash():

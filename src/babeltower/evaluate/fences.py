@@ -9,6 +9,16 @@ What the child does, in order, and why:
 1. ``setsid`` and join the sandbox's cgroups (before anything can fork).
 2. ``unshare`` a network namespace (only a down loopback: no traffic at all) and a mount
    namespace (as root directly; not root inside a new user namespace mapping our uid).
+   Not root, also a **PID namespace**: the child forks a tiny init of our own
+   (``_namespace_init``), which forks the program, so every process of the program is
+   inside it, ``setsid`` or not; the child itself waits outside and ends as the program
+   did. When the program's process ends, the init exits, and the kernel kills every
+   process left in the namespace; the init also dies with the outer process
+   (``PR_SET_PDEATHSIG``, e.g. on a timeout's kill) and the parent kills it once more when
+   the run ends. Without root there is no cgroup, and killing the process group misses a
+   child that called ``setsid``: this is what reaches every descendant there. (The program
+   is PID 2, not a PID 1 that ignores default-action signals; and it is inside the
+   namespace because a process may not start threads in a namespace other than its own.)
 3. Mounts, all private to that namespace:
 
    * **every host mount read-only** (a bind remount of each mount point listed in
@@ -30,8 +40,9 @@ What the child does, in order, and why:
 5. drop to the per-sandbox uid/gid with no supplementary groups (when root).
 
 It reports each fence that held by writing one byte to ``status_fd`` (``n`` network,
-``t`` private tmp, ``r`` host read-only, ``c`` writes capped, ``b`` toolchain binds), so the
-parent can say what was in force rather than assume it.
+``t`` private tmp, ``r`` host read-only, ``c`` writes capped, ``b`` toolchain binds, and
+``p<pid>.`` own PID namespace whose init has host pid ``<pid>``), so the parent can say what
+was in force rather than assume it (and kill that init).
 
 The preexec function only makes system calls (no imports, no locks): safe with threads.
 """
@@ -42,9 +53,11 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import signal
 from dataclasses import dataclass
 
 _CLONE_NEWNS = 0x00020000
+_CLONE_NEWPID = 0x20000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _MS_RDONLY = 1
@@ -67,6 +80,10 @@ _MOUNT_OPTION_FLAGS = {b"nosuid": _MS_NOSUID, b"nodev": _MS_NODEV, b"noexec": _M
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _unshare = _libc.unshare
 _unshare.argtypes = [ctypes.c_int]
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                   ctypes.c_ulong]
+_PR_SET_PDEATHSIG = 1
 _mount = _libc.mount
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                    ctypes.c_char_p]
@@ -207,6 +224,74 @@ def _rlimits(limits: Limits, uid: int | None, nproc: int | None) -> list:
     return rl
 
 
+def _close_all_but(keep: int) -> None:
+    os.closerange(0, keep)
+    os.closerange(keep + 1, 1 << 16)
+
+
+def _mirror_program_end(init_pid: int, status_r: int) -> None:
+    """Outside the PID namespace: wait for its init, then end exactly as the program did
+    (exit code, or the same signal), so the caller sees the program's own status."""
+    try:
+        _close_all_but(status_r)  # the output pipes and Popen's error pipe included
+        os.waitpid(init_pid, 0)
+        raw = os.read(status_r, 16)
+        status = int(raw) if raw else -1
+        if status < 0 or os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status) if status >= 0 else signal.SIGKILL
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core of this copy
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    finally:
+        os._exit(255)
+
+
+def _namespace_init(program_pid: int, status_w: int) -> None:
+    """PID 1 of the sandbox's PID namespace: reap every process that ends in it, and when
+    the program's own process ends, report its raw wait status and exit - the kernel then
+    kills whatever else is still running in the namespace (daemons, setsid'd children)."""
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # killed with the outer process
+        _close_all_but(status_w)
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == program_pid:
+                os.write(status_w, str(status).encode())
+                break
+    finally:
+        os._exit(0)
+
+
+def _enter_pid_namespace(status_fd: int) -> bool:
+    """After ``unshare(CLONE_NEWPID)``: the caller becomes a waiter outside (it never
+    returns), its child the namespace's init, and the init's child - the only one that
+    returns, True - goes on to become the program (threads need it inside the namespace).
+    False (and nothing forked) when the processes cannot be made."""
+    status_r, status_w = os.pipe()
+    try:
+        init_pid = os.fork()
+    except OSError:
+        os.close(status_r)
+        os.close(status_w)
+        return False
+    if init_pid != 0:
+        os.write(status_fd, b"p%d." % init_pid)
+        os.close(status_w)
+        _mirror_program_end(init_pid, status_r)
+    os.close(status_r)
+    try:
+        program_pid = os.fork()
+    except OSError:
+        os._exit(255)
+    if program_pid != 0:
+        _namespace_init(program_pid, status_w)
+    os.close(status_w)
+    return True
+
+
 def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
                  want_netns: bool, want_private_tmp: bool, status_fd: int,
                  userns: bool = False, nproc: int | None = None,
@@ -222,6 +307,8 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
     # not root: a user namespace (mapping our own uid/gid onto themselves) is what lets an
     # unprivileged caller create the network and mount namespaces
     user_flag = _CLONE_NEWUSER if userns else 0
+    # not root: no cgroup to kill the tree by; a PID namespace does it (module docstring)
+    pid_flag = _CLONE_NEWPID if userns else 0
     id_maps = ((b"/proc/self/setgroups", b"deny"),
                (b"/proc/self/uid_map", f"{os.getuid()} {os.getuid()} 1".encode()),
                (b"/proc/self/gid_map", f"{os.getgid()} {os.getgid()} 1".encode()))
@@ -234,14 +321,26 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
         for pf in procs_files:  # join the cgroups before anything can fork
             _write_file(pf, pid_bytes)
         flags = (_CLONE_NEWNET if want_netns else 0) | (_CLONE_NEWNS if want_private_tmp else 0)
-        ok = flags != 0 and _unshare(flags | user_flag) == 0
+        ok = flags != 0 and _unshare(flags | user_flag | pid_flag) == 0
+        pid_ns = ok and pid_flag != 0
         if ok and user_flag:
             for path, data in id_maps:
                 _write_file(path, data)
         if not ok and want_netns and want_private_tmp:
-            if _unshare(_CLONE_NEWNET | user_flag) == 0:
+            if _unshare(_CLONE_NEWNET | user_flag | pid_flag) == 0:
                 os.write(status_fd, b"n")
-        elif ok:
+                pid_ns = pid_flag != 0
+        if not ok and not pid_ns and pid_flag:
+            # no network/mount namespace here: still the PID namespace, if allowed
+            pid_ns = _unshare(user_flag | pid_flag) == 0
+            if pid_ns and user_flag:
+                for path, data in id_maps:
+                    _write_file(path, data)
+        if pid_ns and not _enter_pid_namespace(status_fd):
+            # outside it the program could start no thread: fail plainly instead
+            os.write(2, b"sandbox: cannot start the processes of a PID namespace\n")
+            os._exit(127)
+        if ok:
             if want_netns:
                 os.write(status_fd, b"n")
             # stop our mounts from propagating back to the host

@@ -7,6 +7,9 @@ What one ``run_sandboxed`` call does, and why:
 * **Own session / process group.** ``setsid`` in the child; on timeout the whole group
   is killed (``killpg(SIGKILL)``), and every process left in the sandbox's pids cgroup
   too (a process may ``setsid`` itself out of the group; it cannot leave the cgroup).
+  Not root (no cgroup): everything the program starts is in its own PID namespace
+  (``fences.py``), whose init is killed when the run ends (timeout or not) - the kernel
+  then kills every process in it - and the run returns only once they are gone.
 * **Unprivileged uid.** When we are root, the program runs as a per-sandbox uid/gid
   that exists nowhere else (a random id in ``[2**20, 2**30)``, no supplementary groups).
   So it cannot write outside its own directory (or the private ``/tmp``), and
@@ -49,6 +52,7 @@ import atexit
 import errno
 import os
 import queue
+import re
 import secrets
 import selectors
 import shutil
@@ -407,7 +411,7 @@ def _uid_for(workdir: Path, unprivileged: bool) -> int | None:
 
 
 def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limits,
-               server) -> dict:
+               server, pid_namespace: bool) -> dict:
     """What was actually in force, from the fences the child reported."""
     return {
         "network": "none (own network namespace)" if "n" in fences else "host",
@@ -425,6 +429,9 @@ def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limi
         "memory": ", ".join(x for x in (
             "memory cgroup" if cg and "memory" in cg.dirs else "",
             "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
+        # what reaches a descendant that left the process group (setsid)
+        "process_tree": ("pids cgroup" if cg and "pids" in cg.dirs else
+                         "own PID namespace" if pid_namespace else "process group only"),
         "uid": uid if uid is not None else os.geteuid(),
         "runner": "fork server (no exec)" if server is not None else "exec",
     }
@@ -487,6 +494,37 @@ def _kill_tree(proc, cg) -> None:
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
+
+
+def _proc_status(pid: int) -> dict[str, str] | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _end_pid_namespace(fences: str, wait_s: float = 5.0) -> bool:
+    """Kill the init of the run's PID namespace (``p<pid>.`` in ``fences``), so the kernel
+    kills every process in it, and wait until it has. False when there was none."""
+    m = re.search(r"p(\d+)\.", fences)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = _proc_status(pid)
+        # gone, or a zombie: its namespace is empty (init reaps all before it exits)
+        if status is None or status.get("State", "").startswith("Z"):
+            break
+        if status.get("NSpid", "").split()[-1:] != ["1"]:
+            break  # the pid is now someone else's: ours is long gone
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        time.sleep(0.002)
+    return True
 
 
 # long: the one entry point every language goes through; its keyword list is the sandbox's
@@ -555,6 +593,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         _kill_tree(proc, cg)
         with os.fdopen(r_fd, "rb") as f:
             fences = f.read().decode(errors="replace")
+        pid_namespace = _end_pid_namespace(fences)
         # the cgroup's peak when there is one: ru_maxrss of a child forked from a large
         # parent (a test runner that has loaded models) counts the parent's pages it
         # inherited before exec, and would call any crash 'memory'
@@ -565,7 +604,8 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                                       cg.oom_killed() if cg else False, peak, limits)
         return SandboxResult(status=status, exit_code=code, signal=sig, stdout=stdout,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),
-                             isolation=_isolation(fences, uid, cg, nproc, limits, server),
+                             isolation=_isolation(fences, uid, cg, nproc, limits, server,
+                                                  pid_namespace),
                              command=list(cmd))
     finally:
         if proc is not None and proc.poll() is None:  # interrupted (e.g. Ctrl-C): kill it
