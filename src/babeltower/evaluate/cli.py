@@ -36,7 +36,7 @@ def _print_table(df, title: str, columns: list[str] | None = None) -> None:
 def loss_cmd(
     source: str = typer.Argument(..., help="Run dir, model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
     data: Optional[Path] = typer.Option(None, help="Packed data dir (babeltower corpus pack)."),
-    text: Optional[List[Path]] = typer.Option(None, help="Raw text files/dirs, scored with the model's own tokenizer."),
+    text: Optional[List[str]] = typer.Option(None, help="Raw text PATH or LANG=PATH (file or dir; LANG takes C/C++ headers with .h or no extension), scored with the model's own tokenizer; repeatable."),
     languages: Optional[List[str]] = typer.Option(None, "--languages", "-l", help="Languages (default: all in the data)."),
     split: str = typer.Option("validation", help="validation or test."),
     max_tokens: int = typer.Option(50_000, help="Token budget per language (whole documents, in order)."),
@@ -53,6 +53,8 @@ def loss_cmd(
                      context=context, stride=stride, batch_size=batch_size)
     df = evaluate_loss(source, data=data, languages=_split(languages), text=text or None,
                        config=cfg, out=out)
+    if "text_files" in df.attrs:
+        typer.echo(df.attrs["text_files"], err=True)
     _print_table(df, f"held-out loss ({split}) -> {out}",
                  ["checkpoint", "step", "language", "loss", "bits_per_byte", "bpb_lo95",
                   "bpb_hi95", "tokens", "bytes", "documents"])
