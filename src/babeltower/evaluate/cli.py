@@ -147,17 +147,20 @@ def run_cmd(
     language: Optional[str] = typer.Option(None, help="Language (default: from the file name)."),
     timeout: float = typer.Option(10.0),
 ):
-    """Run one program in the sandbox and print its status (exit 0 = pass)."""
+    """Run one program in the sandbox and print its status (exit 0 = pass, 1 = it ran and
+    did not pass, 2 = bad input)."""
     from babeltower.errors import BabelError
     from babeltower.evaluate.execute import run_program
-    from babeltower.io import require_file
-    from babeltower.languages import detect_language
+    from babeltower.io import read_text_file
+    from babeltower.languages import canonical, detect_language
 
-    require_file(file, "program")
-    lang = language or detect_language(str(file))
+    source = read_text_file(file, "program")     # missing / directory / binary / non-UTF-8
+    if not source.strip():
+        raise BabelError(f"program {file} is empty")
+    lang = canonical(language) if language else detect_language(str(file))
     if lang is None:
         raise BabelError(f"cannot tell the language of {file} (pass --language)")
-    r = run_program(lang, file.read_text(encoding="utf-8", errors="replace"), timeout=timeout)
+    r = run_program(lang, source, timeout=timeout)
     typer.echo(f"status: {r.status}  exit: {r.exit_code}  signal: {r.signal}  "
                f"time: {r.wall_time:.3f}s  compile: {r.compile_time}")
     typer.echo(f"isolation: {r.isolation}")
@@ -165,6 +168,8 @@ def run_cmd(
         typer.echo("--- stdout\n" + r.stdout.rstrip())
     if r.stderr:
         typer.echo("--- stderr\n" + r.stderr.rstrip())
+    if r.status != "pass":
+        raise typer.Exit(1)
 
 
 @app.command("toolchains")
