@@ -39,8 +39,22 @@ def test_transfer_through_the_cli(tmp_path, capsys):
 def test_run_a_program_file(tmp_path, capsys):
     f = tmp_path / "prog.py"
     f.write_text("import sys; sys.exit(4)\n")
-    assert main(["eval", "run", str(f)]) == 0
+    assert main(["eval", "run", str(f)]) == 1     # it ran and did not pass
     assert "status: fail  exit: 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "is a directory"), (b"\x80\x00print(1)", "binary file"),
+    (b"print('caf\xe9')", "not UTF-8"), (b"  \n", "is empty")])
+def test_run_refuses_bad_program_files(tmp_path, capsys, content, needle):
+    f = tmp_path / "prog.py"
+    if content is None:
+        f.mkdir()
+    else:
+        f.write_bytes(content)
+    assert main(["eval", "run", str(f), "--language", "python"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -209,3 +209,19 @@ def test_control_ids_are_other_pairs_first_tokens():
     # (the aligner also drops identifiers whose continuation would not decode back)
     assert set(it.control_new_ids) <= firsts and len(firsts) > 2
     assert not set(it.control_new_ids) & {it.target_first_id, it.counterpart_first_id}
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("missing", "probe suite path not found"), ("dir", "no probe suites"),
+    (b"\x80\x00\x01", "binary file"), (b"caf\xe9: 1\n", "not UTF-8"),
+    (b"", "must be a mapping"), (b"a: [1\n", "not valid YAML")])
+def test_available_suites_refuses_bad_user_paths(tmp_path, content, needle):
+    from babeltower.probes.suite import available_suites
+
+    p = tmp_path / "s.yaml"
+    if content == "dir":
+        p.mkdir()
+    elif content != "missing":
+        p.write_bytes(content)
+    with pytest.raises(BabelError, match=needle):
+        available_suites(p)

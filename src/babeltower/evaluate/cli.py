@@ -36,7 +36,7 @@ def _print_table(df, title: str, columns: list[str] | None = None) -> None:
 def loss_cmd(
     source: str = typer.Argument(..., help="Run dir, model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
     data: Optional[Path] = typer.Option(None, help="Packed data dir (babeltower corpus pack)."),
-    text: Optional[List[Path]] = typer.Option(None, help="Raw text files/dirs, scored with the model's own tokenizer."),
+    text: Optional[List[str]] = typer.Option(None, help="Raw text PATH or LANG=PATH (file or dir; LANG takes C/C++ headers with .h or no extension), scored with the model's own tokenizer; repeatable."),
     languages: Optional[List[str]] = typer.Option(None, "--languages", "-l", help="Languages (default: all in the data)."),
     split: str = typer.Option("validation", help="validation or test."),
     max_tokens: int = typer.Option(50_000, help="Token budget per language (whole documents, in order)."),
@@ -53,6 +53,8 @@ def loss_cmd(
                      context=context, stride=stride, batch_size=batch_size)
     df = evaluate_loss(source, data=data, languages=_split(languages), text=text or None,
                        config=cfg, out=out)
+    if "text_files" in df.attrs:
+        typer.echo(df.attrs["text_files"], err=True)
     _print_table(df, f"held-out loss ({split}) -> {out}",
                  ["checkpoint", "step", "language", "loss", "bits_per_byte", "bpb_lo95",
                   "bpb_hi95", "tokens", "bytes", "documents"])
@@ -145,17 +147,20 @@ def run_cmd(
     language: Optional[str] = typer.Option(None, help="Language (default: from the file name)."),
     timeout: float = typer.Option(10.0),
 ):
-    """Run one program in the sandbox and print its status (exit 0 = pass)."""
+    """Run one program in the sandbox and print its status (exit 0 = pass, 1 = it ran and
+    did not pass, 2 = bad input)."""
     from babeltower.errors import BabelError
     from babeltower.evaluate.execute import run_program
-    from babeltower.io import require_file
-    from babeltower.languages import detect_language
+    from babeltower.io import read_text_file
+    from babeltower.languages import canonical, detect_language
 
-    require_file(file, "program")
-    lang = language or detect_language(str(file))
+    source = read_text_file(file, "program")     # missing / directory / binary / non-UTF-8
+    if not source.strip():
+        raise BabelError(f"program {file} is empty")
+    lang = canonical(language) if language else detect_language(str(file))
     if lang is None:
         raise BabelError(f"cannot tell the language of {file} (pass --language)")
-    r = run_program(lang, file.read_text(encoding="utf-8", errors="replace"), timeout=timeout)
+    r = run_program(lang, source, timeout=timeout)
     typer.echo(f"status: {r.status}  exit: {r.exit_code}  signal: {r.signal}  "
                f"time: {r.wall_time:.3f}s  compile: {r.compile_time}")
     typer.echo(f"isolation: {r.isolation}")
@@ -163,6 +168,8 @@ def run_cmd(
         typer.echo("--- stdout\n" + r.stdout.rstrip())
     if r.stderr:
         typer.echo("--- stderr\n" + r.stderr.rstrip())
+    if r.status != "pass":
+        raise typer.Exit(1)
 
 
 @app.command("toolchains")

@@ -30,7 +30,7 @@ every checkpoint.
 Inputs: a packed DATA dir (``TokenShards``, split ``validation`` or ``test``; the model
 must use the data's tokenizer - checked on vocabulary size), or, for an external model
 with its own tokenizer, raw text files (one file = one document, language from the file
-name via ``babeltower.languages.detect_language``).
+name, or from ``LANG=PATH``; ``babeltower.textfiles.walk_text`` says what it kept and dropped).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydantic import Field
@@ -47,8 +46,9 @@ from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.corpus.shards import TokenShards
 from babeltower.io import atomic_write_json, provenance
-from babeltower.languages import canonical, detect_language
+from babeltower.languages import canonical
 from babeltower.series import SeriesOptions, run_series, state_dir_for
+from babeltower.textfiles import TextFiles, parse_text_args, walk_text
 
 LN2 = math.log(2.0)
 
@@ -102,38 +102,47 @@ def documents_from_shards(data, languages: list[str] | None, split: str, max_tok
     return out
 
 
-def documents_from_text(paths, tokenizer, languages: list[str] | None, max_tokens: int,
+def text_inputs(text) -> list[tuple[str | None, str]]:
+    """``text`` as given to ``evaluate_loss`` (a path, ``LANG=PATH``, a list of them, or
+    ``(lang, path)`` pairs) -> ``(language or None, path)`` pairs for ``walk_text``."""
+    items = [text] if isinstance(text, (str, os.PathLike, tuple)) else list(text)
+    pairs = [t for t in items if isinstance(t, tuple)]
+    return pairs + parse_text_args([t for t in items if not isinstance(t, tuple)])
+
+
+def documents_from_text(walked: TextFiles, tokenizer, max_tokens: int,
                         max_docs: int | None = None) -> dict[str, list[Document]]:
-    """Raw text files (or directories of them) tokenized with the model's own tokenizer."""
-    files: list[Path] = []
-    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
-        p = Path(p)
-        if not p.exists():
-            raise BabelError(f"text path not found: {p}")
-        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
-    wanted = {canonical(x) for x in languages} if languages else None
+    """The walked raw text files tokenized with the model's own tokenizer, whole files in
+    path order until a language's token budget (or ``max_docs``) is reached."""
     out: dict[str, list[Document]] = {}
     budget: dict[str, int] = {}
-    for f in files:
-        lang = detect_language(str(f), f.open("rb").read(256))
-        if lang is None or (wanted and lang not in wanted):
-            continue
-        if budget.get(lang, 0) >= max_tokens or (max_docs and len(out.get(lang, [])) >= max_docs):
-            continue
-        text = f.read_text(encoding="utf-8", errors="replace")
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            continue
-        out.setdefault(lang, []).append(Document(lang, np.asarray(ids, dtype=np.int64),
-                                                 len(text.encode("utf-8"))))
-        budget[lang] = budget.get(lang, 0) + len(ids)
-    if wanted:
-        missing = sorted(wanted - set(out))
-        if missing:
-            raise BabelError(f"no text files for: {', '.join(missing)}")
+    for lang, files in walked.kept.items():
+        for f in files:
+            if budget.get(lang, 0) >= max_tokens or (max_docs and len(out.get(lang, [])) >= max_docs):
+                break
+            text = f.read_text(encoding="utf-8", errors="replace")
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                continue
+            out.setdefault(lang, []).append(Document(lang, np.asarray(ids, dtype=np.int64),
+                                                     len(text.encode("utf-8"))))
+            budget[lang] = budget.get(lang, 0) + len(ids)
     if not out:
         raise BabelError("no text files of a known language found")
     return out
+
+
+def walk_loss_text(text, languages: list[str] | None) -> TextFiles:
+    """Walk ``text`` once, before any model is loaded: a missing path, or a requested
+    language with no file, fails here."""
+    walked = walk_text(text_inputs(text), languages)
+    if languages:
+        missing = sorted({canonical(x) for x in languages} - set(walked.kept))
+        if missing:
+            raise BabelError(f"no text files for: {', '.join(missing)} ({walked.summary()})")
+    if not walked.kept:
+        raise BabelError(f"no text files of a known language found ({walked.summary()})")
+    return walked
 
 
 # --------------------------------------------------------------------------- scoring
@@ -323,6 +332,8 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
                          options=series or SeriesOptions(progress=progress))
         rows = res.rows["loss"]
     df = pd.DataFrame(rows)
+    if loss.walked is not None:   # the CLI prints it: what was kept and dropped, and why
+        df.attrs["text_files"] = loss.walked.summary()
     if out is not None and (res is None or res.is_writer):
         atomic_write_json(out, {
             "metric": "held-out loss (nats/token) and bits-per-byte per language",
@@ -331,6 +342,7 @@ def evaluate_loss(source_or_model, data=None, languages: list[str] | None = None
                                      source=str(source_or_model) if res is not None else "model",
                                      data=str(data) if data is not None else None,
                                      text=[str(t) for t in ([text] if isinstance(text, (str, os.PathLike)) else (text or []))],
+                                     text_files=loss.walked.record() if loss.walked else None,
                                      weights_sha256=res.weights if res is not None else None),
         })
         if res is not None:
@@ -347,6 +359,7 @@ class LossMeasure:
                  data_hashes: dict, progress: bool = False):
         self.cfg, self.shard_docs, self.eos, self.text = cfg, shard_docs, eos, text
         self.hashes, self.progress = data_hashes, progress
+        self.walked = walk_loss_text(text, cfg.languages) if text is not None else None
 
     def config(self) -> dict:
         return {**self.cfg.model_dump(mode="json"),
@@ -362,7 +375,7 @@ class LossMeasure:
         else:
             if tokenizer is None:
                 raise BabelError("scoring raw text needs the model's tokenizer")
-            docs = documents_from_text(self.text, tokenizer, self.cfg.languages,
+            docs = documents_from_text(self.walked, tokenizer,
                                        self.cfg.max_tokens_per_language, self.cfg.max_docs)
             prefix = _prefix_id(tokenizer, None)
         meta = {"tokens_seen": getattr(ref, "tokens", None)}

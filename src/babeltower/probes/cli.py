@@ -182,6 +182,8 @@ def neurons_cmd(
         raise BabelError(f"LAPE option {where}: {err['msg']}") from None
     df = run_neurons(source, _data_arg(data, text), options, revisions=_revisions(revisions),
                      out=out, series=SeriesOptions(overwrite=overwrite), steps=_steps(steps))
+    if "text_files" in df.attrs:
+        typer.echo(df.attrs["text_files"], err=True)
     console = Console()
     _print_frame(console, summarize_neurons(df), "LAPE per checkpoint (all layers)")
     console.print(f"wrote {out}/neurons.parquet, neurons.csv, summary.csv, checkpoints/*.neurons.json")

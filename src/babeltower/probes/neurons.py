@@ -52,7 +52,8 @@ from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
                            sha256_file)
-from babeltower.languages import canonical, detect_language
+from babeltower.languages import canonical
+from babeltower.textfiles import TextFiles, walk_text
 from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
                                run_series, safe_name, state_dir_for, write_outputs)
 
@@ -209,23 +210,19 @@ def windows_from_ids(ids: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray
     return np.asarray(ids[:n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
-def _text_files(paths, language: str | None = None) -> list[Path]:
-    """Files given, and inside given directories the files of ``language`` (by extension)."""
-    out: list[Path] = []
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        p = Path(p)
-        if not p.exists():
-            raise BabelError(f"text not found: {p}")
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file())
-            if language is not None:
-                files = [f for f in files if detect_language(f.name) == language]
-            if not files:
-                raise BabelError(f"no {language or ''} files in {p}".replace("  ", " "))
-            out.extend(files)
-        else:
-            out.append(p)
-    return out
+def walk_language_text(data: Mapping, languages: Sequence[str]) -> TextFiles:
+    """The text files of each language in ``{lang: file | dir | [files]}`` (in a directory,
+    the files of that language; C/C++ headers with ``.h`` or no extension count as the
+    named one - ``babeltower.textfiles``), with the dropped files counted by reason."""
+    data = {canonical(k): v for k, v in data.items()}
+    inputs = [(lang, p) for lang in languages for p in
+              ([data.get(lang, [])] if isinstance(data.get(lang), (str, os.PathLike))
+               else data.get(lang, []))]
+    walked = walk_text(inputs, languages)
+    for lang in languages:
+        if lang in data and not walked.kept.get(lang):
+            raise BabelError(f"no {lang} files in {data[lang]} ({walked.summary()})")
+    return walked
 
 
 def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int = 65536,
@@ -240,11 +237,12 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
             raise BabelError("raw text needs the model's tokenizer")
         data = {canonical(k): v for k, v in data.items()}
         eos = getattr(tokenizer, "eos_token_id", None)
+        walked = walk_language_text(data, languages)
         for lang in languages:
             if lang not in data:
                 raise BabelError(f"no text given for {lang} (have: {', '.join(data)})")
             ids: list[int] = []
-            for f in _text_files(data[lang], lang):
+            for f in walked.kept.get(lang, []):
                 text = f.read_text(encoding="utf-8", errors="replace")
                 ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
                 if used_files is not None:
@@ -450,9 +448,10 @@ class NeuronsMeasure:
         self.packed = (None if isinstance(data, Mapping) else
                        load_windows(data, options.languages, None, options.n_tokens,
                                     options.seq_len, options.split))
-        self.files = ([str(f) for l in options.languages
-                       for f in _text_files(data[l] if l in data else [], l)]
-                      if isinstance(data, Mapping) else [])
+        self.walked = (walk_language_text(data, options.languages)
+                       if isinstance(data, Mapping) else None)
+        self.files = ([str(f) for fs in self.walked.kept.values() for f in fs]
+                      if self.walked is not None else [])
 
     def config(self) -> dict:
         return {**self.opt.model_dump(), "data": _describe(self.data)}
@@ -511,6 +510,8 @@ def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | No
     res = run_series(refs, [lape], state=state_dir_for(out), options=series,
                      on_checkpoint=on_checkpoint)
     df = neurons_frame(res.rows["lape"], options.primary)
+    if lape.walked is not None:   # the CLI prints it: what was kept and dropped, and why
+        df.attrs["text_files"] = lape.walked.summary()
     if out is not None:
         def write(d: Path) -> None:
             for r in res.rows["lape"]:
@@ -525,6 +526,7 @@ def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | No
             atomic_write_json(d / "provenance.json", provenance(
                 config=options.model_dump(), data=_describe(data),
                 data_hashes=lape.data_hashes(), source=str(source), revisions=revisions,
+                text_files=lape.walked.record() if lape.walked else None,
                 checkpoints=[r.name for r in res.refs], weights_sha256=res.weights))
         write_outputs(out, write, res, overwrite=True)
     return df

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from babeltower.errors import BabelError
+from babeltower.io import read_text_file
 from babeltower.languages import Language, declared_language, resolve_language
 
 #: Stated in every output table: how an identifier is credited from one next-token distribution.
@@ -261,17 +262,23 @@ class CheckedSuite:
 
 def available_suites(path: str | os.PathLike | None = None) -> list[str]:
     """Names ("python-php", ...) of the built-in suites, or of the suites in ``path``."""
-    root = Path(path) if path is not None else SUITES_DIR
-    if root.is_file():
-        return [root.stem]
-    return sorted(p.stem for p in root.glob("*.yaml"))
+    if path is None:
+        return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    root = Path(path)
+    if not root.exists():
+        raise BabelError(f"probe suite path not found: {root}")
+    files = [root] if not root.is_dir() else sorted(root.glob("*.yaml"))
+    if not files:
+        raise BabelError(f"no probe suites (*.yaml) in {root}")
+    for f in files:       # a user's suite is listed only if it would load
+        _read_suite_file(f)
+    return [f.stem for f in files]
 
 
 def _read_suite_file(path: Path) -> ProbeSuite:
+    text = read_text_file(path, "probe suite")   # binary / non-UTF-8: one line
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BabelError(f"cannot read probe suite {path}: {e.strerror or e}") from e
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise BabelError(f"probe suite {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(raw, dict):
