@@ -56,8 +56,10 @@ import torch  # noqa: E402
 from babeltower.checkpoints import list_checkpoints  # noqa: E402
 from babeltower.evaluate.loss import evaluate_loss  # noqa: E402
 from babeltower.io import atomic_write_json, provenance  # noqa: E402
+from babeltower.series import SeriesOptions  # noqa: E402
 from babeltower.probes.lens import run_lens  # noqa: E402
-from babeltower.probes.neurons import run_neurons  # noqa: E402
+from babeltower.probes.neurons import LapeOptions, run_neurons  # noqa: E402
+from babeltower.probes.suite import ProbeSuite, load_suite  # noqa: E402
 from babeltower.train import TrainConfig  # noqa: E402
 from babeltower.train.mfu import device_name, measure_peak_flops, mfu  # noqa: E402
 from babeltower.train.presets import count_parameters, flops_per_token  # noqa: E402
@@ -66,6 +68,23 @@ from train_fixtures import make_packed  # noqa: E402
 
 # (seq_len, micro batch, steps, data docs per language, tokenizer vocabulary)
 SIZES = {"toy": (32, 4, 6, 60, 320), "125m": (512, 16, 150, 3000, 8192)}
+# probes over the series: (lens pairs, prompts per side of a pair; None = the whole built-in
+# suite) and tokens per language for LAPE and the loss. The toy size keeps the same calls
+# with a few pairs so the CPU test takes about a minute (the full suite took ~270 s there).
+PROBE_SIZES = {"toy": (4, 1, 4 * 32), "125m": (None, None, 8 * 512)}
+
+
+def lens_suite(size: str) -> ProbeSuite:
+    """The python-php suite, cut to ``PROBE_SIZES[size]``'s pairs and prompts per side."""
+    n_pairs, n_prompts, _ = PROBE_SIZES[size]
+    suite = load_suite("python", "php")
+    if n_pairs is None:
+        return suite
+    pairs = [p.model_copy(update={side: getattr(p, side).model_copy(
+                 update={"prompts": getattr(p, side).prompts[:n_prompts]})
+                 for side in ("primary", "new")})
+             for p in suite.pairs[:n_pairs]]
+    return suite.model_copy(update={"pairs": pairs})
 
 
 def _config(data: Path, out: Path, model: str, device: str, a, **kw) -> TrainConfig:
@@ -139,15 +158,16 @@ def probe_series(run: Path, data: Path, tmp: Path, a) -> dict:
     for r in refs:
         AutoModelForCausalLM.from_pretrained(r.path)
     seq = SIZES[a.size][0]
+    n_tokens = PROBE_SIZES[a.size][2]
+    suite = lens_suite(a.size)
     timed = {}
     for name, fn in {
-        "lens": lambda: run_lens(run, primary="python", new="php", out=tmp / "lens",
-                                 progress=False),
-        "lape": lambda: run_neurons(run, data, ["python", "php"], "python",
-                                    out=tmp / "neurons", n_tokens=8 * seq, seq_len=seq,
-                                    progress=False),
+        "lens": lambda: run_lens(run, suite, out=tmp / "lens", progress=False),
+        "lape": lambda: run_neurons(run, data, LapeOptions(
+            languages=["python", "php"], primary="python", n_tokens=n_tokens, seq_len=seq),
+            out=tmp / "neurons", series=SeriesOptions(progress=False)),
         "loss": lambda: evaluate_loss(run, data, ["python", "php"],
-                                      max_tokens_per_language=8 * seq, progress=False),
+                                      max_tokens_per_language=n_tokens, progress=False),
     }.items():
         t0 = time.perf_counter()
         fn()
@@ -156,7 +176,8 @@ def probe_series(run: Path, data: Path, tmp: Path, a) -> dict:
     per_min = len(refs) / (total / 60)
     print(f"probes over {len(refs)} checkpoints: {per_min:.1f} checkpoints/min "
           f"({', '.join(f'{k} {v:.1f}s' for k, v in timed.items())})", flush=True)
-    return {"checkpoints": len(refs), "seconds": timed, "checkpoints_per_minute": per_min}
+    return {"checkpoints": len(refs), "seconds": timed, "checkpoints_per_minute": per_min,
+            "lens_prompts": suite.n_prompts(), "probe_tokens_per_language": n_tokens}
 
 
 def main(argv: list[str] | None = None) -> dict:

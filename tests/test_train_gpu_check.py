@@ -32,4 +32,7 @@ def test_gpu_check_runs_at_toy_size_on_cpu(tmp_path):
     assert res["series"][0] == 0 and res["resumed_from"] < res["series"][-1]
     assert rec["probes"]["checkpoints"] == len(res["series"])
     assert rec["probes"]["checkpoints_per_minute"] > 0
+    # the toy size probes a cut suite (the same run_lens call), not the whole built-in one
+    assert 0 < rec["probes"]["lens_prompts"] <= 8
+    assert all(v > 0 for v in rec["probes"]["seconds"].values())
     assert rec["provenance"]["versions"]["torch"]
