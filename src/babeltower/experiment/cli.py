@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from babeltower.experiment.config import ExperimentConfig
-from babeltower.experiment.pipeline import run_experiment
 
 
 def experiment_command(
@@ -17,6 +16,9 @@ def experiment_command(
     workdir: Optional[Path] = typer.Option(None, help="where steps, runs and the report go"),
 ) -> None:
     """Run the whole Babel Tower study (cached and resumable: run again to continue)."""
+    # the pipeline imports torch: loaded here, not at CLI start-up (`babeltower --help`)
+    from babeltower.experiment.pipeline import run_experiment
+
     overrides = list(set_ or [])   # parsed by babeltower.config.apply_overrides
     if workdir is not None:
         overrides.append(f"workdir={workdir}")
