@@ -28,6 +28,7 @@ by path, size and mtime), so every result row can name the weights it read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -186,6 +187,21 @@ def _read_config(path: Path) -> None:
         raise BabelError(f"corrupt checkpoint config {f}: {e}".splitlines()[0]) from None
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """No per-checkpoint "Loading weights" / "Writing model shards" bar from transformers
+    (the series and training bars are enough)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=None):
     """Load (model, tokenizer) for a checkpoint, in eval mode; fp32 on CPU by default.
     The weights are read straight onto ``device`` in ``dtype``."""
@@ -208,9 +224,10 @@ def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=
         kw["device_map"] = {"": str(device)}   # no CPU copy of a large model on the way
     try:
         # the tokenizer first: a broken one fails before the (large) weights are read
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, **{k: v for k, v in kw.items() if k != "device_map"})
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        with quiet_hf():
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, **{k: v for k, v in kw.items() if k != "device_map"})
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types for a bad file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise BabelError(f"cannot load checkpoint {ref.name} from {path}: "

@@ -209,8 +209,11 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
             lab[r, L - new:L] = t[1:][L - new:]
         with torch.no_grad():
             logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
-            per_tok = F.cross_entropy(logits.float().transpose(1, 2), lab.to(device),
-                                      ignore_index=-100, reduction="none")   # (B, T)
+            # flattened (B*T, V): the class dimension contiguous is ~3x faster on CPU
+            # than cross_entropy over the transposed (B, V, T) view
+            per_tok = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                      lab.to(device).reshape(-1), ignore_index=-100,
+                                      reduction="none").view(lab.shape)   # (B, T)
         for r, (_, _, di) in enumerate(batch):
             doc_nats[di] += float(per_tok[r].sum())
         scored += int((lab != -100).sum())

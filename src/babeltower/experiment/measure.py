@@ -23,6 +23,7 @@ logits (tested to 1e-4), so the experiment needs one forward for both.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,12 +208,16 @@ class _Lape:
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True, facts: dict | None = None,
-                   lape_every: int = 1) -> list[dict]:
+                   lape_every: int = 1, loss_every: int = 1,
+                   state: str | Path | None = None) -> list[dict]:
     """One row per checkpoint of ``run`` (all checkpoints, or the last one), each
     checkpoint loaded once for every measure (``babeltower.series``). ``facts``: the
     controlled-knowledge benchmark (queries of ``split``'s side: validation for curves,
     test for the comparison). ``lape_every``: LAPE on every k-th checkpoint (and the
-    last), the one measure whose cost grows with the tokens it reads."""
+    last), the one measure whose cost grows with the tokens it reads; ``loss_every``: the
+    same for loss / bpb (the replay arm reads its knowledge curves at every checkpoint
+    and its primary-language bpb at the ends only). ``state``: a directory where finished
+    checkpoints are kept, so an interrupted measurement resumes there."""
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
@@ -223,30 +228,40 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     # extrapolation (RoPE) rather than the language, and cost quadratically more
     loss_cfg = LossConfig(split=split, max_tokens_per_language=ev.val_tokens_per_language,
                           context=cfg.model.seq_len, batch_size=16)
-    measures: list = [_Loss(docs, shards.eos_id, loss_cfg)]
+    loss = _Loss(docs, shards.eos_id, loss_cfg)
+    measures: list = [loss] if loss_every <= 1 else []
     if pair_languages:
         measures.append(_LensCloze(cfg.primary, pair_languages, probes and cfg.probes.lens))
     if facts is not None:
         measures.append(_Knowledge(facts, "test" if split == "test" else "validation"))
-    rows = _run(refs, measures)
+    sub = (lambda name: Path(state) / name) if state is not None else (lambda name: None)
+    rows = _run(refs, measures, sub("every")) if measures else _bare_rows(refs)
+    sparse = [(loss_every, loss)] if loss_every > 1 else []
     if pair_languages and probes and cfg.probes.neurons:
-        every = [r for i, r in enumerate(refs) if i % max(1, lape_every) == 0 or i == len(refs) - 1]
-        lape = dict(zip([r.name for r in every], _run(every, [_Lape(shards, cfg, pair_languages)])))
+        sparse.append((lape_every, _Lape(shards, cfg, pair_languages)))
+    for every, m in sparse:
+        some = [r for i, r in enumerate(refs) if i % max(1, every) == 0 or i == len(refs) - 1]
+        got = dict(zip([r.name for r in some], _run(some, [m], sub(m.name))))
         for row in rows:
-            row.update({k: v for k, v in lape.get(row["checkpoint"], {}).items()
+            row.update({k: v for k, v in got.get(row["checkpoint"], {}).items()
                         if k not in ("checkpoint", "step", "tokens", "tokens_by_language",
                                      "weights_sha256")})
+    if state is not None:
+        shutil.rmtree(state, ignore_errors=True)   # the caller records the rows
     return rows
 
 
-def _run(refs, measures) -> list[dict]:
-    """run_series over ``refs``: one merged row per checkpoint."""
-    res = run_series(refs, measures, options=SeriesOptions(progress=False))
+def _bare_rows(refs) -> list[dict]:
+    return [{"checkpoint": r.name, "step": r.step, "tokens": int(r.manifest.get("tokens_seen") or 0),
+             "tokens_by_language": r.manifest.get("tokens_by_language")} for r in refs]
+
+
+def _run(refs, measures, state: Path | None = None) -> list[dict]:
+    """run_series over ``refs``: one merged row per checkpoint (a progress bar on a
+    terminal; finished checkpoints kept in ``state`` for a resume)."""
+    res = run_series(refs, measures, state=state, options=SeriesOptions(progress=True))
     rows = []
-    for i, ref in enumerate(refs):
-        row = {"checkpoint": ref.name, "step": ref.step,
-               "tokens": int(ref.manifest.get("tokens_seen") or 0),
-               "tokens_by_language": ref.manifest.get("tokens_by_language")}
+    for i, (ref, row) in enumerate(zip(refs, _bare_rows(refs))):
         for m in measures:
             row.update({k: v for k, v in res.rows[m.name][i].items() if k not in META})
         row["weights_sha256"] = res.weights[ref.name]

@@ -44,7 +44,7 @@ from babeltower.errors import BabelError
 from babeltower.experiment import analysis, measure
 from babeltower.experiment.config import ExperimentConfig, PhaseSettings
 from babeltower.experiment.steps import StepCache
-from babeltower.io import atomic_write_json, provenance, sha256_file
+from babeltower.io import atomic_write_json, provenance, sha256_file, sha256_json
 from babeltower.mixture.regmix import fit_regression, predict_best, sample_dirichlet_mixtures
 from babeltower.mixture.sampler import available_tokens
 from babeltower.mixture.spec import largest_remainder
@@ -272,12 +272,18 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
         what = (f"continual pre-training on {lang}" + (f" + {c.replay_share:.0%} {cfg.primary} replay"
                                                        if replay else "") + f", {c.tokens:,} tokens")
         run = _train(steps, name, tc, what)
-        rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg)},
-                         lambda run=run, lang=lang: measure.measure_series(
+        key = {"run": tc.identity(), **_measure_key(cfg), "replay": replay}
+        # the replay arm is read through its knowledge curves (every checkpoint) and its
+        # primary bpb at the ends; the no-replay arm gets every measure everywhere
+        rows = steps.run(f"measure-{name}", key,
+                         lambda run=run, lang=lang, key=key: measure.measure_series(
                              run, data_dir, cfg, pair_languages=[lang],
                              loss_languages=[cfg.primary, lang], split="validation",
-                             facts=facts, probes=not replay, lape_every=cfg.probes.every),
-                         "loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint")
+                             facts=facts, probes=not replay, lape_every=cfg.probes.every,
+                             loss_every=LOSS_AT_ENDS if replay else 1,
+                             state=_series_state(cfg, f"measure-{name}", key)),
+                         ("knowledge at every checkpoint, loss / bpb at the ends" if replay else
+                          "loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"))
         out[lang] = {"run": run, "checkpoints": rows, "budgets": budgets}
     return out
 
@@ -319,11 +325,13 @@ def scratch_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, mixtur
                           RunSpec(tokens=tokens, lr=s.lr, batch_size=s.batch_size,
                                   checkpoints="log" if track else [], n_checkpoints=8), seed)
         run = _train(steps, name, tc, f"{mixture} mixture, seed {seed}, {tokens:,} tokens ({protocol})")
-        rows = steps.run(f"measure-{name}", {"run": tc.identity(), **_measure_key(cfg), "track": track},
-                         lambda run=run, track=track: measure.measure_series(
+        key = {"run": tc.identity(), **_measure_key(cfg), "track": track}
+        rows = steps.run(f"measure-{name}", key,
+                         lambda run=run, track=track, key=key: measure.measure_series(
                              run, data_dir, cfg, pair_languages=cfg.new_languages,
                              loss_languages=cfg.languages, split="test", final_only=not track,
-                             facts=facts, lape_every=cfg.probes.every),
+                             facts=facts, lape_every=cfg.probes.every,
+                             state=_series_state(cfg, f"measure-{name}", key)),
                          "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
         runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
                      "tokens": tokens, "budgets": budgets, "run": run, "checkpoints": rows})
@@ -361,6 +369,16 @@ def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
     if cfg.corpus.knowledge is None:
         return None
     return load_facts(Path(data_dir).parent / "knowledge" / "facts.json")
+
+
+# loss_every larger than any series: loss / bpb at the first and last checkpoints only
+LOSS_AT_ENDS = 1 << 30
+
+
+def _series_state(cfg: ExperimentConfig, step: str, key: dict) -> Path:
+    """Where an unfinished measurement keeps its finished checkpoints (named by the
+    step's key, so a changed config never resumes from rows made with another)."""
+    return cfg.workdir / "series-state" / f"{step}-{sha256_json(key)[:16]}"
 
 
 def _measure_key(cfg: ExperimentConfig) -> dict:

@@ -22,7 +22,6 @@ complete; dot-directories are ignored by ``list_checkpoints`` and removed on res
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from babeltower.checkpoints import verify_checkpoint
+from babeltower.checkpoints import quiet_hf, verify_checkpoint
 from babeltower.errors import BabelError
 from babeltower.io import atomic_dir, atomic_write_json, sha256_file
 
@@ -118,20 +117,6 @@ def _copy_tokenizer(tokenizer_dir: Path | None, dest: Path) -> None:
         if f.is_file() and f.name not in ("config.json", MANIFEST):
             shutil.copy2(f, dest / f.name)
     portable_tokenizer_config(dest)
-
-
-@contextlib.contextmanager
-def quiet_hf():
-    """No per-checkpoint "Writing model shards" bar from transformers (our bar is enough)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, training_state: dict,

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from babeltower.architectures import blocks as model_blocks
-from babeltower.checkpoints import convert_gguf, list_checkpoints, verify_checkpoint
+from babeltower.checkpoints import convert_gguf, list_checkpoints, quiet_hf, verify_checkpoint
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, provenance
@@ -183,7 +183,7 @@ def load_model(path: str | Path, what: str = "", **kw) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     try:
-        with ck.quiet_hf():
+        with quiet_hf():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
     except (OSError, ValueError, RuntimeError) as e:
         raise BabelError(f"cannot load {what}{path}: {str(e).splitlines()[0]}") from None
