@@ -204,3 +204,46 @@ def test_experiment_rows_keep_their_keys(tmp_path):
     assert set(rows[0]) == {"checkpoint", "step", "tokens", "tokens_by_language", "loss", "bpb",
                             "bpb_se", "eval_documents", "eval_tokens", "weights_sha256"}
     assert rows[0]["step"] == 3 and set(rows[0]["loss"]) == {"python", "php"}
+
+
+def test_experiment_loss_at_the_ends_and_resume_from_state(tmp_path, monkeypatch):
+    """The replay arm's loss_every reads loss at the first and last checkpoints only (the
+    other rows keep their keys without loss), and a measurement interrupted after some
+    checkpoints resumes from its state directory without measuring them again."""
+    from babeltower.experiment import measure as measure_mod
+    from babeltower.experiment.pipeline import LOSS_AT_ENDS
+    from test_probes_helpers import packed_data, planted_llama, planted_windows, tiny_tokenizer
+
+    for step in (0, 2, 4, 6):
+        ck = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"
+        planted_llama(seed=step).save_pretrained(ck)
+        tiny_tokenizer().save_pretrained(ck)
+    data = packed_data(tmp_path / "d", planted_windows(n=8, seq=16))
+    kw = dict(pair_languages=[], loss_languages=["python"], split="validation")
+    every = measure_mod.measure_series(tmp_path / "run", data, _cfg(), **kw)
+    ends = measure_mod.measure_series(tmp_path / "run", data, _cfg(), loss_every=LOSS_AT_ENDS, **kw)
+    assert [r["step"] for r in ends] == [0, 2, 4, 6]
+    assert ["loss" in r for r in ends] == [True, False, False, True]
+    for a, b in zip(every, ends):
+        if "loss" in b:
+            assert a["loss"] == b["loss"]
+
+    # interrupted: the third checkpoint's loss raises; the first two are kept in the state
+    state = tmp_path / "state"
+    real = measure_mod._Loss.measure
+    seen: list[str] = []
+
+    def flaky(self, model, tokenizer, ref):
+        seen.append(ref.name)
+        if ref.step == 4 and len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(self, model, tokenizer, ref)
+
+    monkeypatch.setattr(measure_mod._Loss, "measure", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        measure_mod.measure_series(tmp_path / "run", data, _cfg(), state=state, **kw)
+    assert seen == ["step-00000000", "step-00000002", "step-00000004"]
+    again = measure_mod.measure_series(tmp_path / "run", data, _cfg(), state=state, **kw)
+    assert seen[3:] == ["step-00000004", "step-00000006"]      # the first two not again
+    assert [r["loss"] for r in again] == [r["loss"] for r in every]
+    assert not state.exists()                                   # removed once rows are back
