@@ -155,7 +155,8 @@ def knowledge_experiment(tmp_path_factory):
                 "knowledge": {"facts_per_class": 10, "exposures": 12, "n_answers": 5}},
         continual={"tokens": 12000, "lr": 1.0e-3, "batch_size": 4, "min_lr_ratio": 1.0,
                    "checkpoints": "even", "n_checkpoints": 8, "replay_share": 0.25},
-        evaluation={"val_tokens_per_language": 1024, "performance": "knowledge"},
+        evaluation={"val_tokens_per_language": 1024, "performance": "knowledge",
+                    "primary_loss_every": 3},
         probes={"neurons": False},
         scratch={"tokens": 8000, "batch_size": 8, "seeds": [0, 1], "equal_epochs": False,
                  "mixtures": ["natural", "optimized"], "original": {"python": 0.3, "javascript": 0.7}})
@@ -169,6 +170,13 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
     assert r["version"] == 2
     rows = r["cpt"]["javascript"]["checkpoints"]
     assert len(rows) == 9                                   # step 0 + 8 even checkpoints
+    # the new language's bpb at every checkpoint, the primary's on every 3rd and the last;
+    # the replay arm's at its ends
+    assert all("javascript" in r["bpb"] for r in rows)
+    assert [i for i, r in enumerate(rows) if "python" in r["bpb"]] == [0, 3, 6, 8]
+    replay_rows = r["cpt_replay"]["javascript"]["checkpoints"]
+    assert [i for i, x in enumerate(replay_rows) if "bpb" in x] == [0, len(replay_rows) - 1]
+    assert all("knowledge" in x for x in replay_rows)
     curves = rows[-1]["knowledge"]["curves"]
     classes = {(c["class"], c["language"]) for c in curves}
     for cls in ("primary-only", "shared", "new-only"):

@@ -65,6 +65,25 @@ def test_original_corpus_is_natural_and_exact():
     assert o["python"] == 1800 and o["php"] == 900 and o["go"] == 300
 
 
+def test_natural_is_the_original_corpus_and_equals_optimized_when_nothing_is_cut():
+    """The comparison's "natural" is the corpus Algorithm 1 cuts (scratch.original's
+    shape), not the train split's distribution: when Algorithm 1 keeps every language,
+    optimized and natural have the same shares (and so share their runs)."""
+    from babeltower.experiment.analysis import baseline_mixtures, optimized_mixture
+    from babeltower.experiment.pipeline import _round_shares
+
+    c = cfg(scratch={"tokens": 3000, "seeds": [0, 1], "original": {"python": 1, "php": 2, "go": 3}})
+    available = {"python": 6000, "php": 3000, "go": 1500}
+    o = original_corpus(c, available)
+    assert o == {"python": 500, "php": 1000, "go": 1500}
+    nat = baseline_mixtures(c, available, o)["natural"]
+    assert nat["shares"] == pytest.approx({"python": 1 / 6, "php": 2 / 6, "go": 3 / 6})
+    with pytest.raises(BabelError, match="go 1500 > 1000 tokens"):
+        original_corpus(c, {**available, "go": 1000})
+    kept = optimized_mixture({"budgets": dict(o)}, o)
+    assert _round_shares(kept["shares"]) == _round_shares(nat["shares"])
+
+
 def test_performance_falls_back_to_bpb_when_cloze_is_flat():
     c = cfg()
     rows = [{"tokens": t, "cloze_new": {"php": 0.0 if t != 8 else 0.01},

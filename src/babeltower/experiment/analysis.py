@@ -184,10 +184,17 @@ def _calibration(cfg: ExperimentConfig, rows: list[dict], lang: str, c: CPTCurve
         table = calibration_table(c, share).to_dict()
     except BabelError as e:      # Eq. 1 undefined when the loss never fell
         return {"error": str(e)}
-    primary_bpb = per_checkpoint(rows, "bpb", cfg.primary)
-    controls = {} if primary_bpb is None else {f"{cfg.primary} bpb (forgetting)": primary_bpb}
     p_loss = [row["p_loss"] for row in table["rows"]]
-    table["specificity"] = correlation_with_controls(c.tokens, share, p_loss, controls)
+    # the primary's bpb may be read on every k-th checkpoint only (primary_loss_every):
+    # then P(loss), the share and the control are compared on those checkpoints
+    at = [i for i, r in enumerate(rows) if (r.get("bpb") or {}).get(cfg.primary) is not None]
+    if len(rows) != len(c.tokens) or len(at) < 3:
+        at = list(range(len(c.tokens)))
+        controls = {}
+    else:
+        controls = {f"{cfg.primary} bpb (forgetting)": [rows[i]["bpb"][cfg.primary] for i in at]}
+    table["specificity"] = correlation_with_controls([c.tokens[i] for i in at], [share[i] for i in at],
+                                                     [p_loss[i] for i in at], controls)
     return table
 
 
@@ -231,12 +238,16 @@ def mixture_record(name: str, shares: dict[str, float], corpus0: dict[str, int],
 
 
 def baseline_mixtures(cfg: ExperimentConfig, available: dict[str, int], corpus0: dict[str, int]) -> dict:
-    """natural, uniform, temperature (tau), UniMax over the experiment's languages."""
+    """natural, uniform, temperature (tau), UniMax over the experiment's languages.
+
+    "natural" is the original corpus itself (``corpus0``, what Algorithm 1 cuts), so
+    "optimized" differs from it exactly by Algorithm 1's cuts - and equals it when
+    Algorithm 1 keeps everything. The other baselines re-weight the train split."""
     from babeltower.mixture import generators as g
 
     avail = {lang: available[lang] for lang in cfg.languages}
     total = cfg.scratch.tokens
-    specs = {"natural": g.natural(avail, total), "uniform": g.uniform(avail, total),
+    specs = {"natural": g.natural(corpus0, total), "uniform": g.uniform(avail, total),
              "temperature-0.3": g.temperature(avail, total, 0.3),
              "temperature-0.5": g.temperature(avail, total, 0.5),
              "unimax": g.unimax(avail, total, max_epochs=1)}

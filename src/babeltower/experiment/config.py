@@ -78,6 +78,10 @@ class EvaluationSettings(_Strict):
     # is zero, so the default is cloze accuracy on the probe suite; "neg_bpb" uses held-out
     # bits-per-byte (higher is better after negation).
     performance: Literal["cloze", "neg_bpb", "knowledge"] = "cloze"
+    # the primary language's loss / bpb on every k-th CPT checkpoint (and the last): its
+    # forgetting curve is smooth, and loss is most of a checkpoint's measurement time;
+    # the new language's loss (Algorithm 1's curve) is read at every checkpoint
+    primary_loss_every: int = Field(1, ge=1)
 
 
 class ProbeSettings(_Strict):

@@ -92,10 +92,8 @@ def checked_suite(primary: str, lang: str, tokenizer):
 class _Loss:
     """Loss and bits-per-byte per language (one row per checkpoint)."""
 
-    name = "loss"
-
-    def __init__(self, docs, eos: int, cfg):
-        self.docs, self.eos, self.cfg = docs, eos, cfg
+    def __init__(self, docs, eos: int, cfg, name: str = "loss"):
+        self.docs, self.eos, self.cfg, self.name = docs, eos, cfg, name
 
     def config(self) -> dict:
         return {**self.cfg.model_dump(mode="json"), "languages": sorted(self.docs)}
@@ -208,16 +206,18 @@ class _Lape:
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True, facts: dict | None = None,
-                   lape_every: int = 1, loss_every: int = 1,
+                   lape_every: int = 1, loss_every: int | dict[str, int] = 1,
                    state: str | Path | None = None) -> list[dict]:
     """One row per checkpoint of ``run`` (all checkpoints, or the last one), each
     checkpoint loaded once for every measure (``babeltower.series``). ``facts``: the
     controlled-knowledge benchmark (queries of ``split``'s side: validation for curves,
     test for the comparison). ``lape_every``: LAPE on every k-th checkpoint (and the
-    last), the one measure whose cost grows with the tokens it reads; ``loss_every``: the
-    same for loss / bpb (the replay arm reads its knowledge curves at every checkpoint
-    and its primary-language bpb at the ends only). ``state``: a directory where finished
-    checkpoints are kept, so an interrupted measurement resumes there."""
+    last), a measure whose cost grows with the tokens it reads; ``loss_every``: the same
+    for loss / bpb, one interval for every language or one per language (the new
+    language's loss at every checkpoint for Algorithm 1, the primary's forgetting curve
+    on every k-th; the replay arm reads its primary bpb at the ends only). ``state``: a
+    directory where finished checkpoints are kept, so an interrupted measurement
+    resumes there."""
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
@@ -228,27 +228,40 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     # extrapolation (RoPE) rather than the language, and cost quadratically more
     loss_cfg = LossConfig(split=split, max_tokens_per_language=ev.val_tokens_per_language,
                           context=cfg.model.seq_len, batch_size=16)
-    loss = _Loss(docs, shards.eos_id, loss_cfg)
-    measures: list = [loss] if loss_every <= 1 else []
+    every_of = {lang: max(1, loss_every.get(lang, 1) if isinstance(loss_every, dict) else loss_every)
+                for lang in docs}
+    losses = {k: _Loss({lang: docs[lang] for lang in docs if every_of[lang] == k}, shards.eos_id,
+                       loss_cfg, name="loss" if k == 1 else f"loss_every_{k}")
+              for k in sorted(set(every_of.values()))}
+    measures: list = [losses[1]] if 1 in losses else []
     if pair_languages:
         measures.append(_LensCloze(cfg.primary, pair_languages, probes and cfg.probes.lens))
     if facts is not None:
         measures.append(_Knowledge(facts, "test" if split == "test" else "validation"))
     sub = (lambda name: Path(state) / name) if state is not None else (lambda name: None)
     rows = _run(refs, measures, sub("every")) if measures else _bare_rows(refs)
-    sparse = [(loss_every, loss)] if loss_every > 1 else []
+    sparse = [(k, m) for k, m in losses.items() if k > 1]
     if pair_languages and probes and cfg.probes.neurons:
         sparse.append((lape_every, _Lape(shards, cfg, pair_languages)))
     for every, m in sparse:
         some = [r for i, r in enumerate(refs) if i % max(1, every) == 0 or i == len(refs) - 1]
         got = dict(zip([r.name for r in some], _run(some, [m], sub(m.name))))
         for row in rows:
-            row.update({k: v for k, v in got.get(row["checkpoint"], {}).items()
-                        if k not in ("checkpoint", "step", "tokens", "tokens_by_language",
-                                     "weights_sha256")})
+            _merge(row, got.get(row["checkpoint"], {}))
     if state is not None:
         shutil.rmtree(state, ignore_errors=True)   # the caller records the rows
     return rows
+
+
+def _merge(row: dict, more: dict) -> None:
+    """Add one sparse measure's row: per-language dicts are merged, not replaced."""
+    for k, v in more.items():
+        if k in ("checkpoint", "step", "tokens", "tokens_by_language", "weights_sha256"):
+            continue
+        if isinstance(v, dict) and isinstance(row.get(k), dict):
+            row[k] = {**row[k], **v}
+        else:
+            row[k] = v
 
 
 def _bare_rows(refs) -> list[dict]:

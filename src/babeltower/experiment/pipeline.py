@@ -171,8 +171,13 @@ def original_corpus(cfg: ExperimentConfig, available: dict[str, int]) -> dict[st
     avail = {lang: available[lang] for lang in cfg.languages}
     shares = cfg.scratch.original or avail
     total = sum(shares.values())
-    return largest_remainder({k: shares[k] * cfg.scratch.tokens / total for k in avail},
-                             cfg.scratch.tokens, avail)
+    targets = {k: shares[k] * cfg.scratch.tokens / total for k in avail}
+    short = {k: v for k, v in targets.items() if math.floor(v + 1e-9) > avail[k]}
+    if short:
+        raise BabelError("the original corpus (scratch.original x scratch.tokens) needs more than "
+                         "the train split holds: " + ", ".join(
+                             f"{k} {int(v)} > {avail[k]} tokens" for k, v in sorted(short.items())))
+    return largest_remainder(targets, cfg.scratch.tokens, avail)
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -280,7 +285,8 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
                              run, data_dir, cfg, pair_languages=[lang],
                              loss_languages=[cfg.primary, lang], split="validation",
                              facts=facts, probes=not replay, lape_every=cfg.probes.every,
-                             loss_every=LOSS_AT_ENDS if replay else 1,
+                             loss_every=(LOSS_AT_ENDS if replay else
+                                         {cfg.primary: cfg.evaluation.primary_loss_every}),
                              state=_series_state(cfg, f"measure-{name}", key)),
                          ("knowledge at every checkpoint, loss / bpb at the ends" if replay else
                           "loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"))
