@@ -69,3 +69,20 @@ def test_explicit_file_takes_the_named_language_and_missing_path_is_one_line(tmp
         walk_text(parse_text_args([f"cpp={tmp_path / 'nope'}"]))
     with pytest.raises(BabelError, match="unknown language"):
         parse_text_args([f"klingon={tmp_path}"])
+
+
+def test_non_utf8_files_are_dropped_and_counted_even_when_named(tmp_path):
+    """A Latin-1 file (valid bytes, not UTF-8) - named explicitly or inside a directory,
+    the bad byte early or past the 4 KiB head - is dropped as "not UTF-8", never decoded
+    with replacement characters into the text a model is scored on."""
+    latin = tmp_path / "latin1.py"
+    latin.write_bytes("x = 'café'\n".encode("latin-1"))
+    late = tmp_path / "late.py"
+    late.write_bytes(b"# ok\n" * 2000 + "s = 'crème'\n".encode("latin-1"))
+    good = tmp_path / "good.py"
+    good.write_text("s = 'crème'\n", encoding="utf-8")
+    w = walk_text(parse_text_args([f"python={latin}", f"python={late}", f"python={good}"]))
+    assert [f.name for f in w.kept["python"]] == ["good.py"]
+    assert dict(w.dropped) == {"not UTF-8": 2}
+    w = walk_text(parse_text_args([str(tmp_path)]))
+    assert [f.name for f in w.kept["python"]] == ["good.py"] and w.dropped["not UTF-8"] == 2

@@ -61,14 +61,18 @@ class TextFiles:
 def _classify(path: Path, named: str | None, explicit: bool) -> tuple[str | None, str]:
     """(language, "") for a kept file, (None, reason) for a dropped one."""
     try:
-        with path.open("rb") as fh:
-            head = fh.read(_HEAD_BYTES)
+        data = path.read_bytes()
     except OSError:
         return None, "unreadable"
+    head = data[:_HEAD_BYTES]
     if not head:
         return None, "empty"
     if b"\0" in head:
         return None, "binary"
+    try:   # the readers decode strictly: a file that is not UTF-8 is dropped and counted
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
     if explicit and named is not None:
         return named, ""
     lang = detect_language(str(path), head)

@@ -169,6 +169,7 @@ def run_cmd(
     if r.stderr:
         typer.echo("--- stderr\n" + r.stderr.rstrip())
     if r.status != "pass":
+        typer.echo(f"babeltower: the program ran and did not pass (status {r.status})", err=True)
         raise typer.Exit(1)
 
 

@@ -120,7 +120,7 @@ def documents_from_text(walked: TextFiles, tokenizer, max_tokens: int,
         for f in files:
             if budget.get(lang, 0) >= max_tokens or (max_docs and len(out.get(lang, [])) >= max_docs):
                 break
-            text = f.read_text(encoding="utf-8", errors="replace")
+            text = f.read_text(encoding="utf-8")   # walk_text kept UTF-8 files only
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if not ids:
                 continue

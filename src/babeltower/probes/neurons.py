@@ -243,7 +243,7 @@ def load_windows(data, languages: Sequence[str], tokenizer=None, n_tokens: int =
                 raise BabelError(f"no text given for {lang} (have: {', '.join(data)})")
             ids: list[int] = []
             for f in walked.kept.get(lang, []):
-                text = f.read_text(encoding="utf-8", errors="replace")
+                text = f.read_text(encoding="utf-8")   # walk_text kept UTF-8 files only
                 ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
                 if used_files is not None:
                     used_files.setdefault(lang, []).append(str(f))
