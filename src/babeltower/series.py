@@ -245,6 +245,8 @@ def _walk(refs: list[CheckpointRef], measures: Sequence[Measure], state: Path | 
                 todo.append(m)
         if todo:
             model, tok = ref.load(dtype=dtype, verify=opts.verify, device=device)
+            if ref.revision is not None:   # a hub revision: hash the snapshot the load read
+                wsha = out["weights"][ref.name] = weights_sha256(ref)
             with torch.inference_mode():
                 for m in todo:
                     cfg_sha, data_sha = hashes[m.name]

@@ -44,6 +44,7 @@ def loss_cmd(
     context: Optional[int] = typer.Option(None, help="Window length (default: model max positions, capped at 1024)."),
     stride: Optional[int] = typer.Option(None, help="Window step (default: = context, non-overlapping)."),
     batch_size: int = typer.Option(8),
+    revisions: Optional[List[str]] = typer.Option(None, help="Hub revisions of a hub:ORG/NAME source (repeat or comma-separate)."),
     out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
 ):
     """Held-out loss (nats/token) and bits-per-byte per language, for every checkpoint."""
@@ -52,7 +53,7 @@ def loss_cmd(
     cfg = LossConfig(split=split, max_tokens_per_language=max_tokens, max_docs=max_docs,
                      context=context, stride=stride, batch_size=batch_size)
     df = evaluate_loss(source, data=data, languages=_split(languages), text=text or None,
-                       config=cfg, out=out)
+                       config=cfg, out=out, revisions=_split(revisions))
     if "text_files" in df.attrs:
         typer.echo(df.attrs["text_files"], err=True)
     _print_table(df, f"held-out loss ({split}) -> {out}",
