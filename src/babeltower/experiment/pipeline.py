@@ -336,7 +336,9 @@ def scratch_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, mixtur
                          lambda run=run, track=track, key=key: measure.measure_series(
                              run, data_dir, cfg, pair_languages=cfg.new_languages,
                              loss_languages=cfg.languages, split="test", final_only=not track,
-                             facts=facts, lape_every=cfg.probes.every,
+                             # a tracked run's figure reads the lens at every checkpoint;
+                             # loss and LAPE are read at its ends (the comparison: the end)
+                             facts=facts, lape_every=LOSS_AT_ENDS, loss_every=LOSS_AT_ENDS,
                              state=_series_state(cfg, f"measure-{name}", key)),
                          "test loss / bpb / cloze" + (" + internal states per checkpoint" if track else ""))
         runs.append({"name": name, "mixture": mixture, "seed": seed, "protocol": protocol,
@@ -377,7 +379,8 @@ def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
     return load_facts(Path(data_dir).parent / "knowledge" / "facts.json")
 
 
-# loss_every larger than any series: loss / bpb at the first and last checkpoints only
+# an interval larger than any series: loss / bpb (or LAPE) at the first and last
+# checkpoints only
 LOSS_AT_ENDS = 1 << 30
 
 
