@@ -415,3 +415,25 @@ def _rows_of(it, full_sequence):
     from babeltower.probes.lens import _item_rows
 
     return _item_rows(it, full_sequence)[0]
+
+
+def test_length_batches_cut_where_padding_costs_more_than_a_forward():
+    from babeltower.probes.lens import FORWARD_COST_TOKENS, _length_batches
+
+    def rows(n):
+        return [[7] * n]
+
+    # 15 one-token prompts and one of 40 tokens: padding them all to 40 costs 600 token
+    # positions, a second forward FORWARD_COST_TOKENS; the long prompt runs alone
+    items = [rows(1) for _ in range(15)] + [rows(40)]
+    assert FORWARD_COST_TOKENS < 15 * 39
+    assert _length_batches(items, 16) == [list(range(15)), [15]]
+    # equal lengths: the fewest forwards, every item exactly once, <= batch_size each
+    same = [[[i, i + 1, i + 2]] for i in range(37)]
+    runs = _length_batches(same, 16)
+    assert len(runs) == 3 and max(map(len, runs)) <= 16
+    assert sorted(i for r in runs for i in r) == list(range(37))
+    # identical prompts: 20 copies of one prompt are one row per forward, two forwards
+    runs = _length_batches([rows(5)] * 20, 16)
+    assert len(runs) == 2 and max(map(len, runs)) <= 16
+    assert _length_batches([], 16) == []
