@@ -185,9 +185,8 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
              "speedup_items": ("tl", "ours_items"), "speedup_items_best": ("tl_best", "ours_items")}
     ratios = {f"{name}_{m}": med[f"{p}_{m}"] / med[f"{o}_{m}"]
               for name, (p, o) in pairs.items() for m in "wc"}
-    per_round = {f"rounds_{name}": [t[1] / o[1] for t, o in zip(times[p], times[o_])]
-                 for name, (p, o_) in (("rows", ("tl", "ours_rows")),
-                                       ("rows_best", ("tl_best", "ours_rows")))}
+    per_round = {f"rounds_{name}": [t[1] / o[1] for t, o in zip(times[peer], times["ours_rows"])]
+                 for name, peer in (("rows", "tl"), ("rows_best", "tl_best"))}
     return {**info, **med, **ratios, **per_round, **agree,
             # one "checkpoint" = this model over all prompts
             "ours_layers_ckpt_per_s": info["layers"] / med["ours_w"],
@@ -282,7 +281,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     model_dir = _model_dir(args.model)
-    print(f"model: {model_dir}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"model: {model_dir}  threads: {args.threads}  torch {torch.__version__}  "
+          f"load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         import transformer_lens  # noqa: F401
     except ImportError:
@@ -297,6 +297,7 @@ def main(argv=None) -> int:
         r = bench_lens(model_dir, args.rounds, args.batch_size, args.prompts)
     if r is not None:
         _print_lens(r, version('transformer-lens'))
+        print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
     if args.skip_lape:
         return 0
     q = bench_lape(model_dir, args.rounds, args.lape_windows, args.seq_len, 4)
