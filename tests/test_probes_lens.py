@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -375,3 +376,64 @@ def test_in_pass_sequence_scoring_equals_two_pass(checked):
     got = df[df.measure == "seq_logp_diff"].value.to_numpy()
     assert any(len(it.primary_ids) > 1 or len(it.new_ids) > 1 for it in items)
     np.testing.assert_allclose(got, lp_n - lp_p, atol=1e-4)
+
+
+@pytest.mark.parametrize("full_sequence", [False, True])
+def test_identical_prompts_run_once_per_batch(checked, monkeypatch, full_sequence):
+    """A prompt written for several targets is one token row in the batch's forward, and
+    every item still gets its own values (equal to running the items one by one)."""
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    a = next(i for i in checked.items if len(i.target_ids) > 1 or len(i.counterpart_ids) > 1)
+    b = next(i for i in checked.items if i.side == a.side and i.pair_id != a.pair_id
+             and len(i.prompt_ids) != len(a.prompt_ids))
+    # a second target on a's prompt: same prompt tokens, b's identifiers
+    twin = dataclasses.replace(b, pair_id="twin", prompt=a.prompt, context=a.context,
+                               prompt_ids=list(a.prompt_ids))
+    items = [a, b, twin, a]
+    single = lens_items(model, tok, checked, batch_size=1, items=items,
+                        full_sequence=full_sequence)
+    seen = []
+    forward = LogitLens.hidden_states
+
+    def counting(self, input_ids, attention_mask):
+        seen.append([tuple(r[m.bool()].tolist()) for r, m in zip(input_ids, attention_mask)])
+        return forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(LogitLens, "hidden_states", counting)
+    batched = lens_items(model, tok, checked, batch_size=4, items=items,
+                         full_sequence=full_sequence)
+    assert len(seen) == 1 and len(seen[0]) == len(set(seen[0]))       # no row twice
+    n_rows = len({tuple(r) for it in items for r in _rows_of(it, full_sequence)})
+    assert len(seen[0]) == n_rows < sum(len(_rows_of(it, full_sequence)) for it in items)
+    np.testing.assert_allclose(single.value.values, batched.value.values, atol=1e-4)
+    assert (single[["pair_id", "layer", "measure"]].values
+            == batched[["pair_id", "layer", "measure"]].values).all()
+
+
+def _rows_of(it, full_sequence):
+    from babeltower.probes.lens import _item_rows
+
+    return _item_rows(it, full_sequence)[0]
+
+
+def test_length_batches_cut_where_padding_costs_more_than_a_forward():
+    from babeltower.probes.lens import FORWARD_COST_TOKENS, _length_batches
+
+    def rows(n):
+        return [[7] * n]
+
+    # 15 one-token prompts and one of 40 tokens: padding them all to 40 costs 600 token
+    # positions, a second forward FORWARD_COST_TOKENS; the long prompt runs alone
+    items = [rows(1) for _ in range(15)] + [rows(40)]
+    assert FORWARD_COST_TOKENS < 15 * 39
+    assert _length_batches(items, 16) == [list(range(15)), [15]]
+    # equal lengths: the fewest forwards, every item exactly once, <= batch_size each
+    same = [[[i, i + 1, i + 2]] for i in range(37)]
+    runs = _length_batches(same, 16)
+    assert len(runs) == 3 and max(map(len, runs)) <= 16
+    assert sorted(i for r in runs for i in r) == list(range(37))
+    # identical prompts: 20 copies of one prompt are one row per forward, two forwards
+    runs = _length_batches([rows(5)] * 20, 16)
+    assert len(runs) == 2 and max(map(len, runs)) <= 16
+    assert _length_batches([], 16) == []
