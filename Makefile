@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test bench toolchains clean
+.PHONY: install run test bench toolchains test-envs clean
 
 install: $(STAMP)
 
@@ -29,7 +29,12 @@ $(STAMP): pyproject.toml
 toolchains:
 	@bash scripts/install-toolchains.sh
 
-test: $(STAMP) toolchains
+# Separate environments with nnsight (transformers 4.x and 5.x) for the artefact tests,
+# installed here from the package index because the tests themselves use loopback only.
+test-envs: $(STAMP)
+	$(PY) tests/nnsight_env.py
+
+test: $(STAMP) toolchains test-envs
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 run: $(STAMP)

@@ -8,8 +8,9 @@ nnsight (and transformers 4.x) installed from the package index; torch is NOT in
 again: a ``.pth`` file puts the project environment's site-packages after the venv's own,
 so the venv's nnsight/transformers/tokenizers win and torch is the project's (the same
 CPU wheel; saves ~1 GB and most of the build time). test_nnsight_env.py took 114 s with
-both built from scratch (pip cache warm), 64 s with them cached (2026-11-30). A build
-failure raises: the tests that use these environments fail rather than skip.
+both built from scratch (pip cache warm), 64 s with them cached (2026-11-30). They are
+built before the tests (``make test-envs``; installing needs the package index, tests
+use loopback only); a missing or failed environment makes the tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ def _root() -> Path:
     return Path(base) / "envs"
 
 
-def env_python(kind: str, timeout: float = 600) -> Path:
-    """The python of the ``kind`` environment, built first if missing."""
+def env_python(kind: str, timeout: float = 600, build: bool = False) -> Path:
+    """The python of the ``kind`` environment; ``build``: install it first if missing.
+
+    Tests call this with ``build=False``: installing talks to the package index, and the
+    tests themselves use the network on loopback only, so the environments are built
+    before pytest runs (``make test`` -> ``make test-envs`` ->
+    ``python tests/nnsight_env.py``), as the language toolchains are. A missing
+    environment is an error, never a skip."""
     import torch
 
     name = f"nnsight-{NNSIGHT}-{kind}-torch-{torch.__version__}".replace("+", "-")
@@ -42,6 +49,9 @@ def env_python(kind: str, timeout: float = 600) -> Path:
     python = final / "bin" / "python"
     if (final / ".complete").exists():
         return python
+    if not build:
+        raise RuntimeError(f"the {kind} nnsight environment is not built ({final}): run "
+                           "`make test-envs` (or `python tests/nnsight_env.py`) first")
     tmp = final.with_name(f".{name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, timeout=timeout)
@@ -63,3 +73,8 @@ def env_python(kind: str, timeout: float = 600) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return python
+
+
+if __name__ == "__main__":
+    for kind in KINDS:
+        print(f"nnsight environment {kind}: {env_python(kind, build=True)}")

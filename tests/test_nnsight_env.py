@@ -12,8 +12,9 @@ that open elsewhere").
   documented recipe passes the tokenizer: ``LanguageModel(d, tokenizer=AutoTokenizer
   .from_pretrained(d))``.
 
-The environments are built on first use (``nnsight_env.py``, ~25 s each) and cached; if
-they cannot be built the tests fail, they do not skip.
+The environments are built before the tests (``make test-envs`` runs ``nnsight_env.py``,
+~25 s each, cached; installing needs the package index, which the tests themselves never
+contact); if they are missing the tests fail, they do not skip.
 """
 
 from __future__ import annotations
