@@ -169,7 +169,7 @@ def main() -> int:
     run = make_run(base / "fixture")
     header = "| command | " + " | ".join(INPUTS) + " |"
     lines = [header, "|" + "---|" * (len(INPUTS) + 1)]
-    n_cases = n_bad = 0
+    n_cases = n_bad = n_exit2 = 0
     bad: list[str] = []
     for name, row in cases(run, base / "out").items():
         cells = []
@@ -183,6 +183,7 @@ def main() -> int:
             rc, err = run_case(argv)
             n_cases += 1
             ok = verdict(rc, err, name, kind)
+            n_exit2 += ok and rc == 2
             first = (err.splitlines() or [""])[0].removeprefix("babeltower: error: ")
             first = re.sub(re.escape(str(base)), "…", first)[:90].replace("|", "\\|")
             cells.append(f"{rc}: {first}" + ("" if ok else " **(FAIL)**"))
@@ -191,7 +192,8 @@ def main() -> int:
                 bad.append(f"{name} / {kind}: rc={rc} babeltower {' '.join(argv)}\n  {err[:300]}")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"{n_cases} cases, {n_cases - n_bad} one-line errors with exit 2, "
+    lines.append(f"{n_cases} cases: {n_exit2} one-line errors with exit 2, "
+                 f"{n_cases - n_bad - n_exit2} documented runs (see above), "
                  f"{n_bad} failing.")
     text = "\n".join(lines) + "\n"
     print(text)
