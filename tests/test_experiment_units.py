@@ -145,3 +145,28 @@ def test_comparison_adjusts_p_values_over_the_family():
         assert t["diff_ci_low_simultaneous"] <= t["diff_ci_low"]
         assert t["diff_ci_high_simultaneous"] >= t["diff_ci_high"]
         assert "diffs" not in t
+
+
+def test_answer_says_nothing_to_compare_when_optimized_is_natural():
+    """A difference of exactly 0 between the same runs is no finding: the report's answer
+    says the corpora are identical instead of 'not established'; with separate runs it
+    reports the Holm-corrected difference."""
+    from babeltower.report.study import answer_section
+
+    def row(mixture, diff=0.0, p=None):
+        return {"mixture": mixture, "language": "mean", "measure": "bpb", "mean": 3.0 + diff,
+                "ci_low": 2.9, "ci_high": 3.1, "n_seeds": 3, "tokens": 300, "diff_vs_natural": diff,
+                "diff_ci_low": diff - 0.01, "diff_ci_high": diff + 0.01, "diff_p_holm": p}
+
+    nat = [{"name": f"n{s}", "mixture": "natural", "seed": s} for s in range(3)]
+    same = [{"name": f"n{s}", "mixture": "optimized", "seed": s, "same_run_as": f"n{s}"}
+            for s in range(3)]
+    results = {"comparison": {"equal_tokens": [row("natural"), row("optimized")]},
+               "scratch_runs": nat + same, "algorithm1": {"languages": {}}}
+    text = answer_section(results).text
+    assert "Optimised = natural" in text and "Holm" not in text
+    own = [{"name": f"o{s}", "mixture": "optimized", "seed": s} for s in range(3)]
+    results = {**results, "scratch_runs": nat + own,
+               "comparison": {"equal_tokens": [row("natural"), row("optimized", -0.05, 0.01)]}}
+    text = answer_section(results).text
+    assert "Optimised = natural" not in text and "survives Holm's correction" in text

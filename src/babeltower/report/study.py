@@ -489,6 +489,17 @@ def _answer_text(r: dict) -> str:
     if not rows:
         return "No from-scratch comparison was run."
     lines = []
+    runs = r.get("scratch_runs", [])
+    by_name = {x["name"]: x for x in runs if not x.get("same_run_as")}
+    opt_runs = [x for x in runs if x["mixture"] == "optimized"]
+    if opt_runs and all(by_name.get(x.get("same_run_as"), {}).get("mixture") == "natural"
+                        for x in opt_runs):
+        # the same runs on both sides: a difference of exactly 0 is no finding
+        lines.append("!Optimised = natural: Algorithm 1 kept the original corpus as it is, so "
+                     "both sides of the comparison are the same runs and there is nothing to "
+                     "compare (the stage test's call and power say why; the table shows the "
+                     "natural corpus's own scores).")
+        rows = {}
     for measure, what, better in (("bpb", "mean test bits per byte", "lower"),
                                   ("transfer", "knowledge transfer (primary-only facts asked in "
                                                "the new languages, test queries)", "higher")):
@@ -503,7 +514,6 @@ def _answer_text(r: dict) -> str:
                      f"{_ci(opt['diff_ci_low'], opt['diff_ci_high'])}, simultaneous "
                      f"{_ci(opt.get('diff_ci_low_simultaneous'), opt.get('diff_ci_high_simultaneous'))}, "
                      f"Holm p {_p(opt.get('diff_p_holm'))}, {opt['n_seeds']} seeds): {verdict}.")
-    runs = r.get("scratch_runs", [])
     trained = {x["name"]: x["mixture"] for x in runs if not x.get("same_run_as")}
     shared = sorted({f"{x['mixture']} = {trained.get(x['same_run_as'])}" for x in runs
                      if x.get("same_run_as") and trained.get(x["same_run_as"]) != x["mixture"]})
