@@ -88,9 +88,9 @@ def test_measures_match_an_independent_forward(arch, checked):
 def test_results_independent_of_batch_size_and_padding(arch, checked):
     tok = tiny_tokenizer()
     model = tiny_model(arch, len(tok))
-    a = lens_items(model, tok, checked, batch_size=1)
-    b = lens_items(model, tok, checked, batch_size=7, padding_side="left")
-    c = lens_items(model, tok, checked, batch_size=64, padding_side="right")
+    a = lens_items(model, tok, checked, batch_size=1, packing="padded")
+    b = lens_items(model, tok, checked, batch_size=7, padding_side="left", packing="padded")
+    c = lens_items(model, tok, checked, batch_size=64, padding_side="right", packing="padded")
     for other in (b, c):
         assert (a[["pair_id", "side", "layer", "measure"]].values
                 == other[["pair_id", "side", "layer", "measure"]].values).all()
@@ -392,7 +392,7 @@ def test_identical_prompts_run_once_per_batch(checked, monkeypatch, full_sequenc
                                prompt_ids=list(a.prompt_ids))
     items = [a, b, twin, a]
     single = lens_items(model, tok, checked, batch_size=1, items=items,
-                        full_sequence=full_sequence)
+                        full_sequence=full_sequence, packing="padded")
     seen = []
     forward = LogitLens.hidden_states
 
@@ -402,7 +402,7 @@ def test_identical_prompts_run_once_per_batch(checked, monkeypatch, full_sequenc
 
     monkeypatch.setattr(LogitLens, "hidden_states", counting)
     batched = lens_items(model, tok, checked, batch_size=4, items=items,
-                         full_sequence=full_sequence)
+                         full_sequence=full_sequence, packing="padded")
     assert len(seen) == 1 and len(seen[0]) == len(set(seen[0]))       # no row twice
     n_rows = len({tuple(r) for it in items for r in _rows_of(it, full_sequence)})
     assert len(seen[0]) == n_rows < sum(len(_rows_of(it, full_sequence)) for it in items)

@@ -76,6 +76,8 @@ def lens_cmd(
     revisions: Optional[str] = typer.Option(None, help="Comma-separated hub revisions."),
     batch_size: int = typer.Option(16, min=1),
     padding_side: str = typer.Option("left", help="left | right (results are the same)."),
+    packing: str = typer.Option("auto", help="auto | tree | padded: a prefix tree runs every "
+                                "shared prompt prefix once (results are the same)."),
     steps: Optional[str] = typer.Option(None, help="Comma-separated steps of the checkpoints, "
                                         "in order (for directories without step names)."),
     plot: bool = typer.Option(True, help="Write heatmaps (PNG) next to the tables."),
@@ -89,7 +91,7 @@ def lens_cmd(
 
     df = run_lens(source, suite_path, primary=primary, new=new, revisions=_revisions(revisions),
                   out=out, batch_size=batch_size, padding_side=padding_side, overwrite=overwrite,
-                  steps=_steps(steps))
+                  steps=_steps(steps), packing=packing)
     if os.environ.get("RANK", "0") != "0":
         return   # under torchrun every rank returns the whole series; rank 0 reports it
     if plot:

@@ -50,6 +50,7 @@ from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
 from babeltower.checkpoints import convert_gguf
+from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
 from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
@@ -90,11 +91,18 @@ class LogitLens:
         self.n_layers = int(model.config.num_hidden_layers)
         self.decoder = model.base_model
 
-    def hidden_states(self, input_ids, attention_mask):
+    def hidden_states(self, input_ids, attention_mask, position_ids=None):
         """Every layer's hidden states at every position: a tuple of n_layers + 1 tensors
         (batch, seq, hidden), the last one already through the final norm (HF). They are
-        inference tensors (read them, copy them with ``.clone()`` to modify in place)."""
+        inference tensors (read them, copy them with ``.clone()`` to modify in place).
+        ``attention_mask`` is a 2D padding mask, or a 4D additive mask (a prefix tree's,
+        see ``prefix_tree``) with its ``position_ids``."""
         import torch
+
+        if position_ids is None:
+            if attention_mask.dim() != 2:
+                raise BabelError("a 4D attention mask needs its position_ids")
+            position_ids = position_ids_for(attention_mask)
 
         # inference mode, not just no_grad: no autograd bookkeeping (version counters,
         # view tracking) on any tensor of the forward - 5-9% of a SmolLM2 forward on CPU
@@ -102,8 +110,8 @@ class LogitLens:
             # the decoder alone: the LM head over every position is the costliest part of a
             # forward on short prompts, and the lens unembeds the positions it reads itself
             out = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_for(attention_mask),
-                               output_hidden_states=True, use_cache=False)
+                               position_ids=position_ids, output_hidden_states=True,
+                               use_cache=False)
         hs = out.hidden_states
         if len(hs) != self.n_layers + 1:
             raise BabelError(f"model returned {len(hs)} hidden states for {self.n_layers} layers")
@@ -279,9 +287,11 @@ def _layer_scores(lens: LogitLens, states, chunk: list[CheckedItem], vocab: str)
 
 
 def _sequence_scores(lens: LogitLens, last_hidden, chunk: list[CheckedItem], first: list[int],
-                     where: list[dict], offset: list[int]) -> list[tuple[float, float]]:
+                     where: list[dict], at: Callable[[int, int], tuple[int, int]]
+                     ) -> list[tuple[float, float]]:
     """log p(whole primary identifier), log p(whole new identifier) per item, read from the
-    model's own output (last layer) at the prompt and teacher-forced positions."""
+    model's own output (last layer) at the prompt and teacher-forced positions; ``at(row,
+    k)`` is where row's k-th token sits in ``last_hidden`` (batch index, sequence index)."""
     import torch
 
     slots: dict[tuple[int, int], int] = {}
@@ -291,7 +301,7 @@ def _sequence_scores(lens: LogitLens, last_hidden, chunk: list[CheckedItem], fir
         for w, ids in enumerate((it.primary_ids, it.new_ids)):
             r = where[j].get(("primary", "new")[w], first[j])
             for k, t in enumerate(ids):
-                slot = slots.setdefault((r, offset[r] + p0 + k), len(slots))
+                slot = slots.setdefault(at(r, p0 + k), len(slots))
                 picks.append((slot, t, j, w))
     rows = torch.tensor([rp[0] for rp in slots])
     pos = torch.tensor([rp[1] for rp in slots])
@@ -302,6 +312,24 @@ def _sequence_scores(lens: LogitLens, last_hidden, chunk: list[CheckedItem], fir
     for (_, _, j, w), v in zip(picks, tok_lp.tolist()):
         sums[j][w] += v
     return [(a, b) for a, b in sums]
+
+
+PACKINGS = ("auto", "tree", "padded")
+#: tokens (tree nodes) per tree forward: the linear layers' matmuls reach their rate at a
+#: few hundred rows, while the tree mask's attention grows with the square of the nodes
+MAX_TREE_NODES = 256
+
+
+def _use_tree(model, packing: str, max_depth: int) -> bool:
+    if packing not in PACKINGS:
+        raise BabelError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
+    ok = supports_tree(model, max_depth)
+    if packing == "tree" and not ok:
+        cfg = model.config
+        raise BabelError(f"packing='tree' needs eager or SDPA attention on a tested "
+                         f"architecture ({cfg.model_type}, "
+                         f"{getattr(cfg, '_attn_implementation', None)}); use 'padded'")
+    return ok and packing != "padded"
 
 
 #: a forward's fixed cost in token positions: SmolLM2-135M on one CPU thread took ~50 ms
@@ -335,8 +363,10 @@ def _length_batches(item_rows: list[list[list[int]]], batch_size: int) -> list[l
 
 
 def _lens_batch(lens: LogitLens, chunk: list[CheckedItem], pad: int, padding_side: str,
-                vocab: str, full_sequence: bool):
-    """One forward for a batch of items -> (per-item measure dicts, per-item (lp_p, lp_n))."""
+                vocab: str, full_sequence: bool, tree: bool):
+    """One forward for a batch of items -> (per-item measure dicts, per-item (lp_p, lp_n)).
+    The batch's token rows run as a prefix tree (``tree``: every shared prefix once, one
+    sequence) or as a padded batch."""
     import torch
 
     index: dict[tuple, int] = {}     # token row -> its row in the batch
@@ -344,26 +374,41 @@ def _lens_batch(lens: LogitLens, chunk: list[CheckedItem], pad: int, padding_sid
     for it in chunk:
         r, w = _item_rows(it, full_sequence)
         # identical token rows (one prompt written for several targets) run once
-        at = [index.setdefault(tuple(x), len(index)) for x in r]
-        first.append(at[0])
-        where.append({k: at[v] for k, v in w.items()})
+        at_rows = [index.setdefault(tuple(x), len(index)) for x in r]
+        first.append(at_rows[0])
+        where.append({k: at_rows[v] for k, v in w.items()})
     rows = [list(x) for x in index]
-    ids, mask = pad_batch(rows, pad, padding_side)
-    hs = lens.hidden_states(ids, mask)
-    offset = [ids.shape[1] - len(r) if padding_side == "left" else 0 for r in rows]
-    pos = torch.tensor([offset[first[j]] + len(it.prompt_ids) - 1 for j, it in enumerate(chunk)])
-    states = torch.stack([h[torch.tensor(first), pos] for h in hs])     # (n_l, B, H)
+    if tree:
+        packed = build_tree(rows)
+        param = next(lens.model.parameters())
+        inputs = packed.inputs(dtype=param.dtype, device=param.device)
+        hs = lens.hidden_states(**inputs)
+
+        def at(r: int, k: int) -> tuple[int, int]:
+            return 0, packed.node[r][k]
+    else:
+        ids, mask = pad_batch(rows, pad, padding_side)
+        hs = lens.hidden_states(ids, mask)
+        offset = [ids.shape[1] - len(r) if padding_side == "left" else 0 for r in rows]
+
+        def at(r: int, k: int) -> tuple[int, int]:
+            return r, offset[r] + k
+    where_prompt = [at(first[j], len(it.prompt_ids) - 1) for j, it in enumerate(chunk)]
+    b_idx = torch.tensor([b for b, _ in where_prompt])
+    p_idx = torch.tensor([p for _, p in where_prompt])
+    states = torch.stack([h[b_idx, p_idx] for h in hs])                 # (n_l, B, H)
     scores, top = _layer_scores(lens, states, chunk, vocab)
     vals = [_item_measures(scores[j], None if top is None else top[:, j], it, len(hs))
             for j, it in enumerate(chunk)]
-    seq = (_sequence_scores(lens, hs[-1], chunk, first, where, offset) if full_sequence
+    seq = (_sequence_scores(lens, hs[-1], chunk, first, where, at) if full_sequence
            else None)
     return vals, seq
 
 
 def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
                padding_side: str = "left", items: list[CheckedItem] | None = None,
-               full_sequence: bool = True, vocab: str = "full"):
+               full_sequence: bool = True, vocab: str = "full", packing: str = "auto",
+               max_tree_nodes: int = MAX_TREE_NODES):
     """Per-prompt, per-layer measures for one model: a tidy DataFrame
     (pair_id, kind, side, pair_language, prompt, layer, measure, value, attribution).
 
@@ -375,7 +420,13 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
     of both identifiers (``seq_logp_diff`` = log p(new identifier) - log p(primary
     identifier), ``seq_prefers_new``, ``seq_logp_target``), attribution "full-sequence":
     multi-token identifiers (``array_push``) are then credited as a whole. This happens in
-    the lens's own forward (teacher forcing, see ``_item_rows``), not in extra passes."""
+    the lens's own forward (teacher forcing, see ``_item_rows``), not in extra passes.
+
+    ``packing="tree"`` runs each forward over a prefix tree of the prompts (every shared
+    prefix once, ``max_tree_nodes`` tokens a forward, see ``prefix_tree``); ``"padded"``
+    over length-sorted padded batches of at most ``batch_size`` prompts; ``"auto"`` takes
+    the tree where ``supports_tree`` allows it. Both give the same values (to float
+    rounding, tested)."""
     import numpy as np
     import pandas as pd
 
@@ -390,10 +441,13 @@ def lens_items(model, tokenizer, checked: CheckedSuite, batch_size: int = 16,
     seq = np.zeros((len(items), 2))
     meta_cols = ["pair_id", "kind", "side", "pair_language", "prompt"]
     meta = [(it.pair_id, it.kind, it.side, it.language, it.prompt) for it in items]
-    for idx in _length_batches([_item_rows(it, full_sequence)[0] for it in items],
-                               batch_size):
+    item_rows = [_item_rows(it, full_sequence)[0] for it in items]
+    tree = _use_tree(model, packing, max((len(r) for rs in item_rows for r in rs), default=0))
+    batches = (tree_batches(item_rows, max_tree_nodes) if tree
+               else _length_batches(item_rows, batch_size))
+    for idx in batches:
         vals, sq = _lens_batch(lens, [items[i] for i in idx], pad, padding_side, vocab,
-                               full_sequence)
+                               full_sequence, tree)
         for j, i in enumerate(idx):
             for k in measures:
                 cols[k][i] = vals[j][k].numpy()
@@ -605,9 +659,10 @@ class LensMeasure:
     full_sequence: bool = True
     name: str = "lens"
     tokenizer_check: dict = field(default_factory=dict)
+    packing: str = "auto"
 
     def config(self) -> dict:
-        # batch size and padding side do not change the numbers (tested), so not here
+        # batch size, padding side and packing do not change the numbers (tested), so not here
         return {"suite": self.suite.model_dump(mode="json", exclude={"source"}),
                 "add_bos": self.add_bos, "full_sequence": self.full_sequence}
 
@@ -618,7 +673,7 @@ class LensMeasure:
             raise BabelError(f"no usable probe prompts for {ref.name}'s tokenizer "
                              f"({len(checked.dropped)} dropped, {len(checked.shared)} shared)")
         items = lens_items(model, tokenizer, checked, self.batch_size, self.padding_side,
-                           full_sequence=self.full_sequence)
+                           full_sequence=self.full_sequence, packing=self.packing)
         agg = aggregate_items(items)
         agg.insert(0, "tokens", ref.tokens)
         agg["n_layers"] = int(model.config.num_hidden_layers)
@@ -632,7 +687,8 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
              batch_size: int = 16, padding_side: str = "left", add_bos: bool | None = None,
              full_sequence: bool = True, progress: bool = True, overwrite: bool = False,
              on_checkpoint: Callable[[str], None] | None = None,
-             options: SeriesOptions | None = None, steps: list[int] | None = None):
+             options: SeriesOptions | None = None, steps: list[int] | None = None,
+             packing: str = "auto"):
     """Logit lens over every checkpoint of ``source``: a tidy DataFrame with columns
     ``LENS_COLUMNS`` (checkpoint, step, tokens, layer, n_layers, side, pair_language, kind,
     measure, value, n, sem, attribution, suite, and the weights/config/data hashes).
@@ -646,7 +702,10 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
     refs = checkpoints_of(source, revisions, steps)     # a wrong source is named first
     opts = options or SeriesOptions(progress=progress, overwrite=overwrite)
     refuse_existing(out, opts.overwrite)
-    lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence)
+    if packing not in PACKINGS:
+        raise BabelError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
+    lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence,
+                       packing=packing)
     res = run_series(refs, [lens], state=state_dir_for(out), options=opts,
                      on_checkpoint=on_checkpoint)
     df = res.frame("lens")[LENS_COLUMNS]
@@ -659,7 +718,7 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
             atomic_write_json(d / "provenance.json", provenance(
                 config={"suite": suite.model_dump(mode="json"), "batch_size": batch_size,
                         "padding_side": padding_side, "add_bos": add_bos,
-                        "full_sequence": full_sequence},
+                        "full_sequence": full_sequence, "packing": packing},
                 source=str(source) if not isinstance(source, list) else [r.path for r in res.refs],
                 revisions=revisions, checkpoints=[r.name for r in res.refs],
                 weights_sha256=res.weights, attribution=ATTRIBUTION,
