@@ -63,20 +63,40 @@ def _model_dir(which: str) -> str:
 
 def _batches(checked, batch_size: int):
     """Prompts grouped by token length: equal-length batches, no padding anywhere.
-    -> [(input_ids, vocabulary rows the pairwise/control measures of the batch need)]"""
+    -> [(input_ids, vocabulary rows the pairwise/control measures of the batch need)],
+    [the batch's item indices]"""
     import torch
 
     by_len: dict[int, list] = {}
-    for it in checked.items:
-        by_len.setdefault(len(it.prompt_ids), []).append(it)
-    out = []
-    for _, items in sorted(by_len.items()):
-        for b in range(0, len(items), batch_size):
-            chunk = items[b:b + batch_size]
+    for i, it in enumerate(checked.items):
+        by_len.setdefault(len(it.prompt_ids), []).append(i)
+    out, members = [], []
+    for _, idx in sorted(by_len.items()):
+        for b in range(0, len(idx), batch_size):
+            chunk = [checked.items[i] for i in idx[b:b + batch_size]]
             rows = sorted({t for it in chunk for t in (it.primary_first_id, it.new_first_id,
                                                         *it.control_ids, *it.control_new_ids)})
             out.append((torch.tensor([it.prompt_ids for it in chunk]), torch.tensor(rows)))
-    return out
+            members.append(idx[b:b + batch_size])
+    return out, members
+
+
+def _tree_states(lens, prompts: list[list[int]], max_nodes: int):
+    """Every prompt's last-token state at every layer, from prefix-tree forwards (each
+    distinct prefix once): -> (n_layers + 1, n_prompts, hidden)."""
+    import torch
+
+    from babeltower.probes.prefix_tree import build_tree, tree_batches
+
+    out = [None] * len(prompts)
+    for group in tree_batches([[p] for p in prompts], max_nodes):
+        tree = build_tree([prompts[i] for i in group])
+        hs = lens.hidden_states(**tree.inputs())
+        last = torch.tensor([tree.node[j][-1] for j in range(len(group))])
+        states = torch.stack([h[0, last] for h in hs])
+        for j, i in enumerate(group):
+            out[i] = states[:, j]
+    return torch.stack(out, dim=1)
 
 
 def _time(fn, rounds: int) -> list[tuple[float, float]]:
@@ -98,14 +118,15 @@ def _lens_variants(model_dir: str, batch_size: int, n_prompts: int | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    from babeltower.probes.lens import LogitLens, lens_items
+    from babeltower.probes.lens import MAX_TREE_NODES, LogitLens, lens_items
     from babeltower.probes.suite import load_suite
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     checked = load_suite("python", "php").check(tok)
     if n_prompts:
         checked.items = checked.items[:n_prompts]
-    batches = _batches(checked, batch_size)
+    batches, members = _batches(checked, batch_size)
+    prompts = [list(it.prompt_ids) for it in checked.items]
     ours_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     lens = LogitLens(ours_model)
     # TransformerLens switches the model it wraps to eager attention: give it its own copy
@@ -137,6 +158,13 @@ def _lens_variants(model_dir: str, batch_size: int, n_prompts: int | None):
                 return [per_batch(ids, rows) for ids, rows in batches]
         return fn
 
+    def run_tree(decode):            # same prompts, one prefix-tree forward per 256 nodes;
+        def fn():                    # decoded per equal-length batch, as the others are
+            with torch.inference_mode():
+                states = _tree_states(lens, prompts, MAX_TREE_NODES)
+                return [decode(states[:, idx], rows) for idx, (_, rows) in zip(members, batches)]
+        return fn
+
     fns = {
         # full vocabulary at every layer (top-1, probabilities)
         "ours": run(lambda ids, rows: lens.layer_logits(ids)),
@@ -145,9 +173,16 @@ def _lens_variants(model_dir: str, batch_size: int, n_prompts: int | None):
         # pairwise/control measures: the needed rows only
         "ours_rows": run(lambda ids, rows: lens.decode_rows(lens.layer_states(ids), rows)),
         "tl_rows": run(tl_rows),
-        # the library call: every pairwise/control measure, mixed lengths padded
+        # the same two from prefix-tree forwards (shared prefixes once)
+        "ours_tree": run_tree(lambda st, rows: lens.decode(st)),
+        "ours_tree_rows": run_tree(lambda st, rows: lens.decode_rows(st, rows)),
+        # the library call: every pairwise/control measure (prefix trees, the default)
         "ours_items": lambda: lens_items(ours_model, tok, checked, batch_size,
                                          full_sequence=False, vocab="gathered"),
+        # ... and with mixed lengths padded into batches instead
+        "ours_items_padded": lambda: lens_items(ours_model, tok, checked, batch_size,
+                                                full_sequence=False, vocab="gathered",
+                                                packing="padded"),
     }
     info = {"prompts": len(checked.items), "batches": len(batches), "layers": n_blocks + 1,
             "rows_per_batch": statistics.mean(len(r) for _, r in batches),
@@ -163,10 +198,14 @@ def _agreement(fns, batches) -> dict:
     """Same numbers: ours vs TransformerLens, full and gathered (also warms all up)."""
     a, b, b_best = fns["ours"](), fns["tl"](), fns["tl_best"]()
     ar, br = fns["ours_rows"](), fns["tl_rows"]()
-    fns["ours_items"]()
+    at, atr = fns["ours_tree"](), fns["ours_tree_rows"]()
+    items, items_padded = fns["ours_items"](), fns["ours_items_padded"]()
     top1 = sum(int((x.argmax(-1) == y.reshape(x.shape).argmax(-1)).sum()) for x, y in zip(a, b))
     return {"max_abs_logit_diff": _max_diff(a, b), "tl_best_vs_tl": _max_diff(b, b_best),
             "rows_max_abs_diff": _max_diff(ar, br),
+            "tree_max_abs_logit_diff": _max_diff(at, b),
+            "tree_rows_max_abs_diff": _max_diff(atr, br),
+            "items_tree_vs_padded": float((items.value - items_padded.value).abs().max()),
             "rows_vs_full_max_abs_diff": max(float((x - f[..., rows]).abs().max())
                                              for x, f, (_, rows) in zip(ar, a, batches)),
             "top1_agreement": top1 / sum(x.shape[0] * x.shape[1] for x in a)}
@@ -185,11 +224,20 @@ def bench_lens(model_dir: str, rounds: int, batch_size: int, n_prompts: int | No
     pairs = {"speedup": ("tl", "ours"), "speedup_best": ("tl_best", "ours"),
              "speedup_rows": ("tl", "ours_rows"), "speedup_rows_best": ("tl_best", "ours_rows"),
              "speedup_rows_vs_tl_rows": ("tl_rows", "ours_rows"),
-             "speedup_items": ("tl", "ours_items"), "speedup_items_best": ("tl_best", "ours_items")}
+             "speedup_tree": ("tl", "ours_tree"), "speedup_tree_best": ("tl_best", "ours_tree"),
+             "speedup_tree_rows": ("tl", "ours_tree_rows"),
+             "speedup_tree_rows_best": ("tl_best", "ours_tree_rows"),
+             "speedup_tree_rows_vs_tl_rows": ("tl_rows", "ours_tree_rows"),
+             "speedup_items": ("tl", "ours_items"), "speedup_items_best": ("tl_best", "ours_items"),
+             "speedup_items_padded": ("tl", "ours_items_padded"),
+             "speedup_items_padded_best": ("tl_best", "ours_items_padded")}
     ratios = {f"{name}_{m}": med[f"{p}_{m}"] / med[f"{o}_{m}"]
               for name, (p, o) in pairs.items() for m in "wc"}
-    per_round = {f"rounds_{name}": [t[1] / o[1] for t, o in zip(times[peer], times["ours_rows"])]
-                 for name, peer in (("rows", "tl"), ("rows_best", "tl_best"))}
+    per_round = {f"rounds_{name}": [t[1] / o[1] for t, o in zip(times[peer], times[ours])]
+                 for name, peer, ours in (("rows", "tl", "ours_rows"),
+                                          ("rows_best", "tl_best", "ours_rows"),
+                                          ("tree_rows", "tl", "ours_tree_rows"),
+                                          ("tree_rows_best", "tl_best", "ours_tree_rows"))}
     return {**info, **med, **ratios, **per_round, **agree,
             # one "checkpoint" = this model over all prompts
             "ours_layers_ckpt_per_s": info["layers"] / med["ours_w"],
@@ -246,7 +294,10 @@ def _print_lens(r: dict, tl_version: str) -> None:
             (f"full vocabulary   {tl} run_with_cache (tuned) + unembed", "tl_best"),
             ("gathered rows     babeltower decode_rows(layer_states)", "ours_rows"),
             (f"gathered rows     {tl} run_with_cache (tuned) @ W_U[:, rows]", "tl_rows"),
-            ("lens_items(vocab='gathered'), all pairwise/control measures", "ours_items")]
+            ("full vocabulary   babeltower, prefix-tree forwards", "ours_tree"),
+            ("gathered rows     babeltower, prefix-tree forwards", "ours_tree_rows"),
+            ("lens_items(vocab='gathered'), all pairwise/control measures", "ours_items"),
+            ("lens_items(vocab='gathered', packing='padded')", "ours_items_padded")]
     for label, k in rows:
         print(f"  {label:72s}: {r[k + '_w']:7.3f} s ({r[k + '_c']:.3f} s)")
     ratios = [("full vocabulary (TL all hooks / ours)", "speedup"),
@@ -254,18 +305,29 @@ def _print_lens(r: dict, tl_version: str) -> None:
               ("pairwise (TL full all hooks / ours gathered)", "speedup_rows"),
               ("pairwise (TL full tuned / ours gathered)", "speedup_rows_best"),
               ("pairwise (TL gathered / ours gathered)", "speedup_rows_vs_tl_rows"),
+              ("full vocabulary (TL all hooks / ours tree)", "speedup_tree"),
+              ("full vocabulary (TL tuned / ours tree)", "speedup_tree_best"),
+              ("pairwise (TL full all hooks / ours tree gathered)", "speedup_tree_rows"),
+              ("pairwise (TL full tuned / ours tree gathered)", "speedup_tree_rows_best"),
+              ("pairwise (TL gathered / ours tree gathered)", "speedup_tree_rows_vs_tl_rows"),
               ("pairwise (TL full all hooks / lens_items)", "speedup_items"),
-              ("pairwise (TL full tuned / lens_items)", "speedup_items_best")]
+              ("pairwise (TL full tuned / lens_items)", "speedup_items_best"),
+              ("pairwise (TL full all hooks / lens_items padded)", "speedup_items_padded"),
+              ("pairwise (TL full tuned / lens_items padded)", "speedup_items_padded_best")]
     for label, k in ratios:
         print(f"  ratio {label:48s}: {r[k + '_w']:.2f}x wall, {r[k + '_c']:.2f}x CPU")
-    for k, label in (("rounds_rows", "all hooks"), ("rounds_rows_best", "tuned")):
+    for k, label in (("rounds_rows", "all hooks"), ("rounds_rows_best", "tuned"),
+                     ("rounds_tree_rows", "all hooks"), ("rounds_tree_rows_best", "tuned")):
         vals = r[k]
-        print(f"  per round, CPU, TL full ({label}) / ours gathered: "
+        ours = "ours tree gathered" if "tree" in k else "ours gathered"
+        print(f"  per round, CPU, TL full ({label}) / {ours}: "
               + ", ".join(f"{x:.2f}" for x in vals) + "  [target >= 3x]")
     print(f"  agreement: max |logit diff| full {r['max_abs_logit_diff']:.2e} (TL tuned vs "
           f"all hooks {r['tl_best_vs_tl']:.1e}), gathered rows ours vs TL "
           f"{r['rows_max_abs_diff']:.2e}, gathered vs full {r['rows_vs_full_max_abs_diff']:.2e}; "
-          f"top-1 agreement {r['top1_agreement']:.4f}")
+          f"top-1 agreement {r['top1_agreement']:.4f}; prefix tree vs TL full "
+          f"{r['tree_max_abs_logit_diff']:.2e}, gathered {r['tree_rows_max_abs_diff']:.2e}; "
+          f"lens_items tree vs padded {r['items_tree_vs_padded']:.2e}")
 
 
 def main(argv=None) -> int:
