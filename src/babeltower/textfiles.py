@@ -58,21 +58,17 @@ class TextFiles:
                 "seen": self.n_seen, "dropped": dict(sorted(self.dropped.items()))}
 
 
-def _classify(path: Path, named: str | None, explicit: bool) -> tuple[str | None, str]:
-    """(language, "") for a kept file, (None, reason) for a dropped one."""
+def _language(path: Path, named: str | None, explicit: bool) -> tuple[str | None, str]:
+    """(language, "") or (None, reason) from the file's head alone (its first bytes)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD_BYTES)
     except OSError:
         return None, "unreadable"
-    head = data[:_HEAD_BYTES]
     if not head:
         return None, "empty"
     if b"\0" in head:
         return None, "binary"
-    try:   # the readers decode strictly: a file that is not UTF-8 is dropped and counted
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
     if explicit and named is not None:
         return named, ""
     lang = detect_language(str(path), head)
@@ -86,6 +82,14 @@ def _classify(path: Path, named: str | None, explicit: bool) -> tuple[str | None
     if lang is None:
         return None, "unknown type"
     return None, "other language"
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def walk_text(inputs: Iterable[tuple[str | None, str | os.PathLike]],
@@ -105,9 +109,13 @@ def walk_text(inputs: Iterable[tuple[str | None, str | os.PathLike]],
         explicit = not p.is_dir()
         files = [p] if explicit else sorted(f for f in p.rglob("*") if f.is_file())
         for f in files:
-            lang, why = _classify(f, named, explicit)
+            lang, why = _language(f, named, explicit)
             if lang is not None and wanted is not None and lang not in wanted:
                 lang, why = None, "not requested"
+            # the readers decode strictly: a kept file that is not UTF-8 is dropped and
+            # counted; only kept files are read whole (a tree is mostly other files)
+            if lang is not None and not _is_utf8(f):
+                lang, why = None, "not UTF-8"
             if lang is None:
                 out.dropped[why] += 1
             else:
