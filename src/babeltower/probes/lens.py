@@ -320,9 +320,13 @@ PACKINGS = ("auto", "tree", "padded")
 MAX_TREE_NODES = 256
 
 
-def _use_tree(model, packing: str, max_depth: int) -> bool:
+def _check_packing(packing: str) -> None:
     if packing not in PACKINGS:
         raise BabelError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
+
+
+def _use_tree(model, packing: str, max_depth: int) -> bool:
+    _check_packing(packing)
     ok = supports_tree(model, max_depth)
     if packing == "tree" and not ok:
         cfg = model.config
@@ -702,8 +706,7 @@ def run_lens(source, suite: ProbeSuite | str | os.PathLike | None = None, *,
     refs = checkpoints_of(source, revisions, steps)     # a wrong source is named first
     opts = options or SeriesOptions(progress=progress, overwrite=overwrite)
     refuse_existing(out, opts.overwrite)
-    if packing not in PACKINGS:
-        raise BabelError(f"packing must be one of {', '.join(PACKINGS)}, not {packing!r}")
+    _check_packing(packing)     # before any checkpoint is loaded
     lens = LensMeasure(suite, batch_size, padding_side, add_bos, full_sequence,
                        packing=packing)
     res = run_series(refs, [lens], state=state_dir_for(out), options=opts,

@@ -21,19 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from babeltower.architectures import ARCHITECTURES
+
 #: architectures whose decoder reads positions from ``position_ids`` and applies a 4D
-#: mask as given: tested node for node against separate runs (tests/test_prefix_tree.py)
-TREE_MODEL_TYPES = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "smollm3", "phi3", "stablelm",
-    "gemma", "starcoder2", "phi", "mixtral", "qwen2_moe", "gpt2", "gpt_bigcode", "gptj",
-    "codegen", "gpt_neox"})
+#: mask as given: every entry of the one table, each tested node for node against
+#: separate runs (tests/test_prefix_tree.py runs over the whole table, so an entry added
+#: there that cannot take the mask fails it until it is excluded here and there)
+TREE_MODEL_TYPES = frozenset(ARCHITECTURES)
 #: attention implementations that add an arbitrary 4D mask to the scores
 TREE_ATTENTION = frozenset({"sdpa", "eager"})
 
 
 @dataclass
 class PrefixTree:
-    """Nodes in pre-order (a parent before its children): ``tokens[i]`` at depth
+    """Nodes in insertion order, so a parent comes before its children: ``tokens[i]`` at depth
     ``depth[i]`` under ``parent[i]`` (-1 for a root); ``node[r][k]`` is the node of row
     r's k-th token."""
 
@@ -53,7 +54,7 @@ class PrefixTree:
 
         n = len(self.tokens)
         allowed = torch.zeros((n, n), dtype=torch.bool)
-        for i, p in enumerate(self.parent):        # pre-order: the parent's row is done
+        for i, p in enumerate(self.parent):        # a parent's row is done before its child's
             if p >= 0:
                 allowed[i] = allowed[p]
             allowed[i, i] = True
@@ -72,7 +73,6 @@ def build_tree(rows: Sequence[Sequence[int]]) -> PrefixTree:
     tokens: list[int] = []
     depth: list[int] = []
     parent: list[int] = []
-    # pre-order needs a parent before its child, which insertion order already gives
     node = []
     for row in rows:
         at, path = -1, []
@@ -96,15 +96,15 @@ def tree_batches(item_rows: Sequence[Sequence[Sequence[int]]], max_nodes: int) -
     item stay in one forward."""
     order = sorted(range(len(item_rows)), key=lambda i: [tuple(r) for r in item_rows[i]])
     batches: list[list[int]] = []
-    seen: set[tuple[int, ...]] = set()
+    seen: set[tuple[int, ...]] = set()      # the current forward's nodes, as prefixes
     for i in order:
-        new = {tuple(r[:k]) for r in item_rows[i] for k in range(1, len(r) + 1)} - seen
-        if batches and len(seen) + len(new) <= max_nodes:
+        nodes = {tuple(r[:k]) for r in item_rows[i] for k in range(1, len(r) + 1)}
+        if batches and len(seen | nodes) <= max_nodes:
             batches[-1].append(i)
-            seen |= new
+            seen |= nodes
         else:
             batches.append([i])
-            seen = {tuple(r[:k]) for r in item_rows[i] for k in range(1, len(r) + 1)}
+            seen = nodes
     return batches
 
 
