@@ -154,9 +154,10 @@ def knowledge_experiment(tmp_path_factory):
                 "validation": 0.1, "test": 0.1,
                 "knowledge": {"facts_per_class": 10, "exposures": 12, "n_answers": 5}},
         continual={"tokens": 12000, "lr": 1.0e-3, "batch_size": 4, "min_lr_ratio": 1.0,
-                   "checkpoints": "even", "n_checkpoints": 8, "replay_share": 0.25},
+                   "checkpoints": "even", "n_checkpoints": 8, "replay_share": 0.25,
+                   "seeds": [0, 1, 2]},
         evaluation={"val_tokens_per_language": 1024, "performance": "knowledge",
-                    "primary_loss_every": 3},
+                    "primary_loss_every": 3, "power_sims": 20},
         probes={"neurons": False},
         scratch={"tokens": 8000, "batch_size": 8, "seeds": [0, 1], "equal_epochs": False,
                  "mixtures": ["natural", "optimized"], "original": {"python": 0.3, "javascript": 0.7}})
@@ -191,7 +192,31 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
     st = r["stages"]["javascript"]
     assert st["performance_measure"].startswith("knowledge")
     assert st["performance"]["call"] in ("rise_then_drop", "monotone", "flat", "undetermined")
-    assert 0 <= st["power"]["at_0.3"]["detection"]["rate"] <= 1
+    # every CPT arm ran over three data-order seeds, each with per-item outcomes at every
+    # checkpoint; the call pools the seeds (item-level test), one call per seed beside it
+    meta = r["knowledge_items"]
+    for arm in ("cpt", "cpt_replay"):
+        seeds = r[arm]["javascript"]["seeds"]
+        assert [s["seed"] for s in seeds] == [0, 1, 2]
+        for s in seeds:
+            assert len(s["checkpoints"]) == 9
+            for row in s["checkpoints"]:
+                items = row["knowledge"]["items"]
+                assert len(items["correct"]) == len(meta) == len(items["logprob_answer_set"])
+                assert set(items["correct"]) <= {0, 1}
+    it = st["item_test"]
+    assert it["n_seeds"] == 3 and len(it["per_seed"]) == 3
+    assert {"p_items", "p_seeds", "seed_drops"} <= set(it["pooled"])
+    assert st["performance"]["p_value"] == max(it["pooled"]["p_items"], it["pooled"]["p_seeds"])
+    assert st["binomial_model"]["assumption"]
+    assert 0 <= st["power"]["effect"]["pooled"]["rate"] <= 1
+    assert set(st["power"]["fitted_churn"]["model"]) >= {"item", "churn", "cluster", "seed"}
+    assert len(st["transfer"]["per_seed"]) == 3
+    curves = r["seed_curves"]["javascript"]
+    c = curves["primary-only asked in javascript"]
+    assert len(c["per_seed"]) == 3 and len(c["ci95"][0]) == 9
+    assert st["bpb_item_test"]["pooled"]["call"] in ("rise_then_drop", "monotone", "flat",
+                                                     "undetermined")
     # Algorithm 1 never drops a language, the original corpus has the configured shape
     alg = r["algorithm1"]["languages"]["javascript"]
     assert alg["target_tokens"] > 0

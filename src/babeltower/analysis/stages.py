@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import isotonic_regression
 
+from babeltower.analysis.item_test import ItemStageResult
 from babeltower.analysis.stage_test import (BINOMIAL, GAUSSIAN, BatchCalls, CallSettings,
                                             call_batch)
 from babeltower.errors import BabelError
@@ -241,6 +242,27 @@ def detect_stages(x: Sequence[float], y: Sequence[float], noise: Noise,
     return res
 
 
+def stage_result_from_items(res: ItemStageResult, options: StageOptions = StageOptions()
+                            ) -> StageResult:
+    """The pooled call of an item-level test (``analysis.item_test``) as a StageResult:
+    the same segments as ``detect_stages`` (peak, transition, stabilization), read off
+    the mean curve with the bootstrap's per-checkpoint standard errors as weights."""
+    c = res.pooled
+    xs, ys, se = res.x, c.y, c.se
+    out = StageResult(c.call, c.drop_p, c.drop_statistic, c.rise_p, c.rise_statistic, xs, ys,
+                      _isotonic(ys, GAUSSIAN, se), "items", se, res.name,
+                      params={**dataclasses.asdict(options), "noise": "items",
+                              "item_test": vars(res.options).copy(), **c.extra})
+    if c.call == "rise_then_drop":
+        _three_stages(out, c.split, GAUSSIAN, options.stable_fraction)
+    elif c.call == "monotone":
+        _rise_plateau(out, options.stable_fraction)
+    else:
+        out.segments = [Segment(c.call, 0, len(xs) - 1, float(xs[0]), float(xs[-1]))]
+    out.reason = _reason(out, c.split, options.alpha) + f"; {c.extra.get('basis', '')}"
+    return out
+
+
 def call_curves(x: Sequence[float], curves: np.ndarray, noise: Noise,
                 higher_is_better: bool = True, options: StageOptions = StageOptions(),
                 name: str = "curves") -> BatchCalls:
@@ -254,7 +276,7 @@ def call_curves(x: Sequence[float], curves: np.ndarray, noise: Noise,
 
 
 def _weights(kind: str, scale: np.ndarray) -> np.ndarray:
-    return scale if kind == BINOMIAL else 1.0 / scale ** 2
+    return scale if kind == BINOMIAL else 1.0 / scale ** 2   # "items": se, as gaussian
 
 
 def _isotonic(y: np.ndarray, kind: str, scale: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -389,13 +411,15 @@ def switch_point(x: Sequence[float], y: Sequence[float], window: int | None = No
     return float(xs[i - 1] + f * (xs[i] - xs[i - 1])), "rising" if rising else "falling", end - start
 
 
-def detect_stages_multi(curves: dict[str, tuple], noise: Noise, performance: str | None = None,
-                        options: StageOptions = StageOptions()) -> MultiStageResult:
+def detect_stages_multi(curves: dict[str, tuple], noise: Noise | None,
+                        performance: str | None = None, options: StageOptions = StageOptions(),
+                        performance_result: StageResult | None = None) -> MultiStageResult:
     """Stages of the performance curve, corroborated by the other curves.
 
     ``curves``: name -> (x, y) or (x, y, higher_is_better); ``noise`` belongs to the
     performance curve. ``performance`` names the curve that defines the stages (default:
-    the first). Every other curve's switch point is mapped onto the performance curve's
+    the first). ``performance_result``: its call already made (e.g. by the item-level
+    test, ``stage_result_from_items``); then ``noise`` is not used. Every other curve's switch point is mapped onto the performance curve's
     checkpoint index (by interpolating x, in log space when all x > 0) and agrees if it
     lies in [end of translation - tol, start of stabilization + tol].
     """
@@ -406,7 +430,8 @@ def detect_stages_multi(curves: dict[str, tuple], noise: Noise, performance: str
         raise BabelError(f"no curve named {name!r} (have: {', '.join(curves)})")
     perf_curve = curves[name]
     hib = perf_curve[2] if len(perf_curve) > 2 else True
-    perf = detect_stages(perf_curve[0], perf_curve[1], noise, hib, options, name=name)
+    perf = performance_result if performance_result is not None else \
+        detect_stages(perf_curve[0], perf_curve[1], noise, hib, options, name=name)
     tol = max(1, len(perf.x) // 10) if options.tolerance is None else options.tolerance
     px = perf.x
     use_log = bool(np.all(px > 0))

@@ -276,8 +276,11 @@ def _prefix_id(tokenizer, fallback: int | None) -> int:
 
 
 def evaluate_model_loss(model, docs_by_lang: dict[str, list[Document]], prefix_id: int,
-                        cfg: LossConfig, progress: bool = True) -> list[dict]:
-    """One row per language for one model."""
+                        cfg: LossConfig, progress: bool = True,
+                        per_document: bool = False) -> list[dict]:
+    """One row per language for one model. ``per_document``: each row also holds every
+    document's nats and bytes (``doc_nats``, ``doc_bytes``): the same documents at every
+    checkpoint are paired items for the item-level stage test (``analysis.item_test``)."""
     from tqdm.auto import tqdm
 
     context = cfg.context or _default_context(model)
@@ -291,7 +294,11 @@ def evaluate_model_loss(model, docs_by_lang: dict[str, list[Document]], prefix_i
                   leave=False) as bar:
             st = score_documents(model, docs, prefix_id, context, stride, cfg.batch_size,
                                  cfg.max_logits_elements, progress=bar.update)
-        rows.append({"language": lang, **loss_row(st), "context": context, "stride": stride})
+        row = {"language": lang, **loss_row(st), "context": context, "stride": stride}
+        if per_document:
+            row["doc_nats"] = [float(v) for v in st["doc_nats"]]
+            row["doc_bytes"] = [int(v) for v in st["doc_bytes"]]
+        rows.append(row)
     return rows
 
 

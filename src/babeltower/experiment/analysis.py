@@ -12,14 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from babeltower.analysis.item_power import ChurnModel, ItemDesign, fit_churn, item_power
+from babeltower.analysis.item_test import ItemSeries, ItemTestOptions, item_stage_test
 from babeltower.analysis.power import Effect, stage_power
 from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, detect_stages,
-                                        detect_stages_multi)
+                                        detect_stages_multi, stage_result_from_items)
 from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with_controls, holm,
                                             paired_t)
 from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.evaluate.transfer import wilson_interval
+from babeltower.experiment.items import across_seeds, bpb_series, knowledge_series
 from babeltower.mixture.optimize import Algorithm1Options, CPTCurve, algorithm1, calibration_table
 
 
@@ -198,14 +201,88 @@ def _calibration(cfg: ExperimentConfig, rows: list[dict], lang: str, c: CPTCurve
     return table
 
 
-def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, int]) -> dict:
-    """Stages per language, Algorithm 1 on the original corpus, and Eq. 1 calibration."""
-    stages, curves, perf_label, calibration, stage_objs = {}, {}, {}, {}, {}
+def seed_runs(run: dict) -> list[dict]:
+    """Every seed's run of one arm and language (older results: the one run)."""
+    return run.get("seeds") or [{"seed": run.get("seed", 0), "run": run.get("run"),
+                                 "checkpoints": run["checkpoints"]}]
+
+
+ITEM_TEST = ItemTestOptions()
+
+
+def _item_stages(cfg: ExperimentConfig, run: dict, lang: str, meta: list[dict]) -> dict | None:
+    """The item-level stage test of the performance signal (every class asked in the new
+    language) pooled over the seeds, corroborated by the first seed's probes; None when
+    the runs hold no per-item outcomes."""
+    seeds = seed_runs(run)
+    series = knowledge_series(seeds, meta, lang, None,
+                              name=f"{lang} knowledge (every class, {len(seeds)} seeds)")
+    if series is None:
+        return None
+    ires = item_stage_test(series, ITEM_TEST)
+    st = stage_result_from_items(ires)
+    rows = run["checkpoints"]
+    multi: dict[str, tuple] = {"performance": (list(series.x), list(series.pooled()), True)}
+    for name, key, hib in _CORROBORATING:
+        cx, cy = curve(rows, key, lang)
+        if len(cx) >= 2 and len(set(cy)) > 1:
+            multi[name] = (cx, cy, hib)
+    res = detect_stages_multi(multi, None, performance="performance", performance_result=st)
+    label = KNOWLEDGE_LABEL.format(lang=lang) + f", mean of {len(seeds)} seeds, item-level test"
+    return {"stages": {**res.to_dict(), "performance_measure": label,
+                       "item_test": ires.to_dict()},
+            "result": st, "series": series, "label": label}
+
+
+def item_power_at(series: ItemSeries, sims: int, seed: int = 0) -> dict | None:
+    """What this design could have seen under the run's OWN churn: the churn model fitted
+    to the items (``item_power.fit_churn``), then a 30% drop after a peak at 20% of CPT at
+    the observed peak level, and monotone / flat curves for false positives, per run and
+    pooled over the seeds."""
+    if sims <= 0 or series.values.shape[0] < 1:
+        return None
+    fit = fit_churn(series.values, series.clusters, seed=seed)
+    model = ChurnModel(**fit["model"])
+    x = (series.x - series.x[0]) / max(1e-9, series.x[-1] - series.x[0])
+    pooled = series.pooled()
+    base = float(np.clip(pooled.max(), 0.1, 0.9))
+    start = float(np.clip(pooled[0], 0.0, base))
+    design = ItemDesign(x, n_items=series.values.shape[1], n_clusters=series.n_clusters,
+                        n_seeds=series.n_seeds)
+    r = item_power(design, model, Effect(peak_at=0.2, drop=0.3, base=base, start=start),
+                   sims=sims, options=ItemTestOptions(n_bootstrap=99), seed=seed)
+    return {"fitted_churn": fit, **r}
+
+
+def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, int],
+                items_meta: list[dict] | None = None) -> dict:
+    """Stages per language, Algorithm 1 on the original corpus, and Eq. 1 calibration.
+
+    With per-item knowledge outcomes (``items_meta``) the call is the item-level test
+    pooled over the continual seeds (docs/stages.md); the binomial test on the first
+    seed is kept next to it with its assumption stated."""
+    stages, curves, perf_label, calibration, stage_objs, seed_curves = {}, {}, {}, {}, {}, {}
     for lang, run in cpt.items():
         rows = run["checkpoints"]
         x, perf, label = performance_curve(cfg, rows, lang)
+        binom, st = _stages(rows, lang, x, perf, label)
+        items = _item_stages(cfg, run, lang, items_meta) if items_meta else None
+        if items is not None:
+            stages[lang] = items["stages"]
+            stages[lang]["binomial_model"] = {
+                "assumption": "every checkpoint an independent binomial draw of n items "
+                              "(false: the same items are re-scored; docs/stages.md)",
+                "seed": run.get("seed", 0), "call": binom["performance"].get("call"),
+                "p_value": binom["performance"].get("p_value")}
+            st, label = items["result"], items["label"]
+            perf = list(items["series"].pooled())
+            stages[lang]["power"] = item_power_at(items["series"], cfg.evaluation.power_sims,
+                                                  seed=cfg.seed)
+            seed_curves[lang] = knowledge_seed_curves(cfg, run, lang, items_meta)
+        else:
+            stages[lang] = binom
+            stages[lang]["power"] = stage_power_at(x, performance_noise(rows, lang, label), perf)
         perf_label[lang] = label
-        stages[lang], st = _stages(rows, lang, x, perf, label)
         if st is not None:
             stage_objs[lang] = st
         lrows = [r for r in rows if (r.get("loss") or {}).get(lang) is not None]
@@ -215,14 +292,48 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
                                 steps=[r["step"] for r in lrows])
         calibration[lang] = _calibration(cfg, rows, lang, curves[lang])
         if cfg.corpus.knowledge is not None:
-            stages[lang]["transfer"] = _transfer_call(rows, lang, f"{lang} transfer")
-        stages[lang]["power"] = stage_power_at(x, performance_noise(rows, lang, label), perf)
+            stages[lang]["transfer"] = _transfer_call(run, lang, f"{lang} transfer", items_meta)
+        bpb = bpb_series(seed_runs(run)[:1], lang, name=f"{lang} bpb (first seed, paired documents)")
+        if bpb is not None and len(bpb.x) >= StageOptions().min_points:
+            stages[lang]["bpb_item_test"] = item_stage_test(bpb, ITEM_TEST).to_dict()
     # a language without a stage result keeps all its data (the reason says why)
     a = cfg.algorithm1
     alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs, options=Algorithm1Options(
         beta=a.beta, p_threshold=a.p_threshold, floor_fraction=a.floor_fraction))
     return {"stages": stages, "performance_measure": perf_label,
-            "algorithm1": alg.to_dict(), "calibration": calibration}
+            "algorithm1": alg.to_dict(), "calibration": calibration,
+            "seed_curves": seed_curves}
+
+
+def knowledge_seed_curves(cfg: ExperimentConfig, run: dict, lang: str, meta: list[dict]) -> dict:
+    """Per-seed knowledge curves with their across-seed mean and interval: every class in
+    both query languages, per query form in the new language, and per key variant
+    where the benchmark has more than one."""
+    seeds = seed_runs(run)
+    out: dict[str, dict] = {}
+    classes = sorted({m["class"] for m in meta})
+    forms = sorted({m["form"] for m in meta if "form" in m})
+    keys = sorted({m.get("key", "same") for m in meta})
+    for q in (lang, cfg.primary):
+        for cls in classes:
+            for key in (keys if len(keys) > 1 else [None]):
+                ser = knowledge_series(seeds, meta, lang, cls, q, key=key)
+                if ser is not None:
+                    name = f"{cls} asked in {q}" + (f" ({key} key)" if key else "")
+                    out[name] = {"class": cls, "query_language": q, "key": key,
+                                 **across_seeds(ser)}
+    for form in forms:
+        sub = [m if m.get("form") == form else {**m, "language": None} for m in meta]
+        ser = knowledge_series(seeds, sub, lang, None, lang)
+        if ser is not None:
+            out[f"every class asked in {lang}, {form} form"] = {
+                "class": None, "query_language": lang, "form": form, **across_seeds(ser)}
+    return out
+
+
+def cuts_anything(alg: dict) -> bool:
+    """Whether Algorithm 1 down-sampled any language (else optimised = original)."""
+    return any(d["target_tokens"] < d["available"] for d in (alg.get("languages") or {}).values())
 
 
 # ------------------------------------------------------------------------------ mixtures
@@ -366,68 +477,109 @@ def _final_value(run: dict, measure: str, lang: str, cfg: ExperimentConfig) -> f
 
 
 # ------------------------------------------------------------------------ replay contrast
-def _end_rate(rows: list[dict], lang: str, cls: str, query_language: str) -> dict | None:
-    kn = knowledge_counts(rows[-1], lang, cls, query_language) if rows else None
-    if kn is None or kn[1] == 0:
-        return None
-    lo, hi = wilson_interval(*kn)
-    return {"k": kn[0], "n": kn[1], "accuracy": kn[0] / kn[1], "lo95": lo, "hi95": hi}
-
-
-def _difference(a: dict | None, b: dict | None) -> dict | None:
-    """a - b of two independent proportions with a Newcombe (Wilson-score) 95% interval."""
-    if a is None or b is None:
-        return None
-    d = a["accuracy"] - b["accuracy"]
-    lo = d - math.sqrt((a["accuracy"] - a["lo95"]) ** 2 + (b["hi95"] - b["accuracy"]) ** 2)
-    hi = d + math.sqrt((a["hi95"] - a["accuracy"]) ** 2 + (b["accuracy"] - b["lo95"]) ** 2)
-    return {"difference": d, "lo95": lo, "hi95": hi}
-
-
-def _transfer_call(rows: list[dict], lang: str, name: str) -> dict:
-    x, y, n = knowledge_curve(rows, lang)
+def _transfer_call(run: dict, lang: str, name: str, meta: list[dict] | None = None) -> dict:
+    """The stage test on the transfer curve (primary-only facts asked in the new
+    language): item-level and pooled over seeds when per-item outcomes exist, else the
+    binomial test on the one run."""
+    seeds = seed_runs(run)
+    ser = knowledge_series(seeds, meta, lang, "primary-only", lang, name=name) if meta else None
+    if ser is not None:
+        try:
+            res = item_stage_test(ser, ITEM_TEST)
+        except BabelError as e:
+            return {"call": "undetermined", "reason": str(e)}
+        st = stage_result_from_items(res)
+        return {"call": st.call, "p_value": st.p_value, "rise_p_value": st.rise_p_value,
+                "peak_x": st.peak_x, "reason": st.reason, "test": "items",
+                "per_seed": [{"seed": s["seed"], "call": c.call, "drop_p": c.drop_p}
+                             for s, c in zip(seeds, res.per_seed)],
+                **{k: v for k, v in res.pooled.extra.items()}}
+    x, y, n = knowledge_curve(run["checkpoints"], lang)
     try:
         res = detect_stages(x, y, BinomialNoise(n), options=StageOptions(), name=name)
     except BabelError as e:
         return {"call": "undetermined", "reason": str(e)}
     return {"call": res.call, "p_value": res.p_value, "rise_p_value": res.rise_p_value,
-            "peak_x": res.peak_x, "reason": res.reason}
+            "peak_x": res.peak_x, "reason": res.reason, "test": "binomial"}
 
 
-def replay_contrast(cfg: ExperimentConfig, cpt: dict[str, dict], replay: dict[str, dict]) -> dict:
+def _seed_end_rates(run: dict, lang: str, cls: str, query_language: str) -> list[float]:
+    out = []
+    for s in seed_runs(run):
+        kn = knowledge_counts(s["checkpoints"][-1], lang, cls, query_language)
+        if kn is not None and kn[1] > 0:
+            out.append(kn[0] / kn[1])
+    return out
+
+
+def _over_seeds(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    m, lo, hi = mean_ci(values)
+    return {"mean": m, "ci_low": lo, "ci_high": hi, "per_seed": values, "n_seeds": len(values)}
+
+
+def _paired_by_seed(a: list[float], b: list[float]) -> dict | None:
+    """a - b paired by seed index (the same data-order seed in both arms), with a
+    Student-t interval and p-value over seeds."""
+    n = min(len(a), len(b))
+    if n < 2:
+        return None
+    d = [x - y for x, y in zip(a[:n], b[:n])]
+    t = paired_t(d)
+    return {"difference": float(np.mean(d)), "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+            "p": t["p"], "per_seed": d, "n_seeds": n}
+
+
+ARM_NAMES = {"replay": "replay", "replay_nofacts": "replay without the fact documents"}
+
+
+def replay_contrast(cfg: ExperimentConfig, cpt: dict[str, dict], arms: dict[str, dict],
+                    items_meta: list[dict] | None = None) -> dict:
     """Per new language: is a drop of transferred knowledge a switch of systems or plain
-    forgetting? The same stage test on the transfer curve with and without primary replay,
-    and at the last checkpoint the transfer and primary-side accuracies of both arms with
-    their difference (Newcombe interval). A drop that persists under replay, while replay
-    keeps the primary facts, is not explained by forgetting them."""
+    forgetting? The item-level stage test on the transfer curve of every arm (no replay,
+    replay, replay without the fact documents), and at the last checkpoint each arm's
+    transfer and primary-side accuracies (mean and t-interval over seeds) with their
+    differences from the no-replay arm paired by seed, Holm-corrected over the family.
+    Replay without the fact documents separates retention (kept without being shown
+    again) from re-exposure."""
     out = {}
     for lang, run in cpt.items():
-        if lang not in replay:
-            continue
-        rows, rrows = run["checkpoints"], replay[lang]["checkpoints"]
-        arms = {}
-        for arm, rs in (("no_replay", rows), ("replay", rrows)):
-            arms[arm] = {"transfer_stage": _transfer_call(rs, lang, f"{lang} transfer ({arm})"),
-                         "transfer_end": _end_rate(rs, lang, "primary-only", lang),
-                         "primary_side_end": _end_rate(rs, lang, "primary-only", cfg.primary),
-                         "primary_bpb_end": (rs[-1].get("bpb") or {}).get(cfg.primary)}
-        out[lang] = {**arms, "share": cfg.continual.replay_share,
-                     "transfer_difference": _difference(arms["replay"]["transfer_end"],
-                                                        arms["no_replay"]["transfer_end"]),
-                     "primary_side_difference": _difference(arms["replay"]["primary_side_end"],
-                                                            arms["no_replay"]["primary_side_end"]),
-                     "reading": _replay_reading(arms)}
+        per_arm = {"no_replay": run, **{a: r[lang] for a, r in arms.items() if lang in r}}
+        table = {}
+        for arm, r in per_arm.items():
+            t_end = _seed_end_rates(r, lang, "primary-only", lang)
+            p_end = _seed_end_rates(r, lang, "primary-only", cfg.primary)
+            table[arm] = {"transfer_stage": _transfer_call(r, lang, f"{lang} transfer ({arm})",
+                                                           items_meta),
+                          "transfer_end": _over_seeds(t_end), "primary_side_end": _over_seeds(p_end),
+                          "primary_bpb_end": (r["checkpoints"][-1].get("bpb") or {}).get(cfg.primary),
+                          "_t": t_end, "_p": p_end}
+        diffs = {}
+        for arm in per_arm:
+            if arm == "no_replay":
+                continue
+            for what, key in (("transfer", "_t"), ("primary_side", "_p")):
+                diffs[f"{arm}: {what}"] = _paired_by_seed(table[arm][key], table["no_replay"][key])
+        ps = [d["p"] if d else float("nan") for d in diffs.values()]
+        for d, ph in zip(diffs.values(), holm(ps)):
+            if d:
+                d["p_holm"] = ph
+        for arm in table.values():
+            arm.pop("_t"), arm.pop("_p")
+        out[lang] = {**table, "share": cfg.continual.replay_share, "differences": diffs,
+                     "reading": _replay_reading(table)}
     return out
 
 
 def _replay_reading(arms: dict) -> str:
     drop = {a: arms[a]["transfer_stage"]["call"] == "rise_then_drop" for a in arms}
-    if drop["no_replay"] and drop["replay"]:
+    if drop.get("no_replay") and all(drop.values()):
         return ("the transferred knowledge rises then drops with and without replay: the drop "
                 "is not explained by forgetting the primary facts (a switch of systems)")
-    if drop["no_replay"]:
+    if drop.get("no_replay"):
         return ("the drop appears without replay only: it tracks forgetting of the primary "
                 "facts, not a switch of systems")
-    if drop["replay"]:
+    if any(drop.values()):
         return "a drop only with replay: no reading (see the curves)"
-    return "no significant drop in either arm: nothing to attribute"
+    return "no significant drop in any arm (pooled over seeds): nothing to attribute"

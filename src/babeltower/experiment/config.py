@@ -70,6 +70,22 @@ class ContinualSettings(PhaseSettings):
     # > 0: a second continual pre-training arm per new language in which this share of
     # every batch is primary-language replay, so a drop can be told apart from forgetting
     replay_share: float = Field(0.0, ge=0.0, lt=1.0)
+    # data-order seeds of every continual arm (the model starts from the same primary
+    # checkpoint; the seed draws which windows of the new language are read and in what
+    # order). One run is one draw: stage calls pool over these (docs/stages.md). The
+    # first seed is measured with every probe; the others with the knowledge benchmark
+    # at every checkpoint and loss at the ends.
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # a third arm: the same replay share, but the replayed primary text excludes the
+    # injected fact documents, so retention (no re-exposure) and re-exposure separate
+    replay_without_facts: bool = False
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"continual.seeds has duplicates: {v}")
+        return v
 
 
 class EvaluationSettings(_Strict):
@@ -82,6 +98,9 @@ class EvaluationSettings(_Strict):
     # forgetting curve is smooth, and loss is most of a checkpoint's measurement time;
     # the new language's loss (Algorithm 1's curve) is read at every checkpoint
     primary_loss_every: int = Field(1, ge=1)
+    # item-level simulations behind the report's power at the run's own fitted churn
+    # (0: not simulated); each costs ~0.1-0.3 s on 2 cores
+    power_sims: int = Field(100, ge=0)
 
 
 class ProbeSettings(_Strict):
@@ -92,6 +111,14 @@ class ProbeSettings(_Strict):
     # LAPE: share of lowest-entropy neurons kept. Tang et al. use 1-5%; tiny models have
     # ~2k MLP neurons, so 1% would be ~20 neurons split over all languages.
     top_rate: float = 0.05
+    # languages LAPE also reads as held-out text only (never trained on): LAPE's entropy
+    # over two languages is degenerate, Tang et al. use seven (docs/probes.md)
+    lape_languages: list[str] = []
+
+    @field_validator("lape_languages")
+    @classmethod
+    def _lape_langs(cls, v: list[str]) -> list[str]:
+        return [canonical(x) for x in v]
 
 
 class ScratchSettings(_Strict):
@@ -107,6 +134,9 @@ class ScratchSettings(_Strict):
     # shape: the primary a minority, new languages larger), or None = the train split's
     # natural distribution
     original: dict[str, float] | None = None
+    # "always", or "cut": only when Algorithm 1 cuts a language - otherwise the optimised
+    # corpus IS the original one and the runs would compare a corpus with itself
+    run_when: Literal["always", "cut"] = "always"
 
     @field_validator("mixtures")
     @classmethod
@@ -189,6 +219,11 @@ class ExperimentConfig(_Strict):
     @property
     def languages(self) -> list[str]:
         return [self.primary, *self.new_languages]
+
+    @property
+    def corpus_languages(self) -> list[str]:
+        """Languages in the corpus: the trained ones and LAPE's held-out-only ones."""
+        return self.languages + [x for x in self.probes.lape_languages if x not in self.languages]
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | dict | None = None,

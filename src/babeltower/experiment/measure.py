@@ -31,7 +31,7 @@ import numpy as np
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.shards import TokenShards
 from babeltower.evaluate.knowledge import knowledge_curves, knowledge_items, transfer_shares
-from babeltower.evaluate.loss import LossConfig, documents_from_shards, evaluate_model_loss
+from babeltower.evaluate.loss import LN2, LossConfig, documents_from_shards, evaluate_model_loss
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
 from babeltower.probes.neurons import collect_stats, lape_select, windows_from_ids
@@ -99,9 +99,15 @@ class _Loss:
         return {**self.cfg.model_dump(mode="json"), "languages": sorted(self.docs)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False)
-        # the document bootstrap's 95% interval as a standard error (the stage test's noise)
+        lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False,
+                                    per_document=True)
+        # the document bootstrap's 95% interval as a standard error (the binomial-era
+        # stage test's noise); the per-document bits are the paired items of the
+        # item-level test (the same documents at every checkpoint)
         return [{"loss": {r["language"]: r["loss"] for r in lrows},
+                 "doc_bits": {r["language"]: [round(v / LN2, 4) for v in r["doc_nats"]]
+                              for r in lrows},
+                 "doc_bytes": {r["language"]: r["doc_bytes"] for r in lrows},
                  "bpb": {r["language"]: r["bits_per_byte"] for r in lrows},
                  "bpb_se": {r["language"]: (r["bpb_hi95"] - r["bpb_lo95"]) / (2 * 1.96)
                             for r in lrows if r.get("bpb_hi95") is not None},
@@ -159,6 +165,19 @@ def _num(v):
     return v if np.isfinite(v) else None
 
 
+def knowledge_order(facts: dict, split: str) -> list[str]:
+    """Query ids of one split in facts.json's order: the order of every per-item list."""
+    return [q["id"] for q in facts["queries"] if q["split"] == split]
+
+
+def knowledge_item_meta(facts: dict, split: str) -> list[dict]:
+    """What each item of ``knowledge_order`` is (query, fact, class, target, language,
+    form, answer and, where the benchmark has them, its key variant): recorded once per
+    run next to the per-checkpoint outcomes."""
+    keep = ("id", "fact", "class", "target", "language", "side", "form", "answer", "key")
+    return [{k: q[k] for k in keep if k in q} for q in facts["queries"] if q["split"] == split]
+
+
 class _Knowledge:
     """Controlled-knowledge accuracy per class x query language (k of n, Wilson interval)
     and the knowledge-transfer share, on one split of the held-out queries."""
@@ -174,11 +193,20 @@ class _Knowledge:
     def measure(self, model, tokenizer, ref) -> list[dict]:
         items = knowledge_items(model, tokenizer, self.facts, batch_size=64, split=self.split)
         series = [(ref.name, ref.step, items)]
+        # every item's outcome at this checkpoint, in a fixed order (``knowledge_order``):
+        # the item-level stage test re-tests any curve from these without re-scoring
+        order = {r["query"]: r for r in items}
+        ids = knowledge_order(self.facts, self.split)
+        per_item = {"correct": [int(order[q]["correct"]) for q in ids],
+                    "logprob_answer_set": [round(float(order[q]["logprob_answer_set"]), 4)
+                                           for q in ids]}
+        if ids and "margin" in order[ids[0]]:
+            per_item["margin"] = [round(float(order[q]["margin"]), 4) for q in ids]
         curves = knowledge_curves(series, len(self.facts["answers"]))
         shares = transfer_shares(series)
         keep = ["class", "target", "language", "side", "k", "n", "accuracy", "lo95", "hi95"]
         return [{"knowledge": {
-            "split": self.split, "chance": 1 / len(self.facts["answers"]),
+            "split": self.split, "chance": 1 / len(self.facts["answers"]), "items": per_item,
             "curves": json.loads(curves[keep].to_json(orient="records")),
             "transfer": json.loads(shares.drop(columns=["checkpoint", "step"]).to_json(orient="records"))}}]
 
@@ -306,19 +334,28 @@ LAPE_MIN_DOCUMENTS = 20
 
 
 def _lape_inputs(shards, cfg: ExperimentConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """Fixed held-out token windows per language for LAPE (validation split), and per
-    language the tokens and documents they hold."""
+    """Fixed held-out token windows per language for LAPE, and per language the tokens
+    and documents they hold: the validation split of the trained languages, and the
+    train split of ``probes.lape_languages`` (never trained on, so all of it is held
+    out)."""
     n = max(cfg.probes.neuron_tokens_per_language, LAPE_MIN_TOKENS)
-    docs = documents_from_shards(shards, cfg.languages, "validation", n)
-    few = [lang for lang, ds in docs.items() if len(ds) < LAPE_MIN_DOCUMENTS]
-    if few:   # long documents: take more of them, whatever their tokens add up to
-        more = documents_from_shards(shards, few, "validation", 1 << 62, LAPE_MIN_DOCUMENTS)
-        docs.update({lang: ds for lang, ds in more.items() if len(ds) > len(docs[lang])})
+    text_only = [x for x in cfg.probes.lape_languages if x not in cfg.languages]
+    docs = {}
+    for langs, split in ((cfg.languages, "validation"), (text_only, "train")):
+        if not langs:
+            continue
+        got = documents_from_shards(shards, langs, split, n)
+        few = [lang for lang, ds in got.items() if len(ds) < LAPE_MIN_DOCUMENTS]
+        if few:   # long documents: take more of them, whatever their tokens add up to
+            more = documents_from_shards(shards, few, split, 1 << 62, LAPE_MIN_DOCUMENTS)
+            got.update({lang: ds for lang, ds in more.items() if len(ds) > len(got[lang])})
+        docs.update(got)
     windows, counted = {}, {}
     for lang, ds in docs.items():
         ids = np.concatenate([d.tokens for d in ds])
         windows[lang] = windows_from_ids(ids, ids.size, cfg.model.seq_len)
-        counted[lang] = {"tokens": int(windows[lang].size), "documents": len(ds)}
+        counted[lang] = {"tokens": int(windows[lang].size), "documents": len(ds),
+                         "split": "train (never trained on)" if lang in text_only else "validation"}
     return windows, counted
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from rich.console import Console
 
 from babeltower.checkpoints import list_checkpoints
-from babeltower.corpus.config import BuildConfig, SplitConfig
+from babeltower.corpus.config import BuildConfig, SplitConfig, TokenizerConfig
 from babeltower.corpus.fetch import fetch_corpus
 from babeltower.corpus.knowledge import KnowledgeConfig, load_facts, load_knowledge_config
 from babeltower.corpus.prepare import prepare_data
@@ -196,13 +196,19 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     data_dir, available, corpus0, mixtures = data_step(cfg, steps, results)
     primary_ckpt = primary_step(cfg, steps, data_dir, results)
     results["cpt"] = cpt_step(cfg, steps, data_dir, primary_ckpt)
+    for arm in cpt_arms(cfg)[1:]:
+        results[f"cpt_{arm}"] = cpt_step(cfg, steps, data_dir, primary_ckpt, arm=arm)
+    facts = facts_of(cfg, data_dir)
+    items_meta = measure.knowledge_item_meta(facts, "validation") if facts else None
+    results["knowledge_items"] = items_meta
     if cfg.continual.replay_share > 0:
-        results["cpt_replay"] = cpt_step(cfg, steps, data_dir, primary_ckpt, replay=True)
-        results["replay"] = analysis.replay_contrast(cfg, results["cpt"], results["cpt_replay"])
+        results["replay"] = analysis.replay_contrast(cfg, results["cpt"], {
+            arm: results[f"cpt_{arm}"] for arm in cpt_arms(cfg)[1:]}, items_meta)
     analysed = steps.run("stages-algorithm1",
-                         {"cpt": {k: v["checkpoints"] for k, v in results["cpt"].items()},
-                          "corpus0": corpus0},
-                         lambda: analysis.analyse_cpt(cfg, results["cpt"], corpus0),
+                         {"cpt": {k: [s["checkpoints"] for s in v["seeds"]]
+                                  for k, v in results["cpt"].items()},
+                          "corpus0": corpus0, "version": STAGES_VERSION},
+                         lambda: analysis.analyse_cpt(cfg, results["cpt"], corpus0, items_meta),
                          "stage detection, Algorithm 1, calibration of Eq. 1")
     results.update(analysed)
     mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
@@ -210,8 +216,15 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
         mixtures["regmix"] = _regmix(cfg, steps, data_dir, corpus0)
     results["mixtures"] = {k: v for k, v in mixtures.items() if k in cfg.scratch.mixtures
                            or k in ("natural", "optimized")}
-    results["scratch_runs"] = scratch_step(cfg, steps, data_dir, mixtures)
-    results["comparison"] = analysis.compare(cfg, results["scratch_runs"])
+    cut = analysis.cuts_anything(results["algorithm1"])
+    if cfg.scratch.run_when == "always" or cut:
+        results["scratch_runs"] = scratch_step(cfg, steps, data_dir, mixtures)
+        results["comparison"] = analysis.compare(cfg, results["scratch_runs"])
+    else:
+        results["scratch_runs"] = []
+        results["comparison"] = {"skipped": (
+            "Algorithm 1 cut nothing, so the optimised corpus is the original one: "
+            "from-scratch runs would compare a corpus with itself (scratch.run_when: cut)")}
 
     results["timings_seconds"] = {**steps.timings, "total_this_invocation": time.time() - t_start}
     results["provenance"] = provenance(config=cfg, seed=cfg.seed, data_hashes={
@@ -226,7 +239,7 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
 def _planned_steps(cfg: ExperimentConfig) -> int:
     s = cfg.scratch
     n_scratch = len(s.mixtures) * len(s.seeds) + (2 * len(s.seeds) if s.equal_epochs else 0)
-    arms = 2 if cfg.continual.replay_share > 0 else 1
+    arms = len(cpt_arms(cfg)) * len(cfg.continual.seeds)
     return (3 + 2 * arms * len(cfg.new_languages) + 2
             + (cfg.regmix.proxies + 1 if "regmix" in s.mixtures else 0) + 2 * n_scratch)
 
@@ -235,7 +248,7 @@ def data_step(cfg: ExperimentConfig, steps: StepCache, results: dict):
     """Fetch + build + tokenize + pack (cached), then the budgets every later step needs:
     tokens available per language, the original corpus, the baseline mixtures (a budget
     the corpus cannot meet fails here, before any training)."""
-    data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.languages}
+    data_key = {"corpus": cfg.corpus.model_dump(mode="json"), "languages": cfg.corpus_languages}
     data_dir = Path(steps.run("data", data_key, lambda: str(prepare_corpus(cfg)),
                               "fetch code from packages, build, tokenize, pack"))
     shards = TokenShards(data_dir)
@@ -260,37 +273,70 @@ def primary_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, result
     return _final_checkpoint(run)
 
 
+REPLAY_ARMS = {"none": "", "replay": "-replay", "replay_nofacts": "-replay-nofacts"}
+
+
+def cpt_arms(cfg: ExperimentConfig) -> list[str]:
+    """The continual arms: no replay; replay; replay without the fact documents."""
+    arms = ["none"]
+    if cfg.continual.replay_share > 0:
+        arms.append("replay")
+        if cfg.continual.replay_without_facts:
+            arms.append("replay_nofacts")
+    return arms
+
+
 def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ckpt: str,
-             replay: bool = False) -> dict[str, dict]:
-    """Continual pre-training on each new language from the primary model, measured at
-    every checkpoint. ``replay``: the control arm, where ``continual.replay_share`` of the
-    tokens are primary-language replay (same steps and learning rate)."""
+             arm: str = "none") -> dict[str, dict]:
+    """Continual pre-training on each new language from the primary model, one run per
+    data-order seed (``continual.seeds``), measured at every checkpoint. ``arm``: "none";
+    "replay", where ``continual.replay_share`` of the tokens are primary-language replay
+    (same steps and learning rate); "replay_nofacts", the same replay without the
+    injected fact documents (retention without re-exposure).
+
+    Returns {lang: {"run", "checkpoints", "budgets", "seed", "seeds": [{"seed", "run",
+    "checkpoints"}, ...]}}: the first seed's run at the top (every probe), every seed's
+    run (the first included) under "seeds"."""
     c = cfg.continual
     facts = facts_of(cfg, data_dir)
     out: dict[str, dict] = {}
     for lang in cfg.new_languages:
+        replay = arm != "none"
         budgets = ({lang: round(c.tokens * (1 - c.replay_share)),
                     cfg.primary: round(c.tokens * c.replay_share)} if replay else {lang: c.tokens})
-        name = f"cpt-{lang}" + ("-replay" if replay else "")
-        tc = train_config(cfg, data_dir, name, {"name": name, "budgets": budgets},
-                          RunSpec.of_phase(c), cfg.seed, init_from=primary_ckpt)
-        what = (f"continual pre-training on {lang}" + (f" + {c.replay_share:.0%} {cfg.primary} replay"
-                                                       if replay else "") + f", {c.tokens:,} tokens")
-        run = _train(steps, name, tc, what)
-        key = {"run": tc.identity(), **_measure_key(cfg), "replay": replay}
-        # the replay arm is read through its knowledge curves (every checkpoint) and its
-        # primary bpb at the ends; the no-replay arm gets every measure everywhere
-        rows = steps.run(f"measure-{name}", key,
-                         lambda run=run, lang=lang, key=key: measure.measure_series(
-                             run, data_dir, cfg, pair_languages=[lang],
-                             loss_languages=[cfg.primary, lang], split="validation",
-                             facts=facts, probes=not replay, lape_every=cfg.probes.every,
-                             loss_every=(LOSS_AT_ENDS if replay else
-                                         {cfg.primary: cfg.evaluation.primary_loss_every}),
-                             state=_series_state(cfg, f"measure-{name}", key)),
-                         ("knowledge at every checkpoint, loss / bpb at the ends" if replay else
-                          "loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"))
-        out[lang] = {"run": run, "checkpoints": rows, "budgets": budgets}
+        seeds = []
+        for i, seed in enumerate(c.seeds):
+            first = i == 0
+            # the first seed keeps the historical run names (cached runs stay valid)
+            name = f"cpt-{lang}{REPLAY_ARMS[arm]}" + ("" if first else f"-s{seed}")
+            mixture = {"name": name, "budgets": budgets}
+            if arm == "replay_nofacts":
+                mixture["exclude_knowledge"] = [cfg.primary]
+            tc = train_config(cfg, data_dir, name, mixture, RunSpec.of_phase(c), seed,
+                              init_from=primary_ckpt)
+            what = (f"continual pre-training on {lang}"
+                    + (f" + {c.replay_share:.0%} {cfg.primary} replay" if replay else "")
+                    + (" without the fact documents" if arm == "replay_nofacts" else "")
+                    + f", {c.tokens:,} tokens, seed {seed}")
+            run = _train(steps, name, tc, what)
+            full = first and not replay
+            key = {"run": tc.identity(), **_measure_key(cfg), "arm": arm, "full": full}
+            # the first no-replay run gets every measure; every other run is read through
+            # its knowledge items (every checkpoint) and its loss at the ends
+            rows = steps.run(f"measure-{name}", key,
+                             lambda run=run, lang=lang, key=key, name=name, full=full:
+                             measure.measure_series(
+                                 run, data_dir, cfg, pair_languages=[lang] if full else [],
+                                 loss_languages=[cfg.primary, lang], split="validation",
+                                 facts=facts, probes=full, lape_every=cfg.probes.every,
+                                 loss_every=({cfg.primary: cfg.evaluation.primary_loss_every}
+                                             if full else LOSS_AT_ENDS),
+                                 state=_series_state(cfg, f"measure-{name}", key)),
+                             ("loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"
+                              if full else "knowledge items at every checkpoint, loss / bpb at the ends"))
+            seeds.append({"seed": seed, "run": run, "checkpoints": rows})
+        out[lang] = {"run": seeds[0]["run"], "checkpoints": seeds[0]["checkpoints"],
+                     "budgets": budgets, "seed": c.seeds[0], "arm": arm, "seeds": seeds}
     return out
 
 
@@ -350,16 +396,19 @@ def prepare_corpus(cfg: ExperimentConfig) -> Path:
     """Fetch (optional) + extra sources -> build -> tokenizer -> packed shards."""
     sources = list(cfg.corpus.sources)
     if cfg.corpus.fetch:
-        sources.insert(0, str(fetch_corpus(cfg.workdir / "sources", languages=cfg.languages,
+        sources.insert(0, str(fetch_corpus(cfg.workdir / "sources", languages=cfg.corpus_languages,
                                            max_mb_per_language=cfg.corpus.max_mb_per_language,
                                            seed=cfg.corpus.seed, overwrite=True)))
     if not sources:
         raise BabelError("corpus.fetch is false and corpus.sources is empty: no code to train on")
     c = cfg.corpus
-    build = BuildConfig(languages=cfg.languages, seed=c.seed,
+    build = BuildConfig(languages=cfg.corpus_languages, seed=c.seed,
                         split=SplitConfig(validation=c.validation, test=c.test))
-    return prepare_data(sources, cfg.workdir / "data", languages=cfg.languages,
-                        vocab_size=c.vocab_size, seed=c.seed, build=build,
+    # the tokenizer learns the trained languages only: LAPE's held-out-only languages
+    # (probes.lape_languages) are read as text the model never trained on
+    tok = TokenizerConfig(vocab_size=c.vocab_size, languages=cfg.languages, seed=c.seed)
+    return prepare_data(sources, cfg.workdir / "data", languages=cfg.corpus_languages,
+                        vocab_size=c.vocab_size, seed=c.seed, build=build, tokenizer=tok,
                         knowledge=knowledge_config(cfg))
 
 
@@ -378,6 +427,9 @@ def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
         return None
     return load_facts(Path(data_dir).parent / "knowledge" / "facts.json")
 
+
+# bump when the stage analysis changes what it computes from the same rows
+STAGES_VERSION = 2
 
 # an interval larger than any series: loss / bpb (or LAPE) at the first and last
 # checkpoints only

@@ -1,0 +1,93 @@
+"""Item trajectories out of measured runs: the input of the item-level stage test.
+
+Every knowledge checkpoint row holds each validation query's outcome in one fixed order
+(``measure.knowledge_order``); ``results["knowledge_items"]`` says once what each item
+is (class, query language, target, form, answer, key). Loss rows hold each held-out
+document's bits (``doc_bits``) and bytes. A curve over several seeds is then an
+``ItemSeries`` (seeds x items x checkpoints) without scoring anything again.
+
+Pure functions over results.json's plain dicts (usable from a notebook).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from babeltower.analysis.item_test import ItemSeries
+from babeltower.errors import BabelError
+
+
+def select_items(meta: list[dict], lang: str, cls: str | None = None,
+                 query_language: str | None = None, key: str | None = None) -> np.ndarray:
+    """Indices of the items of one class (None: every class) asked in ``query_language``
+    (default: the new language ``lang``) that belong to ``lang`` (its own classes and
+    the primary-only pool, which serves every new language)."""
+    q = query_language or lang
+    return np.array([i for i, m in enumerate(meta)
+                     if m["language"] == q and (cls is None or m["class"] == cls)
+                     and m.get("target") in (lang, None)
+                     and (key is None or m.get("key", "same") == key)], dtype=np.int64)
+
+
+def knowledge_series(seed_runs: list[dict], meta: list[dict], lang: str, cls: str | None = None,
+                     query_language: str | None = None, key: str | None = None,
+                     name: str = "knowledge", cluster_by: str = "answer") -> ItemSeries | None:
+    """(seeds, items, checkpoints) 0/1 outcomes of one knowledge curve; clusters are the
+    items' answers (flips cluster by answer token: issue 19). None when the runs did not
+    record per-item outcomes or hold no such item."""
+    idx = select_items(meta, lang, cls, query_language, key)
+    if idx.size < 2:
+        return None
+    mats, xs = [], None
+    for run in seed_runs:
+        rows = [r for r in run["checkpoints"] if ((r.get("knowledge") or {}).get("items"))]
+        if len(rows) != len(run["checkpoints"]) or not rows:
+            return None
+        x = [float(r["tokens"]) for r in rows]
+        if xs is None:
+            xs = x
+        elif x != xs:
+            raise BabelError(f"{name}: the seeds' checkpoints differ ({len(x)} vs {len(xs)})")
+        mats.append(np.array([np.asarray(r["knowledge"]["items"]["correct"], dtype=float)[idx]
+                              for r in rows]).T)
+    clusters = np.array([str(meta[i].get(cluster_by)) for i in idx])
+    if np.unique(clusters).size < 2:
+        clusters = idx.astype(str)
+    return ItemSeries(np.asarray(xs), np.stack(mats), np.ones(idx.size), clusters, True, name)
+
+
+def bpb_series(seed_runs: list[dict], lang: str, name: str = "bpb") -> ItemSeries | None:
+    """(seeds, documents, checkpoints) bits per document over its bytes, from the
+    checkpoints where loss was read in EVERY seed (documents are paired items: the same
+    held-out documents at every checkpoint); lower is better. None without doc_bits."""
+    per = []
+    for run in seed_runs:
+        per.append({float(r["tokens"]): r for r in run["checkpoints"]
+                    if ((r.get("doc_bits") or {}).get(lang)) is not None})
+    common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    if len(common) < 2:
+        return None
+    mats = [np.array([p[x]["doc_bits"][lang] for x in common], dtype=float).T for p in per]
+    units = np.asarray(per[0][common[0]]["doc_bytes"][lang], dtype=float)
+    if any(m.shape[0] != units.size for m in mats):
+        raise BabelError(f"{name}: the seeds scored different documents")
+    return ItemSeries(np.asarray(common), np.stack(mats), units, np.arange(units.size), False, name)
+
+
+def across_seeds(series: ItemSeries) -> dict:
+    """Per-seed curves and their mean with a Student-t 95% interval over seeds at every
+    checkpoint (seed as the unit), plus the mean's item-bootstrap se (items as the unit,
+    one seed's view). Orientation of the measure (accuracy, or bits per byte)."""
+    from scipy import stats
+
+    c = series.curves() if series.higher_is_better else -series.curves()
+    s = c.shape[0]
+    mean = c.mean(axis=0)
+    out = {"x": series.x.tolist(), "per_seed": c.tolist(), "mean": mean.tolist(),
+           "n_seeds": s, "n_items": int(series.values.shape[1])}
+    if s >= 2:
+        half = stats.t.ppf(0.975, s - 1) * c.std(axis=0, ddof=1) / np.sqrt(s)
+        out["ci95"] = [(mean - half).tolist(), (mean + half).tolist()]
+        out["between_seed_sd"] = c.std(axis=0, ddof=1).tolist()
+    return out
+
