@@ -23,7 +23,7 @@ from babeltower.corpus.config import BuildConfig, PackConfig, TokenizerConfig
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.knowledge import FORMS, knowledge_source, load_facts, render, \
     write_knowledge
-from babeltower.corpus.pack import pack_corpus
+from babeltower.corpus.pack import fact_char_spans, pack_corpus
 from babeltower.corpus.shards import TokenShards
 from babeltower.corpus.tokenizer import train_tokenizer
 from babeltower.errors import BabelError
@@ -192,4 +192,31 @@ def test_exposures_arguments_and_old_data(built, tmp_path):
     (old / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BabelError, match="repack") as e:
         fact_exposures(old, spec, 24, sequences=5)
+    assert "\n" not in str(e.value)
+
+
+def test_fact_char_spans_follow_the_documents_shape():
+    php = "<?php\n\ndefine('A', 1);\n\nfunction B() {\n    return 2;\n}\n"
+    assert [php[a:b] for a, b in fact_char_spans(php, 2)] == \
+        ["define('A', 1);", "function B() {\n    return 2;\n}"]
+    py = "A: int = 1\n\nSETTINGS = {\n    \"B\": 2,\n}\n"              # no header
+    assert [py[a:b] for a, b in fact_char_spans(py, 2)] == \
+        ["A: int = 1", "SETTINGS = {\n    \"B\": 2,\n}"]
+    for text, n in [(php, 4), (php, 1), (py, 3), (py, 0), ("", 0), ("x\n", 0)]:
+        assert fact_char_spans(text, n) is None
+    # (the shape alone cannot tell a header from a rendering when the pieces are exactly
+    # one per fact or one more: (php, 3) and (py, 1) would be misread; make_documents
+    # never writes those, and the pack test above checks every span against the fact's
+    # own rendering)
+
+
+def test_documents_without_fact_spans_are_refused_by_name(built, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(built["data"], data)
+    rows = [json.loads(x) for x in (data / "knowledge.jsonl").read_text().splitlines()]
+    rows[3]["fact_spans"] = None
+    (data / "knowledge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(BabelError, match=f"{rows[3]['path']} .*has no fact spans") as e:
+        fact_exposures(data, {"budgets": {"php": 3000}}, 24, sequences=5)
     assert "\n" not in str(e.value)
