@@ -28,7 +28,7 @@ from babeltower.corpus.shards import TokenShards
 from babeltower.corpus.tokenizer import train_tokenizer
 from babeltower.errors import BabelError
 from babeltower.mixture import MixtureSampler
-from babeltower.mixture.exposures import fact_exposures
+from babeltower.mixture.exposures import exposure_curve, fact_exposures
 
 KCFG = dict(primary="python", languages=["php"], facts_per_class=8, exposures=6, n_answers=4,
             facts_per_document=3, seed=5)
@@ -220,3 +220,14 @@ def test_documents_without_fact_spans_are_refused_by_name(built, tmp_path):
     with pytest.raises(BabelError, match=f"{rows[3]['path']} .*has no fact spans") as e:
         fact_exposures(data, {"budgets": {"php": 3000}}, 24, sequences=5)
     assert "\n" not in str(e.value)
+
+
+def test_exposure_curve_equals_one_count_per_point(built):
+    spec = {"budgets": {"php": 2000, "python": 1500}}
+    sampler = MixtureSampler(TokenShards(built["data"]), spec, 40, seed=2)
+    points = [90, 0, 30, 30, 200]                       # any order, repeats, past one pass
+    curve = exposure_curve(sampler, points)
+    for n, res in zip(points, curve):
+        assert res == fact_exposures(built["data"], spec, 40, seed=2, sequences=n)
+    assert all(v == 0 for v in curve[1]["facts"].values())
+    assert all(curve[0]["facts"][f] <= curve[4]["facts"][f] for f in curve[0]["facts"])

@@ -56,8 +56,9 @@ def _stats(values: list[int]) -> dict:
             "max": int(a.max()), "mean": float(a.mean()), "total": int(a.sum())}
 
 
-def _occurrences(shards: TokenShards, split: str) -> dict[str, dict]:
-    """Per language: arrays of absolute token [start, end) per occurrence and fact ids."""
+def _occurrences(shards: TokenShards, split: str, index: dict[str, int]) -> dict[str, dict]:
+    """Per language: absolute token [start, end) of every occurrence and its fact's
+    position in ``index``."""
     out: dict[str, dict] = {}
     for d in shards.knowledge_documents(split=split):
         if d.get("fact_spans") is None:
@@ -70,9 +71,10 @@ def _occurrences(shards: TokenShards, split: str) -> dict[str, dict]:
         for fact, (a, b) in zip(d["facts"], d["fact_spans"]):
             rec["start"].append(doc_start + int(a))
             rec["end"].append(doc_start + int(b))
-            rec["fact"].append(fact)
+            rec["fact"].append(index[fact])
     return {lang: {"start": np.asarray(r["start"], dtype=np.int64),
-                   "end": np.asarray(r["end"], dtype=np.int64), "fact": r["fact"]}
+                   "end": np.asarray(r["end"], dtype=np.int64),
+                   "fact": np.asarray(r["fact"], dtype=np.int64)}
             for lang, r in out.items()}
 
 
@@ -80,21 +82,46 @@ def count_exposures(sampler: MixtureSampler, sequences: int) -> dict:
     """Exposures of every injected fact in the first ``sequences`` sequences of
     ``sampler`` (see the module docstring for the rule and ``fact_exposures`` for the
     result's keys)."""
-    if int(sequences) < 0:
-        raise BabelError(f"sequences must be >= 0, got {sequences}")
+    return exposure_curve(sampler, [sequences])[0]
+
+
+def exposure_curve(sampler: MixtureSampler, sequences) -> list[dict]:
+    """``count_exposures`` at each of ``sequences`` (e.g. the sequences read by each
+    checkpoint: step x global batch), sharing the work: one result per entry, in order."""
+    points = [int(n) for n in sequences]
+    if any(n < 0 for n in points):
+        raise BabelError(f"sequences must be >= 0, got {min(points)}")
     shards, split, window = sampler.shards, sampler.split, sampler.window
     docs = shards.knowledge_documents(split=split)
     if not docs:
         raise BabelError(f"{shards.root} has no injected knowledge documents in {split!r}: "
                          "no exposures to count")
-    fact_class = {f: class_key(d) for d in docs for f in d["facts"]}
-    reads = sampler.window_reads(int(sequences))
-    read: dict[str, dict[str, int]] = {}
-    cut: dict[str, dict[str, int]] = {}
-    occurrences: dict[str, dict[str, int]] = {}
-    for lang, occ in _occurrences(shards, split).items():
+    fact_class = {}
+    for d in docs:
+        key = class_key(d)
+        for f in d["facts"]:
+            fact_class[f] = key
+    occurrences = _occurrences(shards, split, {f: i for i, f in enumerate(sorted(fact_class))})
+    reads = {lang: np.zeros(n, dtype=np.int64) for lang, n in sampler.available_windows.items()}
+    done, out = 0, {}
+    for n in sorted(set(points)):           # reads grow with n: add sequences done .. n-1
+        for lang, r in sampler.window_reads(n, start=done).items():
+            reads[lang] += r
+        done = n
+        out[n] = _tally(sampler, n, reads, fact_class, occurrences)
+    return [out[n] for n in points]
+
+
+def _tally(sampler: MixtureSampler, n: int, reads: dict[str, np.ndarray],
+           fact_class: dict[str, str], occurrences: dict[str, dict]) -> dict:
+    window = sampler.window
+    facts = sorted(fact_class)
+    read: dict[str, np.ndarray] = {}      # per language: reads / cuts / occurrences per fact
+    cut: dict[str, np.ndarray] = {}
+    occ_count: dict[str, np.ndarray] = {}
+    for lang, occ in occurrences.items():
         r = reads.get(lang)
-        n_windows = int(shards.split(lang, split).tokens.shape[0]) // window + 2
+        n_windows = int(sampler.shards.split(lang, sampler.split).tokens.shape[0]) // window + 2
         counts = np.zeros(n_windows, dtype=np.int64)   # windows never delivered read 0
         if r is not None:
             counts[:r.size] = r
@@ -103,15 +130,16 @@ def count_exposures(sampler: MixtureSampler, sequences: int) -> dict:
         full = np.where(whole, counts[first], 0)
         csum = np.concatenate([[0], np.cumsum(counts)])
         partial = np.where(whole, 0, csum[last + 1] - csum[first])
-        read[lang], cut[lang], occurrences[lang] = (defaultdict(int), defaultdict(int),
-                                                     defaultdict(int))
-        for fact, f_read, f_cut in zip(occ["fact"], full.tolist(), partial.tolist()):
-            read[lang][fact] += f_read
-            cut[lang][fact] += f_cut
-            occurrences[lang][fact] += 1
-    facts = sorted(fact_class)
-    total = {f: sum(read[lang].get(f, 0) for lang in read) for f in facts}
-    total_cut = {f: sum(cut[lang].get(f, 0) for lang in cut) for f in facts}
+        read[lang] = np.bincount(occ["fact"], weights=full, minlength=len(facts)).astype(np.int64)
+        cut[lang] = np.bincount(occ["fact"], weights=partial,
+                                minlength=len(facts)).astype(np.int64)
+        occ_count[lang] = np.bincount(occ["fact"], minlength=len(facts))
+    zero = np.zeros(len(facts), dtype=np.int64)
+    total_a = sum(read.values(), zero)
+    cut_a = sum(cut.values(), zero)
+    total = dict(zip(facts, total_a.tolist()))
+    total_cut = dict(zip(facts, cut_a.tolist()))
+    at = {f: i for i, f in enumerate(facts)}
     by_class: dict[str, list[str]] = defaultdict(list)
     for f in facts:
         by_class[fact_class[f]].append(f)
@@ -121,21 +149,23 @@ def count_exposures(sampler: MixtureSampler, sequences: int) -> dict:
     summary_lang_class = {}
     for lang in sorted(read):
         for c, fs in sorted(by_class.items()):
-            fs = [f for f in fs if f in occurrences[lang]]
-            if fs:
+            ix = [at[f] for f in fs if occ_count[lang][at[f]] > 0]
+            if ix:
                 summary_lang_class[f"{lang}/{c}"] = {
-                    **_stats([read[lang][f] for f in fs]),
-                    "cut_total": int(sum(cut[lang][f] for f in fs)),
-                    "occurrences_per_fact": _stats([occurrences[lang][f] for f in fs])}
+                    **_stats(read[lang][ix].tolist()),
+                    "cut_total": int(cut[lang][ix].sum()),
+                    "occurrences_per_fact": _stats(occ_count[lang][ix].tolist())}
     return {
         "rule": COUNTING_RULE,
-        "sequences": int(sequences), "tokens": int(sequences) * sampler.seq_len,
-        "seq_len": sampler.seq_len, "seed": sampler.seed, "split": split,
+        "sequences": n, "tokens": n * sampler.seq_len,
+        "seq_len": sampler.seq_len, "seed": sampler.seed, "split": sampler.split,
         "mixture_sha256": sampler.spec.fingerprint(), "data_sha256": sampler.data_fingerprint(),
-        "tokens_by_language": {lang: int(r.sum()) * sampler.seq_len for lang, r in reads.items()},
+        "tokens_by_language": {lang: int(r.sum()) * sampler.seq_len
+                               for lang, r in sorted(reads.items())},
         "facts": total,
         "cut": total_cut,
-        "by_language": {lang: {f: read[lang][f] for f in sorted(occurrences[lang])}
+        "by_language": {lang: {f: int(read[lang][i]) for i, f in enumerate(facts)
+                               if occ_count[lang][i] > 0}
                         for lang in sorted(read)},
         "summary": {"by_class": summary_class, "by_language_class": summary_lang_class},
     }

@@ -223,14 +223,15 @@ class MixtureSampler:
             j[sel] = self._order(int(e))[pos[sel]]
         return self._lang_of[j], self._window_of[j]
 
-    def window_reads(self, n_sequences: int, chunk: int = 1 << 20) -> dict[str, np.ndarray]:
-        """How often each window of each language is read by sequences ``0 .. n-1``: an
-        int64 array of ``available_windows[lang]`` counts per language."""
+    def window_reads(self, n_sequences: int, start: int = 0,
+                     chunk: int = 1 << 20) -> dict[str, np.ndarray]:
+        """How often each window of each language is read by sequences ``start .. n-1``:
+        an int64 array of ``available_windows[lang]`` counts per language."""
         out = {lang: np.zeros(self.available_windows[lang], dtype=np.int64)
                for lang in self.languages}
-        for start in range(0, int(n_sequences), chunk):
+        for lo in range(int(start), int(n_sequences), chunk):
             lang_ids, windows = self.locate_many(
-                np.arange(start, min(int(n_sequences), start + chunk)))
+                np.arange(lo, min(int(n_sequences), lo + chunk)))
             for li in np.unique(lang_ids):
                 lang = self.languages[int(li)]
                 out[lang] += np.bincount(windows[lang_ids == li],
