@@ -235,6 +235,8 @@ def test_exclusion_needs_known_knowledge_documents(tmp_path, kshards):
         MixtureSampler(old, spec, 8)
     assert "\n" not in str(e.value)
     MixtureSampler(old, spec.model_copy(update={"exclude_knowledge": []}), 8)  # still readable
+    with pytest.raises(BabelError, match="records no document paths.*repack"):
+        old.document_identities("python")
     none = add_knowledge_index(tmp_path / "old", knowledge_rows("php", [1]))
     with pytest.raises(BabelError, match="python has no injected knowledge documents"):
         MixtureSampler(none, spec, 8)

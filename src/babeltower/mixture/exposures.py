@@ -4,7 +4,8 @@ The knowledge benchmark injects every fact ``exposures`` times into each corpus 
 belongs to, but a run reads only the windows its mixture's sampler delivers (continual
 pre-training reads a fraction of a language's stream; replay reads a fraction of the
 primary's). ``fact_exposures`` replays the sampler of a run (same data, mixture,
-``seq_len``, seed, split) and counts.
+``seq_len``, seed, split) and counts; ``exposure_curve`` counts at many points (each
+checkpoint) in one pass.
 
 Counting rule (``COUNTING_RULE``):
 
