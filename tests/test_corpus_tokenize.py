@@ -150,6 +150,13 @@ def test_prepare_data_caches_each_step(tmp_path, monkeypatch):
                  vocab_size=330)
     assert calls == ["train_tokenizer", "pack_corpus"]  # the corpus was kept
     assert TokenShards(data).vocab_size == 330
+    # a data dir of the older format (no document identity) is repacked, nothing else
+    man = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**man, "format": "babeltower-data/1"}))
+    prepare_data([src], tmp_path / "run", progress=False, languages=["python", "go"],
+                 vocab_size=330)
+    assert calls == ["train_tokenizer", "pack_corpus", "pack_corpus"]
+    assert TokenShards(data).manifest["format"] == "babeltower-data/2"
 
 
 def test_stats_on_corpus_and_packed_dirs(corpus, tokenizer, tmp_path):
@@ -178,11 +185,11 @@ def test_prepare_data_resumes_after_an_interrupted_pack(tmp_path, monkeypatch):
     orig_add = shards_mod.ShardWriter.add
     n = {"calls": 0}
 
-    def flaky_add(self, ids, n_bytes):
+    def flaky_add(self, ids, n_bytes, *args, **kwargs):
         n["calls"] += 1
         if n["calls"] == 5:
             raise KeyboardInterrupt  # Ctrl-C in the middle of packing
-        return orig_add(self, ids, n_bytes)
+        return orig_add(self, ids, n_bytes, *args, **kwargs)
 
     monkeypatch.setattr(shards_mod.ShardWriter, "add", flaky_add)
     with pytest.raises(KeyboardInterrupt):

@@ -27,7 +27,7 @@ from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.knowledge import (KnowledgeConfig, check_answer_tokens,
                                          knowledge_fingerprint, knowledge_source,
                                          load_knowledge_config, write_knowledge)
-from babeltower.corpus.pack import pack_corpus
+from babeltower.corpus.pack import DATA_FORMAT, pack_corpus
 from babeltower.corpus.tokenizer import TOKENIZER_META, train_tokenizer
 from babeltower.errors import BabelError
 from babeltower.io import sha256_file, sha256_json
@@ -64,7 +64,8 @@ def _data_is_current(out: Path, cfg: PackConfig, corpus_sha: str, tok_dir: Path)
     if not m:
         return False
     tok_sha = sha256_file(tok_dir / "tokenizer.json")
-    return (m.get("config") == cfg.model_dump(mode="json")
+    # an older format (no document identity / knowledge index) is repacked
+    return (m.get("format") == DATA_FORMAT and m.get("config") == cfg.model_dump(mode="json")
             and m.get("corpus_manifest_sha256") == corpus_sha
             and m.get("tokenizer", {}).get("sha256", {}).get("tokenizer.json") == tok_sha)
 

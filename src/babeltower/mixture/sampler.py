@@ -18,6 +18,12 @@ split and ``i``, so the batch at step N is the same after a restart):
 4. ``len(sampler)`` is one pass over the budget. Index ``i >= len`` belongs to epoch
    ``i // len``: the same windows, in a different (seeded) order.
 
+``spec.exclude_knowledge``: for each language named, the windows that overlap a token of
+an injected knowledge document (the data dir's ``knowledge.jsonl``; a document's EOS
+does not count) are removed before step 2, which then permutes the remaining
+(*eligible*) windows: budgets count eligible windows only. Without the option step 2 is
+exactly the code path it always was.
+
 Distributed training: ``sampler.for_ddp(rank, world_size)`` is a view whose local
 index ``k`` is global index ``k * world_size + rank``. Ranks read disjoint sequences,
 and the union of the ranks' batch at step ``s`` (local indices ``s*B .. s*B+B-1``) is
@@ -63,6 +69,30 @@ def _lang_key(lang: str) -> int:
     return zlib.crc32(lang.encode())
 
 
+def knowledge_windows(shards: TokenShards, language: str, window: int,
+                      split: str = "train") -> np.ndarray:
+    """Bool per window of ``window`` tokens of the language's stream: does it overlap a
+    token of an injected knowledge document (EOS separators not counted)?
+
+    BabelError if the data dir does not record its knowledge documents (packed before
+    format /2) or ``language`` has none in ``split``: nothing could be excluded."""
+    sp = shards.split(language, split)
+    have = int(sp.tokens.shape[0]) // window
+    kdocs = shards.knowledge_documents(language, split)
+    if not kdocs:
+        raise BabelError(f"exclude_knowledge: {language} has no injected knowledge documents "
+                         f"in the {split!r} split of {shards.root}; nothing to exclude")
+    rows = sp.docs[np.asarray([d["doc"] for d in kdocs], dtype=np.int64)]
+    rows = rows[rows[:, 1] > 0]
+    first = rows[:, 0] // window
+    last = (rows[:, 0] + rows[:, 1] - 1) // window
+    # +1 at a document's first window, -1 after its last: covered where the sum is > 0
+    delta = np.zeros(have + 2, dtype=np.int64)
+    np.add.at(delta, np.minimum(first, have), 1)
+    np.add.at(delta, np.minimum(last + 1, have + 1), -1)
+    return np.cumsum(delta)[:have] > 0
+
+
 class MixtureSampler:
     """Sequence ``i`` of a mixture: ``(seq_len + 1,)`` int64 token ids and its language."""
 
@@ -84,6 +114,9 @@ class MixtureSampler:
 
         self.windows_by_language: dict[str, int] = {}
         self.available_windows: dict[str, int] = {}
+        # per language with exclude_knowledge: windows left out / still eligible
+        self.excluded_windows: dict[str, int] = {}
+        self.eligible_windows: dict[str, int] = {}
         lang_ids, window_ids = [], []
         for li, lang in enumerate(self.languages):
             have = available[lang] // self.window
@@ -91,14 +124,28 @@ class MixtureSampler:
                 raise BabelError(f"{lang} has {available[lang]} tokens in {split!r}, fewer than "
                                  f"one window of seq_len+1={self.window}")
             need = max(1, self.tokens_by_language[lang] // self.window)
-            if need > have and not spec.allow_repeat:
+            eligible = None
+            if lang in spec.exclude_knowledge:
+                eligible = np.flatnonzero(~knowledge_windows(shards, lang, self.window, split))
+                self.excluded_windows[lang] = have - int(eligible.size)
+                self.eligible_windows[lang] = int(eligible.size)
+                if eligible.size == 0 or (need > eligible.size and not spec.allow_repeat):
+                    raise BabelError(
+                        f"{lang} needs {need} windows of {self.window} tokens but only "
+                        f"{eligible.size} of its {have} avoid its knowledge documents "
+                        f"(exclude_knowledge); lower its budget"
+                        + (" or set allow_repeat: true" if eligible.size else ""))
+            elif need > have and not spec.allow_repeat:
                 # resolve() passed, so only rounding to whole windows can land here
                 raise BabelError(f"{lang} needs {need} windows of {self.window} tokens but has "
                                  f"{have}; lower its budget or set allow_repeat: true")
-            passes = -(-need // have)
+            pool = have if eligible is None else int(eligible.size)
+            passes = -(-need // pool)
             chosen = np.concatenate([
-                _rng(self.seed, _lang_key(lang), p).permutation(have) for p in range(passes)
+                _rng(self.seed, _lang_key(lang), p).permutation(pool) for p in range(passes)
             ])[:need]
+            if eligible is not None:
+                chosen = eligible[chosen]
             self.windows_by_language[lang] = need
             self.available_windows[lang] = have
             lang_ids.append(np.full(need, li, dtype=np.int16))
@@ -155,14 +202,7 @@ class MixtureSampler:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return torch.zeros((0, self.window), dtype=torch.long), []
-        if idx.min() < 0:
-            raise IndexError(f"sequence index must be >= 0, got {int(idx.min())}")
-        epochs, pos = np.divmod(idx, self._n)
-        j = np.empty_like(idx)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            j[sel] = self._order(int(e))[pos[sel]]
-        lang_ids, windows = self._lang_of[j], self._window_of[j]
+        lang_ids, windows = self.locate_many(idx)
         out = np.empty((idx.size, self.window), dtype=np.int64)
         offsets = np.arange(self.window)
         for li in np.unique(lang_ids):
@@ -170,6 +210,33 @@ class MixtureSampler:
             starts = windows[sel].astype(np.int64) * self.window
             out[sel] = self._streams[self.languages[int(li)]][starts[:, None] + offsets]
         return torch.from_numpy(out), [self.languages[int(li)] for li in lang_ids]
+
+    def locate_many(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """``locate`` for many indices at once: (index into ``languages``, window number)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and idx.min() < 0:
+            raise IndexError(f"sequence index must be >= 0, got {int(idx.min())}")
+        epochs, pos = np.divmod(idx, self._n)
+        j = np.empty_like(idx)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            j[sel] = self._order(int(e))[pos[sel]]
+        return self._lang_of[j], self._window_of[j]
+
+    def window_reads(self, n_sequences: int, start: int = 0,
+                     chunk: int = 1 << 20) -> dict[str, np.ndarray]:
+        """How often each window of each language is read by sequences ``start .. n-1``:
+        an int64 array of ``available_windows[lang]`` counts per language."""
+        out = {lang: np.zeros(self.available_windows[lang], dtype=np.int64)
+               for lang in self.languages}
+        for lo in range(int(start), int(n_sequences), chunk):
+            lang_ids, windows = self.locate_many(
+                np.arange(lo, min(int(n_sequences), lo + chunk)))
+            for li in np.unique(lang_ids):
+                lang = self.languages[int(li)]
+                out[lang] += np.bincount(windows[lang_ids == li],
+                                         minlength=self.available_windows[lang])
+        return out
 
     def language_counts(self) -> dict[str, int]:
         """Windows per language in one pass (what the mixture actually delivers)."""
@@ -180,8 +247,12 @@ class MixtureSampler:
 
     # ---- resume ---------------------------------------------------------------------
     def data_fingerprint(self) -> str:
-        mf = self.shards.manifest["languages"]
-        return sha256_json({lang: mf[lang][self.split].get("sha256") for lang in self.languages})
+        """sha256 of the token files read (and of the knowledge index when it decides which
+        windows are read); the same for a /1 and a /2 pack of one corpus."""
+        d: dict = {lang: self.shards.token_sha256(lang, self.split) for lang in self.languages}
+        if self.spec.exclude_knowledge:
+            d["knowledge_index"] = self.shards.manifest["knowledge"]["sha256"]
+        return sha256_json(d)
 
     def state_dict(self) -> dict:
         """What identifies this stream; ``load_state_dict`` refuses a different one."""

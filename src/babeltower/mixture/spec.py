@@ -7,6 +7,7 @@ object out::
     name: optimized
     budgets: {python: 11000000, php: 5000000}   # absolute tokens
     allow_repeat: false
+    exclude_knowledge: [python]   # optional: never read python's injected fact documents
     meta: {generator: algorithm1, ...}
 
 or, with fractions (all <= 1, summing to 1) and a total::
@@ -71,6 +72,9 @@ class MixtureSpec(Config):
     total_tokens: int | None = None
     # may a language be repeated (epochs > 1) to meet its budget?
     allow_repeat: bool = False
+    # languages whose windows overlapping an injected knowledge document are never read
+    # (the sampler draws their budget from the other windows; see mixture/sampler.py)
+    exclude_knowledge: list[str] = pydantic.Field(default_factory=list)
     # free-form provenance of how it was generated (generator name, tau, Algorithm-1 numbers)
     meta: dict[str, Any] = pydantic.Field(default_factory=dict)
 
@@ -96,9 +100,24 @@ class MixtureSpec(Config):
             raise BabelError("every budget in the mixture is 0")
         return out
 
+    @pydantic.field_validator("exclude_knowledge", mode="before")
+    @classmethod
+    def _canonical_excluded(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = [x for x in v.split(",") if x.strip()]
+        if not isinstance(v, (list, tuple)):
+            raise BabelError(f"exclude_knowledge must be a list of languages, got {v!r}")
+        return sorted({canonical(str(x).strip()) for x in v})
+
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "MixtureSpec":
         self.kind  # raises for mixed absolute/fractional budgets or a bad fraction sum
+        unread = [lang for lang in self.exclude_knowledge if not self.budgets.get(lang)]
+        if unread:
+            raise BabelError(f"exclude_knowledge names {unread[0]}, which has no budget in "
+                             "this mixture (nothing of it is read)")
         if self.total_tokens is not None and self.total_tokens < 1:
             raise BabelError(f"total_tokens must be >= 1, got {self.total_tokens}")
         return self
@@ -165,9 +184,20 @@ class MixtureSpec(Config):
         return out
 
     def fingerprint(self) -> str:
-        """sha256 of what determines the data stream (budgets, total, repeat; not name/meta)."""
-        return sha256_json({"budgets": self.budgets, "total_tokens": self.total_tokens,
-                            "allow_repeat": self.allow_repeat})
+        """sha256 of what determines the data stream (budgets, total, repeat, excluded
+        knowledge; not name/meta). Without exclusions it is the fingerprint of old specs."""
+        d: dict[str, Any] = {"budgets": self.budgets, "total_tokens": self.total_tokens,
+                             "allow_repeat": self.allow_repeat}
+        if self.exclude_knowledge:
+            d["exclude_knowledge"] = list(self.exclude_knowledge)
+        return sha256_json(d)
+
+    def to_dict(self) -> dict:
+        """JSON/YAML form; ``exclude_knowledge`` only when set (older files read the same)."""
+        d = super().to_dict()
+        if not d.get("exclude_knowledge"):
+            d.pop("exclude_knowledge", None)
+        return d
 
     # ---- io -------------------------------------------------------------------------
     @classmethod
