@@ -618,8 +618,11 @@ def summarize_lens(df):
     the two controls of ``prefers_new`` at the output layer (``control_a_last``: the new
     token against unrelated primary tokens; ``control_b_last``: other pairs' new tokens
     against the primary token; ``specific_last`` = control_a_last - prefers_new_last; the
-    interval needs the per-prompt rows, see ``lens_controls``), and cloze accuracy on both
-    sides."""
+    interval needs the per-prompt rows, see ``lens_controls``), the same with the
+    kind-matched control A (``control_margin_kind_last``, ``control_a_kind_last``,
+    ``specific_kind_last``), the counterpart margin averaged over the blocks
+    (``control_margin_mean``, ``control_margin_kind_mean``; nats), and cloze accuracy on
+    both sides. Results written before the kind-matched measures existed give NaN there."""
     import pandas as pd
 
     rows = []
@@ -651,6 +654,14 @@ def summarize_lens(df):
             "control_a_last": at(last, "prefers_new_vs_unrelated"),
             "control_b_last": at(last, "other_new_prefers"),
             "specific_last": at(last, "prefers_new_vs_unrelated") - at(last, "prefers_new"),
+            # kind-matched control A (unrelated primary tokens of the pair's own kind) and
+            # the counterpart margin in nats over the blocks (see lens_controls)
+            "control_margin_kind_last": at(last, "primary_vs_control_kind"),
+            "control_a_kind_last": at(last, "prefers_new_vs_unrelated_kind"),
+            "specific_kind_last": (at(last, "prefers_new_vs_unrelated_kind")
+                                   - at(last, "prefers_new")),
+            "control_margin_mean": at(blocks, "primary_vs_control"),
+            "control_margin_kind_mean": at(blocks, "primary_vs_control_kind"),
             "cloze_new_last": at(last, "top1_target"),
             "cloze_primary_last": at(prim_last, "top1_target"),
             "attribution": ATTRIBUTION,
