@@ -131,7 +131,7 @@ def test_margin_definitions_from_the_item_rows():
         assert r.margin_specific_new == pytest.approx(r.margin - r.margin_b, abs=1e-5)
         for m in ("margin", "margin_a", "margin_b", "margin_specific", "margin_specific_new"):
             assert r[f"{m}_ci_low"] <= r[m] <= r[f"{m}_ci_high"]
-    assert (table.control == "kind").all()
+    assert table.attrs["control"] == "kind"
 
 
 def test_planted_counterpart_direction_shows_at_those_layers_only():
@@ -188,7 +188,7 @@ def test_kind_matched_control_removes_a_kind_level_bias():
     items = lens_items(model, tok, checked, vocab="gathered", full_sequence=False)
     unmatched = lens_controls(items, control="all", n_boot=1000)
     matched = lens_controls(items, n_boot=1000)
-    assert (unmatched.control == "all").all() and (matched.control == "kind").all()
+    assert unmatched.attrs["control"] == "all" and matched.attrs["control"] == "kind"
     # the same model without the kind bias: K_kind is orthogonal to everything else, so
     # the bias adds the same logit to every primary token of the prompt's kind, and the
     # kind-matched margin cannot see it at all
@@ -222,7 +222,7 @@ def test_summary_spans_carry_the_margins():
     # single-token identifiers: the whole-identifier margin is the first-token one
     assert full.margin == pytest.approx(table.loc[4, "margin"], abs=1e-4)
     assert full.margin_ci_low <= full.margin <= full.margin_ci_high
-    assert np.isnan(full.margin_specific) and full.control == "kind"
+    assert np.isnan(full.margin_specific) and summ.attrs["control"] == "kind"
 
 
 def test_summarize_lens_reports_the_kind_matched_control_and_margins():

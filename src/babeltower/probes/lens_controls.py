@@ -36,7 +36,7 @@ Control A's unrelated primary tokens are, by default (``control="kind"``), those
 other pairs of the SAME kind (keyword | builtin) as the prompt's pair: a model that only
 knows "a keyword goes here" raises every keyword, and against unrelated tokens of both
 kinds that would read as a counterpart effect. ``control="all"`` is the earlier control
-(all other pairs); the table records which one was used (column ``control``).
+(all other pairs); the table records which one was used (``table.attrs["control"]``).
 """
 
 from __future__ import annotations
@@ -182,7 +182,9 @@ def lens_controls(item_df, side: str = "new", kind: str | None = None, n_boot: i
     (distinct prompt texts with both measures), n_clusters; then margin, margin_a,
     margin_b, margin_specific (= s(p) - mean s(u): the counterpart's margin over unrelated
     primary tokens, nats), margin_specific_new (= s(n) - mean s(o)), each with
-    ``<name>_ci_low`` / ``<name>_ci_high``; and control ("kind" | "all").
+    ``<name>_ci_low`` / ``<name>_ci_high``. Which control A was used is
+    ``table.attrs["control"]`` ("kind" | "all"; not a column, so every column stays
+    numeric).
 
     ``control="kind"`` (default): control A's unrelated primary tokens come from pairs of
     the prompt's own kind (keyword | builtin); ``"all"``: from every other pair (the
@@ -196,9 +198,10 @@ def lens_controls(item_df, side: str = "new", kind: str | None = None, n_boot: i
     units = _all_units(sel, control, layers)
     out = _controls_frame(units, _clusters(sel, units["share"].index), n_boot, seed,
                           confidence)
-    out["control"] = control
     out.index.name = "layer"
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["control"] = control
+    return out
 
 
 def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
@@ -224,14 +227,12 @@ def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
     units = _all_units(sel, control, layers, span_of)
     clusters = _clusters(sel, units["share"].index)
     out = _controls_frame(units, clusters, n_boot, seed, confidence)
-    out["control"] = control
     full = {"share": "seq_prefers_new", "margin": "seq_logp_diff"}
     if (sel.measure == full["share"]).any():
         n_c = max(clusters) + 1
         draws = np.random.default_rng(seed).multinomial(n_c, np.full(n_c, 1 / n_c), n_boot)
         weights = draws[:, clusters] * 1.0
-        row = pd.Series(np.nan, index=out.columns, dtype=object)
-        row["control"] = control
+        row = pd.Series(np.nan, index=out.columns)
         for col, m in full.items():
             if not (sel.measure == m).any():
                 continue
@@ -244,7 +245,7 @@ def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
             if col == "share":
                 row["n_prompts"] = len(s)
         out.loc[f"layer {last}, full identifiers"] = row
-        for c in out.columns.drop("control"):
-            out[c] = pd.to_numeric(out[c])
     out.index.name = "span"
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["control"] = control
+    return out
