@@ -2,9 +2,11 @@
 
 * ``suite``: probe suites as data (identifier pairs + cloze prompts per language pair)
   and their tokenizer check (first-token attribution).
-* ``lens``: logit lens / working language (``LogitLens``, ``run_lens``, ``summarize_lens``).
+* ``lens``: logit lens / working language (``LogitLens``, ``run_lens``, ``summarize_lens``);
+  ``lens_controls``: share and margin effects against controls (``lens_controls``).
 * ``neurons``: LAPE language-specific and transferring neurons (``run_neurons``,
-  ``lape_select``, ``summarize_neurons``).
+  ``lape_select``, ``summarize_neurons``); ``lape_applicability``: whether a selection
+  can mean "language-specific" (too few languages, kept neurons' entropy).
 * ``ablate``: zero a neuron set, per-language loss change (``run_ablate``).
 * ``plots``: figures (kept apart from computing).
 """
@@ -22,6 +24,8 @@ _LAZY = {
     "run_neurons": "neurons", "summarize_neurons": "neurons", "lape_select": "neurons",
     "NeuronStats": "neurons", "run_ablate": "ablate", "zero_neurons": "ablate",
     "checkpoint_summary": "summary",
+    "lens_controls": "lens_controls", "lens_controls_summary": "lens_controls",
+    "lape_applicability": "lape_applicability",
 }
 
 

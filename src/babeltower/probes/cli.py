@@ -160,9 +160,17 @@ def neurons_cmd(
                                "bar) | selected (ours: quantile of the kept neurons, >=)."),
     steps: Optional[str] = typer.Option(None, help="Comma-separated steps of the checkpoints, "
                                         "in order (for directories without step names)."),
+    min_languages: int = typer.Option(4, help="Fewer languages than this: LAPE is reported as "
+                                      "not applicable (Tang et al. use 7)."),
+    max_median_entropy: float = typer.Option(0.95, help="Kept neurons' median normalised "
+                                             "entropy above this (1 = equal on every "
+                                             "language): not applicable."),
     overwrite: bool = typer.Option(False),
 ):
-    """LAPE language-specific neurons per checkpoint, and transferring neurons T = S_primary ∩ S_new."""
+    """LAPE language-specific neurons per checkpoint, and transferring neurons T = S_primary ∩ S_new.
+
+    Every checkpoint is also marked applicable or not (too few languages, or kept neurons
+    that are not language-specific by their entropy), with the reason."""
     from rich.console import Console
 
     from babeltower.probes.neurons import LapeOptions, run_neurons, summarize_neurons
@@ -177,7 +185,9 @@ def neurons_cmd(
                               n_tokens=n_tokens, seq_len=seq_len, batch_size=batch_size,
                               split=split, point=point, top_rate=top_rate,
                               filter_rate=filter_rate,
-                              activation_bar_ratio=activation_bar_ratio, assign=assign)
+                              activation_bar_ratio=activation_bar_ratio, assign=assign,
+                              min_languages=min_languages,
+                              max_median_entropy=max_median_entropy)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "options"
@@ -187,7 +197,13 @@ def neurons_cmd(
     if "text_files" in df.attrs:
         typer.echo(df.attrs["text_files"], err=True)
     console = Console()
-    _print_frame(console, summarize_neurons(df), "LAPE per checkpoint (all layers)")
+    summ = summarize_neurons(df)
+    _print_frame(console, summ.drop(columns=["not_applicable_reason"], errors="ignore"),
+                 "LAPE per checkpoint (all layers)")
+    if "applicable" in summ:
+        for ck, reason in summ[~summ.applicable.astype(bool)].groupby(
+                "checkpoint", sort=False).not_applicable_reason.first().items():
+            console.print(f"LAPE not applicable at {ck}: {reason}", soft_wrap=True)
     console.print(f"wrote {out}/neurons.parquet, neurons.csv, summary.csv, checkpoints/*.neurons.json")
 
 

@@ -29,13 +29,18 @@ Measures per prompt and layer (first-token attribution, see ``suite.ATTRIBUTION`
                        prompt's primary token
 ``logp_new_vs_unrelated``, ``logp_other_new_vs_primary``  the same two controls as log-prob
                        margins (mean over the control tokens)
+``primary_vs_control_kind``, ``prefers_new_vs_unrelated_kind``, ``logp_new_vs_unrelated_kind``
+                       the same with the unrelated primary tokens of pairs of the SAME kind
+                       (keyword | builtin) only: the kind-matched control A
+``new_vs_other_new``   log p(new) - mean log p(other pairs' new first tokens)
 =====================  ====================================================================
 
 ``prefers_new`` and the controls are differences of logits at one position, so the
 normaliser cancels: ``vocab="gathered"`` computes them from the needed unembedding rows
 only (norm each layer's state, matmul with W_U[rows]); the top-1 and probability measures
-need the full vocabulary. ``lens_controls`` turns the per-prompt rows into the specific
-effect (true pair minus control) with a bootstrap interval over prompt texts.
+need the full vocabulary. ``lens_controls`` (module ``lens_controls``, re-exported here)
+turns the per-prompt rows into the specific effects (true pair minus control), as shares
+and as margins in nats, with a bootstrap interval over clusters of prompt texts.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
 from babeltower.checkpoints import convert_gguf
+from babeltower.probes.lens_controls import (CONTROL_MEASURES, CONTROLS, lens_controls,
+                                             lens_controls_summary)
 from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
@@ -61,7 +68,12 @@ FULL_VOCAB_MEASURES = ("top1_primary", "top1_new", "top1_target", "p_primary", "
 #: measures that are logit differences at one position: a few unembedding rows suffice
 PAIRWISE_MEASURES = ("logp_diff", "prefers_new", "primary_vs_control",
                      "prefers_new_vs_unrelated", "other_new_prefers",
-                     "logp_new_vs_unrelated", "logp_other_new_vs_primary")
+                     "logp_new_vs_unrelated", "logp_other_new_vs_primary",
+                     # control A with the unrelated primary tokens drawn from pairs of the
+                     # same kind only (``CheckedItem.control_kind_ids``), and the margin
+                     # analogue of specific_new
+                     "primary_vs_control_kind", "prefers_new_vs_unrelated_kind",
+                     "logp_new_vs_unrelated_kind", "new_vs_other_new")
 MEASURES = FULL_VOCAB_MEASURES + PAIRWISE_MEASURES
 #: per-prompt measures at the output layer scored with whole identifiers ("full-sequence")
 SEQUENCE_MEASURES = ("seq_logp_diff", "seq_prefers_new", "seq_logp_target")
@@ -256,12 +268,23 @@ def _item_measures(score, top, it: CheckedItem, n_l: int) -> dict:
     else:
         for k in ("primary_vs_control", "prefers_new_vs_unrelated", "logp_new_vs_unrelated"):
             out[k] = nan
+    if it.control_kind_ids:
+        ctrl_k = score(it.control_kind_ids)
+        out["primary_vs_control_kind"] = s_p - ctrl_k.mean(-1)
+        out["prefers_new_vs_unrelated_kind"] = (s_n[:, None] > ctrl_k).float().mean(-1)
+        out["logp_new_vs_unrelated_kind"] = s_n - ctrl_k.mean(-1)
+    else:
+        for k in ("primary_vs_control_kind", "prefers_new_vs_unrelated_kind",
+                  "logp_new_vs_unrelated_kind"):
+            out[k] = nan
     if it.control_new_ids:
         ctrl_new = score(it.control_new_ids)
         out["other_new_prefers"] = (ctrl_new > s_p[:, None]).float().mean(-1)
         out["logp_other_new_vs_primary"] = ctrl_new.mean(-1) - s_p
+        out["new_vs_other_new"] = s_n - ctrl_new.mean(-1)
     else:
         out["other_new_prefers"] = out["logp_other_new_vs_primary"] = nan
+        out["new_vs_other_new"] = nan
     if top is not None:
         out.update({"top1_primary": (top == it.primary_first_id).float(),
                     "top1_new": (top == it.new_first_id).float(),
@@ -279,7 +302,8 @@ def _layer_scores(lens: LogitLens, states, chunk: list[CheckedItem], vocab: str)
         top = logp.argmax(dim=-1)
         return [lambda ids, j=j: logp[:, j, ids] for j in range(len(chunk))], top
     need = sorted({t for it in chunk for t in (it.primary_first_id, it.new_first_id,
-                                                *it.control_ids, *it.control_new_ids)})
+                                                *it.control_ids, *it.control_new_ids,
+                                                *it.control_kind_ids)})
     col = {t: c for c, t in enumerate(need)}
     logits = lens.decode_rows(states, need).float()                     # (n_l, B, R)
     return [lambda ids, j=j: logits[:, j, [col[t] for t in ids]]
@@ -490,150 +514,6 @@ def aggregate_items(item_df):
     return out
 
 
-# --------------------------------------------------------------------------- controls
-
-#: lens_items measures behind the controls table: the true pair and its two controls
-CONTROL_MEASURES = {"share": "prefers_new", "control_a": "prefers_new_vs_unrelated",
-                    "control_b": "other_new_prefers"}
-
-
-def _units(item_df, measure: str, columns):
-    """Prompt texts x columns of one measure, averaged over the items that share a prompt
-    text: prompts written for several targets (``"n = "`` for len and for str) count once."""
-    sel = item_df[item_df.measure == measure]
-    return sel.pivot_table(index="prompt", columns="layer", values="value",
-                           aggfunc="mean", dropna=False).reindex(columns=columns)
-
-
-def _clusters(item_df, texts) -> list[int]:
-    """Cluster id per prompt text: texts linked through a shared pair (one pair's prompts
-    share its identifiers, so their values are not independent) or a shared text fall in
-    one cluster; the bootstrap resamples clusters (union-find over pairs and texts)."""
-    parent: dict = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for text, pair in item_df[["prompt", "pair_id"]].drop_duplicates().itertuples(index=False):
-        parent[find(("text", text))] = find(("pair", pair))
-    roots = [find(("text", t)) for t in texts]
-    ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
-    return [ids[r] for r in roots]
-
-
-def _boot_means(x, weights):
-    """Weighted means over units (rows of x, NaN = missing) for each bootstrap weight row."""
-    import numpy as np
-
-    ok = ~np.isnan(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ np.where(ok, x, 0.0)) / (weights @ ok)
-
-
-def _controls_frame(units: dict, clusters: list[int], n_boot: int, seed: int,
-                    confidence: float):
-    """share / control_a / control_b / specific (+ interval) / specific_new (+ interval) for
-    unit matrices (prompt texts x columns), with a bootstrap over clusters of texts."""
-    import numpy as np
-    import pandas as pd
-
-    share, ca, cb = (units[k].to_numpy(float) for k in ("share", "control_a", "control_b"))
-    specific, specific_new = ca - share, share - cb
-    n_units, n_clusters = share.shape[0], max(clusters) + 1
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
-    weights = draws[:, clusters] * 1.0                       # (n_boot, n_units)
-    alpha = (1.0 - confidence) / 2
-    out = pd.DataFrame(index=units["share"].columns)
-    ones = np.ones((1, n_units))
-    for name, x in (("share", share), ("control_a", ca), ("control_b", cb),
-                    ("specific", specific), ("specific_new", specific_new)):
-        out[name] = _boot_means(x, ones)[0]
-        if name in ("share", "specific", "specific_new"):
-            boot = _boot_means(x, weights)
-            lo, hi = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
-            prefix = "" if name == "specific" else f"{name}_"
-            out[f"{prefix}ci_low"], out[f"{prefix}ci_high"] = lo, hi
-    out["n_prompts"] = (~np.isnan(specific)).sum(axis=0)
-    out["n_clusters"] = n_clusters
-    return out
-
-
-def _control_items(item_df, side: str, kind: str | None):
-    sel = item_df[item_df.side == side]
-    if kind not in (None, "all"):
-        sel = sel[sel.kind == kind]
-    missing = [m for m in CONTROL_MEASURES.values() if m not in set(sel.measure)]
-    if sel.empty or missing:
-        raise BabelError(f"no lens rows for the controls (side={side}, kind={kind}"
-                         + (f"; missing measures {', '.join(missing)}" if missing else "") + ")")
-    return sel
-
-
-def lens_controls(item_df, side: str = "new", kind: str | None = None, n_boot: int = 2000,
-                  seed: int = 0, confidence: float = 0.95):
-    """Per layer: the working-language share with its two controls and the specific effect.
-
-    ``item_df`` is ``lens_items``'s output (one model). Columns: layer, share (true pair:
-    new token beats its primary counterpart), control_a (the new token against UNRELATED
-    primary tokens, other pairs' primary first tokens), control_b (OTHER pairs' new tokens
-    against this primary token), specific = control_a - share (how much more often the TRUE
-    counterpart beats the new token than an unrelated primary token does: > 0 only if the
-    counterpart relation itself is preferred, the translation reading) with ci_low/ci_high,
-    specific_new = share - control_b (the prompt's own new token beats the counterpart more
-    often than other new tokens do) with its interval, share_ci_low/high, n_prompts
-    (distinct prompt texts with both measures).
-    Intervals: percentile bootstrap over prompt TEXTS (items sharing a text are averaged
-    first), resampled in clusters (texts linked by a pair or a shared text, n_clusters):
-    one pair's prompts share its identifiers and are not independent. Layer 0 (embeddings) is a row of its own; ``lens_controls_summary`` reports it
-    apart from the mean over the blocks."""
-    sel = _control_items(item_df, side, kind)
-    layers = sorted(set(sel.layer))
-    units = {k: _units(sel, m, layers) for k, m in CONTROL_MEASURES.items()}
-    out = _controls_frame(units, _clusters(sel, units["share"].index), n_boot, seed,
-                          confidence)
-    out.index.name = "layer"
-    return out.reset_index()
-
-
-def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
-                          n_boot: int = 2000, seed: int = 0, confidence: float = 0.95):
-    """``lens_controls``'s columns for three spans, one row each: "layer 0" (embeddings),
-    "layers 1-L" (the mean over the blocks, embeddings left out), "layer L" (the output
-    layer, first-token attribution); plus "layer L, full identifiers": the share scored
-    with whole identifiers (``seq_prefers_new``; its controls are not computed, NaN)."""
-    import numpy as np
-    import pandas as pd
-
-    sel = _control_items(item_df, side, kind)
-    layers = sorted(set(sel.layer))
-    last = layers[-1]
-    spans = {"layer 0": [0], f"layers 1-{last}": layers[1:], f"layer {last}": [last]}
-    units = {}
-    for k, m in CONTROL_MEASURES.items():
-        per_layer = _units(sel, m, layers)
-        units[k] = pd.DataFrame({name: per_layer[cols].mean(axis=1, skipna=False)
-                                 for name, cols in spans.items()})
-    clusters = _clusters(sel, units["share"].index)
-    out = _controls_frame(units, clusters, n_boot, seed, confidence)
-    seq = sel[sel.measure == "seq_prefers_new"]
-    if len(seq):
-        s = seq.groupby("prompt")["value"].mean().reindex(units["share"].index).to_numpy(float)
-        n_c = max(clusters) + 1
-        draws = np.random.default_rng(seed).multinomial(n_c, np.full(n_c, 1 / n_c), n_boot)
-        boot = _boot_means(s[:, None], draws[:, clusters] * 1.0)[:, 0]
-        lo, hi = np.nanquantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
-        s = s[~np.isnan(s)]
-        row = pd.Series(np.nan, index=out.columns)
-        row[["share", "share_ci_low", "share_ci_high", "n_prompts"]] = [s.mean(), lo, hi, len(s)]
-        out.loc[f"layer {last}, full identifiers"] = row
-    out.index.name = "span"
-    return out.reset_index()
-
-
 # --------------------------------------------------------------------------- series
 
 def _as_suite(suite, primary: str | None, new: str | None) -> ProbeSuite:
@@ -738,8 +618,11 @@ def summarize_lens(df):
     the two controls of ``prefers_new`` at the output layer (``control_a_last``: the new
     token against unrelated primary tokens; ``control_b_last``: other pairs' new tokens
     against the primary token; ``specific_last`` = control_a_last - prefers_new_last; the
-    interval needs the per-prompt rows, see ``lens_controls``), and cloze accuracy on both
-    sides."""
+    interval needs the per-prompt rows, see ``lens_controls``), the same with the
+    kind-matched control A (``control_margin_kind_last``, ``control_a_kind_last``,
+    ``specific_kind_last``), the counterpart margin averaged over the blocks
+    (``control_margin_mean``, ``control_margin_kind_mean``; nats), and cloze accuracy on
+    both sides. Results written before the kind-matched measures existed give NaN there."""
     import pandas as pd
 
     rows = []
@@ -771,6 +654,14 @@ def summarize_lens(df):
             "control_a_last": at(last, "prefers_new_vs_unrelated"),
             "control_b_last": at(last, "other_new_prefers"),
             "specific_last": at(last, "prefers_new_vs_unrelated") - at(last, "prefers_new"),
+            # kind-matched control A (unrelated primary tokens of the pair's own kind) and
+            # the counterpart margin in nats over the blocks (see lens_controls)
+            "control_margin_kind_last": at(last, "primary_vs_control_kind"),
+            "control_a_kind_last": at(last, "prefers_new_vs_unrelated_kind"),
+            "specific_kind_last": (at(last, "prefers_new_vs_unrelated_kind")
+                                   - at(last, "prefers_new")),
+            "control_margin_mean": at(blocks, "primary_vs_control"),
+            "control_margin_kind_mean": at(blocks, "primary_vs_control_kind"),
             "cloze_new_last": at(last, "top1_target"),
             "cloze_primary_last": at(prim_last, "top1_target"),
             "attribution": ATTRIBUTION,

@@ -53,6 +53,9 @@ from babeltower.errors import BabelError
 from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
                            sha256_file)
 from babeltower.languages import canonical
+from babeltower.probes.lape_applicability import (  # noqa: F401 (re-exported)
+    LAPE_MAX_MEDIAN_ENTROPY, LAPE_MIN_LANGUAGES, entropy_summary, lape_applicability,
+    normalised_entropy)
 from babeltower.textfiles import TextFiles, walk_text
 from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
                                run_series, safe_name, state_dir_for, write_outputs)
@@ -274,6 +277,15 @@ class LapeSelection:
     activation_bar: float
     n_kept: int
     assign: str = "tang"
+    #: the kept neurons (n_kept, 2) (layer, index), lowest entropy first, and their
+    #: normalised entropy (0 = one language, 1 = equal on all); None in old records
+    kept: np.ndarray | None = None
+    kept_entropy: np.ndarray | None = None
+
+    def entropy_summary(self) -> dict | None:
+        """n, median, quartiles of the kept neurons' normalised entropy, overall and per
+        language set (``lape_applicability.entropy_summary``)."""
+        return entropy_summary(self)
 
     def per_layer(self, lang: str) -> np.ndarray:
         return np.bincount(self.sets[lang][:, 0], minlength=self.n_layers)
@@ -296,7 +308,11 @@ class LapeSelection:
         return {"languages": self.languages, "n_layers": self.n_layers, "width": self.width,
                 "filter_threshold": self.filter_threshold, "activation_bar": self.activation_bar,
                 "n_kept": self.n_kept, "assign": self.assign,
-                "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()}}
+                "sets": {l: _layer_dict(s, self.n_layers) for l, s in self.sets.items()},
+                **({} if self.kept is None else {
+                    "kept": self.kept.tolist(),
+                    "kept_entropy": [float(e) for e in self.kept_entropy],
+                    "entropy": self.entropy_summary()})}
 
     @classmethod
     def from_json(cls, rec: dict) -> "LapeSelection":
@@ -304,9 +320,12 @@ class LapeSelection:
         for lang, by_layer in rec["sets"].items():
             pairs = [(int(k), int(i)) for k, idx in by_layer.items() for i in idx]
             sets[lang] = (np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
+        kept = rec.get("kept")
         return cls(list(rec["languages"]), int(rec["n_layers"]), int(rec["width"]), sets,
                    float(rec["filter_threshold"]), float(rec["activation_bar"]),
-                   int(rec["n_kept"]), rec.get("assign", "selected"))
+                   int(rec["n_kept"]), rec.get("assign", "selected"),
+                   None if kept is None else np.array(kept, dtype=np.int64).reshape(-1, 2),
+                   None if kept is None else np.array(rec["kept_entropy"], dtype=np.float64))
 
 
 def _layer_dict(pairs: np.ndarray, n_layers: int) -> dict[str, list[int]]:
@@ -334,7 +353,11 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
 def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0.01,
                 filter_rate: float = 0.95, activation_bar_ratio: float = 0.95,
                 assign: str = "tang") -> LapeSelection:
-    """LAPE selection on (n_languages, n_layers, width) probabilities (module docstring)."""
+    """LAPE selection on (n_languages, n_layers, width) probabilities (module docstring).
+    The result also carries the kept neurons (``kept``, lowest entropy first) and their
+    normalised entropy (``kept_entropy``; ``entropy_summary()``: median and quartiles per
+    language set); ``lape_applicability(sel)`` says whether the sets can mean
+    "language-specific" at all."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[0] != len(languages):
         raise BabelError("probabilities must be (n_languages, n_layers, width)")
@@ -368,13 +391,17 @@ def lape_select(probs: np.ndarray, languages: Sequence[str], top_rate: float = 0
         pairs = np.stack([rows[j], cols[j]], axis=1).astype(np.int64) if j.size else \
             np.zeros((0, 2), dtype=np.int64)
         sets[lang] = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs
+    kept = np.stack([rows, cols], axis=1).astype(np.int64).reshape(-1, 2)
     return LapeSelection(list(languages), n_layers, width, sets, filter_thr, bar, n_keep,
-                         assign)
+                         assign, kept, normalised_entropy(entropy[rows, cols], n_lang))
 
 
 def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F821
     """Tidy table (layer, language, measure, value): n_specific per language; for every
-    other language t also n_transfer = |S_primary ∩ S_t| and transfer_ratio = |T|/|S_t|.
+    other language t also n_transfer = |S_primary ∩ S_t| and transfer_ratio = |T|/|S_t|;
+    per language (after those rows, when the selection carries its entropies)
+    entropy_median, entropy_q1, entropy_q3: the normalised entropy of the neurons in
+    S_lang (0 = one language, 1 = equal on all; NaN for an empty set).
     ``layer`` is <NA> for the total over layers."""
     import pandas as pd
 
@@ -393,6 +420,11 @@ def neuron_table(sel: LapeSelection, primary: str) -> "pd.DataFrame":  # noqa: F
         for layer, tv, sv in zip(layers, list(t) + [int(t.sum())], spec):
             rows.append((layer, lang, "n_transfer", float(tv)))
             rows.append((layer, lang, "transfer_ratio", tv / sv if sv else float("nan")))
+    summ = sel.entropy_summary()
+    for lang, q in (summ["sets"].items() if summ else ()):
+        for k in ("median", "q1", "q3"):
+            rows.append((None, lang, f"entropy_{k}",
+                         float("nan") if q[k] is None else q[k]))
     df = pd.DataFrame(rows, columns=["layer", "language", "measure", "value"])
     df["layer"] = df["layer"].astype("Int64")
     return df
@@ -416,6 +448,10 @@ class LapeOptions(BaseModel):
     filter_rate: float = Field(0.95, gt=0, lt=1)
     activation_bar_ratio: float = Field(0.95, gt=0, lt=1)
     assign: Literal["tang", "filter", "selected"] = "tang"
+    # the applicability rule (``lape_applicability``): a reading of the selection that
+    # changes no count or set, so it is left out of the measure's config hash
+    min_languages: int = Field(LAPE_MIN_LANGUAGES, ge=2)
+    max_median_entropy: float = Field(LAPE_MAX_MEDIAN_ENTROPY, gt=0, le=1)
 
     @model_validator(mode="after")
     def _languages(self) -> "LapeOptions":
@@ -436,6 +472,15 @@ def _describe(data) -> str | dict:
     return str(data)
 
 
+#: LapeOptions that only read a selection (what counts and what is selected stays the same)
+_READING_OPTIONS = ("min_languages", "max_median_entropy")
+
+
+def _applicability(record: dict, options: "LapeOptions") -> dict:
+    return lape_applicability(LapeSelection.from_json(record), options.min_languages,
+                              options.max_median_entropy)
+
+
 class NeuronsMeasure:
     """LAPE as a series measure: one row per checkpoint holding its neuron-set record
     (``<checkpoint>.neurons.json``: sets, transfer sets, bars, tokens counted, point)."""
@@ -454,7 +499,8 @@ class NeuronsMeasure:
                       if self.walked is not None else [])
 
     def config(self) -> dict:
-        return {**self.opt.model_dump(), "data": _describe(self.data)}
+        return {**self.opt.model_dump(exclude=set(_READING_OPTIONS)),
+                "data": _describe(self.data)}
 
     def data_hashes(self) -> dict:
         return _data_hashes(self.data, self.files)
@@ -475,17 +521,26 @@ class NeuronsMeasure:
         return [{"tokens": ref.tokens, "point": o.point, "assign": o.assign, "record": rec}]
 
 
-def neurons_frame(rows: list[dict], primary: str):
-    """The tidy table of ``run_neurons`` from the measure's per-checkpoint rows."""
+def neurons_frame(rows: list[dict], primary: str, options: "LapeOptions | None" = None):
+    """The tidy table of ``run_neurons`` from the measure's per-checkpoint rows; with
+    ``options``, every row also carries its checkpoint's applicability
+    (``lape_applicable``, ``lape_reason``, ``kept_entropy_median``)."""
     import pandas as pd
 
     frames = []
     for r in rows:
-        t = neuron_table(LapeSelection.from_json(r["record"]), primary)
+        sel = LapeSelection.from_json(r["record"])
+        t = neuron_table(sel, primary)
         for i, k in enumerate(("checkpoint", "step", "tokens")):
             t.insert(i, k, r[k])
         for k in ("point", "assign", "weights_sha256", "config_sha256", "data_sha256"):
             t[k] = r[k]
+        if options is not None:
+            app = _applicability(r["record"], options)
+            t["lape_applicable"] = app["applicable"]
+            t["lape_reason"] = app["reason"] or ""
+            t["kept_entropy_median"] = (float("nan") if app["kept_entropy_median"] is None
+                                        else app["kept_entropy_median"])
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
 
@@ -509,14 +564,15 @@ def run_neurons(source, data, options: LapeOptions, *, revisions: list[str] | No
     lape = NeuronsMeasure(data, options)
     res = run_series(refs, [lape], state=state_dir_for(out), options=series,
                      on_checkpoint=on_checkpoint)
-    df = neurons_frame(res.rows["lape"], options.primary)
+    df = neurons_frame(res.rows["lape"], options.primary, options)
     if lape.walked is not None:   # the CLI prints it: what was kept and dropped, and why
         df.attrs["text_files"] = lape.walked.summary()
     if out is not None:
         def write(d: Path) -> None:
             for r in res.rows["lape"]:
                 rec = {**r["record"], "checkpoint": r["checkpoint"], "step": r["step"],
-                       "weights_sha256": r["weights_sha256"]}
+                       "weights_sha256": r["weights_sha256"],
+                       "applicability": _applicability(r["record"], options)}
                 atomic_write_json(d / "checkpoints" / f"{safe_name(r['checkpoint'])}.neurons.json",
                                   rec)
             atomic_write_bytes(d / "neurons.parquet", parquet_bytes(df))
@@ -543,7 +599,9 @@ def _data_hashes(data, files_used: list[str]) -> dict:
 
 def summarize_neurons(df):
     """One row per (checkpoint, new language): |S_new|, |S_primary|, |T|, |T|/|S_new| over
-    all layers."""
+    all layers; where recorded, the median normalised entropy of S_new's neurons
+    (``entropy_median``), of all kept neurons (``kept_entropy_median``) and whether LAPE
+    applies (``applicable``, ``not_applicable_reason``; ``lape_applicability``)."""
     import pandas as pd
 
     tot = df[df.layer.isna()]
@@ -561,7 +619,13 @@ def summarize_neurons(df):
                          "primary": p,
                          "n_primary": float(n_p.iloc[0]) if len(n_p) else float("nan"),
                          "n_specific": val("n_specific"), "n_transfer": val("n_transfer"),
-                         "transfer_ratio": val("transfer_ratio")})
+                         "transfer_ratio": val("transfer_ratio"),
+                         **({"entropy_median": val("entropy_median")}
+                            if (g.measure == "entropy_median").any() else {}),
+                         **({"kept_entropy_median": float(g.kept_entropy_median.iloc[0]),
+                             "applicable": bool(g.lape_applicable.iloc[0]),
+                             "not_applicable_reason": g.lape_reason.iloc[0]}
+                            if "lape_applicable" in g else {})})
     return pd.DataFrame(rows)
 
 

@@ -165,6 +165,10 @@ class CheckedItem:
     # other pairs' NEW-language first tokens after the same context (the second control:
     # do unrelated new tokens beat this primary token as often as the true pair's does?)
     control_new_ids: list[int] = field(default_factory=list)
+    # the control_ids of the other pairs of the SAME kind (keyword | builtin) as this pair:
+    # the kind-matched control A (lens.lens_controls(control="kind")), so a preference for
+    # keywords (or builtins) in general is not read as a counterpart effect
+    control_kind_ids: list[int] = field(default_factory=list)
 
     @property
     def primary_first_id(self) -> int:
@@ -390,13 +394,15 @@ def _bos_for(tokenizer, add_bos: bool | None) -> int | None:
 
 
 def _control_ids(al: _Aligner, suite: ProbeSuite, pair_id: str, prompt: str,
-                 ctx_ids: list[int], side: str, exclude: tuple[int, int]) -> list[int]:
+                 ctx_ids: list[int], side: str, exclude: tuple[int, int],
+                 kind: str | None = None) -> list[int]:
     """First tokens of the OTHER pairs' ``side`` identifiers after the same context: the
-    controls. A token equal to this item's target or counterpart first token would be no
-    control, and one that aligns at another boundary is not the same next-token question."""
+    controls (only pairs of ``kind`` when given). A token equal to this item's target or
+    counterpart first token would be no control, and one that aligns at another boundary
+    is not the same next-token question."""
     out: list[int] = []
     for op in suite.pairs:
-        if op.id == pair_id:
+        if op.id == pair_id or (kind is not None and op.kind != kind):
             continue
         g = al.align(prompt, getattr(op, side).identifier)
         if isinstance(g, str) or g[1] != ctx_ids:
@@ -435,12 +441,15 @@ def check_suite(suite: ProbeSuite, tokenizer, add_bos: bool | None = None) -> Ch
                                         (tgt_ids[0], cp_first))
                 controls_new = _control_ids(al, suite, pair.id, prompt, ctx_ids, "new",
                                             (tgt_ids[0], cp_first))
+                controls_kind = _control_ids(al, suite, pair.id, prompt, ctx_ids, "primary",
+                                             (tgt_ids[0], cp_first), kind=pair.kind)
                 item = CheckedItem(
                     pair_id=pair.id, kind=pair.kind, side=side, language=lang[side],
                     prompt=prompt, context=context, prompt_ids=ctx_ids,
                     target=spec.identifier, target_first_id=tgt_ids[0], target_ids=tgt_ids,
                     counterpart=ospec.identifier, counterpart_first_id=cp_first,
                     control_ids=controls, shared_first_token=tgt_ids[0] == cp_first,
-                    counterpart_ids=list(cgot[2]), control_new_ids=controls_new)
+                    counterpart_ids=list(cgot[2]), control_new_ids=controls_new,
+                    control_kind_ids=controls_kind)
                 (shared if item.shared_first_token else items).append(item)
     return CheckedSuite(suite=suite, items=items, shared=shared, dropped=dropped, bos_id=bos_id)
