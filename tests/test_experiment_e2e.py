@@ -155,7 +155,7 @@ def knowledge_experiment(tmp_path_factory):
                 "knowledge": {"facts_per_class": 10, "exposures": 12, "n_answers": 5}},
         continual={"tokens": 12000, "lr": 1.0e-3, "batch_size": 4, "min_lr_ratio": 1.0,
                    "checkpoints": "even", "n_checkpoints": 8, "replay_share": 0.25,
-                   "seeds": [0, 1, 2]},
+                   "seeds": [0, 1, 2], "replay_without_facts": True},
         evaluation={"val_tokens_per_language": 1024, "performance": "knowledge",
                     "primary_loss_every": 3, "power_sims": 20},
         probes={"neurons": False},
@@ -204,6 +204,15 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
                 items = row["knowledge"]["items"]
                 assert len(items["correct"]) == len(meta) == len(items["logprob_answer_set"])
                 assert set(items["correct"]) <= {0, 1}
+    # the replay arm without fact documents re-shows no primary-only fact; the replay arm
+    # with them does; exposures are counted from each run's own sampler
+    exp = {a: r[a]["javascript"]["seeds"][0]["exposures"]["by_language_class"]
+           for a in ("cpt", "cpt_replay", "cpt_replay_nofacts")}
+    assert exp["cpt_replay_nofacts"]["python/primary-only"]["max"] == 0
+    assert exp["cpt_replay"]["python/primary-only"]["total"] > 0
+    assert "python/primary-only" not in exp["cpt"] or exp["cpt"]["python/primary-only"]["max"] == 0
+    assert r["primary_exposures"]["by_language_class"]["python/primary-only"]["min"] > 0
+    assert set(r["replay"]["javascript"]) >= {"no_replay", "replay", "replay_nofacts"}
     it = st["item_test"]
     assert it["n_seeds"] == 3 and len(it["per_seed"]) == 3
     assert {"p_items", "p_seeds", "seed_drops"} <= set(it["pooled"])

@@ -34,7 +34,9 @@ from babeltower.evaluate.knowledge import knowledge_curves, knowledge_items, tra
 from babeltower.evaluate.loss import LN2, LossConfig, documents_from_shards, evaluate_model_loss
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
-from babeltower.probes.neurons import collect_stats, lape_select, windows_from_ids
+from babeltower.probes.lens_controls import MARGIN_COLUMNS
+from babeltower.probes.neurons import (collect_stats, lape_applicability, lape_select,
+                                       windows_from_ids)
 from babeltower.probes.suite import load_suite
 from babeltower.series import META, SeriesOptions, run_series
 
@@ -153,7 +155,10 @@ def lens_specific(items) -> dict:
     spans = lens_controls_summary(items, n_boot=1000)
     cols = ["share", "share_ci_low", "share_ci_high", "control_a", "control_b", "specific",
             "ci_low", "ci_high", "specific_new", "specific_new_ci_low", "specific_new_ci_high"]
+    # the margins in nats do not saturate near a share of 0 or 1 (docs/probes.md)
+    cols += [f"{m}{s}" for m in MARGIN_COLUMNS for s in ("", "_ci_low", "_ci_high")]
     out = {c: [_num(v) for v in per_layer[c]] for c in cols if c in per_layer}
+    out["control"] = per_layer.attrs.get("control")
     out["n_prompts"] = int(per_layer["n_prompts"].max()) if len(per_layer) else 0
     out["spans"] = [{k: (_num(v) if k != "span" else v) for k, v in r.items()}
                     for r in spans.to_dict("records")]
@@ -365,9 +370,14 @@ def _neuron_row(model, windows: dict, cfg: ExperimentConfig, pair_languages: lis
     langs = list(windows)
     sel = lape_select(stats.probabilities(langs), langs, top_rate=cfg.probes.top_rate,
                       assign="tang")
+    app = lape_applicability(sel)
     out = {"specific_count": {lang: int(len(sel.sets[lang])) for lang in langs},
            "transfer_count": {}, "transfer_ratio": {}, "transfer_by_layer": {},
-           "lape_point": "act_fn", "lape_assign": "tang"}
+           "lape_point": "act_fn", "lape_assign": "tang", "lape_languages": langs,
+           # LAPE over two languages is degenerate; the kept neurons' entropy says whether
+           # the "language-specific" neurons are (docs/probes.md)
+           "lape_applicable": app["applicable"], "lape_reason": app["reason"],
+           "lape_entropy": sel.entropy_summary()}
     for lang in pair_languages:
         t = sel.transfer(cfg.primary, lang)
         n_new = len(sel.sets[lang])

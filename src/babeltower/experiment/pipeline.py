@@ -45,6 +45,7 @@ from babeltower.experiment import analysis, measure
 from babeltower.experiment.config import ExperimentConfig, PhaseSettings
 from babeltower.experiment.steps import StepCache
 from babeltower.io import atomic_write_json, provenance, sha256_file, sha256_json
+from babeltower.mixture.exposures import fact_exposures
 from babeltower.mixture.regmix import fit_regression, predict_best, sample_dirichlet_mixtures
 from babeltower.mixture.sampler import available_tokens
 from babeltower.mixture.spec import largest_remainder
@@ -270,6 +271,9 @@ def primary_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, result
                       cfg.seed, eval_languages=cfg.languages, eval_tokens=4096)
     run = _train(steps, "primary", tc, f"{cfg.primary}-only, {p.tokens:,} tokens")
     results["primary_run"] = run
+    last = list_checkpoints(run)[-1]
+    results["primary_exposures"] = run_exposures(
+        cfg, data_dir, tc.mixture, cfg.seed, [{"tokens": int(last.manifest.get("tokens_seen") or 0)}])
     return _final_checkpoint(run)
 
 
@@ -334,10 +338,25 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
                                  state=_series_state(cfg, f"measure-{name}", key)),
                              ("loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"
                               if full else "knowledge items at every checkpoint, loss / bpb at the ends"))
-            seeds.append({"seed": seed, "run": run, "checkpoints": rows})
+            seeds.append({"seed": seed, "run": run, "checkpoints": rows,
+                          "exposures": run_exposures(cfg, data_dir, mixture, seed, rows)})
         out[lang] = {"run": seeds[0]["run"], "checkpoints": seeds[0]["checkpoints"],
                      "budgets": budgets, "seed": c.seeds[0], "arm": arm, "seeds": seeds}
     return out
+
+
+def run_exposures(cfg: ExperimentConfig, data_dir: Path, mixture: dict, seed: int,
+                  rows: list[dict]) -> dict | None:
+    """How often the run's own sampler showed each class of injected facts by its last
+    checkpoint (``mixture.exposures``: a fact counts when one training window holds its
+    whole rendering): per class and per language x class, with min / median / max."""
+    if cfg.corpus.knowledge is None or not rows:
+        return None
+    sequences = int(rows[-1]["tokens"]) // cfg.model.seq_len
+    got = fact_exposures(data_dir, mixture, cfg.model.seq_len, seed=seed, sequences=sequences)
+    return {"sequences": sequences, "rule": got.get("rule"),
+            "by_class": got["summary"]["by_class"],
+            "by_language_class": got["summary"]["by_language_class"]}
 
 
 def _scratch_plan(cfg: ExperimentConfig, mixtures: dict) -> list[tuple[str, int, str, int]]:
