@@ -221,7 +221,8 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
     assert 0 <= st["power"]["effect"]["pooled"]["rate"] <= 1
     assert set(st["power"]["fitted_churn"]["model"]) >= {"item", "churn", "cluster", "seed"}
     assert len(st["transfer"]["per_seed"]) == 3
-    curves = r["seed_curves"]["javascript"]
+    curves = r["seed_curves"]["none"]["javascript"]
+    assert set(r["seed_curves"]) == {"none", "replay", "replay_nofacts"}
     c = curves["primary-only asked in javascript"]
     assert len(c["per_seed"]) == 3 and len(c["ci95"][0]) == 9
     assert st["bpb_item_test"]["pooled"]["call"] in ("rise_then_drop", "monotone", "flat",

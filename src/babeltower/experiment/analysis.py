@@ -261,7 +261,7 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
     With per-item knowledge outcomes (``items_meta``) the call is the item-level test
     pooled over the continual seeds (docs/stages.md); the binomial test on the first
     seed is kept next to it with its assumption stated."""
-    stages, curves, perf_label, calibration, stage_objs, seed_curves = {}, {}, {}, {}, {}, {}
+    stages, curves, perf_label, calibration, stage_objs = {}, {}, {}, {}, {}
     for lang, run in cpt.items():
         rows = run["checkpoints"]
         x, perf, label = performance_curve(cfg, rows, lang)
@@ -278,7 +278,6 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
             perf = list(items["series"].pooled())
             stages[lang]["power"] = item_power_at(items["series"], cfg.evaluation.power_sims,
                                                   seed=cfg.seed)
-            seed_curves[lang] = knowledge_seed_curves(cfg, run, lang, items_meta)
         else:
             stages[lang] = binom
             stages[lang]["power"] = stage_power_at(x, performance_noise(rows, lang, label), perf)
@@ -301,8 +300,15 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
     alg = algorithm1(curves, corpus0, cfg.primary, stages=stage_objs, options=Algorithm1Options(
         beta=a.beta, p_threshold=a.p_threshold, floor_fraction=a.floor_fraction))
     return {"stages": stages, "performance_measure": perf_label,
-            "algorithm1": alg.to_dict(), "calibration": calibration,
-            "seed_curves": seed_curves}
+            "algorithm1": alg.to_dict(), "calibration": calibration}
+
+
+def all_seed_curves(cfg: ExperimentConfig, arms: dict[str, dict], meta: list[dict] | None) -> dict:
+    """{arm: {lang: knowledge_seed_curves}} for every continual arm ({} without items)."""
+    if not meta:
+        return {}
+    return {arm: {lang: knowledge_seed_curves(cfg, run, lang, meta) for lang, run in runs.items()}
+            for arm, runs in arms.items()}
 
 
 def knowledge_seed_curves(cfg: ExperimentConfig, run: dict, lang: str, meta: list[dict]) -> dict:

@@ -212,6 +212,8 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
                          lambda: analysis.analyse_cpt(cfg, results["cpt"], corpus0, items_meta),
                          "stage detection, Algorithm 1, calibration of Eq. 1")
     results.update(analysed)
+    results["seed_curves"] = analysis.all_seed_curves(cfg, {
+        arm: results["cpt" if arm == "none" else f"cpt_{arm}"] for arm in cpt_arms(cfg)}, items_meta)
     mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
     if "regmix" in cfg.scratch.mixtures:
         mixtures["regmix"] = _regmix(cfg, steps, data_dir, corpus0)
@@ -326,12 +328,14 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
             full = first and not replay
             key = {"run": tc.identity(), **_measure_key(cfg), "arm": arm, "full": full}
             # the first no-replay run gets every measure; every other run is read through
-            # its knowledge items (every checkpoint) and its loss at the ends
+            # its knowledge items (every checkpoint), the first seed of an arm also through
+            # its loss at the ends (the replay contrast reads the primary's bpb there)
             rows = steps.run(f"measure-{name}", key,
-                             lambda run=run, lang=lang, key=key, name=name, full=full:
+                             lambda run=run, lang=lang, key=key, name=name, full=full, first=first:
                              measure.measure_series(
                                  run, data_dir, cfg, pair_languages=[lang] if full else [],
-                                 loss_languages=[cfg.primary, lang], split="validation",
+                                 loss_languages=[cfg.primary, lang] if first else [],
+                                 split="validation",
                                  facts=facts, probes=full, lape_every=cfg.probes.every,
                                  loss_every=({cfg.primary: cfg.evaluation.primary_loss_every}
                                              if full else LOSS_AT_ENDS),

@@ -186,7 +186,7 @@ def band_curves(panels: dict[str, dict], path: str | Path, title: str) -> Path:
     """One panel per entry: curves with their uncertainty bands over checkpoints.
 
     ``panels[name] = {"x": [...], "series": {label: {"y": [...], "lo": [...], "hi": [...],
-    "dashed": bool}}, "chance": float | None, "segments": [...], "ylabel": str,
+    "dashed": bool, "per_seed": [[...], ...]}}, "chance": float | None, "segments": [...], "ylabel": str,
     "xlabel": str}``. Bands are whatever interval the caller computed (binomial Wilson,
     bootstrap); a dashed series is a control arm drawn next to its treatment.
     """
@@ -204,6 +204,9 @@ def band_curves(panels: dict[str, dict], path: str | Path, title: str) -> Path:
             y = np.asarray(s["y"], dtype=float)
             ax.plot(x, y, ls="--" if s.get("dashed") else "-", marker="o", ms=2.5, lw=1.3,
                     color=colour, label=label)
+            for seed_y in s.get("per_seed") or []:   # each seed thin, behind its mean
+                ax.plot(x, np.asarray(seed_y, dtype=float), ls="-", lw=0.6, alpha=0.35,
+                        color=colour)
             if s.get("lo") is not None and s.get("hi") is not None:
                 ax.fill_between(x, np.asarray(s["lo"], dtype=float), np.asarray(s["hi"], dtype=float),
                                 color=colour, alpha=0.15, lw=0)

@@ -115,17 +115,32 @@ def stages_section(results: dict, fig_dir: Path) -> Section:
                      "(forgetting) over continual pre-training",
                      figures.performance_curves(bpb_curves, fig_dir / "cpt_bpb.png",
                                                 "Bits per byte during continual pre-training")))
+    tables = [Table("Stage test per new language (docs/stages.md)", stage_rows(results),
+                    note="rise_then_drop = a translation-stage peak; monotone = no peak (the "
+                         "paper's C++); power = detection of a 30% drop after a peak at 20% of "
+                         "CPT on this schedule, item count and number of seeds, simulated at "
+                         "item level with the churn fitted to this run's own items; FP = the "
+                         "larger false-positive rate (monotone or flat mean).")]
+    if seed_rows(results):
+        tables.append(Table("One run is one draw: each seed's call beside the pooled one",
+                            seed_rows(results),
+                            note="per seed: the item-level test on that run alone (valid for "
+                                 "item churn, not for a run-level shock); pooled: the mean over "
+                                 "seeds, a drop called only if the item test AND the cross-"
+                                 "fitted seed t-test both reject (docs/stages.md)."))
     return Section("Continual pre-training: the three stages", _stages_text(results),
-                   figures=figs, tables=[Table("Stage test per new language (docs/stages.md)",
-                                               stage_rows(results),
-                                               note="rise_then_drop = a translation-stage peak; "
-                                                    "monotone = no peak (the paper's C++); power = "
-                                                    "detection of a 30% drop after a peak at 20% "
-                                                    "of CPT on this schedule and eval size.")])
+                   figures=figs, tables=tables)
 
 
 def _power_cell(p: dict | None, key: str) -> str:
-    if not p or key not in p:
+    """Detection (and the larger false-positive rate) of one design, either shape."""
+    if not p:
+        return "–"
+    if "effect" in p:            # item-level simulation at the run's own fitted churn
+        d = p["effect"][key]
+        fp = max(p[c][key]["rate"] for c in ("monotone", "flat") if c in p)
+        return f"{d['rate']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] (FP <= {fp:.2f})"
+    if key not in p:
         return "–"
     d = p[key]["detection"]
     fp = max(p[key]["false_positive_monotone"]["rate"], p[key]["false_positive_flat"]["rate"])
@@ -137,16 +152,47 @@ def stage_rows(results: dict) -> list[dict]:
     for lang, st in results.get("stages", {}).items():
         perf = st.get("performance", {})
         tr = st.get("transfer") or {}
+        pooled = (st.get("item_test") or {}).get("pooled") or {}
+        power = st.get("power") or {}
+        item = "effect" in power
         rows.append({
             "language": lang, "signal": st.get("performance_measure"), "call": perf.get("call"),
-            "drop p-value": perf.get("p_value"), "rise p-value": perf.get("rise_p_value"),
-            "statistic": perf.get("statistic"),
+            "drop p-value": perf.get("p_value"), "p (items)": pooled.get("p_items"),
+            "p (seeds)": pooled.get("p_seeds"), "rise p-value": perf.get("rise_p_value"),
+            "calls per seed": ", ".join(c["call"] for c in (st.get("item_test") or {}).get("per_seed", [])),
+            "binomial-model call (first seed)": (st.get("binomial_model") or {}).get("call"),
             "end of translation (tokens)": perf.get("peak_x"),
             "start of stabilization (tokens)": perf.get("stable_x"),
-            "power (own peak)": _power_cell(st.get("power"), "at_observed_peak"),
-            "power (peak 0.3)": _power_cell(st.get("power"), "at_0.3"),
+            ("power per run, fitted churn" if item else "power (own peak)"):
+                _power_cell(power, "per_run" if item else "at_observed_peak"),
+            ("power pooled over seeds" if item else "power (peak 0.3)"):
+                _power_cell(power, "pooled" if item else "at_0.3"),
             "transfer curve call": tr.get("call"), "transfer drop p": tr.get("p_value"),
             "corroboration agreement": st.get("agreement"), "reason": perf.get("reason")})
+    return rows
+
+
+def seed_rows(results: dict) -> list[dict]:
+    """Each seed's own calls (performance and transfer) next to the pooled one."""
+    rows = []
+    for lang, st in results.get("stages", {}).items():
+        it = st.get("item_test") or {}
+        tr = (st.get("transfer") or {}).get("per_seed") or []
+        seeds = [s["seed"] for s in (results.get("cpt", {}).get(lang, {}).get("seeds") or [])]
+        for i, c in enumerate(it.get("per_seed", [])):
+            t = tr[i] if i < len(tr) else {}
+            rows.append({"language": lang, "seed": seeds[i] if i < len(seeds) else i,
+                         "performance call": c["call"], "drop p": c["drop_p"],
+                         "drop shape": c.get("drop_shape"),
+                         "transfer call": t.get("call"), "transfer drop p": t.get("drop_p"),
+                         "cross-fitted drop": ((it.get("pooled") or {}).get("seed_drops") or [None] * (i + 1))[i]})
+        if it:
+            p = it["pooled"]
+            rows.append({"language": lang, "seed": "pooled", "performance call": p["call"],
+                         "drop p": st["performance"].get("p_value"), "drop shape": p.get("drop_shape"),
+                         "transfer call": (st.get("transfer") or {}).get("call"),
+                         "transfer drop p": (st.get("transfer") or {}).get("p_value"),
+                         "cross-fitted drop": p.get("mean_drop")})
     return rows
 
 
@@ -173,17 +219,32 @@ def knowledge_section(results: dict, fig_dir: Path) -> Section:
     panels, table = _knowledge_panels(results)
     if not panels:
         return Section("Controlled knowledge", "No knowledge benchmark in this run (corpus.knowledge).")
-    figs = [("Knowledge per class over continual pre-training (Wilson 95% bands; dashed = the "
-             "primary-replay arm; dotted = chance). Primary-only facts asked in the new language "
-             "can only be answered by transfer from the primary language.",
+    seeded = bool(results.get("seed_curves", {}).get("none"))
+    band = ("the mean over seeds with its Student-t 95% band over seeds, each seed thin"
+            if seeded else "Wilson 95% bands")
+    figs = [(f"Knowledge per class over continual pre-training ({band}; dashed = replay arms; "
+             "dotted = chance). Primary-only facts asked in the new language can only be "
+             "answered by transfer from the primary language.",
              figures.band_curves(panels, fig_dir / "knowledge.png", "Controlled knowledge"))]
+    tables = [Table("Knowledge accuracy: start, maximum, end (validation queries; chance = "
+                    "1 / answers)", table)]
+    if exposure_rows(results):
+        tables.append(Table("Exposures: reads per fact by the end of each run, counted from "
+                            "the run's own sampler (a read = one training window holding the "
+                            "whole rendering; docs/mixtures.md)", exposure_rows(results)))
     return Section("Controlled knowledge: what transfers, and when", _knowledge_text(results),
-                   figures=figs, tables=[Table("Knowledge accuracy: start, maximum, end (validation "
-                                               "queries; chance = 1 / answers)", table)])
+                   figures=figs, tables=tables)
+
+
+ARM_LABELS = {"none": "", "replay": " (replay)", "replay_nofacts": " (replay, no fact docs)"}
 
 
 def _knowledge_panels(results: dict) -> tuple[dict, list[dict]]:
-    """The figure's panels (one per new language x query language) and the table rows."""
+    """The figure's panels (one per new language x query language, and the transfer curve
+    across arms) and the table rows; mean over seeds with its t-interval and each seed
+    thin where the run has seeds, Wilson bands of the one run otherwise."""
+    if results.get("seed_curves", {}).get("none"):
+        return _seed_knowledge_panels(results)
     primary = results["config"]["primary"]
     panels, chance, table = {}, None, []
     for lang in results["config"]["new_languages"]:
@@ -211,33 +272,102 @@ def _knowledge_panels(results: dict) -> tuple[dict, list[dict]]:
     return panels, table
 
 
+def _band(c: dict, dashed: bool = False) -> dict:
+    lo, hi = (c.get("ci95") or [None, None])
+    return {"y": c["mean"], "lo": lo, "hi": hi, "dashed": dashed, "per_seed": c["per_seed"]}
+
+
+def _seed_knowledge_panels(results: dict) -> tuple[dict, list[dict]]:
+    primary = results["config"]["primary"]
+    chance = 1 / ((results["config"].get("corpus") or {}).get("knowledge") or {}).get("n_answers", 20)
+    panels, table = {}, []
+    for lang in results["config"]["new_languages"]:
+        for arm, curves in results["seed_curves"].items():
+            for name, c in (curves.get(lang) or {}).items():
+                if c.get("form") is not None:
+                    continue
+                lo, hi = c.get("ci95") or [[None], [None]]
+                table.append({"new language": lang, "arm": arm, "curve": name,
+                              "seeds": c["n_seeds"], "items": c["n_items"],
+                              "start": c["mean"][0], "max": max(c["mean"]), "end": c["mean"][-1],
+                              "end 95% CI (seeds)": _ci(lo[-1], hi[-1])})
+        none = results["seed_curves"]["none"].get(lang) or {}
+        for query in (lang, primary):
+            series = {n.split(" asked")[0]: _band(c) for n, c in none.items()
+                      if c.get("query_language") == query and c.get("form") is None}
+            if series:
+                panels[f"{lang} CPT: facts asked in {query}"] = {
+                    "x": next(iter(none.values()))["x"], "series": series, "chance": chance,
+                    "ylabel": "accuracy (answer set)"}
+        across = {}
+        for arm, curves in results["seed_curves"].items():
+            c = (curves.get(lang) or {}).get(f"primary-only asked in {lang}")
+            if c:
+                across[f"transfer{ARM_LABELS.get(arm, arm)}"] = _band(c, dashed=arm != "none")
+        if across:
+            panels[f"{lang}: primary-only facts asked in {lang}, every arm"] = {
+                "x": next(iter(none.values()))["x"] if none else [], "series": across,
+                "chance": chance, "ylabel": "accuracy (answer set)"}
+        forms = {c["form"]: _band(c) for c in none.values() if c.get("form")}
+        if forms:
+            panels[f"{lang}: every class asked in {lang}, per query form"] = {
+                "x": next(iter(none.values()))["x"], "series": forms, "chance": chance,
+                "ylabel": "accuracy (answer set)"}
+    return panels, table
+
+
+def exposure_rows(results: dict) -> list[dict]:
+    """Reads per fact from each run's own sampler (median [min, max]) per arm x seed."""
+    rows = []
+    prim = results.get("primary_exposures") or {}
+    for key, st in (prim.get("by_language_class") or {}).items():
+        rows.append({"run": "primary phase", "seed": results["config"].get("seed"),
+                     "facts": key, "median": st.get("median"),
+                     "range": f"[{st.get('min')}, {st.get('max')}]"})
+    for arm in ("cpt", "cpt_replay", "cpt_replay_nofacts"):
+        for lang, run in (results.get(arm) or {}).items():
+            for s in run.get("seeds") or []:
+                for key, st in ((s.get("exposures") or {}).get("by_language_class") or {}).items():
+                    rows.append({"run": f"{arm} {lang}", "seed": s["seed"], "facts": key,
+                                 "median": st.get("median"),
+                                 "range": f"[{st.get('min')}, {st.get('max')}]"})
+    return rows
+
+
 def replay_section(results: dict) -> Section:
     rows = []
     for lang, r in (results.get("replay") or {}).items():
-        for arm in ("no_replay", "replay"):
+        for arm in [a for a in ("no_replay", "replay", "replay_nofacts") if a in r]:
             a = r[arm]
             te, pe = a.get("transfer_end") or {}, a.get("primary_side_end") or {}
             rows.append({"language": lang, "arm": arm.replace("_", " "),
-                         "transfer call": a["transfer_stage"].get("call"),
+                         "transfer call (pooled)": a["transfer_stage"].get("call"),
                          "transfer drop p": a["transfer_stage"].get("p_value"),
-                         "transfer at end": te.get("accuracy"), "95% CI": _ci(te.get("lo95"), te.get("hi95")),
-                         "primary-only asked in primary, end": pe.get("accuracy"),
-                         "95% CI ": _ci(pe.get("lo95"), pe.get("hi95")),
+                         "transfer at end": te.get("mean", te.get("accuracy")),
+                         "95% CI": _ci(te.get("ci_low", te.get("lo95")), te.get("ci_high", te.get("hi95"))),
+                         "primary-only asked in primary, end": pe.get("mean", pe.get("accuracy")),
+                         "95% CI ": _ci(pe.get("ci_low", pe.get("lo95")), pe.get("ci_high", pe.get("hi95"))),
                          "primary bpb, end": a.get("primary_bpb_end")})
-        for what in ("transfer_difference", "primary_side_difference"):
-            d = r.get(what) or {}
-            rows.append({"language": lang, "arm": f"replay - no replay: {what.split('_')[0]}",
+        for name, d in (r.get("differences") or {}).items():
+            d = d or {}
+            rows.append({"language": lang, "arm": f"{name} minus no replay",
                          "transfer at end": d.get("difference"),
-                         "95% CI": _ci(d.get("lo95"), d.get("hi95"))})
+                         "95% CI": _ci(d.get("ci_low"), d.get("ci_high")),
+                         "transfer drop p": d.get("p_holm")})
     if not rows:
         return Section("Replay control", "No replay arm in this run (continual.replay_share = 0).")
     text = "\n\n".join(f"{lang}: {r['reading']}." for lang, r in results["replay"].items())
     return Section("Replay control: a switch of systems, or forgetting?",
                    "The same continual pre-training with a share of every batch replaying the "
-                   "primary language. Replay keeps the primary facts alive; if transferred "
-                   "knowledge still drops with replay, the drop is not forgetting.\n\n" + text,
-                   tables=[Table("Both arms at the last checkpoint (Wilson intervals; differences "
-                                 "with Newcombe intervals)", rows)])
+                   "primary language, with and without the injected fact documents in the "
+                   "replayed text. Replay with the facts re-shows them (retention and "
+                   "re-exposure together); replay without them keeps only the language. If "
+                   "transferred knowledge still drops with replay, the drop is not forgetting.\n\n"
+                   + text,
+                   tables=[Table("Every arm at the last checkpoint: mean over seeds with a "
+                                 "Student-t 95% interval; differences paired by seed, their "
+                                 "p-values Holm-adjusted over the family (the 'drop p' column of "
+                                 "a difference row)", rows)])
 
 
 def working_language_section(results: dict, fig_dir: Path) -> Section:
@@ -306,6 +436,8 @@ def _specific_rows(results: dict) -> list[dict]:
                             "specific (A - share)": span.get("specific"), "CI": _ci(span.get("ci_low"), span.get("ci_high")),
                             "specific new (share - B)": span.get("specific_new"),
                             "CI ": _ci(span.get("specific_new_ci_low"), span.get("specific_new_ci_high")),
+                            "counterpart margin (nats)": span.get("margin_specific"),
+                            "CI  ": _ci(span.get("margin_specific_ci_low"), span.get("margin_specific_ci_high")),
                             "prompts": span.get("n_prompts")})
     return out
 
@@ -552,10 +684,21 @@ def _setup_text(r: dict) -> str:
 
 def _stages_text(r: dict) -> str:
     parts = []
+    item = False
     for lang, st in r.get("stages", {}).items():
         p = st.get("performance", {})
+        item = item or "item_test" in st
         parts.append(f"{lang}: {p.get('call')} (drop p {_p(p.get('p_value'))}, rise p "
                      f"{_p(p.get('rise_p_value'))}; {p.get('reason', '')}).")
+    if item:
+        return ("The same items are scored at every checkpoint, so the curve's wiggles are "
+                "training churn, not fresh draws: the stage test resamples whole item "
+                "trajectories (clusters of items sharing an answer), and a drop is called on "
+                "the mean over the continual seeds only when that item-level test AND a "
+                "seed-as-unit test (each seed's drop read where the other seeds locate it) "
+                "both reject. The binomial-model call is kept beside it with its assumption "
+                "stated. The power columns say what this design could have detected under the "
+                "churn fitted to this run's items (docs/stages.md). " + " ".join(parts))
     return ("A stage test with the evaluation's own noise model (binomial counts per "
             "checkpoint): a monotone (isotonic) fit against one that allows a drop after any "
             "running maximum, p-value from a parametric bootstrap under a flat curve; a rise "
@@ -589,12 +732,29 @@ def _lens_text(r: dict) -> str:
 
 
 def _neuron_text(r: dict) -> str:
-    return ("LAPE as Tang et al. (2024) define it: for every MLP neuron and language, the "
+    return (_lape_applicability_text(r) + "LAPE as Tang et al. (2024) define it: for every MLP neuron and language, the "
             "probability that act_fn(gate_proj(x)) is positive over >= 64k held-out tokens from "
             ">= 20 documents; the lowest-entropy neurons (top_rate) above the 95th percentile of "
             "ALL probabilities are language-specific, assigned to each language whose "
             "probability exceeds that bar. Transferring neurons are specific to both the primary "
             "and the new language. The paper reports their number falling over training.")
+
+
+def _lape_applicability_text(r: dict) -> str:
+    """Whether LAPE means anything here: languages read and the kept neurons' entropy."""
+    out = []
+    for lang in r["config"]["new_languages"]:
+        rows = [x for x in r.get("cpt", {}).get(lang, {}).get("checkpoints", [])
+                if "lape_applicable" in x]
+        if not rows:
+            continue
+        last = rows[-1]
+        ent = ((last.get("lape_entropy") or {}).get("kept") or {}).get("median")
+        verdict = "applicable" if last["lape_applicable"] else f"NOT applicable: {last['lape_reason']}"
+        out.append(f"LAPE over {', '.join(last.get('lape_languages') or [])} at the last "
+                   f"checkpoint: {verdict} (kept neurons' median normalised entropy "
+                   f"{_p(ent)}; 1 = the same firing rate in every language). ")
+    return "".join(out)
 
 
 def _alg_text(r: dict) -> str:
