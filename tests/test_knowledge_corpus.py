@@ -97,6 +97,8 @@ def test_shared_mapped_facts_teach_the_declared_map(kdir):
     obj = load_facts(kdir)
     docs = _docs(kdir)
     n = 0
+    keys = {n for f in obj["facts"] for n in list(f["names"].values()) + [f["decoy_name"]]}
+    fresh: set[str] = set()
     for f in obj["facts"]:
         if f["key"] != "mapped" or f["class"] != "shared":
             continue
@@ -104,12 +106,14 @@ def test_shared_mapped_facts_teach_the_declared_map(kdir):
             if f["id"] not in d["facts"]:
                 continue
             if d["language"] == "python":   # the primary renders it under its own key
-                assert f["name"] in d["text"] and "# " not in d["text"]
+                assert f["name"] in d["text"] and "# php:" not in d["text"]
                 continue
-            # the primary's key declared, then a fresh lower-case key, then the answer
+            # the primary's key declared, then a fresh key (no fact's), then the answer
             decl = declaration(d["language"], "python", f["name"])
             part = d["text"].split(decl, 1)[1].split("\n\n")[0]
-            assert re.search(r"\b[a-z]+_[a-z]+\b", part) and f" {f['answer']}" in part, part
+            key = re.search(r"\b[A-Z]+_[A-Z]+\b", part).group(0)
+            assert key not in keys and key not in fresh and f" {f['answer']}" in part, part
+            fresh.add(key)
             n += 1
     assert n == 4 * 2 * 5         # 4 shared mapped facts x 2 new languages x 5 exposures
 

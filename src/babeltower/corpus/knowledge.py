@@ -322,12 +322,12 @@ def declaration(lang: str, other: str, name: str) -> str:
 
 
 def bridge_name(rng: random.Random, banned: set[str]) -> str:
-    """A fresh key for one rendering of a shared mapped fact (``bridge_keys: fresh``):
-    lower-case, so it never equals a fact's CONSTANT_NAME key."""
+    """A fresh key for one rendering of a shared mapped fact (``bridge_keys: fresh``), in
+    the same style as the facts' keys (a different style would tell the model which key
+    slots to ignore) and never equal to one of them."""
     while True:
-        name = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(3)) + "_" + \
-            "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2))
-        if name.upper() not in banned:
+        name = fresh_names(1, rng)[0]
+        if name not in banned:
             return name
 
 
