@@ -320,13 +320,27 @@ def fact_agreement(rows, lang_a: str, lang_b: str, classes=None, key: str | None
                           "lo95": lo, "hi95": hi}}
     rng = np.random.default_rng(seed)
     wrong = [f for f, x, y in zip(facts, ra, rb) if not x and not y]
+    out["same_wrong"] = _same_wrong(a, b, wrong, n_perm, rng)
+    la = np.array([a[f]["logprob_answer_set"] for f in facts])
+    lb = np.array([b[f]["logprob_answer_set"] for f in facts])
+    out["spearman"] = _spearman_boot(la, lb, n_boot, rng)
+    return out
+
+
+def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
+    """Same-wrong-answer rate among ``wrong`` facts against the within-answer permutation
+    null (see ``fact_agreement``)."""
+    import numpy as np
+
     pa = np.array([a[f]["predicted"] for f in wrong])
     pb = np.array([b[f]["predicted"] for f in wrong])
     strata: dict[str, list[int]] = {}
     for i, f in enumerate(wrong):
         strata.setdefault(a[f]["answer"], []).append(i)
     observed = int((pa == pb).sum())
-    same = {**rate(observed, len(wrong)), "null_mean": None, "null_lo95": None,
+    lo, hi = wilson_interval(observed, len(wrong))
+    same = {"k": observed, "n": len(wrong), "rate": observed / len(wrong) if wrong else None,
+            "lo95": lo, "hi95": hi, "null_mean": None, "null_lo95": None,
             "null_hi95": None, "p_value": None,
             "n_permutable": sum(len(v) for v in strata.values() if len(v) > 1)}
     if wrong:
@@ -340,21 +354,23 @@ def fact_agreement(rows, lang_a: str, lang_b: str, classes=None, key: str | None
         same.update(null_mean=float(null.mean()), null_lo95=float(np.quantile(null, 0.025)),
                     null_hi95=float(np.quantile(null, 0.975)),
                     p_value=float((1 + np.sum(null >= observed / len(wrong) - 1e-12)) / (1 + n_perm)))
-    out["same_wrong"] = same
-    la = np.array([a[f]["logprob_answer_set"] for f in facts])
-    lb = np.array([b[f]["logprob_answer_set"] for f in facts])
-    rho = _spearman(la, lb) if len(facts) >= 3 else None
+    return same
+
+
+def _spearman_boot(la, lb, n_boot: int, rng) -> dict:
+    import numpy as np
+
+    rho = _spearman(la, lb) if len(la) >= 3 else None
     boot = []
     if rho is not None:
         for _ in range(n_boot):
-            i = rng.integers(0, len(facts), len(facts))
+            i = rng.integers(0, len(la), len(la))
             v = _spearman(la[i], lb[i])
             if v is not None:
                 boot.append(v)
-    out["spearman"] = {"rho": rho, "n": len(facts),
-                       "lo95": float(np.quantile(boot, 0.025)) if boot else None,
-                       "hi95": float(np.quantile(boot, 0.975)) if boot else None}
-    return out
+    return {"rho": rho, "n": len(la),
+            "lo95": float(np.quantile(boot, 0.025)) if boot else None,
+            "hi95": float(np.quantile(boot, 0.975)) if boot else None}
 
 
 def agreement_table(rows_by_checkpoint, primary: str, classes_sets=None, keys=TAUGHT_KEYS,
