@@ -268,6 +268,23 @@ def test_cli_writes_and_rejects(tmp_path, capsys):
     assert main(["corpus", "knowledge", "--out", str(tmp_path / "x"), "--exposures", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exposures" in err[0] and not (tmp_path / "x").exists()
+    assert main(["corpus", "knowledge", "--out", str(tmp_path / "m"), "--keys", "mapped",
+                 "--query-forms", "definition,function", "--bridge-keys", "fixed",
+                 "--facts-per-class", "4", "--exposures", "1", "--n-answers", "2"]) == 0
+    obj = load_facts(tmp_path / "m")
+    assert {f["key"] for f in obj["facts"]} == {"mapped"}
+    assert {q["form"] for q in obj["queries"]} == {"definition", "function"}
+    assert obj["config"]["bridge_keys"] == "fixed"
+    capsys.readouterr()
+    assert main(["corpus", "knowledge", "--out", str(tmp_path / "y"), "--keys", "mirror"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keys must be" in err[0] and not (tmp_path / "y").exists()
+
+
+def test_v1_facts_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "facts.json").write_text(json.dumps({"format": "babeltower-knowledge-facts/1"}))
+    with pytest.raises(BabelError, match="regenerate it"):
+        load_facts(tmp_path)
 
 
 def test_answer_split_by_tokenizer_is_refused(kdir):

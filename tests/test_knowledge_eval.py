@@ -216,6 +216,21 @@ def test_classes_behave_as_defined_on_a_primary_only_model(tmp_path):
              and r["class"] == "shared"]
     assert sum(r["correct"] for r in items) == curves[(160, "shared", "python")][0]
     assert {r["language"] for r in res["shares"]} == {"php"}
+    # v2 outputs: the row schema, each row with EOS, nulls next to every cell, agreement
+    from babeltower.evaluate.knowledge import ROW_SCHEMA
+
+    assert res["row_schema"] == list(ROW_SCHEMA) and res["provenance"]["config"]["eos"]
+    assert all(r["eos"] is True and set(ROW_SCHEMA) <= set(r) for r in res["items"])
+    nulls = {(r["step"], r["class"], r["language"]): r for r in res["nulls"]}
+    nv = nulls[(160, "primary-only", "python")]
+    assert nv["k"] == curves[(160, "primary-only", "python")][0]
+    assert nv["never_taught_n"] == curves[(160, "never-taught", "python")][1]
+    assert {r["key"] for r in res["form_curves"]} == {"same"}
+    assert sum(r["n"] for r in res["form_curves"] if r["step"] == 160) == \
+        sum(n for (s, _, _), (_, n) in curves.items() if s == 160)
+    ag = [a for a in res["agreement"] if a["step"] == 160 and a["classes"] == ["shared"]]
+    # shared facts are asked in both languages: every one is in the agreement table
+    assert len(ag) == 1 and ag[0]["facts"] == 12 and ag[0]["lang_b"] == "php"
 
 
 # ------------------------------------------------------------------ nulls and agreement

