@@ -189,13 +189,16 @@ def shuffled_null(rows, n_perm: int = 1000, seed: int = 0) -> dict:
     if n == 0:
         return {"n": 0, "observed": None, "expected": None, "lo95": None, "hi95": None,
                 "p_above": None}
-    pred = np.array([r["predicted"] for r in rows])
-    key = np.array([r["answer"] for r in rows])
+    labels = sorted({r["predicted"] for r in rows} | {r["answer"] for r in rows})
+    code = {a: i for i, a in enumerate(labels)}
+    pred = np.array([code[r["predicted"]] for r in rows])
+    key = np.array([code[r["answer"]] for r in rows])
     observed = float(np.mean(pred == key))
-    labels = sorted(set(pred) | set(key))
-    expected = sum(float(np.sum(pred == a)) * float(np.sum(key == a)) for a in labels) / n ** 2
+    expected = float(np.bincount(pred, minlength=len(labels))
+                     @ np.bincount(key, minlength=len(labels))) / n ** 2
     rng = np.random.default_rng(seed)
-    null = np.array([np.mean(pred == key[rng.permutation(n)]) for _ in range(n_perm)])
+    perms = np.argsort(rng.random((n_perm, n)), axis=1)   # n_perm uniform permutations
+    null = (pred[None, :] == key[perms]).mean(axis=1)
     return {"n": n, "observed": observed, "expected": expected,
             "lo95": float(np.quantile(null, 0.025)), "hi95": float(np.quantile(null, 0.975)),
             "p_above": float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm))}
@@ -332,6 +335,8 @@ def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
     null (see ``fact_agreement``)."""
     import numpy as np
 
+    # sorted by right answer, so each stratum is one block
+    wrong = sorted(wrong, key=lambda f: a[f]["answer"])
     pa = np.array([a[f]["predicted"] for f in wrong])
     pb = np.array([b[f]["predicted"] for f in wrong])
     strata: dict[str, list[int]] = {}
@@ -344,13 +349,11 @@ def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
             "null_hi95": None, "p_value": None,
             "n_permutable": sum(len(v) for v in strata.values() if len(v) > 1)}
     if wrong:
-        null = np.empty(n_perm)
-        for t in range(n_perm):
-            perm = np.arange(len(wrong))
-            for idx in strata.values():
-                if len(idx) > 1:
-                    perm[idx] = rng.permutation(idx)
-            null[t] = (pa == pb[perm]).mean()
+        # n_perm permutations within strata at once: random sort keys offset by the
+        # stratum's index keep every fact inside its (contiguous) block
+        block = np.concatenate([np.full(len(v), i) for i, v in enumerate(strata.values())])
+        perms = np.argsort(rng.random((n_perm, len(wrong))) + 2.0 * block[None, :], axis=1)
+        null = (pa[None, :] == pb[perms]).mean(axis=1)
         same.update(null_mean=float(null.mean()), null_lo95=float(np.quantile(null, 0.025)),
                     null_hi95=float(np.quantile(null, 0.975)),
                     p_value=float((1 + np.sum(null >= observed / len(wrong) - 1e-12)) / (1 + n_perm)))
@@ -360,17 +363,20 @@ def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
 def _spearman_boot(la, lb, n_boot: int, rng) -> dict:
     import numpy as np
 
+    from scipy.stats import rankdata
+
     rho = _spearman(la, lb) if len(la) >= 3 else None
-    boot = []
+    boot = np.array([])
     if rho is not None:
-        for _ in range(n_boot):
-            i = rng.integers(0, len(la), len(la))
-            v = _spearman(la[i], lb[i])
-            if v is not None:
-                boot.append(v)
+        i = rng.integers(0, len(la), (n_boot, len(la)))        # resampled facts
+        rx, ry = rankdata(la[i], axis=1), rankdata(lb[i], axis=1)
+        rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+        den = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+        ok = den > 0                                            # a constant resample has no rho
+        boot = (rx * ry).sum(1)[ok] / den[ok]
     return {"rho": rho, "n": len(la),
-            "lo95": float(np.quantile(boot, 0.025)) if boot else None,
-            "hi95": float(np.quantile(boot, 0.975)) if boot else None}
+            "lo95": float(np.quantile(boot, 0.025)) if boot.size else None,
+            "hi95": float(np.quantile(boot, 0.975)) if boot.size else None}
 
 
 def agreement_table(rows_by_checkpoint, primary: str, classes_sets=None, keys=TAUGHT_KEYS,
