@@ -358,3 +358,21 @@ def test_curves_by_key_and_form():
     df = knowledge_curves([("c", 1, rows)], by=("key", "form"))
     assert {(r.key, r.form): r.n for _, r in df.iterrows()} == {
         ("same", "config"): 1, ("same", "definition"): 2, ("mapped", "definition"): 3}
+
+
+def test_summary_is_the_functions_output_in_json():
+    from babeltower.evaluate.knowledge import fact_agreement, knowledge_summary
+
+    rows = _agreement_rows()
+    out = knowledge_summary(rows, n_answers=4, primary="python", n_boot=100, n_perm=100)
+    json.dumps(out)                               # JSON-ready
+    curves = knowledge_curves([("c", 0, rows)], 4)
+    assert [(c["key"], c["language"], c["k"], c["n"]) for c in out["curves"]] == \
+        [(r.key, r.language, r.k, r.n) for _, r in curves.iterrows()]
+    assert {c["form"] for c in out["form_curves"]} == {"definition"}
+    (ag,) = [a for a in out["agreement"] if a["key"] == "same"]
+    want = fact_agreement(rows, "python", "php", classes=["primary-only"], key="same",
+                          n_boot=100, n_perm=100)
+    assert ag["p_b_given_right_a"] == want["p_b_given_right_a"]
+    assert ag["same_wrong"] == want["same_wrong"] and ag["spearman"] == want["spearman"]
+    assert {t["key"] for t in out["transfer"]} == {"same"} and out["chance"] == 0.25

@@ -20,6 +20,8 @@ computed exactly (facts from ``babeltower.corpus.knowledge``; docs/knowledge.md)
 * ``transfer_shares(rows_by_checkpoint)`` -> per checkpoint, new language t and key: among
   the facts answered correctly in t, the share of the primary-only class, with a Wilson
   interval, and the share a model guessing at chance would have.
+* ``knowledge_summary(rows, n_answers, primary)``: one checkpoint's curves, per-form
+  curves, nulls, shares and agreement as JSON-ready lists (what an experiment stores).
 * ``evaluate_knowledge_series(source, facts, out)``: all of them for every checkpoint.
 
 ``rows_by_checkpoint``: a mapping {checkpoint: rows} or a sequence of
@@ -393,6 +395,28 @@ def agreement_table(rows_by_checkpoint, primary: str, classes_sets=None, keys=TA
                                         n_boot=n_boot, n_perm=n_perm, seed=seed)
                     if ag["facts"]:
                         out.append({"checkpoint": name, "step": step, **ag})
+    return out
+
+
+def knowledge_summary(rows, n_answers: int, primary: str, agreement: bool = True,
+                      n_boot: int = 500, n_perm: int = 500, seed: int = 0) -> dict:
+    """One checkpoint's knowledge results, JSON-ready: ``curves`` (class x target x
+    language x side x key), ``form_curves`` (+ form), ``nulls``, ``transfer`` (shares per
+    language and key) and, with ``agreement``, ``agreement`` (primary vs each new
+    language, per key and taught class). ``rows``: ``knowledge_items`` of one checkpoint.
+    What an experiment stores per checkpoint next to the rows themselves."""
+    series = [("_", None, list(rows))]
+    out = {"chance": 1 / n_answers, "eos": all(bool(r.get("eos")) for r in rows)}
+    for name, df in (("curves", knowledge_curves(series, n_answers)),
+                     ("form_curves", knowledge_curves(series, n_answers, by=CURVE_BY + ("form",))),
+                     ("nulls", knowledge_nulls(series, n_answers, n_perm=n_perm, seed=seed)),
+                     ("transfer", transfer_shares(series))):
+        out[name] = json.loads(df.drop(columns=["checkpoint", "step"], errors="ignore")
+                               .to_json(orient="records"))
+    if agreement:
+        out["agreement"] = [{k: v for k, v in a.items() if k not in ("checkpoint", "step")}
+                            for a in agreement_table(series, primary, n_boot=n_boot,
+                                                     n_perm=n_perm, seed=seed)]
     return out
 
 
