@@ -12,8 +12,8 @@ import pytest
 
 from babeltower.corpus.knowledge import (KnowledgeConfig, load_facts, make_documents,
                                          write_knowledge)
-from babeltower.evaluate.knowledge import (ROW_SCHEMA, knowledge_curves, knowledge_items,
-                                           transfer_shares)
+from babeltower.evaluate.knowledge import (CURVE_BY, ROW_SCHEMA, knowledge_curves,
+                                           knowledge_items, transfer_shares)
 
 # ------------------------------------------------------------------ hand-counted series
 
@@ -352,10 +352,14 @@ def test_curves_by_key_and_form():
     rows = [_arow(f"f{i}", "php", i % 2, " 10", " 10", -1.0, key=("same", "mapped")[i % 2])
             for i in range(6)]
     rows[0]["form"] = "config"
-    df = knowledge_curves([("c", 1, rows)], n_answers=4)
+    rows.append(_arow("f9", "php", 1, " 10", " 10", -1.0, key="decoy"))
+    df = knowledge_curves([("c", 1, rows)], n_answers=4, by=CURVE_BY)
     got = {r.key: (r.k, r.n) for _, r in df.iterrows()}
-    assert got == {"same": (0, 3), "mapped": (3, 3)}
-    df = knowledge_curves([("c", 1, rows)], by=("key", "form"))
+    assert got == {"same": (0, 3), "mapped": (3, 3), "decoy": (1, 1)}
+    # the default (v1's cells) pools same and mapped and leaves the decoy out
+    df = knowledge_curves([("c", 1, rows)], n_answers=4)
+    assert "key" not in df.columns and [(r.k, r.n) for _, r in df.iterrows()] == [(3, 6)]
+    df = knowledge_curves([("c", 1, rows[:-1])], by=("key", "form"))
     assert {(r.key, r.form): r.n for _, r in df.iterrows()} == {
         ("same", "config"): 1, ("same", "definition"): 2, ("mapped", "definition"): 3}
 
@@ -366,7 +370,7 @@ def test_summary_is_the_functions_output_in_json():
     rows = _agreement_rows()
     out = knowledge_summary(rows, n_answers=4, primary="python", n_boot=100, n_perm=100)
     json.dumps(out)                               # JSON-ready
-    curves = knowledge_curves([("c", 0, rows)], 4)
+    curves = knowledge_curves([("c", 0, rows)], 4, by=CURVE_BY)
     assert [(c["key"], c["language"], c["k"], c["n"]) for c in out["curves"]] == \
         [(r.key, r.language, r.k, r.n) for _, r in curves.iterrows()]
     assert {c["form"] for c in out["form_curves"]} == {"definition"}

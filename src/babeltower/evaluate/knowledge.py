@@ -8,9 +8,10 @@ computed exactly (facts from ``babeltower.corpus.knowledge``; docs/knowledge.md)
   answer is the top-1 among the answer tokens; ``logprob`` = its log-probability over the
   whole vocabulary (nats), ``logprob_answer_set`` = over the answer set only, ``margin`` =
   ``logprob_answer_set`` minus the best other answer's (> 0 iff correct, ties aside).
-* ``knowledge_curves(rows_by_checkpoint, n_answers, by=CURVE_BY)`` -> accuracy per
-  checkpoint x class x new language (``target``) x query language x key, with counts k/n
-  and a Wilson 95% interval; ``by=CURVE_BY + ("form",)`` gives per-query-form curves.
+* ``knowledge_curves(rows_by_checkpoint, n_answers, by=...)`` -> accuracy per
+  checkpoint x class x new language (``target``) x query language (the key variants
+  pooled, decoys left out: v1's cells), with counts k/n and a Wilson 95% interval;
+  ``by=CURVE_BY`` adds the key variant, ``by=CURVE_BY + ("form",)`` the query form.
 * ``knowledge_nulls`` -> each cell next to chance, its shuffled-answer null and the
   never-taught class's accuracy in the same language and key.
 * ``fact_agreement(rows, lang_a, lang_b, classes, key)`` -> per-fact agreement between two
@@ -44,7 +45,8 @@ ROW_KEYS = ("query", "fact", "class", "target", "key", "language", "side", "form
 # one row per query (``knowledge_items``); a stable schema, documented in docs/knowledge.md
 ROW_SCHEMA = ROW_KEYS + ("answer", "predicted", "correct", "logprob", "logprob_answer_set",
                          "margin", "eos")
-CURVE_BY = ("class", "target", "language", "side", "key")
+POOLED_BY = ("class", "target", "language", "side")   # v1's cells: key variants pooled
+CURVE_BY = POOLED_BY + ("key",)                        # v2's cells: per key variant
 TAUGHT_KEYS = ("same", "mapped")
 
 
@@ -115,10 +117,11 @@ def _rate(k: int, n: int) -> dict:
 
 
 def knowledge_curves(rows_by_checkpoint, n_answers: int | None = None, split: str | None = None,
-                     by=CURVE_BY):
-    """Accuracy per checkpoint x cell (k, n, Wilson 95%); cells are ``by`` (default class x
-    target x query language x side x key; add ``"form"`` for per-query-form curves, or
-    drop ``"key"`` to pool the key variants - decoy queries are then pooled too).
+                     by=POOLED_BY):
+    """Accuracy per checkpoint x cell (k, n, Wilson 95%); cells are ``by``: by default
+    v1's class x target x query language x side, the same and mapped keys pooled (decoy
+    queries left out: they are not a class's accuracy); ``CURVE_BY`` adds the key
+    variant (decoys then a cell of their own), ``CURVE_BY + ("form",)`` per query form.
 
     ``target`` is the new language a class belongs to ("all" for the primary-only and
     never-taught pools); ``chance`` = 1 / n_answers when given.
@@ -130,7 +133,8 @@ def knowledge_curves(rows_by_checkpoint, n_answers: int | None = None, split: st
     for name, step, rows in _series(rows_by_checkpoint):
         groups: dict[tuple, list[int]] = {}
         for r in rows:
-            if split is not None and r["split"] != split:
+            if (split is not None and r["split"] != split) or \
+                    ("key" not in by and r.get("key") == "decoy"):
                 continue
             groups.setdefault(_cell(r, by), []).append(int(r["correct"]))
         for key, hits in sorted(groups.items()):
@@ -407,7 +411,7 @@ def knowledge_summary(rows, n_answers: int, primary: str, agreement: bool = True
     What an experiment stores per checkpoint next to the rows themselves."""
     series = [("_", None, list(rows))]
     out = {"chance": 1 / n_answers, "eos": all(bool(r.get("eos")) for r in rows)}
-    for name, df in (("curves", knowledge_curves(series, n_answers)),
+    for name, df in (("curves", knowledge_curves(series, n_answers, by=CURVE_BY)),
                      ("form_curves", knowledge_curves(series, n_answers, by=CURVE_BY + ("form",))),
                      ("nulls", knowledge_nulls(series, n_answers, n_perm=n_perm, seed=seed)),
                      ("transfer", transfer_shares(series))):
@@ -450,7 +454,7 @@ def evaluate_knowledge_series(source: str | os.PathLike, facts, out=None,
     n_answers = len(fobj["answers"])
     primary = fobj["config"]["primary"]
     result = {"items": pd.DataFrame([r for _, _, rows in series for r in rows]),
-              "curves": knowledge_curves(series, n_answers),
+              "curves": knowledge_curves(series, n_answers, by=CURVE_BY),
               "form_curves": knowledge_curves(series, n_answers, by=CURVE_BY + ("form",)),
               "shares": transfer_shares(series),
               "nulls": knowledge_nulls(series, n_answers)}
