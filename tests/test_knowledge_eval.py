@@ -12,8 +12,8 @@ import pytest
 
 from babeltower.corpus.knowledge import (KnowledgeConfig, load_facts, make_documents,
                                          write_knowledge)
-from babeltower.evaluate.knowledge import (knowledge_curves, knowledge_items,
-                                           transfer_shares)
+from babeltower.evaluate.knowledge import (CURVE_BY, ROW_SCHEMA, knowledge_curves,
+                                           knowledge_items, transfer_shares)
 
 # ------------------------------------------------------------------ hand-counted series
 
@@ -117,19 +117,29 @@ def test_items_match_an_unbatched_forward_pass(small):
     import torch
 
     model, tok, facts = small
-    rows = knowledge_items(model, tok, facts, batch_size=5)   # uneven batches, padding
-    assert len(rows) == len(facts["queries"])
     answer_ids = [tok.encode(a)[0] for a in facts["answers"]]
-    for q, r in zip(facts["queries"], rows):
-        ids = tok.encode(q["prefix"] + q["answer"])
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0, -1]
-        full = torch.log_softmax(logits, -1)
-        on_set = logits[answer_ids]
-        assert r["logprob"] == pytest.approx(float(full[ids[-1]]), abs=1e-4)
-        assert r["correct"] == int(answer_ids[int(on_set.argmax())] == ids[-1])
-        assert r["predicted"] == facts["answers"][int(on_set.argmax())]
-        assert (r["fact"], r["class"], r["language"]) == (q["fact"], q["class"], q["language"])
+    for eos in (True, False):
+        rows = knowledge_items(model, tok, facts, batch_size=5, eos=eos)   # uneven batches
+        assert len(rows) == len(facts["queries"])
+        for q, r in zip(facts["queries"], rows):
+            ids = tok.encode(q["prefix"] + q["answer"])
+            # as in the packed stream: the document's tokens after the previous EOS
+            prompt = ([tok.convert_tokens_to_ids("<|endoftext|>")] if eos else []) + ids[:-1]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+            full = torch.log_softmax(logits, -1)
+            on_set = torch.log_softmax(logits[answer_ids], -1)
+            right = answer_ids.index(ids[-1])
+            best_other = max(float(on_set[i]) for i in range(len(answer_ids)) if i != right)
+            assert r["logprob"] == pytest.approx(float(full[ids[-1]]), abs=1e-4)
+            assert r["logprob_answer_set"] == pytest.approx(float(on_set[right]), abs=1e-4)
+            assert r["margin"] == pytest.approx(float(on_set[right]) - best_other, abs=1e-4)
+            assert (r["margin"] > 0) == bool(r["correct"])
+            assert r["correct"] == int(answer_ids[int(on_set.argmax())] == ids[-1])
+            assert r["predicted"] == facts["answers"][int(on_set.argmax())]
+            assert r["eos"] is eos and set(r) == set(ROW_SCHEMA)
+            assert {k: r[k] for k in ("fact", "class", "key", "language", "form")} == \
+                {k: q[k] for k in ("fact", "class", "key", "language", "form")}
     assert len(knowledge_items(model, tok, facts, split="validation")) == \
         sum(q["split"] == "validation" for q in facts["queries"])
 
@@ -138,7 +148,7 @@ def test_items_match_an_unbatched_forward_pass(small):
 
 
 TINY_KNOWLEDGE = dict(primary="python", languages=["php"], facts_per_class=12, exposures=40,
-                      n_answers=4, facts_per_document=4, seed=0)
+                      n_answers=4, facts_per_document=4, seed=0, keys=["same"])
 
 
 def _pack_primary(root: Path, facts: dict, cfg: KnowledgeConfig) -> Path:
@@ -190,11 +200,12 @@ def test_classes_behave_as_defined_on_a_primary_only_model(tmp_path):
     res = json.loads(out.read_text())
     assert res["chance"] == 0.25 and res["provenance"]["config"]["split"] is None
     curves = {(r["step"], r["class"], r["language"]): (r["k"], r["n"]) for r in res["curves"]}
+    assert {r["key"] for r in res["curves"]} == {"same"} and len(curves) == len(res["curves"])
     assert sorted({s for s, _, _ in curves}) == [0, 80, 160]
-    for cls in ("primary-only", "shared", "new-only"):
+    for cls in ("primary-only", "shared", "new-only", "never-taught"):
         k, n = curves[(160, cls, "python")]
         p_above = binomtest(k, n, 0.25, alternative="greater").pvalue
-        if cls == "new-only":   # never in the corpus: at chance
+        if cls in ("new-only", "never-taught"):   # not in this corpus: at chance
             assert binomtest(k, n, 0.25).pvalue > 0.01, (cls, k, n)
         else:                   # in the primary corpus, asked in a held-out form
             assert p_above < 1e-3, (cls, k, n)
@@ -205,3 +216,167 @@ def test_classes_behave_as_defined_on_a_primary_only_model(tmp_path):
              and r["class"] == "shared"]
     assert sum(r["correct"] for r in items) == curves[(160, "shared", "python")][0]
     assert {r["language"] for r in res["shares"]} == {"php"}
+    # v2 outputs: the row schema, each row with EOS, nulls next to every cell, agreement
+    from babeltower.evaluate.knowledge import ROW_SCHEMA
+
+    assert res["row_schema"] == list(ROW_SCHEMA) and res["provenance"]["config"]["eos"]
+    assert all(r["eos"] is True and set(ROW_SCHEMA) <= set(r) for r in res["items"])
+    nulls = {(r["step"], r["class"], r["language"]): r for r in res["nulls"]}
+    nv = nulls[(160, "primary-only", "python")]
+    assert nv["k"] == curves[(160, "primary-only", "python")][0]
+    assert nv["never_taught_n"] == curves[(160, "never-taught", "python")][1]
+    assert {r["key"] for r in res["form_curves"]} == {"same"}
+    assert sum(r["n"] for r in res["form_curves"] if r["step"] == 160) == \
+        sum(n for (s, _, _), (_, n) in curves.items() if s == 160)
+    ag = [a for a in res["agreement"] if a["step"] == 160 and a["classes"] == ["shared"]]
+    # shared facts are asked in both languages: every one is in the agreement table
+    assert len(ag) == 1 and ag[0]["facts"] == 12 and ag[0]["lang_b"] == "php"
+
+
+# ------------------------------------------------------------------ nulls and agreement
+
+
+def _arow(fact, lang, correct, predicted, answer, lp, key="same", cls="primary-only"):
+    return {"query": f"q-{fact}-{lang}", "fact": fact, "class": cls, "target": None,
+            "key": key, "language": lang, "side": "primary" if lang == "python" else "new",
+            "form": "definition", "split": "test", "correct": correct, "predicted": predicted,
+            "answer": answer, "logprob_answer_set": lp}
+
+
+def _agreement_rows():
+    # 20 facts; A = python right on f0-f9. B = php right on f0-f7 (8 of the 10 A-right)
+    # and on f10-f11 (2 of the 10 A-wrong): P(B|A right) = 0.8, P(B|A wrong) = 0.2.
+    # Both wrong: f12-f19 (answers " 10" x4, " 20" x4); A and B give the same wrong answer
+    # on f12-f17 (6 of 8).
+    rows = []
+    ans = [" 10", " 20", " 30", " 40"]
+    for i in range(20):
+        a = " 10" if i < 16 else " 20"
+        a = ans[i % 2] if i < 12 else (" 10" if i < 16 else " 20")
+        right_a, right_b = i < 10, i < 8 or i in (10, 11)
+        wrong_a = " 30" if i % 3 else " 40"
+        wrong_b = wrong_a if 12 <= i < 18 else ({" 30": " 40", " 40": " 30"}[wrong_a])
+        rows.append(_arow(f"f{i}", "python", int(right_a), a if right_a else wrong_a, a, -i / 10))
+        rows.append(_arow(f"f{i}", "php", int(right_b), a if right_b else wrong_b, a,
+                          -(19 - i) / 10 if i in (0, 19) else -i / 10))
+    rows.append(_arow("f0", "php", 1, " 10", " 10", 0.0, key="decoy"))   # never counted
+    return rows
+
+
+def test_fact_agreement_matches_hand_counts():
+    from babeltower.evaluate.knowledge import fact_agreement
+
+    ag = fact_agreement(_agreement_rows(), "python", "php", n_perm=2000, n_boot=500)
+    assert ag["facts"] == 20
+    r, w = ag["p_b_given_right_a"], ag["p_b_given_wrong_a"]
+    assert (r["k"], r["n"], w["k"], w["n"]) == (8, 10, 2, 10)
+    assert (r["lo95"], r["hi95"]) == tuple(pytest.approx(x) for x in _wilson_by_hand(8, 10))
+    # Newcombe's method 10 from the two hand Wilson intervals
+    (l1, u1), (l2, u2) = _wilson_by_hand(8, 10), _wilson_by_hand(2, 10)
+    d = ag["difference"]
+    assert d["estimate"] == pytest.approx(0.6)
+    assert d["lo95"] == pytest.approx(0.6 - math.sqrt((0.8 - l1) ** 2 + (u2 - 0.2) ** 2))
+    assert d["hi95"] == pytest.approx(0.6 + math.sqrt((u1 - 0.8) ** 2 + (0.2 - l2) ** 2))
+    assert d["lo95"] > 0
+    # same wrong answer: 6 of the 8 both-wrong facts. The within-answer permutation null,
+    # exactly: per stratum (right answer), E[matches] = (1/m) sum_i sum_j [A_i == B_j]
+    sw = ag["same_wrong"]
+    assert (sw["k"], sw["n"], sw["n_permutable"]) == (6, 8, 8)
+    rows = {(x["fact"], x["language"]): x for x in _agreement_rows() if x["key"] != "decoy"}
+    exp = 0.0
+    for stratum in ([f"f{i}" for i in range(12, 16)], [f"f{i}" for i in range(16, 20)]):
+        pa = [rows[(f, "python")]["predicted"] for f in stratum]
+        pb = [rows[(f, "php")]["predicted"] for f in stratum]
+        exp += sum(x == y for x in pa for y in pb) / len(stratum)
+    assert sw["null_mean"] == pytest.approx(exp / 8, abs=0.02)
+    assert sw["null_lo95"] <= sw["null_mean"] <= sw["null_hi95"] and 0 < sw["p_value"] <= 1
+    # Spearman: B's log-probs are A's with facts f0 and f19 swapped: d = 19 for both
+    n = 20
+    want = 1 - 6 * (2 * 19 ** 2) / (n * (n * n - 1))
+    sp = ag["spearman"]
+    assert sp["rho"] == pytest.approx(want) and sp["lo95"] <= sp["hi95"] <= 1
+    # filters: classes and key select rows; an unknown key leaves no facts
+    assert fact_agreement(_agreement_rows(), "python", "php", key="mapped")["facts"] == 0
+    assert fact_agreement(_agreement_rows(), "python", "php", classes=["shared"])["facts"] == 0
+
+
+def test_independent_languages_give_no_agreement():
+    # B's outcomes drawn independently of A's: the difference interval covers 0 and the
+    # same-wrong rate sits inside its permutation null (a check that would fail if the
+    # conditional rates were computed on the wrong facts)
+    import random
+
+    from babeltower.evaluate.knowledge import fact_agreement
+
+    rng = random.Random(1)
+    ans = [" 11", " 22", " 33", " 44"]
+    rows = []
+    for i in range(400):
+        a = ans[i % 4]
+        for lang in ("python", "php"):
+            p = rng.choice(ans)
+            rows.append(_arow(f"f{i}", lang, int(p == a), p, a, rng.random()))
+    ag = fact_agreement(rows, "python", "php", n_perm=500, n_boot=200)
+    assert ag["difference"]["lo95"] < 0 < ag["difference"]["hi95"]
+    assert ag["same_wrong"]["p_value"] > 0.01
+    assert ag["spearman"]["lo95"] < 0 < ag["spearman"]["hi95"]
+
+
+def test_shuffled_null_and_never_taught_by_hand():
+    from babeltower.evaluate.knowledge import knowledge_nulls, shuffled_null
+
+    # 8 items; the model always says " 10"; the key holds " 10" three times: whatever the
+    # permutation, accuracy is 3/8 - the shuffled null is the answer prior's, not 1/4
+    rows = [_arow(f"f{i}", "php", int(a == " 10"), " 10", a, -1.0)
+            for i, a in enumerate([" 10", " 10", " 10", " 20", " 30", " 40", " 20", " 30"])]
+    sh = shuffled_null(rows, n_perm=200)
+    assert sh["expected"] == pytest.approx(3 / 8) and sh["lo95"] == sh["hi95"] == 3 / 8
+    assert sh["observed"] == 3 / 8 and sh["p_above"] == 1.0
+    # predictions equal to the key: E = sum_a n_a^2 / n^2 = (9 + 4 + 4 + 1) / 64
+    right = [{**r, "predicted": r["answer"], "correct": 1} for r in rows]
+    sh = shuffled_null(right, n_perm=2000)
+    assert sh["expected"] == pytest.approx(18 / 64)
+    assert sh["observed"] == 1.0 and sh["p_above"] < 0.01
+    never = [_arow(f"n{i}", "php", int(i < 2), " 10", " 10", -1.0, cls="never-taught")
+             for i in range(8)]
+    df = knowledge_nulls([("c", 5, right + never)], n_answers=4, n_perm=100)
+    cell = df[df["class"] == "primary-only"].iloc[0]
+    assert (cell.k, cell.n, cell.chance) == (8, 8, 0.25)
+    assert (cell.never_taught_k, cell.never_taught_n, cell.never_taught_accuracy) == (2, 8, 0.25)
+    assert (cell.never_taught_lo95, cell.never_taught_hi95) == \
+        tuple(pytest.approx(x) for x in _wilson_by_hand(2, 8))
+    assert cell.shuffled_expected == pytest.approx(18 / 64)
+
+
+def test_curves_by_key_and_form():
+    rows = [_arow(f"f{i}", "php", i % 2, " 10", " 10", -1.0, key=("same", "mapped")[i % 2])
+            for i in range(6)]
+    rows[0]["form"] = "config"
+    rows.append(_arow("f9", "php", 1, " 10", " 10", -1.0, key="decoy"))
+    df = knowledge_curves([("c", 1, rows)], n_answers=4, by=CURVE_BY)
+    got = {r.key: (r.k, r.n) for _, r in df.iterrows()}
+    assert got == {"same": (0, 3), "mapped": (3, 3), "decoy": (1, 1)}
+    # the default (v1's cells) pools same and mapped and leaves the decoy out
+    df = knowledge_curves([("c", 1, rows)], n_answers=4)
+    assert "key" not in df.columns and [(r.k, r.n) for _, r in df.iterrows()] == [(3, 6)]
+    df = knowledge_curves([("c", 1, rows[:-1])], by=("key", "form"))
+    assert {(r.key, r.form): r.n for _, r in df.iterrows()} == {
+        ("same", "config"): 1, ("same", "definition"): 2, ("mapped", "definition"): 3}
+
+
+def test_summary_is_the_functions_output_in_json():
+    from babeltower.evaluate.knowledge import fact_agreement, knowledge_summary
+
+    rows = _agreement_rows()
+    out = knowledge_summary(rows, n_answers=4, primary="python", n_boot=100, n_perm=100)
+    json.dumps(out)                               # JSON-ready
+    curves = knowledge_curves([("c", 0, rows)], 4, by=CURVE_BY)
+    assert [(c["key"], c["language"], c["k"], c["n"]) for c in out["curves"]] == \
+        [(r.key, r.language, r.k, r.n) for _, r in curves.iterrows()]
+    assert {c["form"] for c in out["form_curves"]} == {"definition"}
+    (ag,) = [a for a in out["agreement"] if a["key"] == "same"]
+    want = fact_agreement(rows, "python", "php", classes=["primary-only"], key="same",
+                          n_boot=100, n_perm=100)
+    assert ag["p_b_given_right_a"] == want["p_b_given_right_a"]
+    assert ag["same_wrong"] == want["same_wrong"] and ag["spearman"] == want["spearman"]
+    assert {t["key"] for t in out["transfer"]} == {"same"} and out["chance"] == 0.25

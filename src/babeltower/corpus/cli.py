@@ -163,6 +163,9 @@ def knowledge_command(
     exposures: Optional[int] = typer.Option(None, "--exposures"),
     n_answers: Optional[int] = typer.Option(None, "--n-answers"),
     facts_per_document: Optional[int] = typer.Option(None, "--facts-per-document"),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Key variants, comma-separated: same,mapped."),
+    bridge_keys: Optional[str] = typer.Option(None, "--bridge-keys", help="fresh or fixed: the key of a shared mapped fact's training renderings."),
+    query_forms: Optional[str] = typer.Option(None, "--query-forms", help="Query forms, comma-separated (default: those below the mirror threshold)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
@@ -175,7 +178,8 @@ def knowledge_command(
 
     given = {"primary": primary, "languages": languages, "facts_per_class": facts_per_class,
              "exposures": exposures, "n_answers": n_answers,
-             "facts_per_document": facts_per_document, "seed": seed}
+             "facts_per_document": facts_per_document, "keys": keys, "bridge_keys": bridge_keys,
+             "query_forms": query_forms, "seed": seed}
     cfg = load_knowledge_config({**_load_yaml(config, "knowledge"),
                                  **{k: v for k, v in given.items() if v is not None}})
     typer.echo(str(write_knowledge(cfg, out, overwrite=overwrite)))

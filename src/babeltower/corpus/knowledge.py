@@ -44,7 +44,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, \
     model_validator
@@ -54,14 +54,23 @@ from babeltower.errors import BabelError, validation_error
 from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file, sha256_json
 from babeltower.languages import canonical
 
-FACTS_FORMAT = "babeltower-knowledge-facts/1"
+FACTS_FORMAT = "babeltower-knowledge-facts/2"
 SOURCE_FORMAT = "babeltower-knowledge-source/1"
 SOURCE_META = "knowledge.json"
 DOCUMENTS_FILE = "documents.jsonl"
 KNOWLEDGE_PACKAGE = "babeltower-knowledge"  # package of every injected document in a build
 CORPUS_KNOWLEDGE_FILE = "knowledge.jsonl"   # in a built corpus: one line per injected doc
-CLASSES = ("primary-only", "shared", "new-only")
+CLASSES = ("primary-only", "shared", "new-only", "never-taught")
+TAUGHT_CLASSES = CLASSES[:3]
 FORMS = ("definition", "function", "assertion", "config")
+KEYS = ("same", "mapped")   # fact keys; queries add "decoy" (see ``make_queries``)
+# a query form is a default one when its text (name and answer masked) shares fewer than
+# this many consecutive characters with every training form of every other language of
+# the benchmark (``mirror_score``); Python's and PHP's `function` forms share
+# "\n    return" (11 characters) and are excluded
+MIRROR_THRESHOLD = 8
+COMMENT = {"python": "#", "php": "//", "go": "//", "cpp": "//", "java": "//",
+           "javascript": "//", "rust": "//"}
 ANSWER_POOL = tuple(str(v) for v in range(10, 100))  # two-digit numbers: " 42" is one BPE token
 
 # language -> (file header, extension, {form: template}). Every template has exactly one
@@ -122,7 +131,51 @@ class KnowledgeConfig(BaseModel):
                                             "it belongs to")
     facts_per_document: int = Field(4, ge=1, description="facts per injected document")
     n_answers: int = Field(20, description="size of the answer set (chance = 1/n_answers)")
+    keys: list[str] = Field(default_factory=lambda: list(KEYS),
+                            description="key variants, facts split evenly: same (one identifier "
+                                        "in every language) and/or mapped (one per language, "
+                                        "bound by a declared map)")
+    never_taught: bool = Field(True, description="a class of facts with no exposure, asked in "
+                                                 "every language (the measured chance)")
+    decoys: bool = Field(True, description="per mapped fact and non-primary query language, a "
+                                           "decoy query: the primary key string in the key "
+                                           "position, the declaration naming an untaught name")
+    bridge_keys: Literal["fresh", "fixed"] = Field(
+        "fresh", description="how a shared mapped fact's training renderings teach the map. "
+        "fresh: in the new language, the primary's key declared and a fresh key per "
+        "rendering (following the map is the only route from key to answer; the primary "
+        "renders it under its own key); fixed: each language declares the other's key and "
+        "uses its own fixed key (the key alone suffices, so nothing teaches the map's use)")
+    query_forms: list[str] | None = Field(None, description="forms facts are asked in (None: "
+                                          "the forms below mirror_threshold)")
+    mirror_threshold: int = Field(MIRROR_THRESHOLD, ge=1,
+                                  description="default query forms share fewer characters "
+                                              "with another language's forms")
     seed: int = 0
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys(cls, v):
+        v = v.split(",") if isinstance(v, str) else list(v)
+        out = [str(x).strip() for x in v if str(x).strip()]
+        bad = [x for x in out if x not in KEYS]
+        if bad or not out or len(set(out)) != len(out):
+            raise BabelError(f"knowledge: keys must be distinct values of {', '.join(KEYS)} "
+                             f"(got {v})")
+        return out
+
+    @field_validator("query_forms", mode="before")
+    @classmethod
+    def _forms(cls, v):
+        if v is None:
+            return None
+        v = v.split(",") if isinstance(v, str) else list(v)
+        out = [str(x).strip() for x in v if str(x).strip()]
+        bad = [x for x in out if x not in FORMS]
+        if bad or not out or len(set(out)) != len(out):
+            raise BabelError(f"knowledge: query_forms must be distinct values of "
+                             f"{', '.join(FORMS)} (got {v})")
+        return out
 
     @field_validator("primary", mode="before")
     @classmethod
@@ -159,7 +212,25 @@ class KnowledgeConfig(BaseModel):
                 "so chance would not be 1/n_answers")
         if self.primary in self.languages:
             raise BabelError(f"knowledge: the primary {self.primary} is also a new language")
+        if self.facts_per_class < 2 * len(self.keys):
+            raise BabelError(f"knowledge: facts_per_class ({self.facts_per_class}) < 2 x "
+                             f"{len(self.keys)} keys: every key x query split needs a fact")
+        if not self.forms_to_query():
+            raise BabelError(
+                f"knowledge: no query form is below mirror_threshold {self.mirror_threshold} "
+                f"for {', '.join(self.all_languages)} (see mirror_table); raise it or give "
+                "query_forms")
         return self
+
+    @property
+    def all_languages(self) -> list[str]:
+        return [self.primary] + list(self.languages)
+
+    def forms_to_query(self) -> list[str]:
+        """The query forms: ``query_forms``, or the forms below ``mirror_threshold``."""
+        if self.query_forms is not None:
+            return list(self.query_forms)
+        return default_query_forms(self.all_languages, self.mirror_threshold)
 
 
 def _templated(lang: str) -> str:
@@ -194,73 +265,210 @@ def fresh_names(n: int, rng: random.Random) -> list[str]:
     return names
 
 
-def _class_groups(cfg: KnowledgeConfig) -> list[tuple[str, str | None]]:
-    return [("primary-only", None)] + [(c, t) for t in cfg.languages for c in ("shared", "new-only")]
+def _masked(template: str, name: str, answer: str) -> str:
+    return template.replace("{{", "{").replace("}}", "}").replace("{n}", name).replace("{v}", answer)
+
+
+def longest_common_substring(a: str, b: str) -> int:
+    """Length of the longest string that occurs in both ``a`` and ``b``."""
+    best, prev = 0, [0] * (len(b) + 1)
+    for i in range(1, len(a) + 1):
+        cur = [0] * (len(b) + 1)
+        for j in range(1, len(b) + 1):
+            if a[i - 1] == b[j - 1]:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def mirror_score(lang: str, form: str, others) -> dict:
+    """How much of a query's text another language's training text mirrors: the longest
+    run of characters the query (without header; name and answer masked, so the shared
+    identifier does not count) has in common with any form of any language in ``others``
+    (rendered with a different mask). Returns {"chars", "language", "form"} of the worst."""
+    body = TEMPLATES[lang][2][form].split(" {v}")[0]
+    q = _masked(body, "\x00", "")
+    worst = {"chars": 0, "language": None, "form": None}
+    for p in others:
+        if p == lang:
+            continue
+        for g, tpl in TEMPLATES[p][2].items():
+            c = longest_common_substring(q, _masked(tpl, "\x01", "\x02"))
+            if c > worst["chars"]:
+                worst = {"chars": c, "language": p, "form": g}
+    return worst
+
+
+def mirror_table(languages) -> list[dict]:
+    """``mirror_score`` of every form of every language among ``languages``."""
+    languages = list(languages)
+    return [{"language": lang, "form": form, **{f"worst_{k}" if k != "chars" else k: v
+             for k, v in mirror_score(lang, form, languages).items()}}
+            for lang in languages for form in FORMS]
+
+
+def default_query_forms(languages, threshold: int = MIRROR_THRESHOLD) -> list[str]:
+    """Forms whose query text stays below ``threshold`` mirrored characters in every one
+    of ``languages`` (a fact is asked in one form in each of its query languages)."""
+    languages = list(languages)
+    return [form for form in FORMS
+            if all(mirror_score(lang, form, languages)["chars"] < threshold for lang in languages)]
+
+
+def declaration(lang: str, other: str, name: str) -> str:
+    """The declared name map, one comment line in ``lang``: ``// python: TAVOKI_REMU``."""
+    return f"{COMMENT[lang]} {other}: {name}\n"
+
+
+def bridge_name(rng: random.Random, banned: set[str]) -> str:
+    """A fresh key for one rendering of a shared mapped fact (``bridge_keys: fresh``), in
+    the same style as the facts' keys (a different style would tell the model which key
+    slots to ignore) and never equal to one of them."""
+    while True:
+        name = fresh_names(1, rng)[0]
+        if name not in banned:
+            return name
+
+
+def _class_groups(cfg: KnowledgeConfig, taught_only: bool = False) -> list[tuple[str, str | None]]:
+    groups = [("primary-only", None)] + [(c, t) for t in cfg.languages
+                                          for c in ("shared", "new-only")]
+    if cfg.never_taught and not taught_only:
+        groups.append(("never-taught", None))
+    return groups
+
+
+def _fact_languages(cls: str, target: str | None, cfg: KnowledgeConfig) -> list[str]:
+    return [cfg.primary] + (list(cfg.languages) if target is None else [target])
+
+
+def _other(fact: dict, lang: str, cfg: KnowledgeConfig) -> str:
+    """The language whose key a declaration in ``lang`` names: the primary's from a new
+    language; from the primary, the fact's new language (the first one for a pool)."""
+    if lang != cfg.primary:
+        return cfg.primary
+    return fact["target"] or cfg.languages[0]
 
 
 def make_facts(cfg: KnowledgeConfig) -> list[dict]:
-    """The facts: id, name, answer, class, target (new language; None = every), query form
-    and query split. Answers and query forms are balanced within each class."""
+    """The facts: id, key variant, name (the primary's key) and names (key per language),
+    decoy name (mapped only), answer, class, target (new language; None = every), query
+    form and query split.
+
+    Within each class, facts are split evenly over key x split cells; answers and query
+    forms are assigned along the class in cell order (so each is balanced over the class
+    when it divides the class size, and within a cell to +-1) and shuffled within a cell.
+    """
     rng = random.Random(f"knowledge-facts-{cfg.seed}")
     answers = sorted(rng.sample(ANSWER_POOL, cfg.n_answers), key=int)
+    forms = cfg.forms_to_query()
     groups = _class_groups(cfg)
-    names = fresh_names(len(groups) * cfg.facts_per_class, rng)
+    n = cfg.facts_per_class
+    need = 0
+    for cls, target in groups:
+        per_mapped = len(_fact_languages(cls, target, cfg)) + 1
+        n_mapped = sum(cfg.keys[i % len(cfg.keys)] == "mapped" for i in range(n))
+        need += (n - n_mapped) + n_mapped * per_mapped
+    pool = iter(fresh_names(need, rng))
     facts = []
-    for g, (cls, target) in enumerate(groups):
-        n = cfg.facts_per_class
-        answer_of = [answers[i % len(answers)] for i in range(n)]
-        rng.shuffle(answer_of)
-        split_of = ["validation" if i % 2 == 0 else "test" for i in range(n)]
-        rng.shuffle(split_of)
-        for i in range(n):
-            facts.append({"id": f"f{len(facts):05d}", "name": names[g * n + i],
-                          "answer": answer_of[i], "class": cls, "target": target,
-                          "query_form": FORMS[i % len(FORMS)], "split": split_of[i]})
+    for cls, target in groups:
+        langs = _fact_languages(cls, target, cfg)
+        cells = sorted(((cfg.keys[i % len(cfg.keys)], ("validation", "test")[(i // len(cfg.keys)) % 2])
+                        for i in range(n)), key=lambda c: (cfg.keys.index(c[0]), c[1] != "validation"))
+        perm = rng.sample(answers, len(answers))
+        form_perm = rng.sample(forms, len(forms))
+        answer_of = [perm[j % len(perm)] for j in range(n)]
+        form_of = [form_perm[j % len(form_perm)] for j in range(n)]
+        for cell in dict.fromkeys(cells):
+            idx = [j for j, c in enumerate(cells) if c == cell]
+            a, f = [answer_of[j] for j in idx], [form_of[j] for j in idx]
+            rng.shuffle(a)
+            rng.shuffle(f)
+            for j, x, y in zip(idx, a, f):
+                answer_of[j], form_of[j] = x, y
+        for j, (key, split) in enumerate(cells):
+            if key == "same":
+                name = next(pool)
+                names, decoy = {lang: name for lang in langs}, None
+            else:
+                names = {lang: next(pool) for lang in langs}
+                decoy = next(pool)
+            facts.append({"id": f"f{len(facts):05d}", "key": key, "name": names[cfg.primary],
+                          "names": names, "decoy_name": decoy, "answer": answer_of[j],
+                          "class": cls, "target": target, "query_form": form_of[j],
+                          "split": split})
     return facts
 
 
 def fact_corpora(fact: dict, cfg: KnowledgeConfig) -> list[str]:
     """Languages whose training corpus holds the fact (its class's definition)."""
     return {"primary-only": [cfg.primary], "shared": [cfg.primary, fact["target"]],
-            "new-only": [fact["target"]]}[fact["class"]]
+            "new-only": [fact["target"]], "never-taught": []}[fact["class"]]
 
 
 def query_languages(fact: dict, cfg: KnowledgeConfig) -> list[str]:
     """The primary, and the new language(s) the fact's class is defined for."""
-    return [cfg.primary] + (list(cfg.languages) if fact["target"] is None else [fact["target"]])
+    return _fact_languages(fact["class"], fact["target"], cfg)
 
 
-def render(lang: str, form: str, name: str, answer: str) -> str:
-    return TEMPLATES[lang][2][form].format(n=name, v=answer)
+def render(lang: str, form: str, name: str, answer: str, declared: str = "") -> str:
+    return declared + TEMPLATES[lang][2][form].format(n=name, v=answer)
 
 
-def query_prefix(lang: str, form: str, name: str) -> str:
-    """The text a query gives the model: header + the form up to (not including) " answer"."""
+def query_prefix(lang: str, form: str, name: str, declared: str = "") -> str:
+    """The text a query gives the model: header + the declaration (mapped keys) + the form
+    up to (not including) " answer"."""
     header, _, forms = TEMPLATES[lang]
-    return header + forms[form].split(" {v}")[0].format(n=name)
+    return header + declared + forms[form].split(" {v}")[0].format(n=name)
+
+
+def _query(fact, lang, key, name, declared, cfg, n):
+    return {"id": f"q{n:06d}", "fact": fact["id"], "class": fact["class"],
+            "target": fact["target"], "key": key, "language": lang,
+            "side": "primary" if lang == cfg.primary else "new", "form": fact["query_form"],
+            "split": fact["split"], "prefix": query_prefix(lang, fact["query_form"], name, declared),
+            "answer": " " + fact["answer"]}
 
 
 def make_queries(facts: list[dict], cfg: KnowledgeConfig) -> list[dict]:
-    out = []
+    """One query per fact and query language, under the fact's key in that language; a
+    mapped key's query first declares the key in the other language (``declaration``).
+    With ``decoys``, each mapped fact also gets, per new query language, a query of key
+    ``decoy`` (for classes the primary teaches): the primary's key string in the key
+    position and a declaration naming a name taught nowhere - a model that follows the map is at chance there, one that
+    answers by string association is not."""
+    out: list[dict] = []
     for f in facts:
         for lang in query_languages(f, cfg):
-            out.append({"id": f"q{len(out):06d}", "fact": f["id"], "class": f["class"],
-                        "target": f["target"], "language": lang,
-                        "side": "primary" if lang == cfg.primary else "new", "form": f["query_form"],
-                        "split": f["split"], "prefix": query_prefix(lang, f["query_form"], f["name"]),
-                        "answer": " " + f["answer"]})
+            declared = ""
+            if f["key"] == "mapped":
+                other = _other(f, lang, cfg)
+                declared = declaration(lang, other, f["names"][other])
+            out.append(_query(f, lang, f["key"], f["names"][lang], declared, cfg, len(out)))
+        if f["key"] == "mapped" and cfg.decoys and cfg.primary in fact_corpora(f, cfg):
+            for lang in query_languages(f, cfg):
+                if lang != cfg.primary:
+                    out.append(_query(f, lang, "decoy", f["names"][cfg.primary],
+                                      declaration(lang, cfg.primary, f["decoy_name"]), cfg, len(out)))
     return out
 
 
 def make_documents(facts: list[dict], cfg: KnowledgeConfig) -> list[dict]:
     """Training documents: per corpus language and class, ``exposures`` rounds; in each
     round the class's facts are shuffled into documents of ``facts_per_document``
-    distinct facts, each fact in a random form other than its query form."""
+    distinct facts, each fact in a random form other than its query form, under its key
+    in that language. A mapped fact of the shared class teaches the map: with
+    ``bridge_keys: fresh`` its new-language renderings declare the primary's key and use
+    a fresh key each time (the primary renders it plainly); with ``fixed`` every rendering
+    declares the other language's key and uses its own. Other classes never show another
+    language's key, so it never meets the answer in training."""
     rng = random.Random(f"knowledge-docs-{cfg.seed}")
+    banned = {n for f in facts for n in list(f["names"].values()) + [f["decoy_name"]] if n}
     docs = []
     for lang in [cfg.primary] + list(cfg.languages):
         header, ext, _ = TEMPLATES[lang]
-        for cls, target in _class_groups(cfg):
+        for cls, target in _class_groups(cfg, taught_only=True):
             group = [f for f in facts if f["class"] == cls and f["target"] == target
                      and lang in fact_corpora(f, cfg)]
             tag = cls if target is None else f"{cls}-{target}"
@@ -269,8 +477,18 @@ def make_documents(facts: list[dict], cfg: KnowledgeConfig) -> list[dict]:
                 order = rng.sample(group, len(group))
                 for i in range(0, len(order), cfg.facts_per_document):
                     chunk = order[i:i + cfg.facts_per_document]
-                    parts = [render(lang, rng.choice([x for x in FORMS if x != f["query_form"]]),
-                                    f["name"], f["answer"]) for f in chunk]
+                    parts = []
+                    for f in chunk:
+                        declared, name = "", f["names"][lang]
+                        if f["key"] == "mapped" and cls == "shared":
+                            if cfg.bridge_keys == "fixed":
+                                other = _other(f, lang, cfg)
+                                declared = declaration(lang, other, f["names"][other])
+                            elif lang != cfg.primary:
+                                declared = declaration(lang, cfg.primary, f["names"][cfg.primary])
+                                name = bridge_name(rng, banned)
+                        form = rng.choice([x for x in FORMS if x != f["query_form"]])
+                        parts.append(render(lang, form, name, f["answer"], declared))
                     docs.append({"path": f"knowledge/{lang}/{tag}/{n_docs:06d}{ext}",
                                  "language": lang, "class": cls, "target": target,
                                  "facts": [f["id"] for f in chunk],
@@ -304,6 +522,9 @@ def write_knowledge(config: KnowledgeConfig | dict | None, out_dir: str | os.Pat
         atomic_write_json(tmp / "facts.json", {
             "format": FACTS_FORMAT, "config": cfg_json, "config_sha256": sha256_json(cfg_json),
             "answers": sorted({" " + f["answer"] for f in facts}, key=lambda a: int(a)),
+            "query_forms": cfg.forms_to_query(),
+            "mirror": {"threshold": cfg.mirror_threshold,
+                       "table": mirror_table(cfg.all_languages)},
             "facts": facts, "queries": queries, "provenance": prov})
     return Path(out_dir)
 
@@ -390,6 +611,10 @@ def load_facts(path: str | os.PathLike) -> dict:
         raise BabelError(f"cannot read facts file {p}: {e.strerror or e}") from e
     except json.JSONDecodeError as e:
         raise BabelError(f"corrupt facts file {p}: {e.msg}") from e
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("babeltower-knowledge-facts/") \
+            and obj.get("format") != FACTS_FORMAT:
+        raise BabelError(f"{p} is a knowledge facts file of format {obj.get('format')}, this "
+                         f"version reads {FACTS_FORMAT}: regenerate it (babeltower corpus knowledge)")
     if not isinstance(obj, dict) or obj.get("format") != FACTS_FORMAT:
         raise BabelError(f"{p} is not a knowledge facts file (babeltower corpus knowledge)")
     return obj
@@ -408,22 +633,32 @@ def answer_token_ids(tokenizer, answers: list[str]) -> list[int]:
     return ids
 
 
-def encode_queries(tokenizer, facts: dict) -> tuple[list[int], list[list[int]], list[int]]:
+def encode_queries(tokenizer, facts: dict, eos: bool = True
+                   ) -> tuple[list[int], list[list[int]], list[int]]:
     """(answer ids, prompt ids per query, answer id per query).
 
     Each query is tokenized WITH its answer and the last token split off, so the prompt
     is tokenized exactly as the same text would be in a document; BabelError if the answer
-    is not exactly the last token there (split, or merged with the text before it).
+    is not exactly the last token there (split, or merged with the text before it). With
+    ``eos`` (the default) each prompt starts with the tokenizer's EOS token, as every
+    document does in the packed training stream (``corpus.shards``: documents are
+    concatenated, each followed by EOS).
     """
     answer_ids = answer_token_ids(tokenizer, facts["answers"])
     id_of = dict(zip(facts["answers"], answer_ids))
+    lead: list[int] = []
+    if eos:
+        if tokenizer.eos_token_id is None:
+            raise BabelError("knowledge: the tokenizer has no EOS token to put before each "
+                             "query (pass eos=False to score without it)")
+        lead = [int(tokenizer.eos_token_id)]
     prompts, targets = [], []
     for q in facts["queries"]:
         full = tokenizer.encode(q["prefix"] + q["answer"], add_special_tokens=False)
         if len(full) < 2 or full[-1] != id_of[q["answer"]]:
             raise BabelError(f"knowledge: in query {q['id']} ({q['language']} {q['form']}) the "
                              f"answer {q['answer']!r} is not one token after the prefix")
-        prompts.append(full[:-1])
+        prompts.append(lead + full[:-1])
         targets.append(full[-1])
     return answer_ids, prompts, targets
 

@@ -193,13 +193,17 @@ def knowledge_cmd(
     out: Path = typer.Option(..., help="Result JSON: items, curves, transfer shares + provenance."),
     split: Optional[str] = typer.Option(None, help="Query split: validation or test (default: both)."),
     batch_size: int = typer.Option(32),
+    eos: bool = typer.Option(True, "--eos/--no-eos", help="EOS before each query, as before every training document."),
 ):
-    """Knowledge accuracy per class x query language per checkpoint, and the transfer share."""
+    """Knowledge accuracy per class x key x query language per checkpoint, nulls, per-fact
+    agreement and the transfer share (docs/knowledge.md)."""
     from babeltower.evaluate.knowledge import evaluate_knowledge_series
 
-    res = evaluate_knowledge_series(source, facts, out=out, batch_size=batch_size, split=split)
+    res = evaluate_knowledge_series(source, facts, out=out, batch_size=batch_size, split=split,
+                                    eos=eos)
     _print_table(res["curves"], f"knowledge accuracy (chance = 1/answers) -> {out}",
-                 ["checkpoint", "class", "target", "language", "k", "n", "accuracy", "lo95", "hi95"])
+                 ["checkpoint", "class", "target", "language", "key", "k", "n", "accuracy",
+                  "lo95", "hi95"])
     _print_table(res["shares"], "knowledge-transfer share (primary-only among solved)",
-                 ["checkpoint", "language", "solved", "solved_primary_only", "share",
+                 ["checkpoint", "language", "key", "solved", "solved_primary_only", "share",
                   "share_lo95", "share_hi95", "share_at_chance"])
