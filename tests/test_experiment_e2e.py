@@ -225,6 +225,19 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
     assert set(r["seed_curves"]) == {"none", "replay", "replay_nofacts"}
     c = curves["primary-only asked in javascript"]
     assert len(c["per_seed"]) == 3 and len(c["ci95"][0]) == 9
+    # benchmark v2: both key variants and the decoy side by side, the never-taught class,
+    # per-fact agreement at every checkpoint and the nulls
+    assert {"primary-only asked in javascript (same key)",
+            "primary-only asked in javascript (mapped key)",
+            "primary-only asked in javascript (decoy key)",
+            "never-taught asked in javascript"} <= set(curves)
+    kc = r["knowledge_controls"]["javascript"]
+    assert {a["checkpoint"] for a in kc["agreement"]} == {x["checkpoint"] for x in rows}
+    a0 = kc["agreement"][0]
+    assert {"p_b_given_right_a", "p_b_given_wrong_a", "difference", "same_wrong",
+            "spearman"} <= set(a0)
+    assert any(n["never_taught_n"] for n in kc["nulls"])
+    assert all(x["knowledge"]["eos"] for x in rows)
     assert st["bpb_item_test"]["pooled"]["call"] in ("rise_then_drop", "monotone", "flat",
                                                      "undetermined")
     # Algorithm 1 never drops a language, the original corpus has the configured shape

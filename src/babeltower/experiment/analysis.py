@@ -7,6 +7,7 @@ re-run from ``results.json`` in a notebook.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -22,7 +23,8 @@ from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with
 from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.evaluate.transfer import wilson_interval
-from babeltower.experiment.items import across_seeds, bpb_series, knowledge_series
+from babeltower.experiment.items import (across_seeds, bpb_series, knowledge_rows,
+                                         knowledge_series)
 from babeltower.mixture.optimize import Algorithm1Options, CPTCurve, algorithm1, calibration_table
 
 
@@ -63,9 +65,10 @@ def knowledge_counts(row: dict, lang: str, cls: str | None = "primary-only",
     (default: the new language ``lang``) at one checkpoint; the primary-only pool serves
     every new language, so its target is "all"."""
     q = query_language or lang
+    # "every class" is every TAUGHT class: the never-taught facts are the measured chance
     hits = [(int(c["k"]), int(c["n"])) for c in (row.get("knowledge") or {}).get("curves", [])
-            if (cls is None or c["class"] == cls) and c["language"] == q
-            and c["target"] in (lang, "all")]
+            if (c["class"] == cls if cls is not None else c["class"] != "never-taught")
+            and c["language"] == q and c["target"] in (lang, "all")]
     if not hits:
         return None
     return sum(k for k, _ in hits), sum(n for _, n in hits)
@@ -322,7 +325,8 @@ def knowledge_seed_curves(cfg: ExperimentConfig, run: dict, lang: str, meta: lis
     keys = sorted({m.get("key", "same") for m in meta})
     for q in (lang, cfg.primary):
         for cls in classes:
-            for key in (keys if len(keys) > 1 else [None]):
+            # the taught keys pooled, then each key variant (decoys included) on its own
+            for key in [None] + (keys if len(keys) > 1 else []):
                 ser = knowledge_series(seeds, meta, lang, cls, q, key=key)
                 if ser is not None:
                     name = f"{cls} asked in {q}" + (f" ({key} key)" if key else "")
@@ -335,6 +339,48 @@ def knowledge_seed_curves(cfg: ExperimentConfig, run: dict, lang: str, meta: lis
             out[f"every class asked in {lang}, {form} form"] = {
                 "class": None, "query_language": lang, "form": form, **across_seeds(ser)}
     return out
+
+
+AGREEMENT_CLASSES = ("primary-only", "shared", "new-only")
+
+
+def knowledge_controls(cfg: ExperimentConfig, run: dict, lang: str, meta: list[dict],
+                       answers: list[str], n_resamples: int = 200) -> dict:
+    """From the first seed's stored per-item outcomes: the per-fact agreement between the
+    primary and the new language at every checkpoint (per taught class and key:
+    P(right in new | right / wrong in primary) with a Newcombe interval, the
+    same-wrong-answer rate against a within-answer permutation null, Spearman of the
+    answer log-probs with a bootstrap interval; ``evaluate.knowledge.fact_agreement``) -
+    the evidence of transfer is this link, not a count - and the nulls (never-taught
+    class, shuffled answers) at the first, best and last checkpoints."""
+    from babeltower.evaluate.knowledge import fact_agreement, knowledge_nulls
+
+    rows_by_ck = [(r["checkpoint"], r["step"], r["tokens"],
+                   knowledge_rows(meta, r["knowledge"]["items"], answers))
+                  for r in run["checkpoints"] if (r.get("knowledge") or {}).get("items")]
+    if not rows_by_ck:
+        return {}
+    keys = sorted({m.get("key", "same") for m in meta} - {"decoy"})
+    agreement = []
+    for name, step, tokens, rows in rows_by_ck:
+        for key in keys:
+            for cls in AGREEMENT_CLASSES:
+                ag = fact_agreement(rows, cfg.primary, lang, classes=[cls], key=key,
+                                    n_boot=n_resamples, n_perm=n_resamples, seed=cfg.seed)
+                if ag["facts"]:
+                    agreement.append({"checkpoint": name, "step": step, "tokens": tokens, **ag})
+    acc = [float(np.mean([r["correct"] for r in rows if r["language"] == lang
+                          and r["class"] != "never-taught" and r["key"] != "decoy"] or [0]))
+           for _, _, _, rows in rows_by_ck]
+    picks = sorted({0, int(np.argmax(acc)), len(rows_by_ck) - 1})
+    nulls = []
+    for i in picks:
+        name, step, tokens, rows = rows_by_ck[i]
+        df = knowledge_nulls([(name, step, rows)], len(answers), n_perm=n_resamples * 2,
+                             seed=cfg.seed)
+        for rec in json.loads(df.to_json(orient="records")):
+            nulls.append({**rec, "tokens": tokens})
+    return {"agreement": agreement, "nulls": nulls, "null_checkpoints": picks}
 
 
 def cuts_anything(alg: dict) -> bool:

@@ -30,6 +30,15 @@ class KnowledgeSettings(_Strict):
     exposures: int = Field(500, ge=1)
     facts_per_document: int = Field(4, ge=1)
     n_answers: int = Field(20, ge=2)
+    # benchmark v2 (docs/knowledge.md): key variants (same identifier in every language,
+    # or one per language bound by a declared map), a never-taught class (the measured
+    # chance), decoy queries, how the map is taught, the query forms
+    keys: list[str] = ["same", "mapped"]
+    never_taught: bool = True
+    decoys: bool = True
+    bridge_keys: Literal["fresh", "fixed"] = "fresh"
+    query_forms: list[str] | None = None
+    mirror_threshold: int | None = None
     seed: int = 0
 
 

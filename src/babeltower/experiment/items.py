@@ -17,16 +17,40 @@ from babeltower.analysis.item_test import ItemSeries
 from babeltower.errors import BabelError
 
 
+# what "every class" means for a performance signal: the taught classes, through taught
+# keys (never-taught facts and decoy queries are controls, read on their own)
+CONTROL_CLASSES = ("never-taught",)
+CONTROL_KEYS = ("decoy",)
+
+
 def select_items(meta: list[dict], lang: str, cls: str | None = None,
                  query_language: str | None = None, key: str | None = None) -> np.ndarray:
-    """Indices of the items of one class (None: every class) asked in ``query_language``
-    (default: the new language ``lang``) that belong to ``lang`` (its own classes and
-    the primary-only pool, which serves every new language)."""
+    """Indices of the items of one class (None: every taught class) asked in
+    ``query_language`` (default: the new language ``lang``) that belong to ``lang`` (its
+    own classes and the pools that serve every new language), through ``key`` (None:
+    every taught key; "decoy" only when asked for)."""
     q = query_language or lang
     return np.array([i for i, m in enumerate(meta)
-                     if m["language"] == q and (cls is None or m["class"] == cls)
+                     if m["language"] == q
+                     and (m["class"] == cls if cls is not None else m["class"] not in CONTROL_CLASSES)
                      and m.get("target") in (lang, None)
-                     and (key is None or m.get("key", "same") == key)], dtype=np.int64)
+                     and (m.get("key", "same") == key if key is not None
+                          else m.get("key", "same") not in CONTROL_KEYS)], dtype=np.int64)
+
+
+def knowledge_rows(meta: list[dict], items: dict, answers: list[str]) -> list[dict]:
+    """One checkpoint's stored per-item outcomes back as ``knowledge_items``-style rows
+    (query, fact, class, key, language, answer, predicted, correct, margin, log-prob):
+    what ``evaluate.knowledge.fact_agreement`` reads."""
+    out = []
+    for i, m in enumerate(meta):
+        out.append({"query": m["id"], "fact": m["fact"], "class": m["class"],
+                    "target": m.get("target"), "key": m.get("key", "same"),
+                    "language": m["language"], "side": m.get("side"), "form": m.get("form"),
+                    "answer": m["answer"], "predicted": answers[items["predicted"][i]],
+                    "correct": items["correct"][i], "margin": items["margin"][i],
+                    "logprob_answer_set": items["logprob_answer_set"][i]})
+    return out
 
 
 def knowledge_series(seed_runs: list[dict], meta: list[dict], lang: str, cls: str | None = None,

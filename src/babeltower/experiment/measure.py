@@ -199,41 +199,25 @@ class _Knowledge:
         items = knowledge_items(model, tokenizer, self.facts, batch_size=64, split=self.split)
         series = [(ref.name, ref.step, items)]
         # every item's outcome at this checkpoint, in a fixed order (``knowledge_order``):
-        # the item-level stage test re-tests any curve from these without re-scoring
+        # the item-level stage test and the per-fact agreement are computed from these
+        # without re-scoring
         order = {r["query"]: r for r in items}
         ids = knowledge_order(self.facts, self.split)
+        answers = {a: i for i, a in enumerate(self.facts["answers"])}
         per_item = {"correct": [int(order[q]["correct"]) for q in ids],
+                    "predicted": [answers[order[q]["predicted"]] for q in ids],
+                    "margin": [round(float(order[q]["margin"]), 4) for q in ids],
                     "logprob_answer_set": [round(float(order[q]["logprob_answer_set"]), 4)
                                            for q in ids]}
-        if ids and "margin" in order[ids[0]]:
-            per_item["margin"] = [round(float(order[q]["margin"]), 4) for q in ids]
-        curves = knowledge_curves(series, len(self.facts["answers"]))
+        n_answers = len(self.facts["answers"])
+        curves = knowledge_curves(series, n_answers)
         shares = transfer_shares(series)
         keep = ["class", "target", "language", "side", "k", "n", "accuracy", "lo95", "hi95"]
         return [{"knowledge": {
-            "split": self.split, "chance": 1 / len(self.facts["answers"]), "items": per_item,
+            "split": self.split, "chance": 1 / n_answers, "items": per_item,
+            "eos": all(bool(r.get("eos")) for r in items),
             "curves": json.loads(curves[keep].to_json(orient="records")),
             "transfer": json.loads(shares.drop(columns=["checkpoint", "step"]).to_json(orient="records"))}}]
-
-
-class _Lape:
-    """LAPE (Tang et al.'s rule) on fixed held-out windows (one row per checkpoint)."""
-
-    name = "lape"
-
-    def __init__(self, shards, cfg: ExperimentConfig, pair_languages: list[str]):
-        self.windows, self.counted = _lape_inputs(shards, cfg)
-        self.cfg, self.langs = cfg, pair_languages
-
-    def config(self) -> dict:
-        return {"top_rate": self.cfg.probes.top_rate, "primary": self.cfg.primary,
-                "languages": self.langs, "counted": self.counted}
-
-    def measure(self, model, tokenizer, ref) -> list[dict]:
-        row = _neuron_row(model, self.windows, self.cfg, self.langs)
-        row["lape_tokens"] = {l: c["tokens"] for l, c in self.counted.items()}
-        row["lape_documents"] = {l: c["documents"] for l, c in self.counted.items()}
-        return [row]
 
 
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,

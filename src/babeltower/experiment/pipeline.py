@@ -202,6 +202,7 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
     facts = facts_of(cfg, data_dir)
     items_meta = measure.knowledge_item_meta(facts, "validation") if facts else None
     results["knowledge_items"] = items_meta
+    results["knowledge_answers"] = facts["answers"] if facts else None
     if cfg.continual.replay_share > 0:
         results["replay"] = analysis.replay_contrast(cfg, results["cpt"], {
             arm: results[f"cpt_{arm}"] for arm in cpt_arms(cfg)[1:]}, items_meta)
@@ -212,6 +213,10 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Pat
                          lambda: analysis.analyse_cpt(cfg, results["cpt"], corpus0, items_meta),
                          "stage detection, Algorithm 1, calibration of Eq. 1")
     results.update(analysed)
+    if items_meta:
+        results["knowledge_controls"] = {
+            lang: analysis.knowledge_controls(cfg, run, lang, items_meta, facts["answers"])
+            for lang, run in results["cpt"].items()}
     results["seed_curves"] = analysis.all_seed_curves(cfg, {
         arm: results["cpt" if arm == "none" else f"cpt_{arm}"] for arm in cpt_arms(cfg)}, items_meta)
     mixtures["optimized"] = analysis.optimized_mixture(results["algorithm1"], corpus0)
@@ -440,8 +445,10 @@ def knowledge_config(cfg: ExperimentConfig) -> KnowledgeConfig | None:
     k = cfg.corpus.knowledge
     if k is None:
         return None
+    settings = {key: v for key, v in k.model_dump().items()
+                if not (key == "mirror_threshold" and v is None)}
     return load_knowledge_config({"primary": cfg.primary, "languages": cfg.new_languages,
-                                  **k.model_dump()})
+                                  **settings})
 
 
 def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
