@@ -1,5 +1,7 @@
 """CLI: ``babeltower stages power`` (detection and false-positive rates of the stage test
-for a schedule, an eval size and an effect). Thin: it calls ``stage_power`` and prints.
+for a schedule, an eval size and an effect) and ``stages power-items`` (the same for the
+item-level test, simulated at item level). Thin: they call ``stage_power`` /
+``item_power`` and print.
 
 ``babeltower stages detect`` reads CPT metrics files, which belong to ``mixture``
 (a layer above this one), so it lives in ``babeltower.mixture.cli`` and the top-level
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from babeltower.analysis.item_power import SCENARIOS, ChurnModel, ItemDesign, item_power
+from babeltower.analysis.item_test import ItemTestOptions
 from babeltower.analysis.power import (Effect, describe, find_design, read_schedule, schedule,
                                        stage_power)
 from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
@@ -91,5 +95,76 @@ def power_command(
         atomic_write_json(out, {"results": [r.to_dict() for r in results],
                                 "provenance": provenance(config={"effect": effect.__dict__,
                                                                  "sims": sims, "find": find},
+                                                         seed=seed)})
+        typer.echo(str(out))
+
+
+@app.command("power-items")
+def power_items_command(
+    checkpoints: int = typer.Option(31, "--checkpoints", help="Checkpoints over CPT (even)."),
+    items: int = typer.Option(150, "--items", help="Items scored at every checkpoint."),
+    clusters: int = typer.Option(25, "--clusters", help="Clusters of items sharing churn "
+                                                        "(e.g. answer tokens)."),
+    seeds: int = typer.Option(3, "--seeds", help="Runs (data-order seeds) pooled."),
+    churn: str = typer.Option("persistent churn", "--churn", help="A named world ("
+                              + ", ".join(SCENARIOS) + ") or 'fitted'."),
+    churn_from: Optional[Path] = typer.Option(None, "--churn-from", help="results.json of an "
+                                              "experiment: its fitted churn (with --language)."),
+    language: Optional[str] = typer.Option(None, "--language", help="New language whose "
+                                           "fitted churn --churn-from reads."),
+    peak_at: float = typer.Option(0.2, "--peak-at"),
+    drop: float = typer.Option(0.3, "--drop", help="Drop as a share of the peak."),
+    base: float = typer.Option(0.5, "--base-acc", help="Peak accuracy."),
+    start: Optional[float] = typer.Option(None, "--start", help="Accuracy at CPT start "
+                                                               "(default base/2)."),
+    transition: float = typer.Option(0.2, "--transition"),
+    curves: str = typer.Option("effect,monotone,flat", "--curves", help="Which mean curves "
+                               "to simulate (effect = detection; monotone, flat = false positives)."),
+    sims: int = typer.Option(1000, "--sims"),
+    n_bootstrap: int = typer.Option(99, "--bootstrap"),
+    alpha: float = typer.Option(0.05, "--alpha"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of the results."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Item-level power: items re-scored at every checkpoint of several runs, with churn
+    (docs/stages.md): detection and false positives of the per-run and the pooled test,
+    next to the binomial-model test on the same curves."""
+    import dataclasses
+    import json
+
+    check_out(out, overwrite)
+    if churn_from is not None:
+        if not language:
+            raise BabelError("--churn-from needs --language (the new language of the fit)")
+        try:
+            res = json.loads(Path(churn_from).read_text())
+            fitted = res["stages"][language]["power"]["fitted_churn"]["model"]
+        except (OSError, json.JSONDecodeError) as e:
+            raise BabelError(f"cannot read {churn_from}: {e}") from None
+        except (KeyError, TypeError):
+            raise BabelError(f"{churn_from} has no fitted churn for {language!r} (an experiment "
+                             "with per-item knowledge outcomes)") from None
+        model, name = ChurnModel(**fitted), f"fitted ({churn_from}, {language})"
+    elif churn in SCENARIOS:
+        model, name = SCENARIOS[churn], churn
+    else:
+        raise BabelError(f"--churn must be one of {', '.join(SCENARIOS)} (or use --churn-from)")
+    picked = tuple(c.strip() for c in curves.split(",") if c.strip())
+    if not picked or any(c not in ("effect", "monotone", "flat") for c in picked):
+        raise BabelError(f"--curves takes effect, monotone, flat (got {curves!r})")
+    if checkpoints < 6 or items < 2 or not 2 <= clusters <= items or seeds < 1 or sims < 1:
+        raise BabelError("need >= 6 checkpoints, >= 2 items, 2 <= clusters <= items, "
+                         ">= 1 seed and >= 1 simulation")
+    design = ItemDesign(schedule("even", checkpoints), items, clusters, seeds)
+    r = item_power(design, model, Effect(peak_at, drop, base, start, transition), sims,
+                   ItemTestOptions(alpha=alpha, n_bootstrap=n_bootstrap), seed, picked)
+    for c in picked:
+        cells = ", ".join(f"{k} {v['rate']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+                          for k, v in r[c].items())
+        typer.echo(f"{name}: {c}: {cells}")
+    if out is not None:
+        atomic_write_json(out, {"world": name, "model": dataclasses.asdict(model), **r,
+                                "provenance": provenance(config={"sims": sims, "curves": picked},
                                                          seed=seed)})
         typer.echo(str(out))
