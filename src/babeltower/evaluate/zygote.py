@@ -35,9 +35,10 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 
-from babeltower.evaluate.fences import Limits, make_preexec
+from babeltower.evaluate.fences import Limits, make_preexec, seccomp_unavailable
 
 # ----------------------------------------------------------------------------- server side
 
@@ -65,7 +66,12 @@ def _run_child(req: dict, fds: list[int]) -> None:
                            [p.encode() for p in req["procs_files"]],
                            want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"],
-                           writable_workdir=req["writable_workdir"], binds=req["binds"])
+                           writable_workdir=req["writable_workdir"], binds=req["binds"],
+                           fail_closed=req["fail_closed"])
+    # every fence, then no capabilities, no_new_privs and the seccomp filter: from here on
+    # this process cannot mount, unshare, setns, ptrace, or open a unix socket (this
+    # server's included) - it never exec's, so nothing else would drop what its user
+    # namespace gave it
     preexec()
     # the server's own import path (our source tree) is not the program's business
     sp = req.get("server_path") or "\0"
@@ -138,6 +144,8 @@ def serve(sock_path: str) -> None:
     import threading  # noqa: F401
     import traceback  # noqa: F401
 
+    # build the seccomp filter once, here: every child inherits it ready to install
+    seccomp_unavailable()
 
     # die with the parent: our stdin is a pipe whose write end only the parent holds, so
     # EOF on it means the parent process is gone (PR_SET_PDEATHSIG would fire when the
@@ -164,6 +172,14 @@ def serve(sock_path: str) -> None:
                 continue
             if key.data == "accept":
                 conn, _ = srv.accept()
+                # only the process that started us may ask for a child: the socket is
+                # mode 0600 in a 0700 directory, and its children cannot make a unix
+                # socket at all (seccomp), but a request decides the fences - so check
+                peer_pid = struct.unpack("3i", conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+                if peer_pid != os.getppid():
+                    conn.close()
+                    continue
                 try:
                     msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
                     while not msg.endswith(b"\n"):
