@@ -422,7 +422,8 @@ def _bind_toolchains(binds: list[tuple[bytes, bytes]]) -> bool:
     return ok
 
 
-def _rlimits(limits: Limits, uid: int | None, nproc: int | None) -> list:
+def _rlimits(limits: Limits, uid: int | None, nproc: int | None,
+             memory_cgroup: bool = False) -> list:
     cpu = limits.cpu_seconds or int(limits.timeout) + 1
     rl = [
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
@@ -430,6 +431,10 @@ def _rlimits(limits: Limits, uid: int | None, nproc: int | None) -> list:
         (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
         (resource.RLIMIT_CORE, (0, 0)),
     ]
+    if memory_cgroup:
+        # the cgroup limits what is really used and its OOM kill is seen by the sandbox;
+        # an rlimit would refuse an allocation inside the program, unseen
+        return rl
     # RLIMIT_DATA counts what is mapped writable and private (heap, anonymous mmap) and
     # not what is only reserved (PROT_NONE): it bounds the JVM, V8 and Go too, which
     # reserve large ranges at start and so cannot run under RLIMIT_AS
@@ -543,17 +548,19 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
                  want_netns: bool, want_private_tmp: bool, status_fd: int,
                  userns: bool = False, nproc: int | None = None,
                  writable_workdir: bool = False,
-                 binds: list[tuple[str, str]] | None = None, fail_closed: bool = True):
+                 binds: list[tuple[str, str]] | None = None, fail_closed: bool = True,
+                 memory_cgroup: bool = False):
     """The function run in the child between fork and exec (see the module docstring).
 
     ``binds``: (host directory, path inside) pairs, read-only, inside must be under
     ``TOOLCHAIN_MOUNT_ROOT``. ``fail_closed``: when a fence cannot be set up the child
     writes ``!`` and what is missing to ``status_fd`` and exits without running anything
     (the caller refuses the run); False (``unsafe``) goes on with the fences that held.
+    ``memory_cgroup``: the caller put the child in a memory cgroup: no memory rlimits.
     Everything is computed here, in the parent, so the child only makes system calls.
     OSError when the seccomp filter cannot be built and ``fail_closed``.
     """
-    rl = _rlimits(limits, uid, nproc)
+    rl = _rlimits(limits, uid, nproc, memory_cgroup)
     # not root: a user namespace (mapping our own uid/gid onto themselves) is what lets an
     # unprivileged caller create the other namespaces
     user_flag = _CLONE_NEWUSER if userns else 0

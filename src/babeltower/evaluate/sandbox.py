@@ -369,8 +369,10 @@ def _disk_bytes(root: Path) -> int:
 # A program that ended abnormally (a signal, or a non-zero exit) after its resident memory
 # reached this share of the limit (or of the runtime's own heap cap, ``Limits.heap_bytes``)
 # ran out of memory: e.g. a C++ malloc loop gets NULL at RLIMIT_DATA and dies of SIGSEGV,
-# a Python list of bytearrays raises MemoryError, Go's runtime exits 2.
-MEMORY_PEAK_SHARE = 0.85
+# a Python list of bytearrays raises MemoryError, Go's runtime exits 2. Half, because
+# buffers grow by doubling: the last one that fitted holds at least about half the limit
+# when the next is refused (g++ reading #include "/dev/zero").
+MEMORY_PEAK_SHARE = 0.5
 
 
 def _classify(returncode: int, timed_out: bool, oom: bool, peak_bytes: int, limits: Limits,
@@ -459,8 +461,9 @@ def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limi
                       "not limited"),
         "memory": ", ".join(x for x in (
             "memory cgroup" if cg and "memory" in cg.dirs else "",
-            "RLIMIT_DATA" if "l" in held else "",
-            "RLIMIT_AS" if limits.address_space and "l" in held else "") if x) or "not limited",
+            "RLIMIT_DATA" if "l" in held and not (cg and "memory" in cg.dirs) else "",
+            "RLIMIT_AS" if limits.address_space and "l" in held
+            and not (cg and "memory" in cg.dirs) else "") if x) or "not limited",
         # what reaches a descendant that left the process group (setsid)
         "process_tree": ("pids cgroup" if cg and "pids" in cg.dirs else
                          "own PID namespace" if "p" in held else "process group only"),
@@ -628,6 +631,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         nproc = _tasks_of_uid(os.getuid()) + limits.max_processes
     procs_files = cg.procs_files if cg else []
     fence_args["nproc"] = nproc
+    fence_args["memory_cgroup"] = bool(cg and "memory" in cg.dirs)
     r_fd, w_fd = os.pipe()
     try:
         preexec = make_preexec(limits, workdir=str(wd).encode(), procs_files=procs_files,

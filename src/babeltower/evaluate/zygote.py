@@ -67,7 +67,7 @@ def _run_child(req: dict, fds: list[int]) -> None:
                            want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"],
                            writable_workdir=req["writable_workdir"], binds=req["binds"],
-                           fail_closed=req["fail_closed"])
+                           fail_closed=req["fail_closed"], memory_cgroup=req["memory_cgroup"])
     # every fence, then no capabilities, no_new_privs and the seccomp filter: from here on
     # this process cannot mount, unshare, setns, ptrace, or open a unix socket (this
     # server's included) - it never exec's, so nothing else would drop what its user
