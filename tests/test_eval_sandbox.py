@@ -418,3 +418,18 @@ def test_without_user_namespaces_the_run_refuses_in_one_line():
         assert out.stdout.startswith("pass ") and mark.read_text() == "ran"
     finally:
         mark.unlink(missing_ok=True)
+
+
+def test_a_compilers_writes_to_its_directory_are_capped_in_total():
+    """A compiler's directory is writable (the binary must survive the compile step):
+    many files, each under RLIMIT_FSIZE, are stopped by the watch on the directory's total
+    (checked every 0.1 s: what it holds stays within the cap plus 0.1 s of writing)."""
+    wd = new_sandbox_dir()
+    lim = Limits(timeout=20, memory_bytes=512 << 20, write_bytes=32 << 20)
+    src = ("import os, time\nfor i in range(1000):\n"
+           "    open(f'part{i}', 'wb').write(b'x' * (2 << 20))\n    time.sleep(0.01)\n")
+    r = run_sandboxed([PY, "-c", src], workdir=wd, limits=lim, writable_workdir=True)
+    assert r.status == "disk", (r.status, r.stderr[-300:])
+    held = sum(f.stat().st_size for f in wd.iterdir())
+    assert 32 << 20 <= held < 96 << 20, held
+    assert "in total" in r.isolation["writes"]
