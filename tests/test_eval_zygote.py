@@ -25,7 +25,7 @@ PROGRAMS = {
     "no_network": ("import socket, errno\ns = socket.socket()\ntry:\n"
                    "    s.connect(('127.0.0.1', PORT))\nexcept OSError as e:\n"
                    "    print(errno.errorcode[e.errno])", "pass", "ENETUNREACH"),
-    "memory": ("x = bytearray(10 * 1024**3)", "memory", ""),
+    "memory": ("b = []\nwhile True: b.append(bytearray(1 << 20))", "memory", ""),
 }
 
 
