@@ -488,7 +488,9 @@ def isolation_line(iso: dict) -> str:
     if not iso:
         return "isolation: none (the program did not start)"
     parts = [f"network {iso.get('network', '?').split(' (')[0]}",
-             f"host fs {iso.get('host_filesystem')}", f"uid {iso.get('uid')}",
+             f"host fs {iso.get('host_filesystem')}",
+             "uid " + ("own per run" if "own uid" in str(iso.get("filesystem"))
+                       else "the caller's"),
              f"namespaces {iso.get('namespaces')}", f"capabilities {iso.get('capabilities')}",
              f"syscalls {iso.get('syscall_filter')}", f"memory {iso.get('memory')}",
              f"processes {iso.get('processes')}", f"runner {iso.get('runner')}"]
