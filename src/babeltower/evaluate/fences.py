@@ -1,50 +1,68 @@
-"""The fences one sandboxed process is put behind: limits, namespaces, mounts, rlimits, uid.
+"""The fences one sandboxed process is put behind: namespaces, mounts, rlimits, uid,
+no capabilities, a seccomp filter.
 
 The bottom of the execution stack (cli -> passk -> execute -> sandbox -> zygote -> fences):
-``sandbox.run_sandboxed`` (a fresh ``exec``) and ``zygote`` (a forked Python child) both
-build the child-side setup here with ``make_preexec`` and run it between fork and exec.
+``sandbox.run_sandboxed`` (a fresh ``exec``) and ``zygote`` (a forked Python child that
+never ``exec``s) both build the child-side setup here with ``make_preexec`` and run it
+between fork and the program.
 
 What the child does, in order, and why:
 
 1. ``setsid`` and join the sandbox's cgroups (before anything can fork).
-2. ``unshare`` a network namespace (only a down loopback: no traffic at all) and a mount
-   namespace (as root directly; not root inside a new user namespace mapping our uid).
-   Not root, also a **PID namespace**: the child forks a tiny init of our own
-   (``_namespace_init``), which forks the program, so every process of the program is
-   inside it, ``setsid`` or not; the child itself waits outside and ends as the program
-   did. When the program's process ends, the init exits, and the kernel kills every
+2. One ``unshare``: a **network** namespace (only a down loopback: no traffic at all), a
+   **mount** namespace, an **IPC** namespace (SysV and POSIX IPC objects die with the run
+   and no sample sees another's) and a **PID** namespace - as root directly, not root
+   inside a new **user** namespace mapping our uid onto itself. The child forks a tiny init
+   of our own (``_namespace_init``), which forks the program, so every process of the
+   program is inside it, ``setsid`` or not; the child itself waits outside and ends as the
+   program did. When the program's process ends, the init exits, and the kernel kills every
    process left in the namespace; the init also dies with the outer process
    (``PR_SET_PDEATHSIG``, e.g. on a timeout's kill) and the parent kills it once more when
-   the run ends. Without root there is no cgroup, and killing the process group misses a
-   child that called ``setsid``: this is what reaches every descendant there. (The program
-   is PID 2, not a PID 1 that ignores default-action signals; and it is inside the
-   namespace because a process may not start threads in a namespace other than its own.)
-3. Mounts, all private to that namespace:
+   the run ends. (The program is PID 2, not a PID 1 that ignores default-action signals;
+   it is inside the namespace because a process may not start threads in a namespace
+   other than its own.)
+3. Mounts, all private to that namespace (``_mount_fences``):
 
    * **every host mount read-only** (a bind remount of each mount point listed in
      ``/proc/self/mountinfo``): no world-writable host path (``/run/lock``, ``/var/tmp``,
      a PHP session dir, ...) can be written, whatever it is called - nothing is listed by
      hand;
+   * **an own /proc** (read-only) of the PID namespace: the host's processes, their
+     command lines and (same uid) environments are not listed;
    * **one size-limited tmpfs** (``Limits.write_bytes``) holds everything the program may
      write: ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are directories of it, and the program's
      own directory is an overlay whose upper (written) layer lives in it too - so the total
-     bytes a program writes are capped and vanish with it (a disk fill ends in ``ENOSPC``);
+     bytes a program writes are capped and vanish with it (a disk fill ends in ``ENOSPC``;
+     the waiter outside reports ``D`` when the tmpfs is full);
    * for a compiler (``writable_workdir=True``) the directory is instead bound back
-     read-write (the compiled program must persist for the run step); each file is still
-     capped by ``RLIMIT_FSIZE``;
+     read-write (the compiled program must persist for the run step); each file is capped
+     by ``RLIMIT_FSIZE`` and the parent watches the directory's total;
    * **toolchain binds**: a toolchain in a directory the sandbox uid may not enter
      (rustup under ``/root``) is bind-mounted read-only at a path under the private
      ``/tmp`` - the compiler runs as the sandbox uid, nothing on the host changes.
 
-4. rlimits (CPU, file size, open files, no core dumps, address space, process count).
-5. drop to the per-sandbox uid/gid with no supplementary groups (when root).
+4. rlimits (CPU, file size, open files, no core dumps, process count; memory:
+   ``RLIMIT_DATA`` - and ``RLIMIT_AS`` where the runtime allows - unless a memory cgroup
+   holds the process, whose OOM kill the parent can see).
+5. drop every capability: the bounding and ambient sets (while ``CAP_SETPCAP`` is still
+   held), then - as root after switching to the per-sandbox uid/gid with no supplementary
+   groups - the effective, permitted and inheritable sets, checked with ``capget``. The
+   fork server's child never ``exec``s, so without this it would keep every capability
+   its user namespace gave it (issue 21: it remounted the host writable).
+6. ``no_new_privs`` and the **seccomp filter** (``SECCOMP_RULES``): no mount, umount,
+   unshare, setns, pivot_root, keyctl, bpf, perf_event_open, ptrace, io_uring, clone with a
+   namespace flag, TIOCSTI/TIOCLINUX, and no unix socket (a pathname socket - the D-Bus
+   bus, an ssh agent, the fork server's own - is reachable through a read-only mount, and
+   a filter cannot read the path; ``socketpair`` of stream sockets stays).
 
-It reports each fence that held by writing one byte to ``status_fd`` (``n`` network,
-``t`` private tmp, ``r`` host read-only, ``c`` writes capped, ``b`` toolchain binds, and
-``p<pid>.`` own PID namespace whose init has host pid ``<pid>``), so the parent can say what
-was in force rather than assume it (and kill that init).
+Fail closed: when a fence cannot be set up the child writes ``!`` and what is missing and
+exits before anything runs; the parent refuses the run (``fail_closed=False`` - the
+caller's ``unsafe`` - goes on with what held). It reports each fence that held by writing
+one byte to ``status_fd`` (``FENCE_LETTERS``; ``p<pid>.`` = own PID namespace whose init
+has host pid ``<pid>``), so the parent can say what was in force rather than assume it.
 
-The preexec function only makes system calls (no imports, no locks): safe with threads.
+The preexec function only makes system calls (no imports, no locks): safe with threads;
+the seccomp program, capability structures and mount list are made before the fork.
 """
 
 from __future__ import annotations
@@ -544,6 +562,47 @@ FENCE_LETTERS = {"u": "user namespace", "n": "network namespace", "m": "mount na
                  "s": "seccomp filter + no_new_privs", "D": "write area full"}
 
 
+def _mount_fences(mounts, write_bytes: int, workdir: bytes, writable_workdir: bool,
+                  bind_pairs, status_fd: int, refuse) -> None:
+    """In the new mount namespace: / private, the host read-only, an own /proc, the
+    private capped /tmp, toolchain binds - each reported; ``refuse`` (None: go on) when
+    one cannot be made."""
+    def missing(what: bytes) -> None:
+        if refuse is not None:
+            refuse(what)
+
+    os.write(status_fd, b"m")
+    # stop our mounts from propagating back to the host
+    if _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        missing(b"mounts: cannot make / private: " + _errno_name())
+        return
+    if _remount_read_only(mounts):
+        os.write(status_fd, b"r")
+    else:
+        missing(b"read-only host: a bind remount failed")
+    # a /proc of the PID namespace: the host's processes (their command lines, the
+    # environments of the same uid) are not listed
+    if _mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY,
+              None) == 0:
+        os.write(status_fd, b"P")
+    else:
+        missing(b"own /proc: mount failed with " + _errno_name())
+    private, capped = _mount_private_tmp(write_bytes, workdir, writable_workdir)
+    if private:
+        os.write(status_fd, b"t")
+    else:
+        missing(b"private /tmp: tmpfs mount failed")
+    if capped:
+        os.write(status_fd, b"c")
+    if bind_pairs:
+        if _bind_toolchains(bind_pairs):
+            os.write(status_fd, b"b")
+        else:
+            missing(b"toolchain bind failed")
+
+
+# long: the parent-side preparation and the child-side closure belong together - everything
+# the child uses must be made before the fork, and the closure is the fences in their order
 def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: list[bytes],
                  want_netns: bool, want_private_tmp: bool, status_fd: int,
                  userns: bool = False, nproc: int | None = None,
@@ -612,34 +671,8 @@ def make_preexec(limits: Limits, uid: int | None, workdir: bytes, procs_files: l
             # outside it the program could start no thread: fail plainly instead
             refuse(b"PID namespace: cannot fork its init")
         if flags & _CLONE_NEWNS:
-            os.write(status_fd, b"m")
-            # stop our mounts from propagating back to the host
-            if _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-                refuse(b"mounts: cannot make / private: " + _errno_name())
-            if _remount_read_only(mounts):
-                os.write(status_fd, b"r")
-            elif fail_closed:
-                refuse(b"read-only host: a bind remount failed")
-            # a /proc of the PID namespace: the host's processes (their command lines,
-            # environments of the same uid) are not listed
-            if _mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-                      | _MS_RDONLY, None) == 0:
-                os.write(status_fd, b"P")
-            elif fail_closed:
-                refuse(b"own /proc: mount failed with " + _errno_name())
-            private, capped = _mount_private_tmp(limits.write_bytes, workdir,
-                                                 writable_workdir)
-            if private:
-                os.write(status_fd, b"t")
-            elif fail_closed:
-                refuse(b"private /tmp: tmpfs mount failed")
-            if capped:
-                os.write(status_fd, b"c")
-            if bind_pairs:
-                if _bind_toolchains(bind_pairs):
-                    os.write(status_fd, b"b")
-                elif fail_closed:
-                    refuse(b"toolchain bind failed")
+            _mount_fences(mounts, limits.write_bytes, workdir, writable_workdir, bind_pairs,
+                          status_fd, refuse if fail_closed else None)
         ok = True
         for res, lim in rl:
             try:

@@ -6,10 +6,9 @@ What one ``run_sandboxed`` call does, and why:
   ``TMPDIR``; it is removed afterwards (unless ``keep_dir``).
 * **Own session / process group.** ``setsid`` in the child; on timeout the whole group
   is killed (``killpg(SIGKILL)``), and every process left in the sandbox's pids cgroup
-  too (a process may ``setsid`` itself out of the group; it cannot leave the cgroup).
-  Not root (no cgroup): everything the program starts is in its own PID namespace
-  (``fences.py``), whose init is killed when the run ends (timeout or not) - the kernel
-  then kills every process in it - and the run returns only once they are gone.
+  too. Everything the program starts is in its own PID namespace (``fences.py``), whose
+  init is killed when the run ends (timeout or not) - the kernel then kills every process
+  in it - and the run returns only once they are gone.
 * **Unprivileged uid.** When we are root, the program runs as a per-sandbox uid/gid
   that exists nowhere else (a random id in ``[2**20, 2**30)``, no supplementary groups).
   So it cannot write outside its own directory (or the private ``/tmp``), and
@@ -17,30 +16,36 @@ What one ``run_sandboxed`` call does, and why:
   instead of to every process of root. Not root: the program keeps our uid and
   ``RLIMIT_NPROC`` is set to our current task count + ``max_processes`` (it counts all our
   processes, so parallel sandboxes share that headroom); isolation reports which.
+* **No capabilities, no_new_privs, a seccomp filter** (``fences.py``): on both runners
+  and for compilers.
 * **Process count.** A pids cgroup (v1 ``/sys/fs/cgroup/pids`` or v2) with
   ``pids.max = max_processes`` when writable; ``RLIMIT_NPROC`` as a second fence.
-* **Memory.** A memory cgroup limit when writable, plus ``RLIMIT_AS`` (address space)
-  unless the caller passes ``address_space=False`` - runtimes that reserve large virtual
-  ranges up front (the JVM, V8/node, Go) cannot start under a small ``RLIMIT_AS``;
-  for them the cgroup (and their own heap flags, see ``execute.py``) is the limit.
+* **Memory.** A memory cgroup limit when writable (root); otherwise ``RLIMIT_DATA`` for
+  every runtime (it counts committed, not reserved, memory: the JVM, V8 and Go run under
+  it) plus ``RLIMIT_AS`` where ``address_space`` (not for JVM/node/Go), and the runtimes'
+  own caps (``-Xmx``, ``--max-old-space-size``, PHP ``memory_limit``, ``GOMEMLIMIT``).
 * **CPU time, file size, open files, core dumps** via ``setrlimit``.
 * **Wall time.** ``timeout`` seconds, then the group and the cgroup are killed.
-* **No network.** A new network namespace (``unshare(CLONE_NEWNET)`` through libc; Python
-  3.11 has no ``os.unshare``): only a down loopback, so ``connect`` to any address fails
-  at once with ``ENETUNREACH``. As root directly; otherwise inside a new user namespace
-  that maps our uid onto itself (unprivileged user namespaces, on by default in most
-  distributions). When it fails the result says ``isolation["network"] == "host"`` -
-  plainly, not silently.
-* **Private /tmp.** In the same call a new mount namespace gets fresh tmpfs mounts on
-  ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (the sandbox directory is bind-mounted back at
-  its own path), so writes to ``/tmp`` vanish with the sandbox.
+* **Namespaces.** Network (only a down loopback: ``connect`` fails at once with
+  ``ENETUNREACH``), mount, IPC and PID - as root directly, otherwise inside a new user
+  namespace that maps our uid onto itself.
+* **Private /tmp, read-only host, own /proc** (see ``fences.py``).
 * **Scrubbed environment** (``PATH``, ``HOME``, ``TMPDIR``, ``LANG`` + what the caller
   passes), **stdin closed** (``/dev/null``), **output capped** (``max_output_bytes`` per
   stream; the rest is drained and dropped, so a chatty program cannot fill our memory).
+* **Fail closed.** A layer that cannot be set up (no user namespaces, no libseccomp, ...)
+  stops the run before anything starts: ``SandboxUnavailable`` (a ``BabelError``: one
+  line) names it, unless the caller passes ``unsafe=True``; ``isolation`` then says what
+  held and ``mode`` says UNSAFE.
 
-Status of a result: ``pass`` (exit 0), ``fail`` (non-zero exit), ``timeout``,
-``memory`` (an out-of-memory signature or an OOM kill), ``crash`` (killed by a signal),
-plus ``compile_error`` and ``missing_toolchain`` which ``execute.py`` sets.
+Status of a result, from what the sandbox observed - never from the program's own text:
+``pass`` (exit 0), ``fail`` (non-zero exit, or ``SIGABRT``: its own ``assert``/``abort``),
+``timeout`` (the deadline, or ``SIGXCPU``), ``memory`` (the cgroup's OOM kill, or an
+abnormal end after the peak resident memory reached ``MEMORY_PEAK_SHARE`` of the limit),
+``disk`` (the private tmpfs full, ``SIGXFSZ``, or a compiler's directory over
+``write_bytes``), ``crash`` (another signal), plus ``compile_error`` and
+``missing_toolchain`` which ``execute.py`` sets. A program that prints "MemoryError" and
+exits 1 is ``fail``.
 
 The child-side setup runs in ``preexec_fn`` (after fork, before exec). It only makes
 system calls (no imports, no locks), which keeps it safe with a thread pool around it.

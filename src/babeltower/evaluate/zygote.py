@@ -12,11 +12,17 @@ the program inside (with no sandbox). We do the same from a *small* server proce
   the child dups the pipes onto 1/2, ``/dev/null`` onto 0, closes every other descriptor,
   resets signal handlers, clears and sets the environment, changes into the sandbox
   directory and applies exactly the fences of ``run_sandboxed`` (``fences.make_preexec``: own
-  session, cgroups, network/mount namespaces, private /tmp, rlimits, own uid), then runs
+  session, cgroups, user/network/mount/IPC/PID namespaces, read-only host, own /proc,
+  private /tmp, rlimits, own uid, then no capabilities, ``no_new_privs`` and the seccomp
+  filter - it never ``exec``s, so nothing else would drop what its namespace gave it; the
+  filter is built once in the server and inherited), then runs
   the program as ``python3 main.py`` would: ``__name__ == "__main__"``, ``sys.argv``,
   ``sys.path[0]`` = its directory, uncaught exception -> traceback and exit 1,
   ``SystemExit`` codes as the interpreter maps them, ``atexit`` handlers and non-daemon
   threads finished before exit.
+* Only the process that started the server is served (``SO_PEERCRED``); the socket is
+  0600 in a 0700 directory, hidden by the child's private /tmp, and the child cannot make
+  a unix socket at all.
 * The server replies with the child's pid at once and with its raw wait status when it
   ends (a ``SIGCHLD``-driven single-threaded loop, so ``fork`` never happens with other
   threads alive). The client kills by process group and cgroup exactly as for a normal
@@ -52,13 +58,9 @@ def _run_child(req: dict, fds: list[int]) -> None:
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    keep = {0, 1, 2, status_w}
-    for fd in range(3, 1024):
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    # every other descriptor (the server's socket and pipes): two close_range calls
+    os.closerange(3, status_w)
+    os.closerange(status_w + 1, 1 << 16)
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["workdir"])
@@ -134,6 +136,17 @@ def _exit_code(c) -> int:
     return 1
 
 
+def _from_parent(conn: socket.socket) -> bool:
+    """Only the process that started the server may ask for a child: the socket is mode
+    0600 in a 0700 directory, and sandboxed children cannot make a unix socket at all
+    (seccomp), but a request decides the fences - so the peer is checked too."""
+    peer_pid = struct.unpack("3i", conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    return peer_pid == os.getppid()
+
+
+# long: one single-threaded loop over its three event kinds (a request, a child's end, the
+# parent's end), so that fork never happens with another thread alive
 def serve(sock_path: str) -> None:
     """The server loop: accept, fork, report pid and wait status (single-threaded)."""
     import selectors
@@ -172,12 +185,7 @@ def serve(sock_path: str) -> None:
                 continue
             if key.data == "accept":
                 conn, _ = srv.accept()
-                # only the process that started us may ask for a child: the socket is
-                # mode 0600 in a 0700 directory, and its children cannot make a unix
-                # socket at all (seccomp), but a request decides the fences - so check
-                peer_pid = struct.unpack("3i", conn.getsockopt(
-                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
-                if peer_pid != os.getppid():
+                if not _from_parent(conn):
                     conn.close()
                     continue
                 try:
