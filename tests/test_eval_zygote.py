@@ -38,7 +38,7 @@ def test_fork_server_matches_a_fresh_interpreter(name):
         forked = run_program("python", src, timeout=5, python_fork_server=True)
         assert accepted() == []
     assert forked.isolation["runner"] == "fork server (no exec)"
-    assert fresh.isolation["runner"] == "exec"
+    assert fresh.isolation["runner"] == "fork server + exec"
     for r in (fresh, forked):
         assert r.status == status, (name, r.isolation["runner"], r.stderr[-300:])
         assert r.stdout.strip() == stdout

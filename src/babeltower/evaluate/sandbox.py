@@ -446,7 +446,7 @@ def _uid_for(workdir: Path, unprivileged: bool) -> int | None:
 
 
 def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limits,
-               server, unsafe: bool) -> dict:
+               runner: str, unsafe: bool) -> dict:
     """What was actually in force, from the fences the child reported."""
     held = set(re.sub(r"p\d+\.", "p", fences))
     return {
@@ -479,7 +479,7 @@ def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limi
         "capabilities": "none" if "k" in held else "NOT dropped",
         "syscall_filter": "seccomp + no_new_privs" if "s" in held else "none",
         "uid": uid if uid is not None else os.geteuid(),
-        "runner": "fork server (no exec)" if server is not None else "exec",
+        "runner": runner,
         "mode": "UNSAFE (missing layers allowed)" if unsafe else "fail closed",
     }
 
@@ -535,20 +535,29 @@ class _ExecProcess(subprocess.Popen):
 
 def _start(cmd: list[str], wd: Path, env: dict, request: dict, python_fork_server: bool,
            preexec, status_w: int):
-    """The program's process: a fork-server child for Python when asked, else an exec."""
+    """(The program's process, how it was started): a fork-server child running a Python
+    program when asked, else a fork-server child that exec's ``cmd`` (the server is small
+    and cheap to fork), else - no server - an exec from this process."""
     if python_fork_server:
         server = zygote.get_server(cmd[0])
         if server is not None:
             req = {**request, "script": str(wd / cmd[-1]), "argv": [],
                    "server_path": server.src}
             try:
-                return zygote.ZygoteProcess(server, req, status_w), server
+                return zygote.ZygoteProcess(server, req, status_w), "fork server (no exec)"
             except OSError:
                 pass  # the server went away: start this one the usual way
+    server = zygote.get_exec_server()
+    if server is not None:
+        try:
+            return (zygote.ZygoteProcess(server, {**request, "exec": list(cmd)}, status_w),
+                    "fork server + exec")
+        except OSError:
+            pass
     proc = _ExecProcess(cmd, cwd=wd, env=env, stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
                         pass_fds=(status_w,), close_fds=True)
-    return proc, None
+    return proc, "exec"
 
 
 def _kill_tree(proc, cg) -> None:
@@ -664,7 +673,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
     proc = None
     try:
         try:
-            proc, server = _start(cmd, wd, run_env, request, python_fork_server,
+            proc, runner = _start(cmd, wd, run_env, request, python_fork_server,
                                   preexec, w_fd)
         except OSError as e:
             os.close(r_fd)
@@ -687,6 +696,14 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         fences, _, refused = fences.partition("!")
         if refused:
             raise SandboxUnavailable.because(refused)
+        exec_failed = re.search(r"x(\d+)\.", fences)
+        if exec_failed:  # the fork server's child could not exec the command
+            err = int(exec_failed.group(1))
+            return SandboxResult(
+                status="missing_toolchain" if err == errno.ENOENT else "crash",
+                exit_code=None, signal=None, stdout="",
+                stderr=f"cannot start {cmd[0]}: [Errno {err}] {os.strerror(err)}",
+                wall_time=wall, command=list(cmd))
         # the cgroup's peak when there is one: ru_maxrss of a child forked from a large
         # parent (a test runner that has loaded models) counts the parent's pages it
         # inherited before exec, and would call any crash 'memory'
@@ -703,7 +720,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
             status = "disk"
         return SandboxResult(status=status, exit_code=code, signal=sig, stdout=stdout,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),
-                             isolation=_isolation(fences, uid, cg, nproc, limits, server,
+                             isolation=_isolation(fences, uid, cg, nproc, limits, runner,
                                                   unsafe),
                              command=list(cmd))
     finally:

@@ -44,7 +44,7 @@ import socket
 import struct
 import sys
 
-from babeltower.evaluate.fences import Limits, make_preexec, seccomp_unavailable
+from babeltower.evaluate.fences import Limits, host_mounts, make_preexec, seccomp_unavailable
 
 # ----------------------------------------------------------------------------- server side
 
@@ -70,11 +70,20 @@ def _run_child(req: dict, fds: list[int]) -> None:
                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"],
                            writable_workdir=req["writable_workdir"], binds=req["binds"],
                            fail_closed=req["fail_closed"], memory_cgroup=req["memory_cgroup"])
+    argv = req.get("exec")
+    # an exec that fails is reported on a descriptor the program never sees (close-on-exec)
+    exec_status = os.dup(status_w) if argv else -1
     # every fence, then no capabilities, no_new_privs and the seccomp filter: from here on
     # this process cannot mount, unshare, setns, ptrace, or open a unix socket (this
-    # server's included) - it never exec's, so nothing else would drop what its user
-    # namespace gave it
+    # server's included) - a Python program never exec's, so nothing else would drop what
+    # its user namespace gave it
     preexec()
+    if argv:
+        try:
+            os.execvpe(argv[0], argv, os.environ)
+        except OSError as e:
+            os.write(exec_status, b"x%d." % (e.errno or 0))
+            os._exit(127)
     # the server's own import path (our source tree) is not the program's business
     sp = req.get("server_path") or "\0"
     sys.path[:] = [p for p in sys.path if p and not p.startswith(sp)]
@@ -157,8 +166,10 @@ def serve(sock_path: str) -> None:
     import threading  # noqa: F401
     import traceback  # noqa: F401
 
-    # build the seccomp filter once, here: every child inherits it ready to install
+    # build the seccomp filter once, here: every child inherits it ready to install (and
+    # the codec reading the mount table is imported once, not per child)
     seccomp_unavailable()
+    host_mounts()
 
     # die with the parent: our stdin is a pipe whose write end only the parent holds, so
     # EOF on it means the parent process is gone (PR_SET_PDEATHSIG would fire when the
@@ -234,6 +245,7 @@ def serve(sock_path: str) -> None:
 
 # ----------------------------------------------------------------------------- client side
 _server = None
+_exec_server = None
 
 
 class _Server:
@@ -269,6 +281,31 @@ class _Server:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def get_exec_server():
+    """A fork server for commands that are exec'd (compilers, compiled programs, node...):
+    forking the small server instead of the caller (which may hold a model: gigabytes of
+    page tables to copy, three times with the PID namespace's processes). The server of
+    Python programs when it runs - its interpreter does not matter once the child exec's -
+    else one of this interpreter's own. None when it cannot start."""
+    global _exec_server
+    import atexit
+    import threading
+
+    if _server is not None and _server.alive():
+        return _server
+    lock = globals().setdefault("_exec_lock", threading.Lock())
+    with lock:
+        if _exec_server is not None and _exec_server.alive():
+            return _exec_server
+        try:
+            _exec_server = _Server(sys.executable)
+        except OSError:
+            _exec_server = None
+            return None
+        atexit.register(_exec_server.close)
+        return _exec_server
 
 
 def get_server(python: str):
