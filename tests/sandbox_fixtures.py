@@ -95,10 +95,13 @@ ESCAPE_PROBE = r'''
 import ctypes, errno, json, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-NR = {"mount": 165, "umount2": 166, "unshare": 272, "setns": 308, "pivot_root": 155,
-      "keyctl": 250, "bpf": 321, "perf_event_open": 298, "ptrace": 101,
-      "io_uring_setup": 425, "clone": 56, "open_tree": 428, "fsopen": 430,
-      "userfaultfd": 323, "process_vm_readv": 310, "chroot": 161}
+# this architecture's system call numbers, from libseccomp (readable inside: the host is)
+scmp = ctypes.CDLL("libseccomp.so.2")
+scmp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+NR = {n: scmp.seccomp_syscall_resolve_name(n.encode()) for n in (
+    "mount", "umount2", "unshare", "setns", "pivot_root", "keyctl", "bpf", "perf_event_open",
+    "ptrace", "io_uring_setup", "clone", "open_tree", "fsopen", "userfaultfd",
+    "process_vm_readv", "chroot")}
 out = {}
 def call(name, *args):
     r = libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])

@@ -27,9 +27,11 @@ toolchain in a directory that uid may not enter (rustup's under ``/root``, mode 
 bind-mounted read-only into the sandbox's private ``/tmp`` and run from there - nothing on
 the host is copied or has its permissions changed (``fences.py``). The compiler's
 directory is writable (the binary must survive for the run step); the program's run sees
-it as a copy-on-write overlay whose writes are capped and discarded. The JVM, node and the Go toolchain reserve large virtual address ranges at
-start, so for them ``RLIMIT_AS`` is off and the memory cgroup plus their heap flags
-(``-Xmx``, ``--max-old-space-size``) bound memory.
+it as a copy-on-write overlay whose writes are capped and discarded. The JVM, node and the
+Go toolchain reserve large virtual address ranges at start, so for them ``RLIMIT_AS`` is
+off; the memory cgroup (root) or ``RLIMIT_DATA`` (which counts committed memory only) plus
+their own caps (``-Xmx``, ``--max-old-space-size``, ``GOMEMLIMIT``) bound memory - for
+compilers too.
 
 A language whose toolchain is not installed gives status ``missing_toolchain`` with the
 Debian package to install (``scripts/install-toolchains.sh``).

@@ -497,8 +497,9 @@ def _mirror_program_end(init_pid: int, status_r: int, status_fd: int,
         if status < 0 or os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status) if status >= 0 else signal.SIGKILL
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core of this copy
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
+                signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
             os.kill(os.getpid(), sig)
             os._exit(128 + sig)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
