@@ -560,7 +560,8 @@ FENCE_LETTERS = {"u": "user namespace", "n": "network namespace", "m": "mount na
                  "i": "IPC namespace", "p": "PID namespace", "r": "read-only host",
                  "P": "own /proc", "t": "private /tmp", "c": "capped writes",
                  "b": "toolchain binds", "l": "rlimits", "k": "no capabilities",
-                 "s": "seccomp filter + no_new_privs", "D": "write area full"}
+                 "s": "seccomp filter + no_new_privs",
+                 "D": "write area full"}  # an observation, not a fence
 
 
 def _mount_fences(mounts, write_bytes: int, workdir: bytes, writable_workdir: bool,

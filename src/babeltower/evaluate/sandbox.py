@@ -481,11 +481,10 @@ def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limi
         "uid": uid if uid is not None else os.geteuid(),
         "runner": runner,
         "mode": "UNSAFE (missing layers allowed)" if unsafe else "fail closed",
+        # every fence the child reported, by name
+        "layers": [name for letter, name in FENCE_LETTERS.items()
+                   if letter in held and letter != "D"],
     }
-
-
-# the layers every run needs unless ``unsafe``: what a missing one is called in a refusal
-REQUIRED_FENCES = ("n", "m", "i", "p", "r", "P", "t", "l", "k", "s")
 
 
 def isolation_line(iso: dict) -> str:
