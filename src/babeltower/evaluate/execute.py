@@ -27,9 +27,11 @@ toolchain in a directory that uid may not enter (rustup's under ``/root``, mode 
 bind-mounted read-only into the sandbox's private ``/tmp`` and run from there - nothing on
 the host is copied or has its permissions changed (``fences.py``). The compiler's
 directory is writable (the binary must survive for the run step); the program's run sees
-it as a copy-on-write overlay whose writes are capped and discarded. The JVM, node and the Go toolchain reserve large virtual address ranges at
-start, so for them ``RLIMIT_AS`` is off and the memory cgroup plus their heap flags
-(``-Xmx``, ``--max-old-space-size``) bound memory.
+it as a copy-on-write overlay whose writes are capped and discarded. The JVM, node and the
+Go toolchain reserve large virtual address ranges at start, so for them ``RLIMIT_AS`` is
+off; the memory cgroup (root) or ``RLIMIT_DATA`` (which counts committed memory only) plus
+their own caps (``-Xmx``, ``--max-old-space-size``, ``GOMEMLIMIT``) bound memory - for
+compilers too.
 
 A language whose toolchain is not installed gives status ``missing_toolchain`` with the
 Debian package to install (``scripts/install-toolchains.sh``).
@@ -193,11 +195,14 @@ def _build_plan(lang: str, source: str, wd: Path, tools: dict, base: Limits,
                        "-d", ".", f"{stem}.java"]
         run_cmd = [tools["java"][0], f"-Xmx{heap}m", "-XX:+UseSerialGC",
                    "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-ea", "-cp", ".", main_cls]
-        runtime = replace(runtime, max_processes=max(runtime.max_processes, 256))
+        runtime = replace(runtime, max_processes=max(runtime.max_processes, 256),
+                          heap_bytes=heap << 20)
     else:  # go
         env = {"GOCACHE": str(wd / ".gocache"), "GOPATH": str(wd / ".gopath"),
                "GOPROXY": "off", "GOFLAGS": "", "GO111MODULE": "off",
-               "GOMAXPROCS": "2", "CGO_ENABLED": "0", "GOTELEMETRY": "off"}
+               "GOMAXPROCS": "2", "CGO_ENABLED": "0", "GOTELEMETRY": "off",
+               # the runtime's soft limit: it collects harder near the sandbox's limit
+               "GOMEMLIMIT": str(base.memory_bytes * 3 // 4)}
         is_test = "func main()" not in source and re.search(r"func Test\w*\(", source)
         if is_test:
             (wd / "main_test.go").write_text(source, encoding="utf-8")
@@ -214,14 +219,16 @@ def run_program(language: str, source: str, timeout: float = 10.0,
                 compile_timeout: float = 60.0, memory_bytes: int = 2 << 30,
                 max_processes: int = 64, limits: Limits | None = None,
                 files: dict[str, str] | None = None,
-                python_fork_server: bool = True) -> ExecResult:
+                python_fork_server: bool = True, unsafe: bool = False) -> ExecResult:
     """Compile (if needed) and run a complete program in the sandbox.
 
     ``timeout`` bounds the run, ``compile_timeout`` the compilation. ``limits`` overrides
     the other limit arguments. ``files`` are extra files written next to the program.
     ``python_fork_server``: Python programs run in a child of a small fork server rather
     than a fresh interpreter (same fences, ~25 ms less per program; see ``zygote.py``).
-    Exit code 0 = ``pass``; a failed compilation = ``compile_error``.
+    Exit code 0 = ``pass``; a failed compilation = ``compile_error``. ``unsafe``: run even
+    where a layer of isolation cannot be set up (``sandbox.run_sandboxed``); otherwise
+    such a host raises ``SandboxUnavailable`` and nothing runs.
     """
     t0 = time.monotonic()
     lang = get_language(language).name
@@ -255,21 +262,23 @@ def run_program(language: str, source: str, timeout: float = 10.0,
                            fname]}[lang]
             if lang == "javascript":
                 runtime = replace(runtime, max_processes=max(runtime.max_processes, 64))
+            if lang in ("javascript", "php"):  # their own heap cap, set above
+                runtime = replace(runtime, heap_bytes=max(64, base.memory_bytes >> 21) << 20)
             return _as_exec(run_sandboxed(cmd, workdir=wd, limits=runtime,
                                           python_fork_server=python_fork_server
-                                          and lang == "python"), lang)
+                                          and lang == "python", unsafe=unsafe), lang)
 
         compile_cmd, run_cmd, env, runtime = _build_plan(lang, source, wd, tools, base, runtime)
         compiler = tools[needed[0]]
         compile_cmd[0], binds = _reachable_compiler(compiler[0], compiler[1])
         c = run_sandboxed(compile_cmd, workdir=wd, limits=compiler_limits, env=env,
-                          writable_workdir=True, binds=binds)
+                          writable_workdir=True, binds=binds, unsafe=unsafe)
         compile_time = c.wall_time
         if c.status != "pass":
-            # a compiler killed by our limits is a timeout/memory, not the program's fault
-            status = c.status if c.status in ("timeout", "memory") else "compile_error"
+            # a compiler stopped by our limits is a timeout/memory/disk, not a compile error
+            status = c.status if c.status in ("timeout", "memory", "disk") else "compile_error"
             return _as_exec(c, lang, compile_time, status=status)
-        r = run_sandboxed(run_cmd, workdir=wd, limits=runtime, env=env)
+        r = run_sandboxed(run_cmd, workdir=wd, limits=runtime, env=env, unsafe=unsafe)
         return _as_exec(r, lang, compile_time)
     finally:
         remove_dir_later(wd)

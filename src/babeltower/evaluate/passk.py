@@ -49,6 +49,7 @@ from babeltower.errors import BabelError
 from babeltower.evaluate.execute import run_program
 from babeltower.evaluate.humaneval import load_humaneval
 from babeltower.evaluate.problems import load_problems
+from babeltower.evaluate.sandbox import isolation_line
 from babeltower.io import (PartialRows, atomic_dir, atomic_write_json, atomic_write_text,
                            provenance, sha256_json)
 from babeltower.languages import canonical
@@ -97,6 +98,7 @@ class PassKConfig(BaseModel):
     seed: int = 0
     references: bool = False              # run canonical solutions instead of generating
     limit: int | None = Field(None, ge=1) # first N problems only
+    unsafe: bool = False                  # run even where isolation is incomplete
 
 
 # --------------------------------------------------------------------------- problems
@@ -244,8 +246,10 @@ def generate_completions(model, tokenizer, prompts: list[str], stop_tokens: list
 def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
                     workers: int = 2, timeout: float = 10.0,
                     progress: bool = True, python_fork_server: bool = True,
-                    memory_bytes: int = 2 << 30) -> list[dict]:
-    """Run every (problem, sample) program in the sandbox; one result row each."""
+                    memory_bytes: int = 2 << 30, unsafe: bool = False) -> list[dict]:
+    """Run every (problem, sample) program in the sandbox; one result row each, with the
+    isolation that was in force (``sandbox.isolation_line``). Where isolation cannot be
+    set up this raises ``SandboxUnavailable`` before any program runs, unless ``unsafe``."""
     from tqdm.auto import tqdm
 
     jobs = [(pi, si, comp) for pi, comps in completions.items() for si, comp in enumerate(comps)]
@@ -254,11 +258,12 @@ def execute_samples(problems: list[Problem], completions: dict[int, list[str]],
         pi, si, comp = job
         p = problems[pi]
         r = run_program(p.language, p.program(comp), timeout=timeout,
-                        memory_bytes=memory_bytes, python_fork_server=python_fork_server)
+                        memory_bytes=memory_bytes, python_fork_server=python_fork_server,
+                        unsafe=unsafe)
         return {"problem": p.name, "language": p.language, "sample": si, "completion": comp,
                 "status": r.status, "exit_code": r.exit_code, "signal": r.signal,
                 "time": round(r.wall_time + (r.compile_time or 0.0), 4),
-                "stderr": r.stderr[-1000:]}
+                "stderr": r.stderr[-1000:], "isolation": isolation_line(r.isolation)}
 
     rows: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as ex:
@@ -295,6 +300,8 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
                                          float(np.quantile(boots, 0.975))]
     summary["solved"] = sum(r["correct"] > 0 for r in per_problem)
     summary["statuses"] = dict(Counter(r["status"] for r in rows))
+    # what the programs really ran under: one line each, with how many samples
+    summary["isolation"] = dict(Counter(r.get("isolation", "not recorded") for r in rows))
     summary["per_problem"] = per_problem
     return summary
 
@@ -338,7 +345,8 @@ def _evaluate_one(problems: list[Problem], cfg: PassKConfig, out_dir: Path, mode
         chunk = max(1, cfg.workers * 8)
         for s in range(0, len(todo), chunk):
             part = {i: comps[i] for i in todo[s:s + chunk]}
-            flush(execute_samples(problems, part, cfg.workers, cfg.timeout, progress))
+            flush(execute_samples(problems, part, cfg.workers, cfg.timeout, progress,
+                                  unsafe=cfg.unsafe))
     else:
         if model is None:
             raise BabelError("pass@k needs a model (or --references)")
@@ -349,7 +357,8 @@ def _evaluate_one(problems: list[Problem], cfg: PassKConfig, out_dir: Path, mode
 
         def on_done(i: int, completions: list[str]) -> None:
             futures.append(pool.submit(lambda: flush(execute_samples(
-                problems, {i: completions}, cfg.workers, cfg.timeout, progress=False))))
+                problems, {i: completions}, cfg.workers, cfg.timeout, progress=False,
+                unsafe=cfg.unsafe))))
 
         prompts = [p.prompt for p in problems]
         stops = [p.stop_tokens for p in problems]
@@ -444,4 +453,5 @@ def _headline(summary: dict, cfg: PassKConfig) -> dict:
     return {**{f"pass@{k}": summary.get(f"pass@{k}") for k in cfg.k},
             **{f"pass@{k}_ci95": summary.get(f"pass@{k}_ci95") for k in cfg.k},
             "solved": summary.get("solved"), "problems": summary.get("problems"),
-            "statuses": summary.get("statuses")}
+            "statuses": summary.get("statuses"),
+            "isolation": " | ".join(summary.get("isolation") or {}) or None}

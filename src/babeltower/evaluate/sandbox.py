@@ -6,10 +6,9 @@ What one ``run_sandboxed`` call does, and why:
   ``TMPDIR``; it is removed afterwards (unless ``keep_dir``).
 * **Own session / process group.** ``setsid`` in the child; on timeout the whole group
   is killed (``killpg(SIGKILL)``), and every process left in the sandbox's pids cgroup
-  too (a process may ``setsid`` itself out of the group; it cannot leave the cgroup).
-  Not root (no cgroup): everything the program starts is in its own PID namespace
-  (``fences.py``), whose init is killed when the run ends (timeout or not) - the kernel
-  then kills every process in it - and the run returns only once they are gone.
+  too. Everything the program starts is in its own PID namespace (``fences.py``), whose
+  init is killed when the run ends (timeout or not) - the kernel then kills every process
+  in it - and the run returns only once they are gone.
 * **Unprivileged uid.** When we are root, the program runs as a per-sandbox uid/gid
   that exists nowhere else (a random id in ``[2**20, 2**30)``, no supplementary groups).
   So it cannot write outside its own directory (or the private ``/tmp``), and
@@ -17,30 +16,36 @@ What one ``run_sandboxed`` call does, and why:
   instead of to every process of root. Not root: the program keeps our uid and
   ``RLIMIT_NPROC`` is set to our current task count + ``max_processes`` (it counts all our
   processes, so parallel sandboxes share that headroom); isolation reports which.
+* **No capabilities, no_new_privs, a seccomp filter** (``fences.py``): on both runners
+  and for compilers.
 * **Process count.** A pids cgroup (v1 ``/sys/fs/cgroup/pids`` or v2) with
   ``pids.max = max_processes`` when writable; ``RLIMIT_NPROC`` as a second fence.
-* **Memory.** A memory cgroup limit when writable, plus ``RLIMIT_AS`` (address space)
-  unless the caller passes ``address_space=False`` - runtimes that reserve large virtual
-  ranges up front (the JVM, V8/node, Go) cannot start under a small ``RLIMIT_AS``;
-  for them the cgroup (and their own heap flags, see ``execute.py``) is the limit.
+* **Memory.** A memory cgroup limit when writable (root); otherwise ``RLIMIT_DATA`` for
+  every runtime (it counts committed, not reserved, memory: the JVM, V8 and Go run under
+  it) plus ``RLIMIT_AS`` where ``address_space`` (not for JVM/node/Go), and the runtimes'
+  own caps (``-Xmx``, ``--max-old-space-size``, PHP ``memory_limit``, ``GOMEMLIMIT``).
 * **CPU time, file size, open files, core dumps** via ``setrlimit``.
 * **Wall time.** ``timeout`` seconds, then the group and the cgroup are killed.
-* **No network.** A new network namespace (``unshare(CLONE_NEWNET)`` through libc; Python
-  3.11 has no ``os.unshare``): only a down loopback, so ``connect`` to any address fails
-  at once with ``ENETUNREACH``. As root directly; otherwise inside a new user namespace
-  that maps our uid onto itself (unprivileged user namespaces, on by default in most
-  distributions). When it fails the result says ``isolation["network"] == "host"`` -
-  plainly, not silently.
-* **Private /tmp.** In the same call a new mount namespace gets fresh tmpfs mounts on
-  ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (the sandbox directory is bind-mounted back at
-  its own path), so writes to ``/tmp`` vanish with the sandbox.
+* **Namespaces.** Network (only a down loopback: ``connect`` fails at once with
+  ``ENETUNREACH``), mount, IPC and PID - as root directly, otherwise inside a new user
+  namespace that maps our uid onto itself.
+* **Private /tmp, read-only host, own /proc** (see ``fences.py``).
 * **Scrubbed environment** (``PATH``, ``HOME``, ``TMPDIR``, ``LANG`` + what the caller
   passes), **stdin closed** (``/dev/null``), **output capped** (``max_output_bytes`` per
   stream; the rest is drained and dropped, so a chatty program cannot fill our memory).
+* **Fail closed.** A layer that cannot be set up (no user namespaces, no libseccomp, ...)
+  stops the run before anything starts: ``SandboxUnavailable`` (a ``BabelError``: one
+  line) names it, unless the caller passes ``unsafe=True``; ``isolation`` then says what
+  held and ``mode`` says UNSAFE.
 
-Status of a result: ``pass`` (exit 0), ``fail`` (non-zero exit), ``timeout``,
-``memory`` (an out-of-memory signature or an OOM kill), ``crash`` (killed by a signal),
-plus ``compile_error`` and ``missing_toolchain`` which ``execute.py`` sets.
+Status of a result, from what the sandbox observed - never from the program's own text:
+``pass`` (exit 0), ``fail`` (non-zero exit, or ``SIGABRT``: its own ``assert``/``abort``),
+``timeout`` (the deadline, or ``SIGXCPU``), ``memory`` (the cgroup's OOM kill, or an
+abnormal end after the peak resident memory reached ``MEMORY_PEAK_SHARE`` of the limit),
+``disk`` (the private tmpfs full, ``SIGXFSZ``, or a compiler's directory over
+``write_bytes``), ``crash`` (another signal), plus ``compile_error`` and
+``missing_toolchain`` which ``execute.py`` sets. A program that prints "MemoryError" and
+exits 1 is ``fail``.
 
 The child-side setup runs in ``preexec_fn`` (after fork, before exec). It only makes
 system calls (no imports, no locks), which keeps it safe with a thread pool around it.
@@ -64,22 +69,26 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from babeltower.errors import BabelError
 from babeltower.evaluate import zygote
-from babeltower.evaluate.fences import Limits, make_preexec
+from babeltower.evaluate.fences import FENCE_LETTERS, Limits, make_preexec
 
-__all__ = ["Limits", "SandboxResult", "STATUSES", "run_sandboxed", "new_sandbox_dir",
-           "remove_dir_later", "defer_cleanup", "default_env", "sandbox_root"]
+__all__ = ["Limits", "SandboxResult", "SandboxUnavailable", "STATUSES", "run_sandboxed",
+           "new_sandbox_dir", "remove_dir_later", "defer_cleanup", "default_env",
+           "sandbox_root", "isolation_line"]
 
 STATUSES = ("pass", "fail", "timeout", "compile_error", "crash", "memory", "disk",
             "missing_toolchain")
 
-# Substrings of stderr that mean "ran out of memory" for the runtimes we execute.
-MEMORY_SIGNATURES = (
-    "MemoryError", "std::bad_alloc", "java.lang.OutOfMemoryError", "out of memory",
-    "Out of memory", "memory allocation of", "Allowed memory size",
-    "JavaScript heap out of memory", "Cannot allocate memory", "failed to reserve",
-    "cannot allocate memory",
-)
+
+
+class SandboxUnavailable(BabelError):
+    """A layer of isolation could not be set up here, so nothing was run."""
+
+    @classmethod
+    def because(cls, what: str) -> "SandboxUnavailable":
+        return cls(f"sandbox: cannot isolate programs here ({what}); nothing was run "
+                   "(--unsafe-no-sandbox / unsafe=True runs them without it)")
 
 
 @dataclass
@@ -296,19 +305,28 @@ def _tasks_of_uid(uid: int) -> int:
     return n
 
 
-def _pump(proc, deadline: float, cap: int, out: list, err: list, trunc: list) -> bool:
+def _pump(proc, deadline: float, cap: int, out: list, err: list, trunc: list,
+          watch=None) -> str | None:
     """Read stdout/stderr (first ``cap`` bytes each, the rest drained) until both close
-    and the program has ended, or the deadline passes. True = timed out."""
+    and the program has ended, or the deadline passes ('timeout'), or ``watch()`` - called
+    at least every 0.1 s - says stop ('quota')."""
     sel = selectors.DefaultSelector()
     sinks = {proc.stdout.fileno(): [out, 0], proc.stderr.fileno(): [err, 0]}
     for fd in sinks:
         sel.register(fd, selectors.EVENT_READ)
+    step = 0.1 if watch else 0.25
+    next_watch = time.monotonic() + step
     try:
         while sinks:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
-                return True
-            events = sel.select(min(remaining, 0.25))
+                return "timeout"
+            if watch and now >= next_watch:
+                if watch():
+                    return "quota"
+                next_watch = now + step
+            events = sel.select(min(remaining, step))
             if not events and proc.poll() is not None:
                 break  # it ended but something it started still holds the pipes
             for key, _ in events:
@@ -328,48 +346,65 @@ def _pump(proc, deadline: float, cap: int, out: list, err: list, trunc: list) ->
     # pipes closed: normally the program is exiting right now
     while proc.poll() is None:
         if time.monotonic() >= deadline:
-            return True
+            return "timeout"
         time.sleep(0.001)
-    return False
+    return "quota" if watch and watch() else None
 
 
-# Substrings of stderr that mean "ran out of room to write" (the capped tmpfs is full, or
-# one file reached RLIMIT_FSIZE).
-DISK_SIGNATURES = ("No space left on device", "File too large", "Disk quota exceeded",
-                   "ENOSPC", "EFBIG")
-# A program killed by a signal after its resident memory reached this share of the limit
-# died of the limit (e.g. a C++ malloc loop: RLIMIT_AS makes malloc return NULL, and the
-# program then dies of SIGSEGV), not of a bug of its own.
-MEMORY_PEAK_SHARE = 0.85
+def _disk_bytes(root: Path) -> int:
+    """Bytes a directory tree takes on disk (allocated blocks; links not followed)."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except OSError:
+            pass
+    return total
 
 
-def _classify(returncode: int, timed_out: bool, stderr: str, oom: bool,
-              peak_bytes: int, limits: Limits) -> tuple[str, int | None, int | None]:
-    """(status, exit code, signal) of a finished run; see the module docstring."""
+# A program that ended abnormally (a signal, or a non-zero exit) after its resident memory
+# reached this share of the limit (or of the runtime's own heap cap, ``Limits.heap_bytes``)
+# ran out of memory: e.g. a C++ malloc loop gets NULL at RLIMIT_DATA and dies of SIGSEGV,
+# a Python list of bytearrays raises MemoryError, Go's runtime exits 2. Half, because
+# buffers grow by doubling: the last one that fitted holds at least about half the limit
+# when the next is refused (g++ reading #include "/dev/zero").
+MEMORY_PEAK_SHARE = 0.5
+
+
+def _classify(returncode: int, timed_out: bool, oom: bool, peak_bytes: int, limits: Limits,
+              out_of_room: bool) -> tuple[str, int | None, int | None]:
+    """(status, exit code, signal) of a finished run, from what the sandbox observed -
+    the exit status, the cgroup's OOM events, the peak resident memory, whether the
+    write area filled up - never from the program's own output (a program printing
+    "MemoryError" or "No space left on device" is judged by how it ended)."""
     if timed_out:
         return "timeout", None, signal.SIGKILL
-    near_limit = peak_bytes >= MEMORY_PEAK_SHARE * limits.memory_bytes
-    out_of_memory = oom or any(s in stderr for s in MEMORY_SIGNATURES)
-    out_of_room = any(s in stderr for s in DISK_SIGNATURES)
-    if returncode < 0:
-        sig = -returncode
-        if out_of_memory or near_limit:
-            return "memory", None, sig
-        if sig == signal.SIGXFSZ or out_of_room:
-            return "disk", None, sig
-        if sig == signal.SIGXCPU:
-            return "timeout", None, sig
-        if sig == signal.SIGABRT and "Assertion" in stderr:
-            return "fail", None, sig  # C/C++ assert(): a failed test, not a crash
-        return "crash", None, sig
+    cap = min(limits.memory_bytes, limits.heap_bytes or limits.memory_bytes)
+    near_limit = peak_bytes >= MEMORY_PEAK_SHARE * cap
     if returncode == 0:
         return "pass", 0, None
-    if out_of_memory:
-        return "memory", returncode, None
-    if out_of_room:
-        return "disk", returncode, None
-    # a shell or runtime reporting a signal death as 128+n
-    return "fail", returncode, None
+    sig = -returncode if returncode < 0 else None
+    code = returncode if returncode > 0 else None
+    if oom or near_limit:
+        return "memory", code, sig
+    if out_of_room or sig == signal.SIGXFSZ:
+        return "disk", code, sig
+    if sig == signal.SIGXCPU:
+        return "timeout", None, sig
+    if sig is None:
+        return "fail", code, None
+    if sig == signal.SIGABRT:
+        return "fail", None, sig  # abort() of its own: assert(), std::terminate
+    return "crash", None, sig
 
 
 def sandbox_root() -> Path:
@@ -411,30 +446,62 @@ def _uid_for(workdir: Path, unprivileged: bool) -> int | None:
 
 
 def _isolation(fences: str, uid: int | None, cg, nproc: int | None, limits: Limits,
-               server, pid_namespace: bool) -> dict:
+               runner: str, unsafe: bool) -> dict:
     """What was actually in force, from the fences the child reported."""
+    held = set(re.sub(r"p\d+\.", "p", fences))
     return {
-        "network": "none (own network namespace)" if "n" in fences else "host",
-        "filesystem": ("own uid; private /tmp" if uid is not None and "t" in fences
+        "network": "none (own network namespace)" if "n" in held else "host",
+        "filesystem": ("own uid; private /tmp" if uid is not None and "t" in held
                        else "own uid" if uid is not None else
-                       "private /tmp, same uid" if "t" in fences else "same uid as caller"),
-        "host_filesystem": "read-only" if "r" in fences else "as the uid allows",
-        "writes": (f"capped at {limits.write_bytes} bytes (own dir + /tmp)" if "c" in fences
-                   else f"per file {limits.file_size_bytes} bytes (RLIMIT_FSIZE)"),
-        "toolchain": "bound read-only" if "b" in fences else "host path",
+                       "private /tmp, same uid" if "t" in held else "same uid as caller"),
+        "host_filesystem": "read-only" if "r" in held else "as the uid allows",
+        "writes": (f"capped at {limits.write_bytes} bytes (own dir + /tmp)" if "c" in held
+                   else f"own dir: per file {limits.file_size_bytes} bytes (RLIMIT_FSIZE), "
+                        f"in total {limits.write_bytes} bytes (watched); /tmp capped"
+                   if "t" in held else f"per file {limits.file_size_bytes} bytes (RLIMIT_FSIZE)"),
+        "toolchain": "bound read-only" if "b" in held else "host path",
         "processes": ("pids cgroup" if cg and "pids" in cg.dirs else
                       "RLIMIT_NPROC (own uid)" if uid is not None else
                       "RLIMIT_NPROC (shared with the caller's uid)" if nproc else
                       "not limited"),
         "memory": ", ".join(x for x in (
             "memory cgroup" if cg and "memory" in cg.dirs else "",
-            "RLIMIT_AS" if limits.address_space else "") if x) or "not limited",
+            "RLIMIT_DATA" if "l" in held and not (cg and "memory" in cg.dirs) else "",
+            "RLIMIT_AS" if limits.address_space and "l" in held
+            and not (cg and "memory" in cg.dirs) else "") if x) or "not limited",
         # what reaches a descendant that left the process group (setsid)
         "process_tree": ("pids cgroup" if cg and "pids" in cg.dirs else
-                         "own PID namespace" if pid_namespace else "process group only"),
+                         "own PID namespace" if "p" in held else "process group only"),
+        "namespaces": ", ".join(name for letter, name in (
+            ("u", "user"), ("n", "network"), ("m", "mount"), ("i", "IPC"), ("p", "PID"))
+            if letter in held) or "none",
+        "proc": "own (PID namespace)" if "P" in held else "host's",
+        "capabilities": "none" if "k" in held else "NOT dropped",
+        "syscall_filter": "seccomp + no_new_privs" if "s" in held else "none",
         "uid": uid if uid is not None else os.geteuid(),
-        "runner": "fork server (no exec)" if server is not None else "exec",
+        "runner": runner,
+        "mode": "UNSAFE (missing layers allowed)" if unsafe else "fail closed",
+        # every fence the child reported, by name
+        "layers": [name for letter, name in FENCE_LETTERS.items()
+                   if letter in held and letter != "D"],
     }
+
+
+def isolation_line(iso: dict) -> str:
+    """One line of what was in force (what ``eval run`` and pass@k print)."""
+    if not iso:
+        return "isolation: none (the program did not start)"
+    parts = [f"network {iso.get('network', '?').split(' (')[0]}",
+             f"host fs {iso.get('host_filesystem')}",
+             "uid " + ("own per run" if "own uid" in str(iso.get("filesystem"))
+                       else "the caller's"),
+             f"namespaces {iso.get('namespaces')}", f"capabilities {iso.get('capabilities')}",
+             f"syscalls {iso.get('syscall_filter')}", f"memory {iso.get('memory')}",
+             f"processes {iso.get('processes')}", f"runner {iso.get('runner')}"]
+    line = "isolation: " + "; ".join(parts)
+    if str(iso.get("mode", "")).startswith("UNSAFE"):
+        line += "; UNSAFE: --unsafe-no-sandbox"
+    return line
 
 
 class _ExecProcess(subprocess.Popen):
@@ -467,20 +534,29 @@ class _ExecProcess(subprocess.Popen):
 
 def _start(cmd: list[str], wd: Path, env: dict, request: dict, python_fork_server: bool,
            preexec, status_w: int):
-    """The program's process: a fork-server child for Python when asked, else an exec."""
+    """(The program's process, how it was started): a fork-server child running a Python
+    program when asked, else a fork-server child that exec's ``cmd`` (the server is small
+    and cheap to fork), else - no server - an exec from this process."""
     if python_fork_server:
         server = zygote.get_server(cmd[0])
         if server is not None:
             req = {**request, "script": str(wd / cmd[-1]), "argv": [],
                    "server_path": server.src}
             try:
-                return zygote.ZygoteProcess(server, req, status_w), server
+                return zygote.ZygoteProcess(server, req, status_w), "fork server (no exec)"
             except OSError:
                 pass  # the server went away: start this one the usual way
+    server = zygote.get_exec_server()
+    if server is not None:
+        try:
+            return (zygote.ZygoteProcess(server, {**request, "exec": list(cmd)}, status_w),
+                    "fork server + exec")
+        except OSError:
+            pass
     proc = _ExecProcess(cmd, cwd=wd, env=env, stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec,
                         pass_fds=(status_w,), close_fds=True)
-    return proc, None
+    return proc, "exec"
 
 
 def _kill_tree(proc, cg) -> None:
@@ -534,39 +610,61 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
                   unprivileged: bool = True, network: bool = False,
                   private_tmp: bool = True, python_fork_server: bool = False,
                   writable_workdir: bool = False,
-                  binds: list[tuple[str, str]] | None = None) -> SandboxResult:
+                  binds: list[tuple[str, str]] | None = None,
+                  unsafe: bool = False) -> SandboxResult:
     """Run ``cmd`` contained (see the module docstring) and classify how it ended.
 
     ``workdir``: an existing directory to run in (its files are made the sandbox
     user's); None = a fresh one, removed afterwards. ``env`` adds to the scrubbed
     environment. ``unprivileged=False`` keeps our uid (every other fence stays).
     ``writable_workdir=True`` (compilers): what it writes to its directory stays there
-    (each file capped by RLIMIT_FSIZE); otherwise the directory is a copy-on-write overlay
-    and everything it writes is capped by ``limits.write_bytes`` and discarded.
+    (each file capped by RLIMIT_FSIZE, the whole directory watched: over
+    ``limits.write_bytes`` it is killed, status ``disk``; its ``TMPDIR`` is the capped
+    private /tmp); otherwise the directory is a copy-on-write overlay and everything it
+    writes is capped by ``limits.write_bytes`` and discarded.
     ``binds``: (host dir, path under ``fences.TOOLCHAIN_MOUNT_ROOT``) read-only binds, for
     a toolchain the sandbox uid could not otherwise enter.
     ``python_fork_server=True`` with ``cmd = [python, ..., script]``: the script runs in a
     child forked from a small Python server instead of a fresh interpreter, under the same
     fences (see ``zygote.py``); falls back to a normal start if the server is unavailable.
+    ``unsafe=False`` (fail closed): if any layer of isolation (namespaces, read-only host,
+    own /proc, private /tmp, rlimits, dropped capabilities, the seccomp filter) cannot be
+    set up, nothing runs and ``SandboxUnavailable`` names what is missing; ``unsafe=True``
+    runs with the layers that held (``isolation`` says which).
     """
     limits = limits or Limits()
     own_dir = workdir is None
     wd = new_sandbox_dir() if own_dir else Path(workdir)
     uid = _uid_for(wd, unprivileged)
     is_root = os.geteuid() == 0
+    fence_args = dict(uid=uid, want_netns=not network, want_private_tmp=private_tmp,
+                      userns=not is_root, writable_workdir=writable_workdir,
+                      binds=[list(b) for b in binds or []], fail_closed=not unsafe)
     cg = _Cgroups(f"{os.getpid()}-{secrets.token_hex(6)}", limits) if is_root else None
     nproc = None
     if uid is None and not (cg and "pids" in cg.dirs):
         nproc = _tasks_of_uid(os.getuid()) + limits.max_processes
     procs_files = cg.procs_files if cg else []
-    fence_args = dict(uid=uid, want_netns=not network, want_private_tmp=private_tmp,
-                      userns=not is_root, nproc=nproc, writable_workdir=writable_workdir,
-                      binds=[list(b) for b in binds or []])
+    fence_args["nproc"] = nproc
+    fence_args["memory_cgroup"] = bool(cg and "memory" in cg.dirs)
     r_fd, w_fd = os.pipe()
-    preexec = make_preexec(limits, workdir=str(wd).encode(), procs_files=procs_files,
-                           status_fd=w_fd, **fence_args)
-    request = {"workdir": str(wd), "env": default_env(wd, env), "limits": asdict(limits),
+    try:
+        preexec = make_preexec(limits, workdir=str(wd).encode(), procs_files=procs_files,
+                               status_fd=w_fd, **fence_args)
+    except OSError as e:  # no seccomp filter can be built here
+        os.close(r_fd)
+        os.close(w_fd)
+        if cg:
+            cg.close()
+        if own_dir:
+            remove_dir_later(wd)
+        raise SandboxUnavailable.because(str(e)) from None
+    run_env = default_env(wd, env)
+    if writable_workdir and private_tmp:
+        run_env["TMPDIR"] = "/tmp"  # a compiler's temporary files: in the capped tmpfs
+    request = {"workdir": str(wd), "env": run_env, "limits": asdict(limits),
                "procs_files": [p.decode() for p in procs_files], **fence_args}
+    watch = (lambda: _disk_bytes(wd) >= limits.write_bytes) if writable_workdir else None
     out_chunks: list[bytes] = []
     err_chunks: list[bytes] = []
     trunc: list[bool] = []
@@ -574,7 +672,7 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
     proc = None
     try:
         try:
-            proc, server = _start(cmd, wd, request["env"], request, python_fork_server,
+            proc, runner = _start(cmd, wd, run_env, request, python_fork_server,
                                   preexec, w_fd)
         except OSError as e:
             os.close(r_fd)
@@ -587,25 +685,42 @@ def run_sandboxed(cmd: list[str], workdir: str | os.PathLike | None = None,
         # one loop in this thread reads both pipes (capped) until they close or the
         # deadline passes: no reader or timer threads, and no Popen.wait(timeout) polling
         # (which sleeps in steps and cost ~10 ms per run)
-        timed_out = _pump(proc, t0 + limits.timeout, limits.max_output_bytes,
-                          out_chunks, err_chunks, trunc)
+        stopped = _pump(proc, t0 + limits.timeout, limits.max_output_bytes,
+                        out_chunks, err_chunks, trunc, watch)
         wall = time.monotonic() - t0
         _kill_tree(proc, cg)
         with os.fdopen(r_fd, "rb") as f:
             fences = f.read().decode(errors="replace")
-        pid_namespace = _end_pid_namespace(fences)
+        _end_pid_namespace(fences)
+        fences, _, refused = fences.partition("!")
+        if refused:
+            raise SandboxUnavailable.because(refused)
+        exec_failed = re.search(r"x(\d+)\.", fences)
+        if exec_failed:  # the fork server's child could not exec the command
+            err = int(exec_failed.group(1))
+            return SandboxResult(
+                status="missing_toolchain" if err == errno.ENOENT else "crash",
+                exit_code=None, signal=None, stdout="",
+                stderr=f"cannot start {cmd[0]}: [Errno {err}] {os.strerror(err)}",
+                wall_time=wall, command=list(cmd))
         # the cgroup's peak when there is one: ru_maxrss of a child forked from a large
         # parent (a test runner that has loaded models) counts the parent's pages it
         # inherited before exec, and would call any crash 'memory'
         peak = cg.peak_bytes() if cg else proc.max_rss_bytes
         stdout = b"".join(out_chunks).decode("utf-8", "replace")
         stderr = b"".join(err_chunks).decode("utf-8", "replace")
-        status, code, sig = _classify(proc.returncode, timed_out, stderr,
-                                      cg.oom_killed() if cg else False, peak, limits)
+        returncode = proc.returncode
+        if stopped == "quota" and returncode == 0:
+            returncode = -signal.SIGKILL  # killed by us for writing too much
+        status, code, sig = _classify(returncode, stopped == "timeout",
+                                      cg.oom_killed() if cg else False, peak, limits,
+                                      out_of_room="D" in fences or stopped == "quota")
+        if stopped == "quota":
+            status = "disk"
         return SandboxResult(status=status, exit_code=code, signal=sig, stdout=stdout,
                              stderr=stderr, wall_time=wall, truncated=bool(trunc),
-                             isolation=_isolation(fences, uid, cg, nproc, limits, server,
-                                                  pid_namespace),
+                             isolation=_isolation(fences, uid, cg, nproc, limits, runner,
+                                                  unsafe),
                              command=list(cmd))
     finally:
         if proc is not None and proc.poll() is None:  # interrupted (e.g. Ctrl-C): kill it

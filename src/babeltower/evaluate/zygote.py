@@ -12,11 +12,17 @@ the program inside (with no sandbox). We do the same from a *small* server proce
   the child dups the pipes onto 1/2, ``/dev/null`` onto 0, closes every other descriptor,
   resets signal handlers, clears and sets the environment, changes into the sandbox
   directory and applies exactly the fences of ``run_sandboxed`` (``fences.make_preexec``: own
-  session, cgroups, network/mount namespaces, private /tmp, rlimits, own uid), then runs
+  session, cgroups, user/network/mount/IPC/PID namespaces, read-only host, own /proc,
+  private /tmp, rlimits, own uid, then no capabilities, ``no_new_privs`` and the seccomp
+  filter - it never ``exec``s, so nothing else would drop what its namespace gave it; the
+  filter is built once in the server and inherited), then runs
   the program as ``python3 main.py`` would: ``__name__ == "__main__"``, ``sys.argv``,
   ``sys.path[0]`` = its directory, uncaught exception -> traceback and exit 1,
   ``SystemExit`` codes as the interpreter maps them, ``atexit`` handlers and non-daemon
   threads finished before exit.
+* Only the process that started the server is served (``SO_PEERCRED``); the socket is
+  0600 in a 0700 directory, hidden by the child's private /tmp, and the child cannot make
+  a unix socket at all.
 * The server replies with the child's pid at once and with its raw wait status when it
   ends (a ``SIGCHLD``-driven single-threaded loop, so ``fork`` never happens with other
   threads alive). The client kills by process group and cgroup exactly as for a normal
@@ -35,9 +41,10 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 
-from babeltower.evaluate.fences import Limits, make_preexec
+from babeltower.evaluate.fences import Limits, host_mounts, make_preexec, seccomp_unavailable
 
 # ----------------------------------------------------------------------------- server side
 
@@ -51,13 +58,9 @@ def _run_child(req: dict, fds: list[int]) -> None:
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    keep = {0, 1, 2, status_w}
-    for fd in range(3, 1024):
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    # every other descriptor (the server's socket and pipes): two close_range calls
+    os.closerange(3, status_w)
+    os.closerange(status_w + 1, 1 << 16)
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["workdir"])
@@ -65,8 +68,22 @@ def _run_child(req: dict, fds: list[int]) -> None:
                            [p.encode() for p in req["procs_files"]],
                            want_netns=req["want_netns"], want_private_tmp=req["want_private_tmp"],
                            status_fd=status_w, userns=req["userns"], nproc=req["nproc"],
-                           writable_workdir=req["writable_workdir"], binds=req["binds"])
+                           writable_workdir=req["writable_workdir"], binds=req["binds"],
+                           fail_closed=req["fail_closed"], memory_cgroup=req["memory_cgroup"])
+    argv = req.get("exec")
+    # an exec that fails is reported on a descriptor the program never sees (close-on-exec)
+    exec_status = os.dup(status_w) if argv else -1
+    # every fence, then no capabilities, no_new_privs and the seccomp filter: from here on
+    # this process cannot mount, unshare, setns, ptrace, or open a unix socket (this
+    # server's included) - a Python program never exec's, so nothing else would drop what
+    # its user namespace gave it
     preexec()
+    if argv:
+        try:
+            os.execvpe(argv[0], argv, os.environ)
+        except OSError as e:
+            os.write(exec_status, b"x%d." % (e.errno or 0))
+            os._exit(127)
     # the server's own import path (our source tree) is not the program's business
     sp = req.get("server_path") or "\0"
     sys.path[:] = [p for p in sys.path if p and not p.startswith(sp)]
@@ -128,6 +145,17 @@ def _exit_code(c) -> int:
     return 1
 
 
+def _from_parent(conn: socket.socket) -> bool:
+    """Only the process that started the server may ask for a child: the socket is mode
+    0600 in a 0700 directory, and sandboxed children cannot make a unix socket at all
+    (seccomp), but a request decides the fences - so the peer is checked too."""
+    peer_pid = struct.unpack("3i", conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    return peer_pid == os.getppid()
+
+
+# long: one single-threaded loop over its three event kinds (a request, a child's end, the
+# parent's end), so that fork never happens with another thread alive
 def serve(sock_path: str) -> None:
     """The server loop: accept, fork, report pid and wait status (single-threaded)."""
     import selectors
@@ -138,6 +166,10 @@ def serve(sock_path: str) -> None:
     import threading  # noqa: F401
     import traceback  # noqa: F401
 
+    # build the seccomp filter once, here: every child inherits it ready to install (and
+    # the codec reading the mount table is imported once, not per child)
+    seccomp_unavailable()
+    host_mounts()
 
     # die with the parent: our stdin is a pipe whose write end only the parent holds, so
     # EOF on it means the parent process is gone (PR_SET_PDEATHSIG would fire when the
@@ -164,6 +196,9 @@ def serve(sock_path: str) -> None:
                 continue
             if key.data == "accept":
                 conn, _ = srv.accept()
+                if not _from_parent(conn):
+                    conn.close()
+                    continue
                 try:
                     msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
                     while not msg.endswith(b"\n"):
@@ -210,6 +245,7 @@ def serve(sock_path: str) -> None:
 
 # ----------------------------------------------------------------------------- client side
 _server = None
+_exec_server = None
 
 
 class _Server:
@@ -245,6 +281,31 @@ class _Server:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def get_exec_server():
+    """A fork server for commands that are exec'd (compilers, compiled programs, node...):
+    forking the small server instead of the caller (which may hold a model: gigabytes of
+    page tables to copy, three times with the PID namespace's processes). The server of
+    Python programs when it runs - its interpreter does not matter once the child exec's -
+    else one of this interpreter's own. None when it cannot start."""
+    global _exec_server
+    import atexit
+    import threading
+
+    if _server is not None and _server.alive():
+        return _server
+    lock = globals().setdefault("_exec_lock", threading.Lock())
+    with lock:
+        if _exec_server is not None and _exec_server.alive():
+            return _exec_server
+        try:
+            _exec_server = _Server(sys.executable)
+        except OSError:
+            _exec_server = None
+            return None
+        atexit.register(_exec_server.close)
+        return _exec_server
 
 
 def get_server(python: str):
