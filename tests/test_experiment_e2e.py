@@ -168,7 +168,7 @@ def knowledge_experiment(tmp_path_factory):
 def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_experiment):
     work = knowledge_experiment
     r = json.loads((work / "results.json").read_text())
-    assert r["version"] == 2
+    assert r["version"] == 3
     rows = r["cpt"]["javascript"]["checkpoints"]
     assert len(rows) == 9                                   # step 0 + 8 even checkpoints
     # the new language's bpb at every checkpoint, the primary's on every 3rd and the last;

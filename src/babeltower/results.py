@@ -18,7 +18,11 @@ from babeltower.io import read_json
 
 # 2: stage calls carry a test (p-value, statistic, power); lens rows carry controls;
 #    knowledge curves; the replay arm; the original corpus.
-RESULTS_VERSION = 2
+# 3: every continual arm over seeds (``cpt[lang].seeds``), per-item knowledge outcomes
+#    and per-document bits in the rows, the item-level call pooled over seeds
+#    (``stages[lang].item_test``), replay differences paired by seed, seed curves,
+#    knowledge controls (agreement, nulls), exposures; benchmark v2's classes and keys.
+RESULTS_VERSION = 3
 
 PerLanguage = dict[str, float | None]
 
@@ -37,7 +41,9 @@ class CheckpointRow(TypedDict, total=False):
     eval_tokens: dict[str, int]
     cloze_new: PerLanguage
     cloze_primary: PerLanguage
-    cloze_n: dict[str, int]                       # prompts behind the cloze accuracy
+    cloze_new_n: dict[str, int]                   # prompts behind the cloze accuracy
+    doc_bits: dict[str, list[float]]              # bits of every held-out document
+    doc_bytes: dict[str, list[int]]
     lens_new_share_last: PerLanguage
     lens_new_share_mean: PerLanguage
     lens_layers: dict[str, dict[str, Any]]        # per language: per-layer lists
