@@ -228,6 +228,15 @@ def knowledge_section(results: dict, fig_dir: Path) -> Section:
              figures.band_curves(panels, fig_dir / "knowledge.png", "Controlled knowledge"))]
     tables = [Table("Knowledge accuracy: start, maximum, end (validation queries; chance = "
                     "1 / answers)", table)]
+    if agreement_rows(results):
+        tables.append(Table("Per-fact agreement, primary vs new language (first seed; Newcombe "
+                            "interval for the difference, within-answer permutation null for "
+                            "the same wrong answer, bootstrap over facts for Spearman)",
+                            agreement_rows(results)))
+    if null_rows(results):
+        tables.append(Table("Each cell against its nulls: chance, the shuffled-answer null "
+                            "(the model's own predictions against a permuted key) and the "
+                            "never-taught class", null_rows(results)))
     if exposure_rows(results):
         tables.append(Table("Exposures: reads per fact by the end of each run, counted from "
                             "the run's own sampler (a read = one training window holding the "
@@ -708,14 +717,63 @@ def _stages_text(r: dict) -> str:
 
 def _knowledge_text(r: dict) -> str:
     k = (r["config"].get("corpus") or {}).get("knowledge") or {}
+    keys = k.get("keys") or ["same"]
     return (f"Synthetic facts injected into the corpus ({k.get('facts_per_class')} per class, "
-            f"{k.get('exposures')} exposures each, answers from a set of {k.get('n_answers')}; "
+            f"{k.get('exposures')} renderings each, answers from a set of {k.get('n_answers')}; "
             "docs/knowledge.md): primary-only facts appear only in the primary corpus, shared in "
-            "both, new-only only in the new language's. Every fact is asked with a query form "
-            "its training text never used, in the new language's own syntax and in the "
-            "primary's. A primary-only fact answered in the new language is knowledge carried "
-            "over from the primary language - the paper's translation stage in a form the "
-            "model can be tested on.")
+            "both, new-only only in the new language's, never-taught nowhere (their accuracy is "
+            "the measured chance). Every fact is asked with a query form its training text "
+            "never used and that mirrors no other language's form, in the new language's own "
+            "syntax and in the primary's, after the EOS that precedes every training document. "
+            + (f"Key variants: {', '.join(keys)} - a 'mapped' fact has a different identifier "
+               "in each language, bound by a declared map, so answering it in the new language "
+               "needs more than matching the primary's string; a 'decoy' query puts the primary "
+               "key in the new language's slot with a map to a name taught nowhere. "
+               if "mapped" in keys else "")
+            + "A primary-only fact answered in the new language is knowledge carried over from "
+            "the primary language; the per-fact agreement table says whether the SAME facts are "
+            "known in both languages (the evidence of transfer is that link, not a count).")
+
+
+def agreement_rows(results: dict) -> list[dict]:
+    """Per-fact agreement (primary vs new language) at the first, best and last
+    checkpoints of the first seed, per key and taught class."""
+    out = []
+    for lang, kc in (results.get("knowledge_controls") or {}).items():
+        ag = kc.get("agreement") or []
+        cks = list(dict.fromkeys(a["checkpoint"] for a in ag))
+        picks = {cks[i] for i in (kc.get("null_checkpoints") or []) if i < len(cks)}
+        for a in ag:
+            if a["checkpoint"] not in picks:
+                continue
+            d, sw, sp = a["difference"], a["same_wrong"], a["spearman"]
+            out.append({"language": lang, "tokens": a.get("tokens"), "class": ",".join(a["classes"] or []),
+                        "key": a.get("key"), "facts": a["facts"],
+                        "P(right new | right primary)": a["p_b_given_right_a"]["rate"],
+                        "P(right new | wrong primary)": a["p_b_given_wrong_a"]["rate"],
+                        "difference": d["estimate"], "95% CI": _ci(d["lo95"], d["hi95"]),
+                        "same wrong answer": sw["rate"], "null": sw["null_mean"],
+                        "p (same wrong)": sw["p_value"], "Spearman": sp["rho"],
+                        "95% CI ": _ci(sp["lo95"], sp["hi95"])})
+    return out
+
+
+def null_rows(results: dict) -> list[dict]:
+    """Each cell's accuracy next to chance, the shuffled-answer null and the never-taught
+    class in the same language and key (first, best, last checkpoint of the first seed)."""
+    out = []
+    for lang, kc in (results.get("knowledge_controls") or {}).items():
+        for n in kc.get("nulls") or []:
+            if n.get("class") == "never-taught":
+                continue
+            out.append({"language": lang, "tokens": n.get("tokens"), "class": n.get("class"),
+                        "asked in": n.get("language"), "key": n.get("key"),
+                        "accuracy": n.get("accuracy"), "n": n.get("n"), "chance": n.get("chance"),
+                        "shuffled null": n.get("shuffled_expected"),
+                        "p above shuffled": n.get("p_above_shuffled"),
+                        "never-taught": n.get("never_taught_accuracy"),
+                        "never-taught CI": _ci(n.get("never_taught_lo95"), n.get("never_taught_hi95"))})
+    return out
 
 
 def _lens_text(r: dict) -> str:
