@@ -71,11 +71,14 @@ def _lens_row(item_df) -> dict:
     last_layer = int(item_df.layer.max())
     cloze_p = prim[(prim.measure == "top1_target") & (prim.layer == last_layer)]["value"]
     cloze_n = new[(new.measure == "top1_target") & (new.layer == last_layer)]["value"]
+    # per prompt, in the suite's order: the cloze curve's items for the item-level test
+    last = new[(new.measure == "top1_target") & (new.layer == last_layer)]
+    cloze_items = [int(v) for v in last.sort_values(["prompt", "pair_id"], kind="stable")["value"]]
     return {"layers": layers,
             "share_last": layers["new_pref_share"][-1] if layers["new_pref_share"] else None,
             "share_mean": float(np.mean(layers["new_pref_share"])) if layers["new_pref_share"] else None,
             "cloze_new": float(cloze_n.mean()) if len(cloze_n) else None,
-            "cloze_new_n": int(len(cloze_n)),
+            "cloze_new_n": int(len(cloze_n)), "cloze_items": cloze_items,
             "cloze_primary": float(cloze_p.mean()) if len(cloze_p) else None}
 
 
@@ -130,7 +133,8 @@ class _LensCloze:
         return {"primary": self.primary, "languages": self.langs, "lens": self.lens}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        row: dict = {k: {} for k in ("cloze_new", "cloze_primary", "cloze_new_n", "lens_new_share_last",
+        row: dict = {k: {} for k in ("cloze_new", "cloze_primary", "cloze_new_n", "cloze_items",
+                                     "lens_new_share_last",
                                      "lens_new_share_mean", "lens_layers", "lens_specific")}
         for lang in self.langs:
             checked = checked_suite(self.primary, lang, tokenizer)
@@ -139,6 +143,7 @@ class _LensCloze:
             row["cloze_new"][lang] = lr["cloze_new"]
             row["cloze_primary"][lang] = lr["cloze_primary"]
             row["cloze_new_n"][lang] = lr["cloze_new_n"]
+            row["cloze_items"][lang] = lr["cloze_items"]
             if self.lens:
                 row["lens_new_share_last"][lang] = lr["share_last"]
                 row["lens_new_share_mean"][lang] = lr["share_mean"]

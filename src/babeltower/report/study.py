@@ -404,6 +404,7 @@ def working_language_section(results: dict, fig_dir: Path) -> Section:
                                      f"log p({lang}) - log p({primary})", cols, ylabels,
                                      "nats", center=0.0)))
     figs += _specific_figures(results, fig_dir)
+    figs += _margin_figures(results, fig_dir)
     return Section("Working language per layer (logit lens)", _lens_text(results), figures=figs,
                    tables=[Table("Controlled lens at the first and last checkpoint: the share "
                                  "preferring the new identifier, its two controls and the specific "
@@ -430,6 +431,37 @@ def _specific_figures(results: dict, fig_dir: Path) -> list:
                                      [("emb" if i == 0 else f"L{i}") for i in range(m.shape[0])],
                                      "control A - share", center=0.0)))
     return figs
+
+
+def _margin_figures(results: dict, fig_dir: Path) -> list:
+    """The counterpart margin (nats) over checkpoints, per span, with its cluster-bootstrap
+    band: unlike the shares it does not saturate near 0 or 1 (docs/probes.md)."""
+    panels = {}
+    for lang in results["config"]["new_languages"]:
+        rows = results.get("cpt", {}).get(lang, {}).get("checkpoints", [])
+        spans: dict[str, dict] = {}
+        for r in rows:
+            for sp in ((r.get("lens_specific") or {}).get(lang) or {}).get("spans", []):
+                if sp.get("margin_specific") is None:
+                    continue
+                d = spans.setdefault(sp["span"], {"x": [], "y": [], "lo": [], "hi": []})
+                d["x"].append(r["tokens"])
+                d["y"].append(sp["margin_specific"])
+                d["lo"].append(sp.get("margin_specific_ci_low"))
+                d["hi"].append(sp.get("margin_specific_ci_high"))
+        if spans:
+            panels[f"{lang}: counterpart margin"] = {
+                "x": next(iter(spans.values()))["x"],
+                "x_by_series": {k: v["x"] for k, v in spans.items()},
+                "series": {k: {"y": v["y"], "lo": v["lo"], "hi": v["hi"]} for k, v in spans.items()},
+                "chance": 0.0, "ylabel": "nats"}
+    if not panels:
+        return []
+    return [("Counterpart margin over continual pre-training: log p(true primary counterpart) "
+             "minus the mean log p of unrelated primary tokens of the same kind, at each span "
+             "of layers (cluster-bootstrap 95% bands over prompts; dotted = 0, no counterpart "
+             "relation)", figures.band_curves(panels, fig_dir / "lens_margin.png",
+                                              "Counterpart margin (nats)"))]
 
 
 def _specific_rows(results: dict) -> list[dict]:
