@@ -225,6 +225,27 @@ class _Knowledge:
             "transfer": json.loads(shares.drop(columns=["checkpoint", "step"]).to_json(orient="records"))}}]
 
 
+class _Lape:
+    """LAPE (Tang et al.'s rule) on fixed held-out windows (one row per checkpoint)."""
+
+    name = "lape"
+
+    def __init__(self, shards, cfg: ExperimentConfig, pair_languages: list[str]):
+        self.windows, self.counted = _lape_inputs(shards, cfg)
+        self.cfg, self.langs = cfg, pair_languages
+
+    def config(self) -> dict:
+        return {"top_rate": self.cfg.probes.top_rate, "primary": self.cfg.primary,
+                "languages": self.langs, "counted": self.counted}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        row = _neuron_row(model, self.windows, self.cfg, self.langs)
+        row["lape_tokens"] = {l: c["tokens"] for l, c in self.counted.items()}
+        row["lape_documents"] = {l: c["documents"] for l, c in self.counted.items()}
+        row["lape_splits"] = {l: c["split"] for l, c in self.counted.items()}
+        return [row]
+
+
 def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig, *,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True, facts: dict | None = None,
