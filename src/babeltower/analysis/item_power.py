@@ -169,7 +169,7 @@ def item_power(design: ItemDesign, model: ChurnModel, effect: Effect = Effect(),
     rng = np.random.default_rng(seed)
     clusters = design.clusters()
     means = effect.curves(np.asarray(design.x, dtype=float), BINOMIAL)
-    result = {"model": dataclasses.asdict(model), "effect": dataclasses.asdict(effect),
+    result = {"model": dataclasses.asdict(model), "mean_curves": dataclasses.asdict(effect),
               "design": {"n_checkpoints": len(design.x), "n_items": design.n_items,
                          "n_clusters": design.n_clusters, "n_seeds": design.n_seeds},
               "options": dataclasses.asdict(options), "sims": sims}
