@@ -200,10 +200,16 @@ def test_knowledge_replay_and_stage_test_reach_results_and_report(knowledge_expe
         assert [s["seed"] for s in seeds] == [0, 1, 2]
         for s in seeds:
             assert len(s["checkpoints"]) == 9
-            for row in s["checkpoints"]:
+            full = arm == "cpt" and s["seed"] == 0
+            for i, row in enumerate(s["checkpoints"]):
                 items = row["knowledge"]["items"]
                 assert len(items["correct"]) == len(meta) == len(items["logprob_answer_set"])
-                assert set(items["correct"]) <= {0, 1}
+                ends = i in (0, len(s["checkpoints"]) - 1)
+                # the first no-replay seed scores every item everywhere; the other runs
+                # the new language's taught items everywhere and everything at the ends
+                assert set(items["correct"]) <= ({0, 1} if full or ends else {-1, 0, 1})
+                scored = {m["language"] for m, c in zip(meta, items["correct"]) if c >= 0}
+                assert scored == {"python", "javascript"} if full or ends else {"javascript"}
     # the replay arm without fact documents re-shows no primary-only fact; the replay arm
     # with them does; exposures are counted from each run's own sampler
     exp = {a: r[a]["javascript"]["seeds"][0]["exposures"]["by_language_class"]

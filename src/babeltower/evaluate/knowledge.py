@@ -54,47 +54,86 @@ def _as_facts(facts) -> dict:
     return facts if isinstance(facts, dict) else load_facts(facts)
 
 
+_ENCODED: dict[tuple, tuple] = {}
+
+
+def _encoded(tokenizer, facts: dict, eos: bool) -> tuple:
+    """``encode_queries`` once per (tokenizer, facts, eos): a checkpoint series re-loads the
+    same tokenizer at every checkpoint, and encoding every query is seconds each time."""
+    key = (getattr(tokenizer, "name_or_path", None), len(tokenizer),
+           facts.get("config_sha256"), len(facts["queries"]), bool(eos))
+    if key[0] is None or key[2] is None:
+        return encode_queries(tokenizer, facts, eos=eos)
+    if key not in _ENCODED:
+        if len(_ENCODED) > 8:
+            _ENCODED.clear()
+        _ENCODED[key] = encode_queries(tokenizer, facts, eos=eos)
+    return _ENCODED[key]
+
+
 def knowledge_items(model, tokenizer, facts, batch_size: int = 32,
-                    split: str | None = None, eos: bool = True) -> list[dict]:
+                    split: str | None = None, eos: bool = True,
+                    queries: set[str] | None = None) -> list[dict]:
     """One row per query (``ROW_SCHEMA``; see the module docstring); ``split`` keeps one
-    query split; ``eos`` puts the tokenizer's EOS before each prompt, as before every
-    document of the packed training stream (recorded in each row)."""
+    query split, ``queries`` a set of query ids; ``eos`` puts the tokenizer's EOS before
+    each prompt, as before every document of the packed training stream (recorded in each
+    row). Rows come in facts.json's order; prompts are batched by length and only the
+    last position of each is unembedded."""
     import torch
 
     facts = _as_facts(facts)
-    answer_ids, prompts, targets = encode_queries(tokenizer, facts, eos=eos)
+    answer_ids, prompts, targets = _encoded(tokenizer, facts, eos)
     answers = torch.tensor(answer_ids)
-    queries = facts["queries"]
-    keep = [i for i, q in enumerate(queries) if split is None or q["split"] == split]
+    qs = facts["queries"]
+    keep = [i for i, q in enumerate(qs) if (split is None or q["split"] == split)
+            and (queries is None or q["id"] in queries)]
     if not keep:
         raise BabelError(f"no knowledge queries in split {split!r}")
     device = next(model.parameters()).device
-    rows = []
-    for b in range(0, len(keep), batch_size):
-        idx = keep[b:b + batch_size]
+    by_len = sorted(keep, key=lambda i: len(prompts[i]))     # similar lengths share a batch
+    out: dict[int, dict] = {}
+    for b in range(0, len(by_len), batch_size):
+        idx = by_len[b:b + batch_size]
         T = max(len(prompts[i]) for i in idx)
         inp = torch.zeros((len(idx), T), dtype=torch.long)
         att = torch.zeros((len(idx), T), dtype=torch.long)
         for r, i in enumerate(idx):  # right padding: positions of real tokens unchanged
             inp[r, :len(prompts[i])] = torch.tensor(prompts[i])
             att[r, :len(prompts[i])] = 1
-        with torch.no_grad():
-            logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
-        last = logits[torch.arange(len(idx)), att.sum(1).to(device) - 1].float().cpu()
+        ends = att.sum(1) - 1
+        with torch.inference_mode():
+            last = _last_logits(model, inp.to(device), att.to(device), ends.to(device)).float().cpu()
         logp = torch.log_softmax(last, -1)
         on_set = torch.log_softmax(last[:, answers], -1)
         for r, i in enumerate(idx):
-            q, right = queries[i], answer_ids.index(targets[i])
+            q, right = qs[i], answer_ids.index(targets[i])
             best = int(on_set[r].argmax())
             others = torch.cat([on_set[r, :right], on_set[r, right + 1:]])
-            rows.append({"query": q["id"], **{k: q[k] for k in ROW_KEYS[1:]},
-                         "answer": q["answer"], "predicted": facts["answers"][best],
-                         "correct": int(best == right),
-                         "logprob": float(logp[r, targets[i]]),
-                         "logprob_answer_set": float(on_set[r, right]),
-                         "margin": float(on_set[r, right] - others.max()),
-                         "eos": bool(eos)})
-    return rows
+            out[i] = {"query": q["id"], **{k: q[k] for k in ROW_KEYS[1:]},
+                      "answer": q["answer"], "predicted": facts["answers"][best],
+                      "correct": int(best == right),
+                      "logprob": float(logp[r, targets[i]]),
+                      "logprob_answer_set": float(on_set[r, right]),
+                      "margin": float(on_set[r, right] - others.max()),
+                      "eos": bool(eos)}
+    return [out[i] for i in keep]
+
+
+def _last_logits(model, inp, att, ends):
+    """(B, V) logits at each row's last real position. Hugging Face causal LMs take
+    ``logits_to_keep`` (the positions to unembed): only the distinct last positions of
+    the batch go through the head; a model without it gets the full logits."""
+    import torch
+
+    rows = torch.arange(len(ends), device=ends.device)
+    keep = torch.unique(ends)
+    try:
+        logits = model(input_ids=inp, attention_mask=att, logits_to_keep=keep).logits
+    except TypeError:
+        return model(input_ids=inp, attention_mask=att).logits[rows, ends]
+    if logits.shape[1] != keep.numel():       # the model ignored the argument
+        return logits[rows, ends]
+    return logits[rows, torch.searchsorted(keep, ends)]
 
 
 def _series(rows_by_checkpoint) -> list[tuple[str, int | None, list[dict]]]:

@@ -44,6 +44,8 @@ def knowledge_rows(meta: list[dict], items: dict, answers: list[str]) -> list[di
     what ``evaluate.knowledge.fact_agreement`` reads."""
     out = []
     for i, m in enumerate(meta):
+        if items["correct"][i] < 0:          # not scored at this checkpoint
+            continue
         out.append({"query": m["id"], "fact": m["fact"], "class": m["class"],
                     "target": m.get("target"), "key": m.get("key", "same"),
                     "language": m["language"], "side": m.get("side"), "form": m.get("form"),
@@ -72,8 +74,13 @@ def knowledge_series(seed_runs: list[dict], meta: list[dict], lang: str, cls: st
             xs = x
         elif x != xs:
             raise BabelError(f"{name}: the seeds' checkpoints differ ({len(x)} vs {len(xs)})")
-        mats.append(np.array([np.asarray(r["knowledge"]["items"]["correct"], dtype=float)[idx]
-                              for r in rows]).T)
+        m = np.array([np.asarray(r["knowledge"]["items"]["correct"], dtype=float)[idx]
+                      for r in rows]).T
+        if np.any(m < 0):        # a seed that scored these items at its ends only
+            continue
+        mats.append(m)
+    if not mats:
+        return None
     clusters = np.array([str(meta[i].get(cluster_by)) for i in idx])
     if np.unique(clusters).size < 2:
         clusters = idx.astype(str)

@@ -194,26 +194,34 @@ class _Knowledge:
 
     name = "knowledge"
 
-    def __init__(self, facts: dict, split: str):
+    def __init__(self, facts: dict, split: str, scope: set[str] | None = None,
+                 everything_at: set[str] = frozenset()):
         self.facts, self.split = facts, split
+        self.scope, self.everything_at = scope, set(everything_at)
 
     def config(self) -> dict:
-        return {"facts": self.facts.get("config_sha256"), "split": self.split}
+        return {"facts": self.facts.get("config_sha256"), "split": self.split,
+                "scope": None if self.scope is None else len(self.scope)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        items = knowledge_items(model, tokenizer, self.facts, batch_size=64, split=self.split)
+        scope = None if ref.name in self.everything_at else self.scope
+        items = knowledge_items(model, tokenizer, self.facts, batch_size=128, split=self.split,
+                                queries=scope)
         series = [(ref.name, ref.step, items)]
         # every item's outcome at this checkpoint, in a fixed order (``knowledge_order``):
         # the item-level stage test and the per-fact agreement are computed from these
         # without re-scoring
+        # (an item outside this checkpoint's scope: correct and predicted -1, no margin)
         order = {r["query"]: r for r in items}
         ids = knowledge_order(self.facts, self.split)
         answers = {a: i for i, a in enumerate(self.facts["answers"])}
-        per_item = {"correct": [int(order[q]["correct"]) for q in ids],
-                    "predicted": [answers[order[q]["predicted"]] for q in ids],
-                    "margin": [round(float(order[q]["margin"]), 4) for q in ids],
-                    "logprob_answer_set": [round(float(order[q]["logprob_answer_set"]), 4)
-                                           for q in ids]}
+        none = {"correct": -1, "predicted": None, "margin": None, "logprob_answer_set": None}
+        got = [order.get(q) for q in ids]
+        per_item = {"correct": [int(r["correct"]) if r else -1 for r in got],
+                    "predicted": [answers[r["predicted"]] if r else -1 for r in got],
+                    "margin": [round(float(r["margin"]), 4) if r else none["margin"] for r in got],
+                    "logprob_answer_set": [round(float(r["logprob_answer_set"]), 4) if r else None
+                                           for r in got]}
         n_answers = len(self.facts["answers"])
         curves = knowledge_curves(series, n_answers)
         shares = transfer_shares(series)
@@ -250,7 +258,7 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
                    pair_languages: list[str], loss_languages: list[str], split: str,
                    final_only: bool = False, probes: bool = True, facts: dict | None = None,
                    lape_every: int = 1, loss_every: int | dict[str, int] = 1,
-                   state: str | Path | None = None) -> list[dict]:
+                   state: str | Path | None = None, knowledge_scope: str = "all") -> list[dict]:
     """One row per checkpoint of ``run`` (all checkpoints, or the last one), each
     checkpoint loaded once for every measure (``babeltower.series``). ``facts``: the
     controlled-knowledge benchmark (queries of ``split``'s side: validation for curves,
@@ -260,7 +268,8 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     language's loss at every checkpoint for Algorithm 1, the primary's forgetting curve
     on every k-th; the replay arm reads its primary bpb at the ends only). ``state``: a
     directory where finished checkpoints are kept, so an interrupted measurement
-    resumes there."""
+    resumes there. ``knowledge_scope``: "all" queries at every checkpoint, or
+    "new_language" (the new language's taught items; everything at the ends)."""
     refs = list_checkpoints(run)
     if final_only:
         refs = refs[-1:]
@@ -280,7 +289,15 @@ def measure_series(run: str | Path, data_dir: str | Path, cfg: ExperimentConfig,
     if pair_languages:
         measures.append(_LensCloze(cfg.primary, pair_languages, probes and cfg.probes.lens))
     if facts is not None:
-        measures.append(_Knowledge(facts, "test" if split == "test" else "validation"))
+        ksplit = "test" if split == "test" else "validation"
+        scope = None
+        if knowledge_scope == "new_language":
+            # the performance and transfer curves' items at every checkpoint; every item
+            # (the primary side, controls) at the first and last checkpoints only
+            scope = {q["id"] for q in facts["queries"] if q["split"] == ksplit
+                     and q["language"] != cfg.primary and q["class"] != "never-taught"
+                     and q.get("key", "same") != "decoy"}
+        measures.append(_Knowledge(facts, ksplit, scope, {refs[0].name, refs[-1].name}))
     sub = (lambda name: Path(state) / name) if state is not None else (lambda name: None)
     rows = _run(refs, measures, sub("every")) if measures else _bare_rows(refs)
     sparse = [(k, m) for k, m in losses.items() if k > 1]

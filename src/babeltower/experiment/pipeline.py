@@ -331,7 +331,8 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
                     + f", {c.tokens:,} tokens, seed {seed}")
             run = _train(steps, name, tc, what)
             full = first and not replay
-            key = {"run": tc.identity(), **_measure_key(cfg), "arm": arm, "full": full}
+            key = {"run": tc.identity(), **_measure_key(cfg), "arm": arm, "full": full,
+                   "knowledge_scope": "all" if full else "new_language"}
             # the first no-replay run gets every measure; every other run is read through
             # its knowledge items (every checkpoint), the first seed of an arm also through
             # its loss at the ends (the replay contrast reads the primary's bpb there)
@@ -344,7 +345,8 @@ def cpt_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, primary_ck
                                  facts=facts, probes=full, lape_every=cfg.probes.every,
                                  loss_every=({cfg.primary: cfg.evaluation.primary_loss_every}
                                              if full else LOSS_AT_ENDS),
-                                 state=_series_state(cfg, f"measure-{name}", key)),
+                                 state=_series_state(cfg, f"measure-{name}", key),
+                                 knowledge_scope="all" if full else "new_language"),
                              ("loss, bpb, knowledge, cloze, logit lens and LAPE at every checkpoint"
                               if full else "knowledge items at every checkpoint, loss / bpb at the ends"))
             seeds.append({"seed": seed, "run": run, "checkpoints": rows,
