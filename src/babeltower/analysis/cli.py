@@ -2,8 +2,8 @@
 for a schedule, an eval size and an effect). Thin: it calls ``stage_power`` and prints.
 
 ``babeltower stages detect`` reads CPT metrics files, which belong to ``mixture``
-(a layer above this one), so it lives in ``babeltower.mixture.cli`` and the top-level
-CLI adds it to this group."""
+(a layer above this one), so it lives in ``babeltower.mixture.cli``, whose ``stages_app``
+is the ``stages`` group: ``power`` from here, ``detect`` from there."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from babeltower.analysis.power import (Effect, describe, find_design, read_schedule, schedule,
-                                       stage_power)
-from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
+
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, provenance
 
 app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
                   no_args_is_help=True)
@@ -68,6 +65,12 @@ def power_command(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detection rate of a rise-then-drop and false positives on monotone / flat curves."""
+    # numpy / scipy load here, not at CLI start-up (`babeltower stages --help`)
+    from babeltower.analysis.power import (Effect, describe, find_design, read_schedule,
+                                           schedule, stage_power)
+    from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
+    from babeltower.io import atomic_write_json, provenance
+
     check_out(out, overwrite)
     if (eval_size is None) == (se is None) and not find:
         raise BabelError("give exactly one of --eval-size (binomial n) or --se")

@@ -1,6 +1,6 @@
 """CLI: ``babeltower mixture`` (baseline mixtures), ``babeltower optimize`` (Algorithm 1)
-and ``babeltower stages detect`` (the stage test on CPT metrics; the top-level CLI adds it
-to the ``stages`` group of ``babeltower.analysis.cli``).
+and ``babeltower stages detect`` (the stage test on CPT metrics), which ``stages_app``
+groups with ``babeltower.analysis.cli``'s ``stages power``.
 
 All are thin: they call ``make_baseline`` / ``algorithm1`` / ``detect_stages`` and write
 a MixtureSpec YAML and/or a JSON of every number with provenance, atomically.
@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from babeltower.analysis.cli import app as power_app, power_command
 from babeltower.errors import BabelError
 
 
@@ -209,6 +210,7 @@ def stages_detect_command(
         typer.echo(str(out))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("mixture")(mixture_command)
-    app.command("optimize")(optimize_command)
+# The ``babeltower stages`` group: ``power`` (analysis) and ``detect`` (here).
+stages_app = typer.Typer(help=power_app.info.help, no_args_is_help=True)
+stages_app.command("power")(power_command)
+stages_app.command("detect")(stages_detect_command)

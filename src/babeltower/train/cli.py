@@ -31,7 +31,3 @@ def train_command(
     import os
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(str(run_dir))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
