@@ -57,6 +57,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise BabelError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:   # Ctrl-C mid-write: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
