@@ -20,7 +20,8 @@ import sys
 
 # Commands that pick up where an interrupted run stopped when run again (checkpoints,
 # *.partial.jsonl, cached steps); the others write their outputs only when complete.
-RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k"}
+RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k",
+                      "probe lens", "probe neurons", "probe ablate"}
 
 
 def _interrupted(path: str) -> int:

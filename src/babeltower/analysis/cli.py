@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from babeltower.errors import BabelError
+from babeltower.options import output_file
 
 app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
                   no_args_is_help=True)
@@ -61,7 +62,8 @@ def power_command(
                                    "standard errors with --se) to scan."),
     power: float = typer.Option(0.9, "--power", help="Target detection rate for --find."),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of the results."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file,
+                                       help="JSON of the results."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detection rate of a rise-then-drop and false positives on monotone / flat curves."""

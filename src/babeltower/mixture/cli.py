@@ -15,6 +15,7 @@ import typer
 
 from babeltower.analysis.cli import app as power_app, power_command
 from babeltower.errors import BabelError
+from babeltower.options import output_file
 
 
 def _available(data: Optional[Path], available: Optional[str], split: str) -> dict[str, int]:
@@ -51,7 +52,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def mixture_command(
     generator: str = typer.Argument(..., help="natural, uniform, unimax or temperature-<tau>"),
-    out: Path = typer.Option(..., "--out", "-o", help="Mixture YAML to write."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="Mixture YAML to write."),
     data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
     available: Optional[str] = typer.Option(None, "--available",
                                             help="Instead of --data: 'python=1000,php=2000'."),
@@ -104,7 +105,7 @@ def optimize_command(
                                                   "tokens, loss[, performance][, step][, trials]"
                                                   "[, performance_se][, loss_se]) or JSON."),
     primary: str = typer.Option(..., "--primary", help="Primary language (e.g. python)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Optimized mixture YAML to write; the "
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="Optimized mixture YAML to write; the "
                                                       "numbers go to the same name with .json."),
     data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
     available: Optional[str] = typer.Option(None, "--available",
@@ -168,7 +169,7 @@ def stages_detect_command(
     runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
                                                   "optimize --runs, with trials or "
                                                   "performance_se)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file, help="JSON of every result."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests."),
     n_bootstrap: int = typer.Option(999, "--bootstrap", help="Replicates per p-value."),
     null: str = typer.Option("flat", "--null", help="Drop test's null curve: flat or isotonic."),
