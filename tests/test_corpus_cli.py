@@ -144,7 +144,7 @@ def test_fetch_stdlib_cap_cache_and_skipped_language(tmp_path):
 def _local_deb(debs: Path, name: str, version: str = "1.2-3") -> Path:
     """A tiny real Debian package built here with dpkg-deb --build: PHP sources under
     usr/share/php and a machine-readable copyright file (the license fetch records)."""
-    import subprocess
+    from procs import run
 
     root = debs.parent / f"build-{name}"
     (root / "DEBIAN").mkdir(parents=True)
@@ -165,8 +165,7 @@ def _local_deb(debs: Path, name: str, version: str = "1.2-3") -> Path:
                                    "copyright-format/1.0/\n\nFiles: *\nLicense: MIT\n")
     debs.mkdir(parents=True, exist_ok=True)
     deb = debs / f"{name}_{version}_all.deb"
-    done = subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
-                          capture_output=True, text=True, timeout=60)
+    done = run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], timeout=60)
     assert done.returncode == 0, done.stderr
     return deb
 
