@@ -6,6 +6,10 @@ Runs each case in this process (``babeltower.cli.main``, the same error boundary
 console script) and prints a markdown table: exit code and the first line of stderr.
 A case fails the check when it exits 0, prints more than one line, or reaches the
 boundary as an unexpected error (exit 1, "internal error"); the script exits 1 then.
+A second table runs the hostile cases (``hostile_cases``: options out of range, FIFOs
+and /dev/zero as inputs, outputs that cannot be written, duplicate problem names), each
+of which must be exit 2 and one line; a case that does not answer within 120 s is a
+hang (SIGALRM). ``--hostile-only`` runs just those (~20 s).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def cases(run: Path, out: Path) -> dict[str, dict[str, list[str] | None]]:
     nano = str(ROOT / "configs" / "train-nano.yaml")
     default = str(ROOT / "configs" / "default.yaml")
     o = str(out)
+    oj = str(out.with_name(out.name + ".json"))   # for commands whose output is one file
     r = str(run)
     rows = {
         "train CONFIG": (["train", X], ["train", nano, "--set", "mixture.budgets={klingon: 1.0}"],
@@ -62,13 +67,13 @@ def cases(run: Path, out: Path) -> dict[str, dict[str, list[str] | None]]:
                                "--workdir", o],
                               ["experiment", default, "--set", "seed=abc", "--workdir", o]),
         "report WORKDIR": (["report", X], None, None),
-        "mixture --data": (["mixture", "natural", "--data", X, "--out", o],
-                           ["mixture", "natural", "--available", "klingon=100", "--out", o],
-                           ["mixture", "natural", "--total-tokens", "abc", "--out", o]),
-        "optimize --runs": (["optimize", "--runs", X, "--primary", "python", "--out", o],
-                            ["optimize", "--runs", r, "--primary", "klingon", "--out", o],
+        "mixture --data": (["mixture", "natural", "--data", X, "--out", oj],
+                           ["mixture", "natural", "--available", "klingon=100", "--out", oj],
+                           ["mixture", "natural", "--total-tokens", "abc", "--out", oj]),
+        "optimize --runs": (["optimize", "--runs", X, "--primary", "python", "--out", oj],
+                            ["optimize", "--runs", r, "--primary", "klingon", "--out", oj],
                             ["optimize", "--runs", r, "--primary", "python", "--beta", "abc",
-                             "--out", o]),
+                             "--out", oj]),
         "stages --runs": (["stages", "--runs", X], None,
                           ["stages", "--runs", r, "--k-noise", "abc"]),
         "corpus fetch": (None, ["corpus", "fetch", "--out", o, "--languages", "klingon"],
@@ -111,17 +116,17 @@ def cases(run: Path, out: Path) -> dict[str, dict[str, list[str] | None]]:
         "probe ablate --neurons": (["probe", "ablate", r, "--languages", "python,php",
                                     "--neurons", X, "--set", "python", "--out", o], None,
                                    None),
-        "eval loss SOURCE": (["eval", "loss", X, "--out", o],
-                             ["eval", "loss", r, "--languages", "klingon", "--out", o],
-                             ["eval", "loss", r, "--max-tokens", "abc", "--out", o]),
-        "eval loss --text": (["eval", "loss", r, "--text", py, "--out", o], None, None),
-        "eval cloze SOURCE": (["eval", "cloze", X, "--out", o], None,
-                              ["eval", "cloze", r, "--batch-size", "abc", "--out", o]),
+        "eval loss SOURCE": (["eval", "loss", X, "--out", oj],
+                             ["eval", "loss", r, "--languages", "klingon", "--out", oj],
+                             ["eval", "loss", r, "--max-tokens", "abc", "--out", oj]),
+        "eval loss --text": (["eval", "loss", r, "--text", py, "--out", oj], None, None),
+        "eval cloze SOURCE": (["eval", "cloze", X, "--out", oj], None,
+                              ["eval", "cloze", r, "--batch-size", "abc", "--out", oj]),
         "eval pass-at-k --problems": (["eval", "pass-at-k", r, "--problems", X, "--out", o],
                                       None,
                                       ["eval", "pass-at-k", r, "--n", "0", "--out", o]),
         "eval transfer": (["eval", "transfer", "--primary-only", X, "--new-only", X,
-                           "--out", o], None, None),
+                           "--out", oj], None, None),
         "eval run FILE": (["eval", "run", X, "--language", "python"],
                           ["eval", "run", X, "--language", "klingon"],
                           ["eval", "run", X, "--language", "python", "--timeout", "abc"]),
@@ -293,7 +298,7 @@ def main() -> int:
               "be written:", "", "| case | exit: first line of stderr |", "|---|---|"]
     h_cases = h_bad = h_hangs = 0
     hostile = make_hostile(base)
-    for what, argv in hostile_cases(run, base / "out", hostile):
+    for what, argv in hostile_cases(run, base / "hostile-out", hostile):
         rc, err = run_case(argv)
         h_cases += 1
         ok = rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
