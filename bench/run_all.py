@@ -3,7 +3,7 @@
 Each benchmark measures babeltower against a named peer in the same run and prints the
 ratio; see the docstring of each script for what is compared.
 
-    .venv/bin/python bench/run_all.py [corpus train probes series eval sampler]
+    .venv/bin/python bench/run_all.py [cli corpus train probes series eval sampler]
 """
 
 import subprocess
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["sampler", "eval", "probes", "series", "train", "corpus"]
+BENCHES = ["cli", "sampler", "eval", "probes", "series", "train", "corpus"]
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -54,17 +53,22 @@ def env_python(kind: str, timeout: float = 600, build: bool = False) -> Path:
                            "`make test-envs` (or `python tests/nnsight_env.py`) first")
     tmp = final.with_name(f".{name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, timeout=timeout)
-    site = subprocess.run([str(tmp / "bin" / "python"), "-c",
-                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    from procs import run   # its process group is killed on a timeout
+
+    made = run([sys.executable, "-m", "venv", str(tmp)], timeout=timeout)
+    if made.returncode != 0:
+        raise RuntimeError(f"python -m venv {tmp} failed:\n{made.stderr}")
+    site = run([str(tmp / "bin" / "python"), "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])"], timeout=120)
+    if site.returncode != 0:
+        raise RuntimeError(f"the new venv's python failed:\n{site.stderr}")
+    site = site.stdout.strip()
     Path(site, "project-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # the project's packages are visible to pip through the .pth: it keeps torch and
     # installs what differs into the venv (its "not uninstalling ... outside environment"
     # notes and dependency-conflict warnings concern the project's packages, not this venv)
-    done = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q",
-                           "--disable-pip-version-check", *KINDS[kind]],
-                          capture_output=True, text=True, timeout=timeout)
+    done = run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q",
+                "--disable-pip-version-check", *KINDS[kind]], timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"building the {kind} nnsight environment failed:\n{done.stderr}")
     (tmp / ".complete").write_text(" ".join(KINDS[kind]) + "\n")

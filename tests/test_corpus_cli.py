@@ -4,6 +4,7 @@ output) and fetch (stdlib catalog, a real Debian package, skipped languages)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import sysconfig
 from pathlib import Path
@@ -140,23 +141,76 @@ def test_fetch_stdlib_cap_cache_and_skipped_language(tmp_path):
 
 
 @pytest.mark.slow
-def test_fetch_real_debian_package_then_build(tmp_path):
-    """apt-get download + dpkg-deb -x of a small real package into a private cache; a
-    non-existent package is reported as skipped, not a crash."""
-    catalog = {"php": [PackageSpec("php", "php-psr-log", "apt", ("usr/share/php",)),
+def _local_deb(debs: Path, name: str, version: str = "1.2-3") -> Path:
+    """A tiny real Debian package built here with dpkg-deb --build: PHP sources under
+    usr/share/php and a machine-readable copyright file (the license fetch records)."""
+    from procs import run
+
+    root = debs.parent / f"build-{name}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: babeltower tests <tests@localhost>\nDescription: fixture\n")
+    php = root / "usr" / "share" / "php" / "Fixture"
+    php.mkdir(parents=True)
+    rng = random.Random(0)
+    for i in range(4):
+        fns = "\n".join(f"    public function f{j}_{rng.randrange(10**6)}($x) {{ return $x * {j}; }}"
+                        for j in range(8))
+        (php / f"Thing{i}.php").write_text(f"<?php\nnamespace Fixture;\n\nclass Thing{i}\n{{\n"
+                                           f"{fns}\n}}\n")
+    doc = root / "usr" / "share" / "doc" / name
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("Format: https://www.debian.org/doc/packaging-manuals/"
+                                   "copyright-format/1.0/\n\nFiles: *\nLicense: MIT\n")
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = debs / f"{name}_{version}_all.deb"
+    done = run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], timeout=60)
+    assert done.returncode == 0, done.stderr
+    return deb
+
+
+def test_fetch_extracts_a_local_debian_package_then_build(tmp_path, monkeypatch):
+    """The apt path of fetch without a network: a .deb built here sits in the cache, is
+    extracted with dpkg-deb -x (version and license recorded) and built into a corpus;
+    apt is a local stub, so a package that would need a download is reported as skipped,
+    not fetched and not a crash. (`make run` downloads real packages.)"""
+    import shutil
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb is part of Debian-based CI images; install dpkg")
+    cache = tmp_path / "cache"
+    _local_deb(cache / "apt" / "debs", "php-babeltower-fixture")
+    # apt-get and apt-cache are stubs that log their calls and know no package: nothing
+    # can reach a mirror (dpkg-deb and tar stay the machine's own)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "apt-calls.log"
+    bin_dir.mkdir()
+    for tool in ("apt-get", "apt-cache"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit 100\n')
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    catalog = {"php": [PackageSpec("php", "php-babeltower-fixture", "apt", ("usr/share/php",)),
                        PackageSpec("php", "php-no-such-package-xyz", "apt", ("usr/share/php",))]}
-    out = fetch_corpus(tmp_path / "f", ["php"], None, cache_dir=tmp_path / "cache",
-                       packages=catalog, progress=False)
+    out = fetch_corpus(tmp_path / "f", ["php"], None, cache_dir=cache, packages=catalog,
+                       progress=False)
     index = json.loads((out / "sources.json").read_text())
     (src,) = index["sources"]
-    assert src["package"] == "php-psr-log" and src["version"] and src["license"]
-    assert [s["package"] for s in index["skipped"]] == ["php-no-such-package-xyz"]
-    assert len(list((tmp_path / "cache" / "apt" / "debs").glob("php-psr-log_*.deb"))) == 1
+    assert src["package"] == "php-babeltower-fixture"
+    assert src["version"] == "1.2-3" and src["license"] == "MIT"
+    (skipped,) = index["skipped"]
+    assert skipped["package"] == "php-no-such-package-xyz"
     assert main(["corpus", "build", "--source", str(out), "--out", str(tmp_path / "c"),
                  "--workers", "1"]) == 0
-    row = json.loads((tmp_path / "c" / "php" / "train.jsonl").read_text().splitlines()[0])
-    assert row["package"] == "php-psr-log" and row["license"] == src["license"]
-    assert "<?php" in row["text"]
+    # apt was asked only about the package that is not in the cache, and never downloaded
+    asked = calls.read_text().splitlines()
+    assert "apt-cache policy php-no-such-package-xyz" in asked
+    assert not [c for c in asked if "download" in c or "php-babeltower-fixture" in c], asked
+    rows = [json.loads(x) for split in ("train", "validation", "test")
+            if (tmp_path / "c" / "php" / f"{split}.jsonl").exists()
+            for x in (tmp_path / "c" / "php" / f"{split}.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    assert {r["package"] for r in rows} == {"php-babeltower-fixture"}
+    assert {r["license"] for r in rows} == {"MIT"} and all("<?php" in r["text"] for r in rows)
 
 
 def test_build_config_yaml(tmp_path, capsys):

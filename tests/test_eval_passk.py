@@ -208,19 +208,18 @@ def test_series_pass_at_k_feeds_the_transfer_share(tiny_lm, tmp_path, monkeypatc
 ], ids=["directory", "binary-file", "n-0", "k-0"])
 def test_pass_at_k_bad_inputs_are_one_line_and_exit_2(tmp_path, args, message):
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
     import babeltower
+    from procs import run as run_process
 
     (tmp_path / "random.jsonl").write_bytes(bytes(range(256)) * 8)
     src = str(Path(babeltower.__file__).resolve().parent.parent)
     cmd = [sys.executable, "-c", "import sys; from babeltower.cli import main; sys.exit(main())",
            "eval", "pass-at-k", "--references", "--out", str(tmp_path / "out"),
            *[a.format(dir=tmp_path) for a in args]]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": src})
+    r = run_process(cmd, timeout=120, env={**os.environ, "PYTHONPATH": src})
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr

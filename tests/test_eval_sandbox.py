@@ -9,13 +9,13 @@ import errno
 import json
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from babeltower.evaluate.sandbox import Limits, new_sandbox_dir, run_sandboxed
+from procs import run as run_process
 from sandbox_fixtures import (ESCAPE_EXPECTED, escape_probe, loopback_listener, unix_listener,
                               world_writable_dirs)
 
@@ -29,7 +29,7 @@ def py(src: str, limits: Limits = FAST, **kw):
 
 
 def host_still_works():
-    out = subprocess.run([PY, "-c", "print(6*7)"], capture_output=True, text=True, timeout=20)
+    out = run_process([PY, "-c", "print(6*7)"], timeout=20)
     assert out.stdout.strip() == "42"
 
 
@@ -429,8 +429,8 @@ def test_without_user_namespaces_the_run_refuses_in_one_line():
     def attempt(unsafe: bool):
         code = (RUN_ONE.replace("MARK", repr(str(mark))).replace("UNSAFE", str(unsafe))
                 .replace("PYTHON", repr(PY)))
-        return subprocess.run([sys.executable, "-c", WITHOUT_USER_NAMESPACES, "-c", code],
-                              capture_output=True, text=True, timeout=60, env=env)
+        return run_process([sys.executable, "-c", WITHOUT_USER_NAMESPACES, "-c", code],
+                           timeout=60, env=env)
 
     out = attempt(unsafe=False)
     assert out.returncode == 2, out

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 import torch
 
 import babeltower
+from procs import run as run_process
 from hub_fixtures import NETWORK_GUARD, add_ref, add_revision, repo_folder
 from test_probes_helpers import CODE_SAMPLE, tiny_model, tiny_tokenizer
 
@@ -105,8 +105,8 @@ def _child_env(hub, net_log: Path, **hf) -> dict:
 def _run_child(hub, driver: str, params: dict, env: dict) -> dict:
     script = Path(params["result"]).with_suffix(".driver.py")
     script.write_text(NETWORK_GUARD + driver)
-    proc = subprocess.run([sys.executable, str(script), json.dumps(params)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_process([sys.executable, str(script), json.dumps(params)], env=env,
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(Path(params["result"]).read_text())
 

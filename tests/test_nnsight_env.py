@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from procs import run as run_process
 from nnsight_env import NNSIGHT, TRANSFORMERS_4, env_python
 from train_fixtures import make_packed
 
@@ -54,8 +54,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, list[int]]:
 
 def _check(kind: str, ckpt: Path, opens: bool = True) -> dict:
     python = env_python(kind)
-    done = subprocess.run([str(python), str(CHECK), str(ckpt), TEXT], capture_output=True,
-                          text=True, timeout=600)
+    done = run_process([str(python), str(CHECK), str(ckpt), TEXT], timeout=600)
     assert done.returncode == (0 if opens else 1), done.stdout + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

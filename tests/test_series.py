@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from babeltower.errors import BabelError
 from babeltower.io import sha256_file
 from babeltower.probes.lens import run_lens
 from babeltower.series import SeriesOptions, run_series, write_outputs
+from procs import run as run_process
 from test_probes_helpers import save_run
 
 BIN = Path(sys.executable).parent
@@ -139,10 +139,10 @@ def test_torchrun_two_processes_give_the_rows_of_one(run, tmp_path):
                TOKENIZERS_PARALLELISM="false")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    res = subprocess.run(
+    res = run_process(
         [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={_free_port()}",
          "-m", "babeltower.cli", "probe", "lens", str(run), "--new", "php", "--out", str(out),
-         "--no-plot"], env=env, capture_output=True, text=True, timeout=900)
+         "--no-plot"], env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     two = pd.read_parquet(out / "lens.parquet")
     assert not (tmp_path / "two.partial").exists()

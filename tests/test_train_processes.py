@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from babeltower.checkpoints import list_checkpoints, verify_checkpoint
 from babeltower.train import TrainConfig, train
+from procs import run, started
 from train_fixtures import make_packed
 
 BIN = Path(sys.executable).parent
@@ -57,26 +58,25 @@ def test_sigkill_then_resume_is_bit_identical(data, tmp_path):
     # the uninterrupted reference runs in this process (same thread count: 1)
     train(TrainConfig.from_yaml(cfg, [f"out_dir={tmp_path / 'ref'}"]))
 
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--set", f"out_dir={run}"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = run / "checkpoints" / "step-00000010"
-    deadline = time.time() + 240
-    while not second.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    steps = [r.step for r in list_checkpoints(run)]
+    killed = tmp_path / "killed"
+    with started(cmd + ["--set", f"out_dir={killed}"], env=_env(),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        second = killed / "checkpoints" / "step-00000010"
+        deadline = time.time() + 240
+        while not second.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    steps = [r.step for r in list_checkpoints(killed)]
     assert steps and steps[-1] < 30, f"the run finished before it could be killed: {steps}"
 
-    again = subprocess.run(cmd + ["--set", f"out_dir={run}"], env=_env(), capture_output=True,
-                           text=True, timeout=300)
+    again = run(cmd + ["--set", f"out_dir={killed}"], env=_env(), timeout=300)
     assert again.returncode == 0, again.stderr
-    assert [r.step for r in list_checkpoints(run)] == list(range(5, 31, 5))
+    assert [r.step for r in list_checkpoints(killed)] == list(range(5, 31, 5))
     a = (_final(tmp_path / "ref") / "model.safetensors").read_bytes()
-    b = (_final(run) / "model.safetensors").read_bytes()
+    b = (_final(killed) / "model.safetensors").read_bytes()
     assert a == b
-    info = json.loads((run / "run.json").read_text())
+    info = json.loads((killed / "run.json").read_text())
     assert info["resumed_from"] and "step-000000" in info["resumed_from"]
 
 
@@ -89,11 +89,11 @@ def _free_port() -> int:
 
 
 def _torchrun(cfg: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run(
         [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={_free_port()}",
          "-m", "babeltower.train",
          str(cfg), "--set", f"out_dir={out}", *extra],
-        env=_env(), capture_output=True, text=True, timeout=240)
+        env=_env(), timeout=240)
 
 
 @pytest.mark.slow

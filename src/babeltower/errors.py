@@ -39,6 +39,8 @@ _ERRNO_MESSAGES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.ENAMETOOLONG: "file name too long",
 }
 # Libraries that do their own I/O do not raise OSError on a full disk: safetensors
 # (Rust) says "... (os error 28)", torch's zip writer says "unexpected pos N vs M" when
@@ -71,6 +73,8 @@ def environment_error(exc: BaseException) -> BabelError | None:
             what = _ERRNO_MESSAGES[code]
             advice = ("free some space and run the same command again"
                       if code in (errno.ENOSPC, errno.EDQUOT)
+                      else "check the path and run the same command again"
+                      if code in (errno.ENOTDIR, errno.ENAMETOOLONG)
                       else "check the path's permissions and run the same command again")
             return BabelError(f"{what}{where} while running this command; {advice}")
     return None

@@ -57,6 +57,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise BabelError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:   # Ctrl-C mid-write: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -150,18 +153,64 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
-def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
-    """The UTF-8 text of a regular file; missing, a directory, unreadable, binary or
-    non-UTF-8 is a one-line BabelError (never a UnicodeDecodeError traceback)."""
+def check_output_path(path: str | os.PathLike, what: str = "output",
+                      directory: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written: a name over 255
+    bytes, a parent that is a file (``FILE/sub``), a place where no file can be created
+    (``/proc/x``, a read-only or foreign directory), or - for a file output - an existing
+    directory (and for a directory output an existing file). Nothing is left behind."""
+    import tempfile
+
+    p = Path(path)
+    long = [part for part in p.parts if len(os.fsencode(part)) > 255]
+    if long:
+        raise BabelError(f"{what} {str(p)[:80]}...: a name in it is longer than 255 bytes")
+    try:
+        if directory and p.exists() and not p.is_dir():
+            raise BabelError(f"{what} {p} exists and is not a directory")
+        if not directory and p.is_dir():
+            raise BabelError(f"{what} {p} is a directory; expected a file path")
+        where = p.absolute().parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise BabelError(f"cannot write {what} {p}: {where} is not a directory")
+        try:
+            fd, probe = tempfile.mkstemp(dir=where, prefix=".babeltower-write-check-")
+        except OSError as e:
+            raise BabelError(f"cannot write {what} {p}: no file can be created in {where} "
+                             f"({e.strerror or e})") from None
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BabelError(f"cannot write {what} {p}: {e.strerror or e}") from None
+    return p
+
+
+MAX_TEXT_BYTES = 64 << 20   # configs, suites, programs, metrics: far below this
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file",
+                   max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file; missing, a directory, a FIFO or device (which
+    could block or never end: /dev/zero), larger than ``max_bytes``, unreadable, binary
+    or non-UTF-8 is a one-line BabelError (never a hang or a traceback)."""
     p = Path(path)
     if not p.exists():
         raise BabelError(f"{what} not found: {p}")
     if p.is_dir():
         raise BabelError(f"{what} {p} is a directory; expected a file")
+    if not p.is_file():
+        raise BabelError(f"{what} {p} is not a regular file (a FIFO, socket or device); "
+                         "expected a file")
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise BabelError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise BabelError(f"{what} {p} is larger than {max_bytes >> 20} MiB; expected a "
+                         "small text file")
     if b"\0" in data:
         raise BabelError(f"{what} {p} is a binary file; expected UTF-8 text")
     try:

@@ -4,8 +4,8 @@ item-level test, simulated at item level). Thin: they call ``stage_power`` /
 ``item_power`` and print.
 
 ``babeltower stages detect`` reads CPT metrics files, which belong to ``mixture``
-(a layer above this one), so it lives in ``babeltower.mixture.cli`` and the top-level
-CLI adds it to this group."""
+(a layer above this one), so it lives in ``babeltower.mixture.cli``, whose ``stages_app``
+is the ``stages`` group: ``power`` from here, ``detect`` from there."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from babeltower.analysis.item_power import SCENARIOS, ChurnModel, ItemDesign, item_power
-from babeltower.analysis.item_test import ItemTestOptions
-from babeltower.analysis.power import (Effect, describe, find_design, read_schedule, schedule,
-                                       stage_power)
-from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
+
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, provenance
+from babeltower.options import output_file
 
 app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
                   no_args_is_help=True)
@@ -68,10 +64,17 @@ def power_command(
                                    "standard errors with --se) to scan."),
     power: float = typer.Option(0.9, "--power", help="Target detection rate for --find."),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of the results."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file,
+                                       help="JSON of the results."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detection rate of a rise-then-drop and false positives on monotone / flat curves."""
+    # numpy / scipy load here, not at CLI start-up (`babeltower stages --help`)
+    from babeltower.analysis.power import (Effect, describe, find_design, read_schedule,
+                                           schedule, stage_power)
+    from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
+    from babeltower.io import atomic_write_json, provenance
+
     check_out(out, overwrite)
     if (eval_size is None) == (se is None) and not find:
         raise BabelError("give exactly one of --eval-size (binomial n) or --se")
@@ -106,8 +109,9 @@ def power_items_command(
     clusters: int = typer.Option(25, "--clusters", help="Clusters of items sharing churn "
                                                         "(e.g. answer tokens)."),
     seeds: int = typer.Option(3, "--seeds", help="Runs (data-order seeds) pooled."),
-    churn: str = typer.Option("persistent churn", "--churn", help="A named world ("
-                              + ", ".join(SCENARIOS) + ") or 'fitted'."),
+    churn: str = typer.Option("persistent churn", "--churn", help="A named world: independent, "
+                              "persistent churn, template-shared churn, learn-and-stay, "
+                              "seed-level shock (docs/stages.md)."),
     churn_from: Optional[Path] = typer.Option(None, "--churn-from", help="results.json of an "
                                               "experiment: its fitted churn (with --language)."),
     language: Optional[str] = typer.Option(None, "--language", help="New language whose "
@@ -124,7 +128,8 @@ def power_items_command(
     n_bootstrap: int = typer.Option(99, "--bootstrap"),
     alpha: float = typer.Option(0.05, "--alpha"),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of the results."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file,
+                                       help="JSON of the results."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Item-level power: items re-scored at every checkpoint of several runs, with churn
@@ -132,6 +137,11 @@ def power_items_command(
     next to the binomial-model test on the same curves."""
     import dataclasses
     import json
+
+    from babeltower.analysis.item_power import SCENARIOS, ChurnModel, ItemDesign, item_power
+    from babeltower.analysis.item_test import ItemTestOptions
+    from babeltower.analysis.power import Effect, schedule
+    from babeltower.io import atomic_write_json, provenance
 
     check_out(out, overwrite)
     if churn_from is not None:

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from babeltower.options import output_dir
+
 app = typer.Typer(help="Build multilingual code corpora.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train the byte-level BPE tokenizer.", no_args_is_help=True)
 
@@ -39,7 +41,8 @@ def _validate(model, data: dict, where: str):
 
 @app.command("fetch")
 def fetch_command(
-    out: Path = typer.Option(..., "--out", help="Directory for the fetched code + sources.json."),
+    out: Path = typer.Option(..., "--out", callback=output_dir,
+                             help="Directory for the fetched code + sources.json."),
     languages: Optional[str] = typer.Option(
         None, "--languages", help="Comma-separated (default: python,go,java,php,cpp,rust,javascript)."),
     max_mb: str = typer.Option(
@@ -66,7 +69,7 @@ def fetch_command(
 def build_command(
     source: List[str] = typer.Option(..., "--source",
                                      help="Directory, zip/tar archive, JSONL/Parquet rows, or hf:ORG/NAME."),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", callback=output_dir),
     languages: Optional[str] = typer.Option(None, "--languages", help="Comma-separated; default all."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="i/n: scan a stable 1/n of the inputs into a shard dir "
@@ -94,7 +97,7 @@ def build_command(
 @app.command("merge")
 def merge_command(
     shards: List[Path] = typer.Argument(..., help="The n shard dirs of 'build --shard i/n'."),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", callback=output_dir),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Finish a sharded build: whole-corpus dedup and split over all shards."""
@@ -107,7 +110,7 @@ def merge_command(
 def pack_command(
     corpus: Path = typer.Option(..., "--corpus", help="A built corpus dir."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="A trained tokenizer dir."),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", callback=output_dir),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
@@ -137,7 +140,7 @@ def stats_command(
 @tokenizer_app.command("train")
 def tokenizer_train_command(
     corpus: Path = typer.Option(..., "--corpus", help="A built corpus dir."),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", callback=output_dir),
     vocab_size: int = typer.Option(4096, "--vocab-size"),
     sample_mb: float = typer.Option(8.0, "--sample-mb-per-language"),
     languages: Optional[str] = typer.Option(None, "--languages"),
@@ -155,7 +158,7 @@ def tokenizer_train_command(
 
 @app.command("knowledge")
 def knowledge_command(
-    out: Path = typer.Option(..., "--out", help="Output dir: facts.json (queries) + source/ (documents)."),
+    out: Path = typer.Option(..., "--out", callback=output_dir, help="Output dir: facts.json (queries) + source/ (documents)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML: a KnowledgeConfig, or a file with a 'knowledge:' section."),
     primary: Optional[str] = typer.Option(None, "--primary"),
     languages: Optional[str] = typer.Option(None, "--languages", help="New languages, comma-separated."),

@@ -183,20 +183,26 @@ class _AptCache:
         todo = [n for n in names if not (self.dir / "x" / n / ".done").exists()]
         if not todo:
             return failed
-        if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-            return {n: "apt-get/dpkg-deb not available on this machine" for n in todo}
-        cands = self._candidates(todo)
+        if shutil.which("dpkg-deb") is None:
+            return {n: "dpkg-deb not available on this machine" for n in todo}
+        # a .deb already in the cache is extracted as it is: apt is asked only for the rest
+        cached = [n for n in todo if self._deb_of(n)]
+        ask = [n for n in todo if n not in cached]
+        if ask and shutil.which("apt-get") is None:
+            failed = {n: "apt-get not available on this machine" for n in ask}
+            ask = []
+        cands = self._candidates(ask) if ask else {}
         # no candidate at all = empty package lists (a fresh machine): update once. One
         # unknown name among known ones is just a missing package, not worth an update.
-        if not cands and not self._updated and os.geteuid() == 0:
+        if ask and not cands and not self._updated and os.geteuid() == 0:
             self.log("apt-cache knows none of these packages: running apt-get update once")
             _run(["apt-get", "update", "-qq"], timeout=900)
             self._updated = True
-            cands = self._candidates(todo)
-        for n in todo:
+            cands = self._candidates(ask)
+        for n in ask:
             if n not in cands:
                 failed[n] = "no such Debian package (apt-cache policy: no candidate)"
-        want = [n for n in todo if n in cands]
+        want = cached + [n for n in ask if n in cands]
         self.debs.mkdir(parents=True, exist_ok=True)
         missing = [n for n in want if not self._deb_of(n)]
         if missing:

@@ -143,8 +143,8 @@ def _iter_dir(source: str) -> Iterator[InputItem]:
                 continue
             if index and rel == "sources.json":
                 continue
-            if full.is_symlink() and not full.exists():
-                continue  # dangling link: nothing to read
+            if not full.is_file():
+                continue  # a dangling link, a FIFO, a socket or a device: no file to read
             item = InputItem(source=source, path=rel, file=str(full),
                              package=_package_of(rel, root.name))
             for e in index:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from babeltower.options import output_dir, output_file, seconds, solved_if as solved_if_rule
+
 app = typer.Typer(help="Evaluate per language: loss/bpb, cloze, pass@k, knowledge transfer.",
                   no_args_is_help=True)
 
@@ -52,13 +54,13 @@ def loss_cmd(
     text: Optional[List[str]] = typer.Option(None, help="Raw text PATH or LANG=PATH (file or dir; LANG takes C/C++ headers with .h or no extension), scored with the model's own tokenizer; repeatable."),
     languages: Optional[List[str]] = typer.Option(None, "--languages", "-l", help="Languages (default: all in the data)."),
     split: str = typer.Option("validation", help="validation or test."),
-    max_tokens: int = typer.Option(50_000, help="Token budget per language (whole documents, in order)."),
-    max_docs: Optional[int] = typer.Option(None, help="At most this many documents per language."),
-    context: Optional[int] = typer.Option(None, help="Window length (default: model max positions, capped at 1024)."),
-    stride: Optional[int] = typer.Option(None, help="Window step (default: = context, non-overlapping)."),
-    batch_size: int = typer.Option(8),
+    max_tokens: int = typer.Option(50_000, min=1, help="Token budget per language (whole documents, in order)."),
+    max_docs: Optional[int] = typer.Option(None, min=1, help="At most this many documents per language."),
+    context: Optional[int] = typer.Option(None, min=2, help="Window length (default: model max positions, capped at 1024)."),
+    stride: Optional[int] = typer.Option(None, min=1, help="Window step (default: = context, non-overlapping)."),
+    batch_size: int = typer.Option(8, min=1),
     revisions: Optional[List[str]] = typer.Option(None, help="Hub revisions of a hub:ORG/NAME source (repeat or comma-separate)."),
-    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+    out: Path = typer.Option(..., callback=output_file, help="Result JSON (rows + provenance)."),
 ):
     """Held-out loss (nats/token) and bits-per-byte per language, for every checkpoint."""
     from babeltower.evaluate.loss import LossConfig, evaluate_loss
@@ -78,8 +80,8 @@ def loss_cmd(
 def cloze_cmd(
     source: str = typer.Argument(..., help="Run dir, model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
     suite: List[str] = typer.Option(["python-php"], help="Probe suites as primary-new (repeat or comma-separate)."),
-    batch_size: int = typer.Option(16),
-    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+    batch_size: int = typer.Option(16, min=1),
+    out: Path = typer.Option(..., callback=output_file, help="Result JSON (rows + provenance)."),
 ):
     """Cloze accuracy per language pair at the final layer (first-token attribution)."""
     from babeltower.evaluate.cloze import evaluate_cloze_series
@@ -98,14 +100,14 @@ def passk_cmd(
     k: List[int] = typer.Option([1], help="k values (repeat), each <= n."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(0.95),
-    max_new_tokens: int = typer.Option(256),
-    batch_size: int = typer.Option(8),
-    workers: int = typer.Option(2, help="Parallel sandboxed executions."),
-    timeout: float = typer.Option(10.0, help="Seconds per program run."),
+    max_new_tokens: int = typer.Option(256, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    workers: int = typer.Option(2, min=1, help="Parallel sandboxed executions."),
+    timeout: float = typer.Option(10.0, callback=seconds, help="Seconds per program run."),
     seed: int = typer.Option(0),
-    limit: Optional[int] = typer.Option(None, help="First N problems only."),
+    limit: Optional[int] = typer.Option(None, min=1, help="First N problems only."),
     references: bool = typer.Option(False, help="Run the canonical solutions instead of generating."),
-    out: Path = typer.Option(..., help="Output dir (per checkpoint: samples.jsonl, summary.json)."),
+    out: Path = typer.Option(..., callback=output_dir, help="Output dir (per checkpoint: samples.jsonl, summary.json)."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=_UNSAFE_HELP),
 ):
     """Functional correctness (pass@k) with sandboxed execution; resumable."""
@@ -131,8 +133,8 @@ def transfer_cmd(
     new_only: Path = typer.Option(..., help="pass@k results of the new-language-only model on new-language problems."),
     series: Optional[Path] = typer.Option(None, help="pass@k output dir of a continual run (new-language problems)."),
     checkpoint: Optional[List[Path]] = typer.Option(None, help="Or individual pass@k result dirs/files (repeat)."),
-    solved_if: str = typer.Option("any", help="'any' sample passes, or a pass fraction like 0.5."),
-    out: Path = typer.Option(..., help="Result JSON (rows + provenance)."),
+    solved_if: str = typer.Option("any", callback=solved_if_rule, help="'any' sample passes, or a pass fraction like 0.5."),
+    out: Path = typer.Option(..., callback=output_file, help="Result JSON (rows + provenance)."),
 ):
     """Knowledge-transfer share per checkpoint (the paper's primary-specific subset)."""
     import json
@@ -164,7 +166,7 @@ def transfer_cmd(
 def run_cmd(
     file: Path = typer.Argument(..., help="A complete program to run in the sandbox."),
     language: Optional[str] = typer.Option(None, help="Language (default: from the file name)."),
-    timeout: float = typer.Option(10.0),
+    timeout: float = typer.Option(10.0, callback=seconds, help="Seconds for the run."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=_UNSAFE_HELP),
 ):
     """Run one program in the sandbox and print its status (exit 0 = pass, 1 = it ran and
@@ -212,9 +214,9 @@ def toolchains_cmd():
 def knowledge_cmd(
     source: str = typer.Argument(..., help="Run dir, model dir or dir of model dirs (every checkpoint)."),
     facts: Path = typer.Option(..., "--facts", help="facts.json of `babeltower corpus knowledge` (or its dir)."),
-    out: Path = typer.Option(..., help="Result JSON: items, curves, transfer shares + provenance."),
+    out: Path = typer.Option(..., callback=output_file, help="Result JSON: items, curves, transfer shares + provenance."),
     split: Optional[str] = typer.Option(None, help="Query split: validation or test (default: both)."),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(32, min=1),
     eos: bool = typer.Option(True, "--eos/--no-eos", help="EOS before each query, as before every training document."),
 ):
     """Knowledge accuracy per class x key x query language per checkpoint, nulls, per-fact

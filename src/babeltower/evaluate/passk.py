@@ -111,11 +111,17 @@ def read_problems_file(path: str | os.PathLike) -> list[Problem]:
         raise BabelError(f"problems file is not a file: {p}")
     opener = gzip.open if p.suffix == ".gz" else open
     out: list[Problem] = []
+    lines: dict[str, int] = {}   # name -> line: results are kept per problem name
     try:
         with opener(p, "rt", encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 if line.strip():
                     out.append(_problem_row(p, i, line))
+                    if out[-1].name in lines:
+                        raise BabelError(f"{p}:{i}: problem name {out[-1].name!r} is already "
+                                         f"used on line {lines[out[-1].name]}; names must be "
+                                         "unique")
+                    lines[out[-1].name] = i
     except UnicodeDecodeError as e:
         raise BabelError(f"{p}: not a UTF-8 JSONL file ({e.reason} at byte {e.start})") from e
     except (OSError, EOFError) as e:  # unreadable, or a broken .gz

@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-from babeltower.experiment.config import ExperimentConfig
-
 
 def experiment_command(
     config: Path = typer.Argument(..., help="experiment YAML (configs/default.yaml, configs/paper-1.3b.yaml)"),
@@ -17,13 +15,10 @@ def experiment_command(
 ) -> None:
     """Run the whole Babel Tower study (cached and resumable: run again to continue)."""
     # the pipeline imports torch: loaded here, not at CLI start-up (`babeltower --help`)
+    from babeltower.experiment.config import ExperimentConfig
     from babeltower.experiment.pipeline import run_experiment
 
     overrides = list(set_ or [])   # parsed by babeltower.config.apply_overrides
     if workdir is not None:
         overrides.append(f"workdir={workdir}")
     run_experiment(ExperimentConfig.from_yaml(config, overrides))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("experiment")(experiment_command)

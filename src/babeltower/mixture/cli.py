@@ -1,6 +1,6 @@
 """CLI: ``babeltower mixture`` (baseline mixtures), ``babeltower optimize`` (Algorithm 1)
-and ``babeltower stages detect`` (the stage test on CPT metrics; the top-level CLI adds it
-to the ``stages`` group of ``babeltower.analysis.cli``).
+and ``babeltower stages detect`` (the stage test on CPT metrics), which ``stages_app``
+groups with ``babeltower.analysis.cli``'s ``stages power``.
 
 All are thin: they call ``make_baseline`` / ``algorithm1`` / ``detect_stages`` and write
 a MixtureSpec YAML and/or a JSON of every number with provenance, atomically.
@@ -13,7 +13,9 @@ from typing import Optional
 
 import typer
 
+from babeltower.analysis.cli import app as power_app, power_command, power_items_command
 from babeltower.errors import BabelError
+from babeltower.options import output_file
 
 
 def _available(data: Optional[Path], available: Optional[str], split: str) -> dict[str, int]:
@@ -50,7 +52,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def mixture_command(
     generator: str = typer.Argument(..., help="natural, uniform, unimax or temperature-<tau>"),
-    out: Path = typer.Option(..., "--out", "-o", help="Mixture YAML to write."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="Mixture YAML to write."),
     data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
     available: Optional[str] = typer.Option(None, "--available",
                                             help="Instead of --data: 'python=1000,php=2000'."),
@@ -103,7 +105,7 @@ def optimize_command(
                                                   "tokens, loss[, performance][, step][, trials]"
                                                   "[, performance_se][, loss_se]) or JSON."),
     primary: str = typer.Option(..., "--primary", help="Primary language (e.g. python)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Optimized mixture YAML to write; the "
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="Optimized mixture YAML to write; the "
                                                       "numbers go to the same name with .json."),
     data: Optional[Path] = typer.Option(None, "--data", help="Packed corpus directory."),
     available: Optional[str] = typer.Option(None, "--available",
@@ -167,7 +169,7 @@ def stages_detect_command(
     runs: Path = typer.Option(..., "--runs", help="Per-checkpoint metrics (same format as "
                                                   "optimize --runs, with trials or "
                                                   "performance_se)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON of every result."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file, help="JSON of every result."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests."),
     n_bootstrap: int = typer.Option(999, "--bootstrap", help="Replicates per p-value."),
     null: str = typer.Option("flat", "--null", help="Drop test's null curve: flat or isotonic."),
@@ -209,6 +211,8 @@ def stages_detect_command(
         typer.echo(str(out))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("mixture")(mixture_command)
-    app.command("optimize")(optimize_command)
+# The ``babeltower stages`` group: ``power`` (analysis) and ``detect`` (here).
+stages_app = typer.Typer(help=power_app.info.help, no_args_is_help=True)
+stages_app.command("power")(power_command)
+stages_app.command("power-items")(power_items_command)
+stages_app.command("detect")(stages_detect_command)

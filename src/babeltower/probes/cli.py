@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from babeltower.options import output_dir
+
 app = typer.Typer(help="Probe checkpoint series: logit lens and LAPE neurons.", no_args_is_help=True)
 
 
@@ -71,7 +73,7 @@ def lens_cmd(
     source: str = typer.Argument(..., help="Run dir, HF model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
     primary: str = typer.Option("python", help="Primary language."),
     new: str = typer.Option(..., help="New language (suite <primary>-<new>)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Output directory."),
     suite_path: Optional[Path] = typer.Option(None, "--suite", help="User suite file or directory."),
     revisions: Optional[str] = typer.Option(None, help="Comma-separated hub revisions."),
     batch_size: int = typer.Option(16, min=1),
@@ -142,7 +144,7 @@ def neurons_cmd(
     source: str = typer.Argument(..., help="Run dir, HF model dir, dir of model dirs, .gguf, or hub:ORG/NAME."),
     languages: str = typer.Option(..., help="Comma-separated languages, e.g. python,php,go."),
     primary: str = typer.Option("python", help="Primary language (T = S_primary ∩ S_new)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Output directory."),
     data: Optional[Path] = typer.Option(None, help="Packed DATA dir (its validation split)."),
     text: Optional[list[str]] = typer.Option(None, help="Raw text LANG=PATH (file or dir); repeatable."),
     revisions: Optional[str] = typer.Option(None, help="Comma-separated hub revisions."),
@@ -213,7 +215,7 @@ def ablate_cmd(
     languages: str = typer.Option(..., help="Comma-separated languages to measure loss on."),
     neurons: Path = typer.Option(..., help="A .neurons.json file or a 'probe neurons' output dir."),
     set_name: str = typer.Option(..., "--set", help="LANG (S_lang) or transfer:LANG (T)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_dir, help="Output directory."),
     layer: Optional[int] = typer.Option(None, help="Only this layer's neurons."),
     data: Optional[Path] = typer.Option(None, help="Packed DATA dir (its validation split)."),
     text: Optional[list[str]] = typer.Option(None, help="Raw text LANG=PATH; repeatable."),

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from babeltower.options import output_dir
+
 
 def train_command(
     config: Path = typer.Argument(..., help="TrainConfig YAML (see configs/train-*.yaml)."),
@@ -17,7 +19,8 @@ def train_command(
         None, "--set", help="Override a field: key=value or section.key=value (YAML value)."),
     force: bool = typer.Option(
         False, "--force", help="Resume even if the config differs from the saved run's."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Run directory."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", callback=output_dir,
+                                           help="Run directory."),
 ) -> None:
     """Train (or resume) a model on a packed corpus and a mixture; writes checkpoints."""
     from babeltower.train.config import TrainConfig
@@ -31,7 +34,3 @@ def train_command(
     import os
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(str(run_dir))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
