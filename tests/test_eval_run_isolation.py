@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from procs import run as run_process
+
 from babeltower.cli import main
 
 # a host where no namespace can be made (see test_eval_sandbox.py): unshare and clone with
@@ -24,8 +26,7 @@ sys.exit(main())
 
 def _cli_without_namespaces(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-c", WITHOUT_NAMESPACES, *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return run_process([sys.executable, "-c", WITHOUT_NAMESPACES, *args], timeout=120, env=env)
 
 
 def test_eval_run_escapes_the_programs_output(tmp_path, capsys):

@@ -2,11 +2,13 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from babeltower.evaluate.execute import run_program
+from procs import run as run_process
 from sandbox_fixtures import loopback_listener
 
 PROGRAMS = {
@@ -135,7 +137,6 @@ def test_fork_server_serves_only_the_process_that_started_it():
            "    socket.send_fds(s, [json.dumps({'x': 1}).encode() + b'\\n'], [w, w, w])\n"
            "    s.settimeout(5)\n    print(repr(s.recv(100)))\n"
            "except (BrokenPipeError, ConnectionResetError):\n    print(repr(b''))\n")
-    out = subprocess.run([sys.executable, "-c", req], capture_output=True, text=True,
-                         timeout=30)
+    out = run_process([sys.executable, "-c", req], timeout=30)
     assert out.stdout.strip() == "b''", out   # closed without an answer
     assert run_program("python", "print(1)").stdout.strip() == "1"  # still serves us
