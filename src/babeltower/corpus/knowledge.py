@@ -156,26 +156,12 @@ class KnowledgeConfig(BaseModel):
     @field_validator("keys", mode="before")
     @classmethod
     def _keys(cls, v):
-        v = v.split(",") if isinstance(v, str) else list(v)
-        out = [str(x).strip() for x in v if str(x).strip()]
-        bad = [x for x in out if x not in KEYS]
-        if bad or not out or len(set(out)) != len(out):
-            raise BabelError(f"knowledge: keys must be distinct values of {', '.join(KEYS)} "
-                             f"(got {v})")
-        return out
+        return _distinct_choices(v, KEYS, "keys")
 
     @field_validator("query_forms", mode="before")
     @classmethod
     def _forms(cls, v):
-        if v is None:
-            return None
-        v = v.split(",") if isinstance(v, str) else list(v)
-        out = [str(x).strip() for x in v if str(x).strip()]
-        bad = [x for x in out if x not in FORMS]
-        if bad or not out or len(set(out)) != len(out):
-            raise BabelError(f"knowledge: query_forms must be distinct values of "
-                             f"{', '.join(FORMS)} (got {v})")
-        return out
+        return None if v is None else _distinct_choices(v, FORMS, "query_forms")
 
     @field_validator("primary", mode="before")
     @classmethod
@@ -231,6 +217,16 @@ class KnowledgeConfig(BaseModel):
         if self.query_forms is not None:
             return list(self.query_forms)
         return default_query_forms(self.all_languages, self.mirror_threshold)
+
+
+def _distinct_choices(v, allowed, what: str) -> list[str]:
+    """A non-empty list (or comma-separated string) of distinct values of ``allowed``."""
+    items = v.split(",") if isinstance(v, str) else list(v)
+    out = [str(x).strip() for x in items if str(x).strip()]
+    if not out or len(set(out)) != len(out) or any(x not in allowed for x in out):
+        raise BabelError(f"knowledge: {what} must be distinct values of {', '.join(allowed)} "
+                         f"(got {v})")
+    return out
 
 
 def _templated(lang: str) -> str:
