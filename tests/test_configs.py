@@ -18,7 +18,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_every_shipped_config_is_covered():
     names = {p.name for p in CONFIGS}
     assert {"default.yaml", "paper-1.3b.yaml", "train-nano.yaml"} <= names
-    assert all(n.startswith("train-") or n in ("default.yaml", "mixtures.yaml", "paper-1.3b.yaml")
+    assert all(n.startswith("train-") or n in ("default.yaml", "mixtures.yaml", "overnight.yaml", "paper-1.3b.yaml")
                for n in names), names   # a new kind of config needs a test here
 
 

@@ -185,9 +185,9 @@ def test_experiment_lape_inputs_read_64k_tokens_from_20_documents(tmp_path):
             "go": rng.integers(0, 60, size=(100, 1000))}
     shards = TokenShards(packed_data(tmp_path / "d", docs))
     windows, counted = _lape_inputs(shards, _cfg())
-    assert counted == {"python": {"tokens": 80000, "documents": 20},
-                       "php": {"tokens": 480, "documents": 30},
-                       "go": {"tokens": 66000, "documents": 66}}
+    assert counted == {"python": {"tokens": 80000, "documents": 20, "split": "validation"},
+                       "php": {"tokens": 480, "documents": 30, "split": "validation"},
+                       "go": {"tokens": 66000, "documents": 66, "split": "validation"}}
     assert windows["php"].size == 480 and windows["go"].shape[1] == 16
 
 
@@ -202,7 +202,14 @@ def test_experiment_rows_keep_their_keys(tmp_path):
     rows = measure_series(tmp_path / "run", data, _cfg(), pair_languages=[],
                           loss_languages=["python", "php"], split="validation")
     assert set(rows[0]) == {"checkpoint", "step", "tokens", "tokens_by_language", "loss", "bpb",
-                            "bpb_se", "eval_documents", "eval_tokens", "weights_sha256"}
+                            "bpb_se", "doc_bits", "doc_bytes", "eval_documents", "eval_tokens",
+                            "weights_sha256"}
+    # every scored document's bits and bytes: the paired items of the item-level bpb test
+    for lang in ("python", "php"):
+        assert len(rows[0]["doc_bits"][lang]) == len(rows[0]["doc_bytes"][lang]) \
+            == rows[0]["eval_documents"][lang]
+        bits, nbytes = sum(rows[0]["doc_bits"][lang]), sum(rows[0]["doc_bytes"][lang])
+        assert abs(bits / nbytes - rows[0]["bpb"][lang]) < 1e-3   # rounded to 1e-4 bits each
     assert rows[0]["step"] == 3 and set(rows[0]["loss"]) == {"python", "php"}
 
 
