@@ -6,7 +6,6 @@ bad input fails in one line before anything is written or trained."""
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from babeltower.corpus.knowledge import (COMMENT, FORMS, MIRROR_THRESHOLD, TEMPL
                                          mirror_score, query_prefix, render, write_knowledge)
 from babeltower.corpus.prepare import prepare_data
 from babeltower.errors import BabelError
-from tokenizer_fixtures import char_tokenizer
+from tokenizer_fixtures import char_tokenizer, organic_python_php
 
 CFG = dict(primary="python", languages=["php", "go"], facts_per_class=8, exposures=5,
            n_answers=4, facts_per_document=3, seed=3)
@@ -294,17 +293,7 @@ def test_answer_split_by_tokenizer_is_refused(kdir):
 
 
 def _organic(root: Path, n: int = 30) -> Path:
-    rng = random.Random(0)
-    words = "alpha beta gamma delta parse render token buffer stream value".split()
-    for i in range(n):
-        a, b = rng.sample(words, 2)
-        (root / "pkg").mkdir(parents=True, exist_ok=True)
-        (root / f"pkg/m{i}.py").write_text(
-            f"def {a}_{i}({b}):\n    return {b} * {rng.randrange(1000)}\n\n"
-            f"class {b.title()}{i}:\n    {a} = '{rng.choice(words)}'\n")
-        (root / f"pkg/m{i}.php").write_text(
-            f"<?php\nfunction {a}_{i}(${b}) {{\n    return ${b} . '{rng.choice(words)}{i}';\n}}\n")
-    return root
+    return organic_python_php(root, n, seed=0)
 
 
 def test_build_keeps_every_injected_document_in_train_and_lists_it(tmp_path):

@@ -11,7 +11,6 @@ nothing with ``fact_exposures`` but the sampler's choice of windows.
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from babeltower.corpus.pack import fact_char_spans, pack_corpus
 from babeltower.corpus.shards import TokenShards
 from babeltower.corpus.tokenizer import train_tokenizer
 from babeltower.errors import BabelError
+from tokenizer_fixtures import organic_python_php
 from babeltower.mixture import MixtureSampler
 from babeltower.mixture.exposures import exposure_curve, fact_exposures
 
@@ -37,17 +37,7 @@ KCFG = dict(primary="python", languages=["php"], facts_per_class=8, exposures=6,
 
 
 def _organic(root: Path, n: int = 40) -> Path:
-    rng = random.Random(1)
-    words = "alpha beta gamma delta parse render token buffer stream value".split()
-    (root / "pkg").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        a, b = rng.sample(words, 2)
-        (root / f"pkg/m{i}.py").write_text(
-            f"def {a}_{i}({b}):\n    return {b} * {rng.randrange(1000)}\n\n"
-            f"class {b.title()}{i}:\n    {a} = '{rng.choice(words)}'\n")
-        (root / f"pkg/m{i}.php").write_text(
-            f"<?php\nfunction {a}_{i}(${b}) {{\n    return ${b} . '{rng.choice(words)}{i}';\n}}\n")
-    return root
+    return organic_python_php(root, n, seed=1)
 
 
 @pytest.fixture(scope="module")

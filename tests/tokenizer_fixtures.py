@@ -27,3 +27,23 @@ def byte_level_bpe(texts, vocab_size: int):
                                   show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
     return tok
+
+
+def organic_python_php(root, n: int, seed: int):
+    """``n`` small Python and PHP files of one package under ``root`` (real-looking code
+    for a corpus that also holds injected fact documents); returns ``root``."""
+    import random
+    from pathlib import Path
+
+    root = Path(root)
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta parse render token buffer stream value".split()
+    (root / "pkg").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a, b = rng.sample(words, 2)
+        (root / f"pkg/m{i}.py").write_text(
+            f"def {a}_{i}({b}):\n    return {b} * {rng.randrange(1000)}\n\n"
+            f"class {b.title()}{i}:\n    {a} = '{rng.choice(words)}'\n")
+        (root / f"pkg/m{i}.php").write_text(
+            f"<?php\nfunction {a}_{i}(${b}) {{\n    return ${b} . '{rng.choice(words)}{i}';\n}}\n")
+    return root
