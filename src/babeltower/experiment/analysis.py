@@ -333,8 +333,7 @@ def knowledge_seed_curves(cfg: ExperimentConfig, run: dict, lang: str, meta: lis
                     out[name] = {"class": cls, "query_language": q, "key": key,
                                  **across_seeds(ser)}
     for form in forms:
-        sub = [m if m.get("form") == form else {**m, "language": None} for m in meta]
-        ser = knowledge_series(seeds, sub, lang, None, lang)
+        ser = knowledge_series(seeds, meta, lang, None, lang, form=form)
         if ser is not None:
             out[f"every class asked in {lang}, {form} form"] = {
                 "class": None, "query_language": lang, "form": form, **across_seeds(ser)}

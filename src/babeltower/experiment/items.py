@@ -24,18 +24,20 @@ CONTROL_KEYS = ("decoy",)
 
 
 def select_items(meta: list[dict], lang: str, cls: str | None = None,
-                 query_language: str | None = None, key: str | None = None) -> np.ndarray:
+                 query_language: str | None = None, key: str | None = None,
+                 form: str | None = None) -> np.ndarray:
     """Indices of the items of one class (None: every taught class) asked in
     ``query_language`` (default: the new language ``lang``) that belong to ``lang`` (its
     own classes and the pools that serve every new language), through ``key`` (None:
-    every taught key; "decoy" only when asked for)."""
+    every taught key; "decoy" only when asked for), in query ``form`` (None: any)."""
     q = query_language or lang
     return np.array([i for i, m in enumerate(meta)
                      if m["language"] == q
                      and (m["class"] == cls if cls is not None else m["class"] not in CONTROL_CLASSES)
                      and m.get("target") in (lang, None)
                      and (m.get("key", "same") == key if key is not None
-                          else m.get("key", "same") not in CONTROL_KEYS)], dtype=np.int64)
+                          else m.get("key", "same") not in CONTROL_KEYS)
+                     and (form is None or m.get("form") == form)], dtype=np.int64)
 
 
 def knowledge_rows(meta: list[dict], items: dict, answers: list[str]) -> list[dict]:
@@ -57,11 +59,12 @@ def knowledge_rows(meta: list[dict], items: dict, answers: list[str]) -> list[di
 
 def knowledge_series(seed_runs: list[dict], meta: list[dict], lang: str, cls: str | None = None,
                      query_language: str | None = None, key: str | None = None,
-                     name: str = "knowledge", cluster_by: str = "answer") -> ItemSeries | None:
+                     name: str = "knowledge", cluster_by: str = "answer",
+                     form: str | None = None) -> ItemSeries | None:
     """(seeds, items, checkpoints) 0/1 outcomes of one knowledge curve; clusters are the
     items' answers (flips cluster by answer token: issue 19). None when the runs did not
     record per-item outcomes or hold no such item."""
-    idx = select_items(meta, lang, cls, query_language, key)
+    idx = select_items(meta, lang, cls, query_language, key, form)
     if idx.size < 2:
         return None
     mats, xs = [], None
