@@ -315,13 +315,14 @@ def _children(pid: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory) -> Path:
-    """3000 Python files: a `corpus build` of them runs ~20 s here, so every SIGINT
-    below lands mid-build."""
+    """12000 Python files: a `corpus build` of them runs ~13 s on an idle 2-core machine
+    (3000 ran 4-5 s, and a SIGINT at 4 s once landed in the finished process's
+    interpreter shutdown on a faster CI machine), so every SIGINT below lands mid-build."""
     import random
 
     src = tmp_path_factory.mktemp("big") / "src"
     rng = random.Random(0)
-    for i in range(3000):
+    for i in range(12000):
         p = src / f"pkg{i % 40}" / f"m{i}.py"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(python_source(rng))
