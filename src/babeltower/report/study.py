@@ -185,14 +185,14 @@ def seed_rows(results: dict) -> list[dict]:
                          "performance call": c["call"], "drop p": c["drop_p"],
                          "drop shape": c.get("drop_shape"),
                          "transfer call": t.get("call"), "transfer drop p": t.get("drop_p"),
-                         "cross-fitted drop": ((it.get("pooled") or {}).get("seed_drops") or [None] * (i + 1))[i]})
+                         "seed drop (split test)": ((it.get("pooled") or {}).get("seed_drops") or [None] * (i + 1))[i]})
         if it:
             p = it["pooled"]
             rows.append({"language": lang, "seed": "pooled", "performance call": p["call"],
                          "drop p": st["performance"].get("p_value"), "drop shape": p.get("drop_shape"),
                          "transfer call": (st.get("transfer") or {}).get("call"),
                          "transfer drop p": (st.get("transfer") or {}).get("p_value"),
-                         "cross-fitted drop": p.get("mean_drop")})
+                         "seed drop (split test)": p.get("mean_drop")})
     return rows
 
 
@@ -736,7 +736,8 @@ def _stages_text(r: dict) -> str:
                 "training churn, not fresh draws: the stage test resamples whole item "
                 "trajectories (clusters of items sharing an answer), and a drop is called on "
                 "the mean over the continual seeds only when that item-level test AND a "
-                "seed-as-unit test (each seed's drop read where the other seeds locate it) "
+                "seed-as-unit test (the first seed locates the drop, the others' drops are read "
+                "there: a split sample) "
                 "both reject. The binomial-model call is kept beside it with its assumption "
                 "stated. The power columns say what this design could have detected under the "
                 "churn fitted to this run's items (docs/stages.md). " + " ".join(parts))
