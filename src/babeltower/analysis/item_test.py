@@ -62,6 +62,7 @@ from scipy.optimize import isotonic_regression
 
 from babeltower.analysis.stage_test import (GAUSSIAN, bootstrap_p, prefix_loglik,
                                             rise_statistic, sufficient)
+from babeltower.analysis.statistics import t_half_widths
 from babeltower.errors import BabelError
 
 STATISTICS = ("jump", "umbrella", "max")
@@ -330,7 +331,7 @@ def seed_replication(curves: np.ndarray, se: np.ndarray, statistic: str = "max")
     t, p = seed_t(d[None])
     s = d.size
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = float(sps.t.ppf(0.975, s - 1) * sd / np.sqrt(s))
+    half = float(t_half_widths(sd, s))
     return {"seed_drops": [None] * n_loc + d.tolist(), "locating_seeds": list(range(n_loc)),
             "mean_drop": mean, "mean_drop_ci95": [mean - half, mean + half],
             "t": float(t[0]), "df": s - 1, "p_seeds": float(p[0]),

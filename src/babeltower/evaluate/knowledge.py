@@ -35,10 +35,11 @@ import json
 import os
 from typing import Mapping
 
+from babeltower.analysis.statistics import (newcombe_interval, percentile_interval,
+                                            wilson_interval)
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.knowledge import TAUGHT_CLASSES, encode_queries, load_facts
 from babeltower.errors import BabelError
-from babeltower.evaluate.transfer import wilson_interval
 from babeltower.io import PartialRows, atomic_write_json, provenance
 
 ROW_KEYS = ("query", "fact", "class", "target", "key", "language", "side", "form", "split")
@@ -244,8 +245,9 @@ def shuffled_null(rows, n_perm: int = 1000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     perms = np.argsort(rng.random((n_perm, n)), axis=1)   # n_perm uniform permutations
     null = (pred[None, :] == key[perms]).mean(axis=1)
+    lo, hi = percentile_interval(null)
     return {"n": n, "observed": observed, "expected": expected,
-            "lo95": float(np.quantile(null, 0.025)), "hi95": float(np.quantile(null, 0.975)),
+            "lo95": float(lo), "hi95": float(hi),
             "p_above": float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm))}
 
 
@@ -289,19 +291,6 @@ def knowledge_nulls(rows_by_checkpoint, n_answers: int | None = None, split: str
 
 
 # ------------------------------------------------------------------ per-fact agreement
-
-
-def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = 1.96):
-    """Newcombe's hybrid score interval (his method 10) for p1 - p2 of two independent
-    proportions, from the two Wilson intervals; (None, None) when either n is 0."""
-    if n1 == 0 or n2 == 0:
-        return None, None
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1, z)
-    l2, u2 = wilson_interval(k2, n2, z)
-    d = p1 - p2
-    return (d - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5,
-            d + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5)
 
 
 def _spearman(x, y):
@@ -399,8 +388,8 @@ def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
         block = np.concatenate([np.full(len(v), i) for i, v in enumerate(strata.values())])
         perms = np.argsort(rng.random((n_perm, len(wrong))) + 2.0 * block[None, :], axis=1)
         null = (pa[None, :] == pb[perms]).mean(axis=1)
-        same.update(null_mean=float(null.mean()), null_lo95=float(np.quantile(null, 0.025)),
-                    null_hi95=float(np.quantile(null, 0.975)),
+        nlo, nhi = percentile_interval(null)
+        same.update(null_mean=float(null.mean()), null_lo95=float(nlo), null_hi95=float(nhi),
                     p_value=float((1 + np.sum(null >= observed / len(wrong) - 1e-12)) / (1 + n_perm)))
     return same
 
@@ -419,9 +408,9 @@ def _spearman_boot(la, lb, n_boot: int, rng) -> dict:
         den = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
         ok = den > 0                                            # a constant resample has no rho
         boot = (rx * ry).sum(1)[ok] / den[ok]
-    return {"rho": rho, "n": len(la),
-            "lo95": float(np.quantile(boot, 0.025)) if boot.size else None,
-            "hi95": float(np.quantile(boot, 0.975)) if boot.size else None}
+    lo, hi = percentile_interval(boot) if boot.size else (None, None)
+    return {"rho": rho, "n": len(la), "lo95": None if lo is None else float(lo),
+            "hi95": None if hi is None else float(hi)}
 
 
 def agreement_table(rows_by_checkpoint, primary: str, classes_sets=None, keys=TAUGHT_KEYS,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
+from babeltower.analysis.statistics import Estimate
 from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.corpus.shards import TokenShards
@@ -228,35 +229,20 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
             "doc_bytes": np.array([d.n_bytes for d in docs], dtype=np.float64)}
 
 
-def bootstrap_ci(doc_nats, doc_units, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of sum(nats)/sum(units) over documents resampled with replacement.
-
-    Documents, not tokens, are the independent units (tokens of one file are correlated),
-    so the interval says how much the number would move with another held-out sample.
-    """
-    n = len(doc_nats)
-    if n < 2:
-        v = float(doc_nats.sum() / doc_units.sum()) if n else float("nan")
-        return v, v
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    ratios = doc_nats[idx].sum(1) / np.maximum(doc_units[idx].sum(1), 1e-12)
-    a = (1 - level) / 2
-    return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
-
-
 def loss_row(stats: dict) -> dict:
-    """Point estimates and document-bootstrap 95% intervals (loss and bits-per-byte)."""
+    """Point estimates with document-bootstrap 95% intervals (loss and bits-per-byte) and
+    the bpb's standard error (the replicates' sd): documents, not tokens, are the
+    independent units (tokens of one file are correlated), so the interval says how much
+    the number would move with another held-out sample."""
     t, b = stats["tokens"], stats["bytes"]
     row = {k: v for k, v in stats.items() if not k.startswith("doc_")}
     row["loss"] = stats["nats"] / t if t else float("nan")
     row["bits_per_byte"] = stats["nats"] / LN2 / b if b else float("nan")
     if "doc_nats" in stats:
-        lo, hi = bootstrap_ci(stats["doc_nats"], stats["doc_tokens"])
-        row["loss_lo95"], row["loss_hi95"] = lo, hi
-        lo, hi = bootstrap_ci(stats["doc_nats"] / LN2, stats["doc_bytes"])
-        row["bpb_lo95"], row["bpb_hi95"] = lo, hi
+        loss = Estimate.ratio_bootstrap(stats["doc_nats"], stats["doc_tokens"])
+        row["loss_lo95"], row["loss_hi95"] = loss.lo, loss.hi
+        bpb = Estimate.ratio_bootstrap(stats["doc_nats"] / LN2, stats["doc_bytes"])
+        row["bpb_lo95"], row["bpb_hi95"], row["bpb_se"] = bpb.lo, bpb.hi, bpb.se
     return row
 
 

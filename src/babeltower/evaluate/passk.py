@@ -44,6 +44,7 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from babeltower.analysis.statistics import percentile_interval
 from babeltower.checkpoints import list_checkpoints
 from babeltower.errors import BabelError
 from babeltower.evaluate.execute import run_program
@@ -302,8 +303,7 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
         if complete:  # bootstrap over problems: how much another problem sample would move it
             v = np.asarray(vals)
             boots = v[rng.integers(0, len(v), size=(1000, len(v)))].mean(1)
-            summary[f"pass@{k}_ci95"] = [float(np.quantile(boots, 0.025)),
-                                         float(np.quantile(boots, 0.975))]
+            summary[f"pass@{k}_ci95"] = [float(b) for b in percentile_interval(boots)]
     summary["solved"] = sum(r["correct"] > 0 for r in per_problem)
     summary["statuses"] = dict(Counter(r["status"] for r in rows))
     # what the programs really ran under: one line each, with how many samples

@@ -106,16 +106,16 @@ class _Loss:
     def measure(self, model, tokenizer, ref) -> list[dict]:
         lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False,
                                     per_document=True)
-        # the document bootstrap's 95% interval as a standard error (the binomial-era
-        # stage test's noise); the per-document bits are the paired items of the
-        # item-level test (the same documents at every checkpoint)
+        # the document bootstrap's standard error (the Gaussian stage test's noise); the
+        # per-document bits are the paired items of the item-level test (the same
+        # documents at every checkpoint)
         return [{"loss": {r["language"]: r["loss"] for r in lrows},
                  "doc_bits": {r["language"]: [round(v / LN2, 4) for v in r["doc_nats"]]
                               for r in lrows},
                  "doc_bytes": {r["language"]: r["doc_bytes"] for r in lrows},
                  "bpb": {r["language"]: r["bits_per_byte"] for r in lrows},
-                 "bpb_se": {r["language"]: (r["bpb_hi95"] - r["bpb_lo95"]) / (2 * 1.96)
-                            for r in lrows if r.get("bpb_hi95") is not None},
+                 "bpb_se": {r["language"]: r["bpb_se"] for r in lrows
+                            if r.get("bpb_se") is not None},
                  "eval_documents": {lang: len(ds) for lang, ds in self.docs.items()},
                  "eval_tokens": {lang: int(sum(d.tokens.size for d in ds))
                                  for lang, ds in self.docs.items()}}]

@@ -45,6 +45,7 @@ from scipy.optimize import curve_fit
 
 from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, StageResult,
                                         detect_stages)
+from babeltower.analysis.statistics import pearson
 from babeltower.errors import BabelError
 from babeltower.io import read_text_file
 from babeltower.languages import canonical
@@ -446,12 +447,6 @@ class CalibrationTable:
                 "rows": self.rows.to_dict(orient="records")}
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def calibration_table(cpt_curve: CPTCurve, measured_share: Sequence[float] | dict,
                       beta: str = "fit_exp", beta_k: int = 3,
                       beta_tail_from: float | None = None) -> CalibrationTable:
@@ -482,7 +477,7 @@ def calibration_table(cpt_curve: CPTCurve, measured_share: Sequence[float] | dic
     rows = pd.DataFrame({"tokens": c.tokens[keep], "loss": c.loss[keep], "p_loss": p,
                          "measured_share": meas})
     rank = lambda v: pd.Series(v).rank().to_numpy()  # noqa: E731
-    return CalibrationTable(rows, _corr(p, meas), _corr(rank(p), rank(meas)),
+    return CalibrationTable(rows, pearson(p, meas), pearson(rank(p), rank(meas)),
                             float(np.sqrt(np.mean((p - meas) ** 2))), a, b)
 
 
