@@ -96,7 +96,8 @@ class Estimate:
     ``kind``: ``binomial`` (``n`` independent trials: se = sqrt(p(1-p)/n), Wilson
     interval), ``bootstrap`` (``n`` resampled units - documents, prompts: se = the
     replicates' sd, percentile interval) or ``seeds`` (``n`` runs: se = sd/sqrt(n),
-    t-interval). ``noise()`` turns it into the stage test's noise model."""
+    t-interval). The stage test's noise models take an Estimate's ``n`` (binomial
+    trials) or ``se`` (Gaussian) per checkpoint (``analysis.stages``)."""
 
     value: float
     se: float | None
