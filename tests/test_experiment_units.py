@@ -156,7 +156,7 @@ def test_answer_says_nothing_to_compare_when_optimized_is_natural():
     """A difference of exactly 0 between the same runs is no finding: the report's answer
     says the corpora are identical instead of 'not established'; with separate runs it
     reports the Holm-corrected difference."""
-    from babeltower.report.study import answer_section
+    from babeltower.report.sections import answer_section
 
     def row(mixture, diff=0.0, p=None):
         return {"mixture": mixture, "language": "mean", "measure": "bpb", "mean": 3.0 + diff,
