@@ -47,10 +47,10 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from babeltower.analysis.statistics import percentile_interval
 from babeltower.checkpoints import list_checkpoints
 from babeltower.errors import BabelError
-from babeltower.evaluate.execute import run_program
+from babeltower.sandbox.execute import run_program
 from babeltower.evaluate.humaneval import load_humaneval
 from babeltower.evaluate.problems import load_problems
-from babeltower.evaluate.sandbox import isolation_line
+from babeltower.sandbox.run import isolation_line
 from babeltower.io import (PartialRows, atomic_dir, atomic_write_json, atomic_write_text,
                            provenance, sha256_json)
 from babeltower.languages import canonical
