@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from babeltower.architectures import blocks as model_blocks
-from babeltower.checkpoints import convert_gguf, list_checkpoints, quiet_hf, verify_checkpoint
+from babeltower.checkpoints import convert_gguf, last_checkpoint, quiet_hf, verify_checkpoint
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, provenance
@@ -197,7 +197,7 @@ def build_model(config: TrainConfig, shards: TokenShards):
 
     torch.manual_seed(config.seed)
     if config.init_from:
-        ref = list_checkpoints(config.init_from)[-1]   # a run dir: its last checkpoint
+        ref = last_checkpoint(config.init_from)   # a run dir: its last checkpoint
         kw = {}
         if ref.gguf_file:
             path = convert_gguf(Path(ref.path) / ref.gguf_file)
