@@ -37,6 +37,7 @@ from typing import Mapping
 
 from babeltower.analysis.statistics import (newcombe_interval, percentile_interval,
                                             wilson_interval)
+from babeltower.batching import pad_batch
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.knowledge import TAUGHT_CLASSES, encode_queries, load_facts
 from babeltower.errors import BabelError
@@ -95,12 +96,8 @@ def knowledge_items(model, tokenizer, facts, batch_size: int = 32,
     out: dict[int, dict] = {}
     for b in range(0, len(by_len), batch_size):
         idx = by_len[b:b + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        inp = torch.zeros((len(idx), T), dtype=torch.long)
-        att = torch.zeros((len(idx), T), dtype=torch.long)
-        for r, i in enumerate(idx):  # right padding: positions of real tokens unchanged
-            inp[r, :len(prompts[i])] = torch.tensor(prompts[i])
-            att[r, :len(prompts[i])] = 1
+        # right padding: positions of real tokens unchanged
+        inp, att = pad_batch([prompts[i] for i in idx], 0, "right")
         ends = att.sum(1) - 1
         with torch.inference_mode():
             last = _last_logits(model, inp.to(device), att.to(device), ends.to(device)).float().cpu()

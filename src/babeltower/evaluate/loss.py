@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from babeltower.analysis.statistics import Estimate
+from babeltower.batching import pad_batch
 from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.corpus.shards import TokenShards
@@ -198,16 +199,12 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
         bs = max(1, min(batch_size, max_logits_elements // max(1, longest * vocab)))
         batch = items[i:i + bs]
         i += bs
-        T = longest
-        inp = torch.zeros((len(batch), T), dtype=torch.long)
-        lab = torch.full((len(batch), T), -100, dtype=torch.long)
-        att = torch.zeros((len(batch), T), dtype=torch.long)
+        inp, att = pad_batch([np.asarray(ids[:-1], dtype=np.int64) for ids, _, _ in batch], 0,
+                             "right")
+        lab = torch.full(inp.shape, -100, dtype=torch.long)
         for r, (ids, new, _) in enumerate(batch):
-            L = len(ids) - 1
-            t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-            inp[r, :L] = t[:-1]
-            att[r, :L] = 1
-            lab[r, L - new:L] = t[1:][L - new:]
+            L = len(ids) - 1      # only the window's new tokens are scored
+            lab[r, L - new:L] = torch.as_tensor(np.asarray(ids[1:], dtype=np.int64)[L - new:])
         with torch.no_grad():
             logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
             # flattened (B*T, V): the class dimension contiguous is ~3x faster on CPU

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from babeltower.batching import pad_batch
 from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
@@ -179,24 +180,6 @@ class LogitLens:
 
 
 # --------------------------------------------------------------------------- batching
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
-    """(input_ids, attention_mask) tensors for a list of token id lists."""
-    import torch
-
-    if side not in ("left", "right"):
-        raise BabelError(f"padding side must be 'left' or 'right', not {side!r}")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "left":
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        else:
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def _pad_id(tokenizer) -> int:
