@@ -54,14 +54,14 @@ from typing import Callable, Sequence
 from babeltower.batching import pad_batch
 from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+from babeltower.io import atomic_write_bytes, atomic_write_json, provenance, refuse_existing
 from babeltower.checkpoints import convert_gguf
 from babeltower.probes.lens_controls import (CONTROL_MEASURES, CONTROLS, lens_controls,
                                              lens_controls_summary)
 from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
-from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes,
                                run_series, state_dir_for, write_outputs)
 
 #: measures that need the full-vocabulary distribution at every layer (argmax, probabilities)
