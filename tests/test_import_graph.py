@@ -196,8 +196,9 @@ def _interval_uses(mods: dict[str, Path]) -> list[str]:
                 name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
                 if name not in INTERVAL_CALLS or (mod, name) in NOT_INTERVALS:
                     continue
-            elif isinstance(node, ast.Constant) and node.value == 1.96:
-                name = "1.96"
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, float)
+                  and abs(node.value - 1.96) < 1e-3):
+                name = str(node.value)     # z of a 95% interval, however rounded
             else:
                 continue
             found.append(f"{mod}:{node.lineno} {name}")

@@ -64,6 +64,12 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, level: float = 0.95
             d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
+def normal_interval(value: float, se: float, level: float = 0.95) -> tuple[float, float]:
+    """value -/+ z * se (a Wald interval from a standard error)."""
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return value - z * se, value + z * se
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t interval of independent values (e.g. one per seed; wide for 2
     seeds - honestly so). None and non-finite values are dropped; NaN bounds below 2."""

@@ -25,7 +25,9 @@ from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.experiment.items import (across_seeds, bpb_series, knowledge_rows,
                                          knowledge_series)
-from babeltower.mixture.optimize import Algorithm1Options, CPTCurve, algorithm1, calibration_table
+from babeltower.mixture.calibration import calibration_table
+from babeltower.mixture.curves import CPTCurve
+from babeltower.mixture.optimize import Algorithm1Options, algorithm1
 
 
 # ------------------------------------------------------------------- per-checkpoint curves

@@ -126,7 +126,8 @@ def optimize_command(
 ) -> None:
     """Algorithm 1: down-sample each new language to its best CPT stage; write YAML + JSON."""
     from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import Algorithm1Options, algorithm1, read_cpt_runs
+    from babeltower.mixture.curves import read_cpt_runs
+    from babeltower.mixture.optimize import Algorithm1Options, algorithm1
 
     json_out = out.with_suffix(".json")
     refuse_existing(out, overwrite)
@@ -180,7 +181,7 @@ def stages_detect_command(
 
     from babeltower.analysis.stages import StageOptions, detect_stages
     from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import read_cpt_runs
+    from babeltower.mixture.curves import read_cpt_runs
 
     if out is not None:
         refuse_existing(out, overwrite)
