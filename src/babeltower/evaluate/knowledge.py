@@ -38,10 +38,10 @@ from typing import Mapping
 from babeltower.analysis.statistics import (newcombe_interval, percentile_interval,
                                             wilson_interval)
 from babeltower.batching import pad_batch
-from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.knowledge import TAUGHT_CLASSES, encode_queries, load_facts
 from babeltower.errors import BabelError
-from babeltower.io import PartialRows, atomic_write_json, provenance
+from babeltower.io import atomic_write_json, provenance
+from babeltower.series import SeriesOptions, run_series, state_dir_for
 
 ROW_KEYS = ("query", "fact", "class", "target", "key", "language", "side", "form", "split")
 # one row per query (``knowledge_items``); a stable schema, documented in docs/knowledge.md
@@ -449,42 +449,64 @@ def knowledge_summary(rows, n_answers: int, primary: str, agreement: bool = True
     return out
 
 
+class KnowledgeMeasure:
+    """Knowledge items as a series measure (``babeltower.series``): one row per held-out
+    query (``knowledge_items``). ``queries``: score only these ids, except at checkpoints
+    named in ``everything_at`` (every query there)."""
+
+    name = "knowledge"
+
+    def __init__(self, facts, batch_size: int = 32, split: str | None = None, eos: bool = True,
+                 queries: set[str] | None = None, everything_at=frozenset()):
+        self.facts = _as_facts(facts)
+        self.batch_size, self.split, self.eos = batch_size, split, eos
+        self.queries, self.everything_at = queries, set(everything_at)
+
+    def config(self) -> dict:
+        return {"facts": self.facts.get("config_sha256"), "split": self.split, "eos": self.eos,
+                "queries": None if self.queries is None else len(self.queries),
+                "everything_at": sorted(self.everything_at)}
+
+    def data_hashes(self) -> dict:
+        return {"facts": self.facts.get("config_sha256")}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        scope = None if ref.name in self.everything_at else self.queries
+        return knowledge_items(model, tokenizer, self.facts, self.batch_size, self.split,
+                               eos=self.eos, queries=scope)
+
+
 def evaluate_knowledge_series(source: str | os.PathLike, facts, out=None,
                               batch_size: int = 32, split: str | None = None,
-                              progress: bool = True, eos: bool = True) -> dict:
+                              progress: bool = True, eos: bool = True,
+                              series: SeriesOptions | None = None) -> dict:
     """Items, curves (per key, and per key x form), transfer shares, nulls and per-fact
-    agreement for every checkpoint of ``source``.
+    agreement for every checkpoint of ``source`` (``KnowledgeMeasure`` through
+    ``run_series``: one load per checkpoint, torchrun-split, resumable).
 
     With ``out`` (JSON): all of them + provenance; a rerun resumes past checkpoints already
-    in ``<out>.partial.jsonl``. Returns {"items", "curves", "form_curves", "shares",
-    "nulls"} (DataFrames) and "agreement" (a list of dicts).
+    in ``<out>.partial/``. Returns {"items", "curves", "form_curves", "shares", "nulls"}
+    (DataFrames) and "agreement" (a list of dicts).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    fobj = _as_facts(facts)
-    refs = list_checkpoints(source)
-    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
-    done = partial.done
-    series: list[tuple[str, int | None, list[dict]]] = []
-    for ref in tqdm(refs, desc="knowledge", unit="ckpt", disable=not progress):
-        if ref.name in done and all(r.get("eos") == eos for r in done[ref.name]):
-            rows = done[ref.name]
-        else:
-            model, tok = ref.load()
-            rows = [{"checkpoint": ref.name, "step": ref.step, **r}
-                    for r in knowledge_items(model, tok, fobj, batch_size, split, eos=eos)]
-            partial.append(rows)
-        series.append((ref.name, ref.step, rows))
+    measure = KnowledgeMeasure(facts, batch_size, split, eos)
+    fobj = measure.facts
+    res = run_series(source, [measure], state=state_dir_for(out),
+                     options=series or SeriesOptions(progress=progress))
+    by_ckpt: dict[str, list[dict]] = {}
+    for r in res.rows["knowledge"]:
+        by_ckpt.setdefault(r["checkpoint"], []).append(r)
+    series_rows = [(ref.name, ref.step, by_ckpt.get(ref.name, [])) for ref in res.refs]
     n_answers = len(fobj["answers"])
     primary = fobj["config"]["primary"]
-    result = {"items": pd.DataFrame([r for _, _, rows in series for r in rows]),
-              "curves": knowledge_curves(series, n_answers, by=CURVE_BY),
-              "form_curves": knowledge_curves(series, n_answers, by=CURVE_BY + ("form",)),
-              "shares": transfer_shares(series),
-              "nulls": knowledge_nulls(series, n_answers)}
-    agreement = agreement_table(series, primary)
-    if out is not None:
+    result = {"items": pd.DataFrame([r for _, _, rows in series_rows for r in rows]),
+              "curves": knowledge_curves(series_rows, n_answers, by=CURVE_BY),
+              "form_curves": knowledge_curves(series_rows, n_answers, by=CURVE_BY + ("form",)),
+              "shares": transfer_shares(series_rows),
+              "nulls": knowledge_nulls(series_rows, n_answers)}
+    agreement = agreement_table(series_rows, primary)
+    if out is not None and res.is_writer:
         atomic_write_json(out, {
             "metric": "top-1 among the answer set after held-out knowledge queries",
             "chance": 1 / n_answers, "row_schema": list(ROW_SCHEMA),
@@ -492,8 +514,9 @@ def evaluate_knowledge_series(source: str | os.PathLike, facts, out=None,
             "agreement": agreement,
             "provenance": provenance(source=str(source), config={
                 "batch_size": batch_size, "split": split, "eos": eos,
-                "facts_config_sha256": fobj.get("config_sha256")}),
+                "facts_config_sha256": fobj.get("config_sha256")},
+                weights_sha256=res.weights),
         })
-        partial.close()
+        res.close()
     result["agreement"] = agreement
     return result

@@ -30,7 +30,7 @@ import numpy as np
 
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.shards import TokenShards
-from babeltower.evaluate.knowledge import knowledge_curves, knowledge_items, transfer_shares
+from babeltower.evaluate.knowledge import KnowledgeMeasure, knowledge_curves, transfer_shares
 from babeltower.evaluate.loss import LN2, LossConfig, documents_from_shards, evaluate_model_loss
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
@@ -197,16 +197,16 @@ class _Knowledge:
     def __init__(self, facts: dict, split: str, scope: set[str] | None = None,
                  everything_at: set[str] = frozenset()):
         self.facts, self.split = facts, split
-        self.scope, self.everything_at = scope, set(everything_at)
+        self.scope = scope
+        self.items = KnowledgeMeasure(facts, batch_size=128, split=split, queries=scope,
+                                      everything_at=everything_at)
 
     def config(self) -> dict:
         return {"facts": self.facts.get("config_sha256"), "split": self.split,
                 "scope": None if self.scope is None else len(self.scope)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        scope = None if ref.name in self.everything_at else self.scope
-        items = knowledge_items(model, tokenizer, self.facts, batch_size=128, split=self.split,
-                                queries=scope)
+        items = self.items.measure(model, tokenizer, ref)
         series = [(ref.name, ref.step, items)]
         # every item's outcome at this checkpoint, in a fixed order (``knowledge_order``):
         # the item-level stage test and the per-fact agreement are computed from these
