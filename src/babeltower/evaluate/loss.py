@@ -355,9 +355,9 @@ class LossMeasure:
     name = "loss"
 
     def __init__(self, cfg: LossConfig, shard_docs: dict | None, eos: int | None, text,
-                 data_hashes: dict, progress: bool = False):
+                 data_hashes: dict, progress: bool = False, per_document: bool = False):
         self.cfg, self.shard_docs, self.eos, self.text = cfg, shard_docs, eos, text
-        self.hashes, self.progress = data_hashes, progress
+        self.hashes, self.progress, self.per_document = data_hashes, progress, per_document
         self.walked = walk_loss_text(text, cfg.languages) if text is not None else None
 
     def config(self) -> dict:
@@ -379,4 +379,4 @@ class LossMeasure:
             prefix = _prefix_id(tokenizer, None)
         meta = {"tokens_seen": getattr(ref, "tokens", None)}
         return [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, self.cfg,
-                                                           self.progress)]
+                                                           self.progress, self.per_document)]

@@ -31,7 +31,7 @@ import numpy as np
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.shards import TokenShards
 from babeltower.evaluate.knowledge import KnowledgeMeasure, knowledge_curves, transfer_shares
-from babeltower.evaluate.loss import LN2, LossConfig, documents_from_shards, evaluate_model_loss
+from babeltower.evaluate.loss import LN2, LossConfig, LossMeasure, documents_from_shards
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
 from babeltower.probes.lens_controls import MARGIN_COLUMNS
@@ -99,13 +99,13 @@ class _Loss:
 
     def __init__(self, docs, eos: int, cfg, name: str = "loss"):
         self.docs, self.eos, self.cfg, self.name = docs, eos, cfg, name
+        self.loss = LossMeasure(cfg, docs, eos, text=None, data_hashes={}, per_document=True)
 
     def config(self) -> dict:
         return {**self.cfg.model_dump(mode="json"), "languages": sorted(self.docs)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False,
-                                    per_document=True)
+        lrows = self.loss.measure(model, tokenizer, ref)
         # the document bootstrap's standard error (the Gaussian stage test's noise); the
         # per-document bits are the paired items of the item-level test (the same
         # documents at every checkpoint)
