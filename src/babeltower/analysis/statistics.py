@@ -31,9 +31,16 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 KINDS = ("binomial", "bootstrap", "seeds")
+
+
+def _stats():
+    """scipy.stats, imported on first use: the measures that only need an interval of
+    replicates (pass@k, the sandbox's callers) must not pull scipy in."""
+    from scipy import stats
+
+    return stats
 Z95 = 1.96   # the conventional rounding: intervals stay identical to earlier results
 
 
@@ -42,7 +49,7 @@ def wilson_interval(k: int, n: int, level: float = 0.95
     """Wilson score interval of k successes in n trials ((None, None) for n = 0)."""
     if n == 0:
         return None, None
-    z = Z95 if level == 0.95 else float(stats.norm.ppf(0.5 + level / 2))
+    z = Z95 if level == 0.95 else float(_stats().norm.ppf(0.5 + level / 2))
     p = k / n
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
@@ -66,7 +73,7 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, level: float = 0.95
 
 def normal_interval(value: float, se: float, level: float = 0.95) -> tuple[float, float]:
     """value -/+ z * se (a Wald interval from a standard error)."""
-    z = float(stats.norm.ppf(0.5 + level / 2))
+    z = float(_stats().norm.ppf(0.5 + level / 2))
     return value - z * se, value + z * se
 
 
@@ -79,13 +86,13 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     m = float(v.mean())
     if v.size < 2:
         return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    half = float(_stats().t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     return m, m - half, m + half
 
 
 def t_half_widths(sd: np.ndarray, n: int, level: float = 0.95) -> np.ndarray:
     """Half-widths of Student-t intervals of means of n values with sample sd ``sd``."""
-    return stats.t.ppf(0.5 + level / 2, n - 1) * np.asarray(sd) / math.sqrt(n)
+    return _stats().t.ppf(0.5 + level / 2, n - 1) * np.asarray(sd) / math.sqrt(n)
 
 
 def percentile_interval(replicates, level: float = 0.95, axis=None):
@@ -217,8 +224,8 @@ def paired_t(diffs: Sequence[float], level: float = 0.95, family_size: int = 1) 
         return out
     se = sd / math.sqrt(d.size)
     t = out["mean"] / se
-    out["p"] = float(2 * stats.t.sf(abs(t), d.size - 1))
-    half = float(stats.t.ppf(0.5 + out["level"] / 2, d.size - 1) * se)
+    out["p"] = float(2 * _stats().t.sf(abs(t), d.size - 1))
+    half = float(_stats().t.ppf(0.5 + out["level"] / 2, d.size - 1) * se)
     out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
     return out
 
@@ -235,7 +242,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
     if len(a) < 3:
         return None, None
     r = pearson(a, b)
-    return (None, None) if r is None else (r, float(stats.spearmanr(a, b).statistic))
+    return (None, None) if r is None else (r, float(_stats().spearmanr(a, b).statistic))
 
 
 def fisher_interval(r: float | None, n: int, level: float = 0.95) -> list[float] | None:
@@ -243,7 +250,7 @@ def fisher_interval(r: float | None, n: int, level: float = 0.95) -> list[float]
     checkpoints of one run are not, so it is optimistic)."""
     if r is None or n < 4 or abs(r) >= 1:
         return None
-    z, half = math.atanh(r), stats.norm.ppf(0.5 + level / 2) / math.sqrt(n - 3)
+    z, half = math.atanh(r), _stats().norm.ppf(0.5 + level / 2) / math.sqrt(n - 3)
     return [math.tanh(z - half), math.tanh(z + half)]
 
 
