@@ -100,7 +100,7 @@ def test_every_checkpoint_row_key_is_declared_in_checkpoint_row(experiment, know
     from babeltower.results import CheckpointRow
 
     declared = set(CheckpointRow.__annotations__)
-    for work in (experiment[0], knowledge_experiment[0]):
+    for work in (experiment[0], knowledge_experiment):
         rows = list(_checkpoint_rows(json.loads((work / "results.json").read_text())))
         assert rows
         written = set().union(*rows)
