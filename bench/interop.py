@@ -53,11 +53,12 @@ def _transformer_lens(d: Path, ids, want, lens_logits) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        import transformer_lens
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as e:
         return {"opened": False, "error": f"transformer-lens not importable here: {e}"}
-    out: dict = {"transformer_lens": transformer_lens.__version__}
+    from importlib.metadata import version
+
+    out: dict = {"transformer_lens": version("transformer-lens")}
     t = time.perf_counter()
     try:
         # TransformerLens switches the model it wraps to eager attention: its own copy
