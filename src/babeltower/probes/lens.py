@@ -189,8 +189,6 @@ class LogitLens:
     def decode(self, states):
         """Logits for stacked states (n_layers + 1, ...): the norm is applied to every layer
         but the last, whose HF hidden state already went through the final norm."""
-        import torch
-
         return self.logits(self.normed(states))
 
     def layer_logits(self, input_ids, attention_mask=None, positions=None):
