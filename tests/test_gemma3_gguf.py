@@ -125,6 +125,27 @@ def test_lens_last_layer_is_the_gguf_models_own_logits(gemma, checked):
     assert agree >= 0.85 and agree > ((first.value > 0) == (first.side == "new")).mean()
 
 
+def test_cloze_agrees_with_the_reference(gemma, checked):
+    """``eval cloze`` (the model's own forward, right-padded, whole identifiers) against
+    the reference logits at each prompt's last position: top-1 and the first-token duel."""
+    from babeltower.evaluate.cloze import evaluate_cloze
+
+    _, per_item = evaluate_cloze(gemma.model, gemma.tok, [checked.suite], items=True)
+    assert len(per_item) == len(checked.items) + len(checked.shared)
+    own = dict(zip(map(tuple, gemma.reference["prompts"]), gemma.reference["last_logits"]))
+    for it in checked.items:
+        row = per_item[(per_item.prompt == it.prompt) & (per_item.side == it.side)
+                       & (per_item.pair_id == it.pair_id)].iloc[0]
+        logits = own[tuple(it.prompt_ids)]
+        target = logits[it.target_first_id]
+        eps = 1e-3            # our float32 path is within ~3e-4 of the reference's logits
+        assert row["top1"] == (int(logits.argmax()) == it.target_first_id)
+        if abs(target - logits[it.counterpart_first_id]) > eps:
+            assert row["beats_counterpart"] == bool(target > logits[it.counterpart_first_id])
+        assert int((logits > target + eps).sum()) <= row["rank_first"] \
+            <= int((logits > target - eps).sum())
+
+
 def _count_gate_positives(model, sink: list):
     """Independent count: GELU-tanh(x) > 0 exactly when x > 0, so count gate_proj's
     outputs > 0 (another module than the act_fn output that LAPE reads)."""
