@@ -2,7 +2,7 @@
 package, through babeltower's own path (``gemma3_gguf()`` joins the package's chunks ->
 ``list_checkpoints(.gguf)`` -> ``convert_gguf`` -> load), then the logit lens (prefix
 trees, the sliding window carried; full and gathered rows of the 262k vocabulary), LAPE's
-hooks and held-out loss on real code.
+hooks, cloze and held-out loss on real code.
 
 The reference is transformers' own load of the GGUF file (not our conversion): every
 tensor's sha256, the last-position logits of the probe prompts and the loss of a stdlib
@@ -12,7 +12,7 @@ element by element), and so does each step of the conversion, so the join and th
 conversion are made there once too, into the cache every user of ``gemma3_gguf()`` gets
 (``$BABELTOWER_CACHE``, default ``~/.cache/babeltower``). A missing package or
 reference is a failure, never a skip; the test loads the converted model (~3 s) and
-takes ~25 s in all.
+takes 34-52 s in all on the shared 2-core machine.
 """
 
 from __future__ import annotations
