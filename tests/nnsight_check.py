@@ -1,13 +1,15 @@
 """Run INSIDE an nnsight environment (see ``nnsight_env.py``), not by pytest: open one
 checkpoint directory with nnsight and compare a trace's logits with transformers' own.
 
-    ENV/bin/python tests/nnsight_check.py CKPT_DIR TEXT
+    ENV/bin/python tests/nnsight_check.py CKPT_DIR TEXT [LOGITS.npy]
 
 Prints one JSON object: the versions, whether the plain ``LanguageModel(CKPT_DIR)`` opened
 it (or its error), the token ids nnsight's tokenizer gives TEXT, the largest |logit
 difference| between the traced ``lm.output.logits`` and ``AutoModelForCausalLM`` on the
 same ids, and whether the documented recipe (``tokenizer=`` passed explicitly) was
-needed. Exits 1 if neither way opens the checkpoint.
+needed. With LOGITS.npy, the traced logits are also written there (float32), so a
+caller in another environment can compare them with its own (bench/interop.py). Exits 1
+if neither way opens the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import sys
 
 
-def main(ckpt: str, text: str) -> int:
+def main(ckpt: str, text: str, logits_out: str | None = None) -> int:
     import nnsight
     import torch
     import transformers
@@ -51,9 +53,13 @@ def main(ckpt: str, text: str) -> int:
     out["shape"] = list(got.shape)
     out["max_abs_logit_diff"] = float((got - want).abs().max())
     out["logit_scale"] = float(want.abs().max())
+    if logits_out:
+        import numpy as np
+
+        np.save(logits_out, got.float().numpy())
     print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:4]))

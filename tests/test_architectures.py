@@ -24,6 +24,12 @@ CONFIGS: dict[str, tuple[dict, int]] = {
                                     "smollm3", "phi3")},
     "stablelm": ({**_LLAMA_KW, "num_key_value_heads": 4}, 48),
     "gemma": ({**_LLAMA_KW, "head_dim": 8}, 48),
+    # as Gemma 3 270M: one KV head, tied embeddings, a sliding-window layer before a global
+    # one; a window of 4 tokens, shorter than the test prompts (the tree tests need both)
+    "gemma3_text": ({**_LLAMA_KW, "head_dim": 8, "num_key_value_heads": 1,
+                     "tie_word_embeddings": True, "query_pre_attn_scalar": 8,
+                     "sliding_window": 4,
+                     "layer_types": ["sliding_attention", "full_attention"]}, 48),
     "starcoder2": (_LLAMA_KW, 48),
     "phi": ({k: v for k, v in _LLAMA_KW.items() if k != "num_key_value_heads"}, 48),
     "mixtral": ({**_LLAMA_KW, "num_local_experts": 2, "num_experts_per_tok": 1}, 0),

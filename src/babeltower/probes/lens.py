@@ -58,7 +58,7 @@ from babeltower.io import atomic_write_bytes, atomic_write_json, provenance, ref
 from babeltower.checkpoints import convert_gguf
 from babeltower.probes.lens_controls import (CONTROL_MEASURES, CONTROLS, lens_controls,
                                              lens_controls_summary)
-from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
+from babeltower.probes.prefix_tree import build_tree, tree_batches, tree_inputs, tree_refusal
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
 from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes,
@@ -101,6 +101,10 @@ class LogitLens:
         self.model = model
         self.norm = final_norm(model)
         self.unembed = unembedding(model)
+        # Gemma 2/3 configs may squash the output logits (cap * tanh(logits / cap)); the
+        # lens applies the same to every layer so its last layer is the model's logits
+        # (None for Gemma 3 270M and every other architecture in the table)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.n_layers = int(model.config.num_hidden_layers)
         self.decoder = model.base_model
 
@@ -109,11 +113,12 @@ class LogitLens:
         (batch, seq, hidden), the last one already through the final norm (HF). They are
         inference tensors (read them, copy them with ``.clone()`` to modify in place).
         ``attention_mask`` is a 2D padding mask, or a 4D additive mask (a prefix tree's,
-        see ``prefix_tree``) with its ``position_ids``."""
+        see ``prefix_tree``; for decoders with sliding-window layers a dict of them per
+        layer type, ``prefix_tree.tree_inputs``) with its ``position_ids``."""
         import torch
 
         if position_ids is None:
-            if attention_mask.dim() != 2:
+            if isinstance(attention_mask, dict) or attention_mask.dim() != 2:
                 raise BabelError("a 4D attention mask needs its position_ids")
             position_ids = position_ids_for(attention_mask)
 
@@ -164,15 +169,28 @@ class LogitLens:
             out = self.normed(states) @ weight[idx].T
             if self.unembed.bias is not None:
                 out = out + self.unembed.bias[idx]
-            return out
+            return self.capped(out)
+
+    def capped(self, logits):
+        """The model's final-logit soft-capping, elementwise (so it commutes with taking
+        rows); the logits unchanged where the config sets none."""
+        import torch
+
+        if not self.softcap:
+            return logits
+        return torch.tanh(logits / self.softcap) * self.softcap
+
+    def logits(self, normed_states):
+        """Unembedding (+ soft-capping) of states that already went through the final norm."""
+        import torch
+
+        with torch.inference_mode():
+            return self.capped(self.unembed(normed_states))
 
     def decode(self, states):
         """Logits for stacked states (n_layers + 1, ...): the norm is applied to every layer
         but the last, whose HF hidden state already went through the final norm."""
-        import torch
-
-        with torch.inference_mode():
-            return self.unembed(self.normed(states))
+        return self.logits(self.normed(states))
 
     def layer_logits(self, input_ids, attention_mask=None, positions=None):
         """(n_layers + 1, batch, vocab) logits at ``positions`` (default: last real token)."""
@@ -210,7 +228,7 @@ def sequence_logprobs(model, contexts: Sequence[Sequence[int]],
                              position_ids=position_ids_for(mask), use_cache=False)[0]
             for j, i in enumerate(idx):
                 c, t = len(contexts[i]), list(continuations[i])
-                logits = lens.unembed(h[j, c - 1:c - 1 + len(t)])
+                logits = lens.logits(h[j, c - 1:c - 1 + len(t)])
                 lp = torch.log_softmax(logits.float(), dim=-1)
                 out[i] = float(lp[torch.arange(len(t)), torch.tensor(t)].sum())
     return out
@@ -313,7 +331,7 @@ def _sequence_scores(lens: LogitLens, last_hidden, chunk: list[CheckedItem], fir
     rows = torch.tensor([rp[0] for rp in slots])
     pos = torch.tensor([rp[1] for rp in slots])
     with torch.inference_mode():
-        logp = torch.log_softmax(lens.unembed(last_hidden[rows, pos]).float(), dim=-1)
+        logp = torch.log_softmax(lens.logits(last_hidden[rows, pos]).float(), dim=-1)
     tok_lp = logp[torch.tensor([p[0] for p in picks]), torch.tensor([p[1] for p in picks])]
     sums = [[0.0, 0.0] for _ in chunk]
     for (_, _, j, w), v in zip(picks, tok_lp.tolist()):
@@ -334,13 +352,10 @@ def _check_packing(packing: str) -> None:
 
 def _use_tree(model, packing: str, max_depth: int) -> bool:
     _check_packing(packing)
-    ok = supports_tree(model, max_depth)
-    if packing == "tree" and not ok:
-        cfg = model.config
-        raise BabelError(f"packing='tree' needs eager or SDPA attention on a tested "
-                         f"architecture ({cfg.model_type}, "
-                         f"{getattr(cfg, '_attn_implementation', None)}); use 'padded'")
-    return ok and packing != "padded"
+    refusal = tree_refusal(model, max_depth)
+    if packing == "tree" and refusal:
+        raise BabelError(f"packing='tree' cannot run this model: {refusal}; use 'padded'")
+    return refusal is None and packing != "padded"
 
 
 #: a forward's fixed cost in token positions: SmolLM2-135M on one CPU thread took ~50 ms
@@ -391,9 +406,7 @@ def _lens_batch(lens: LogitLens, chunk: list[CheckedItem], pad: int, padding_sid
     rows = [list(x) for x in index]
     if tree:
         packed = build_tree(rows)
-        param = next(lens.model.parameters())
-        inputs = packed.inputs(dtype=param.dtype, device=param.device)
-        hs = lens.hidden_states(**inputs)
+        hs = lens.hidden_states(**tree_inputs(lens.model, packed))
 
         def at(r: int, k: int) -> tuple[int, int]:
             return 0, packed.node[r][k]
