@@ -82,7 +82,8 @@ def test_gguf_is_joined_converted_and_hashed(gemma):
 
 
 def test_lens_last_layer_is_the_gguf_models_own_logits(gemma, checked):
-    from babeltower.probes.lens import LogitLens, lens_items, pad_batch
+    from babeltower.batching import pad_batch
+    from babeltower.probes.lens import LogitLens, lens_items
 
     items = checked.items
     assert len(items) == 14 and {it.side for it in items} == {"primary", "new"}

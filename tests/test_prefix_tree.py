@@ -141,7 +141,7 @@ def test_lens_values_do_not_depend_on_packing(arch, vocab, monkeypatch):
         if budget == 40:
             assert len(tokens_seen) > 1
         else:   # one forward over the distinct prefixes of every row the items run
-            from babeltower.probes.lens import _item_rows
+            from babeltower.probes.lens.items import _item_rows
 
             rows = [r for it in checked.items for r in _item_rows(it, True)[0]]
             assert tokens_seen == [len({tuple(r[:k]) for r in rows

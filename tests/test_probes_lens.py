@@ -413,13 +413,13 @@ def test_identical_prompts_run_once_per_batch(checked, monkeypatch, full_sequenc
 
 
 def _rows_of(it, full_sequence):
-    from babeltower.probes.lens import _item_rows
+    from babeltower.probes.lens.items import _item_rows
 
     return _item_rows(it, full_sequence)[0]
 
 
 def test_length_batches_cut_where_padding_costs_more_than_a_forward():
-    from babeltower.probes.lens import FORWARD_COST_TOKENS, _length_batches
+    from babeltower.probes.lens.items import FORWARD_COST_TOKENS, _length_batches
 
     def rows(n):
         return [[7] * n]

@@ -1,4 +1,4 @@
-"""Plots for probe results. Computing lives in lens.py / neurons.py; this only draws."""
+"""Plots for probe results. Computing lives in probes/lens/ and neurons.py; this only draws."""
 
 from __future__ import annotations
 
