@@ -151,9 +151,14 @@ def test_translation_text_is_the_papers_format():
     ctx, cont = cc.translation_text([c["print"]], c["if"], "python", "rust")
     assert ctx == 'Python: print("Hello") - Rust: println!("Hello");\nPython: if x > 5: - Rust:'
     assert cont == " if x > 5 {"
-    # shots: the same for a test concept in every pair, never the test concept itself
-    s = cc.shot_ids(concepts, 3, 4, seed=0)
-    assert s == cc.shot_ids(concepts, 3, 4, seed=0) and 3 not in s and len(set(s)) == 4
+    # shots: one fixed block for every pair, both kinds shown, seeded
+    s = cc.shot_ids(concepts, 4, seed=0)
+    assert s == cc.shot_ids(concepts, 4, seed=0) and len(set(s)) == 4
+    assert sorted(concepts.concepts[i].kind for i in s) == ["identifier", "identifier",
+                                                            "keyword", "keyword"]
+    assert cc.shot_ids(concepts, 4, seed=1) != s
+    with pytest.raises(BabelError):
+        cc.shot_ids(concepts, len(concepts.concepts), seed=0)
 
 
 def test_build_items_reads_the_target_snippets_tokens():
@@ -161,7 +166,8 @@ def test_build_items_reads_the_target_snippets_tokens():
     concepts = cc.load_concepts()
     items, dropped = cc.build_items(concepts, tok, n_shots=2, max_positions=3,
                                     pairs=[("python", "php")])
-    assert len(items) + len(dropped) == len(concepts.concepts)
+    assert len(items) + len(dropped) == len(concepts.concepts) - 2
+    assert all(it.concept not in it.shots for it in items)
     for it in items:
         ctx, cont = it.text[:it.text.rindex(" - PHP:") + len(" - PHP:")], None
         assert tok.decode(it.input_ids[:it.first]) == ctx
@@ -198,6 +204,26 @@ def test_concept_lens_last_layer_matches_the_models_own_logits():
         assert got["prob_target"] == pytest.approx(want_prob_tgt, abs=1e-5)
         got_top = top1[(top1.concept == it.concept) & (top1.layer == 2)].token_id.tolist()
         assert got_top == t[:, 0].tolist()
+
+
+def test_shared_prefix_cache_gives_the_states_of_whole_items():
+    """The few-shot block run once (KV cache copied per batch) = every item run whole."""
+    import dataclasses
+
+    from babeltower.probes.lens import LogitLens
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok), n_layers=2, seed=5)
+    items, _ = cc.build_items(cc.load_concepts(), tok, n_shots=3, max_positions=4,
+                              pairs=[("go", "rust")])
+    items = items[:4]
+    assert all(it.prefix_len > 0 for it in items)
+    lens = LogitLens(model)
+    got = cc.read_states(lens, items, pad=0)
+    for it, g in zip(items, got):
+        alone = cc.read_states(lens, [dataclasses.replace(it, prefix_len=0)], pad=0)[0]
+        assert g.shape == alone.shape == (3, it.n_read, 32)
+        assert torch.allclose(g, alone, atol=1e-5)
 
 
 def test_layer_intervals_by_hand():

@@ -259,6 +259,7 @@ class TranslationItem:
     input_ids: list[int]       # tokens of ``text``
     first: int                 # index of the first target-snippet token in input_ids
     n_read: int                # positions read: first-1 .. first-1+n_read-1
+    prefix_len: int = 0        # leading tokens = the pair's few-shot block (0: not shared)
 
 
 def translation_text(shots: Sequence[Concept], test: Concept, source: str,
@@ -271,14 +272,22 @@ def translation_text(shots: Sequence[Concept], test: Concept, source: str,
     return context, " " + test.snippet(target)
 
 
-def shot_ids(concepts: ConceptSet, test_index: int, n_shots: int, seed: int) -> list[int]:
-    """The few-shot concepts for one test concept: ``n_shots`` other concepts in a seeded
-    order that depends on the test concept only, so every pair sees the same shots."""
-    others = [i for i in range(len(concepts.concepts)) if i != test_index]
-    if n_shots > len(others):
-        raise BabelError(f"{n_shots} shots need more than {len(concepts.concepts)} concepts")
-    rng = np.random.default_rng([seed, test_index])
-    return [others[j] for j in rng.permutation(len(others))[:n_shots]]
+def shot_ids(concepts: ConceptSet, n_shots: int, seed: int) -> list[int]:
+    """The few-shot concepts, the same for every pair (as the paper's one fixed few-shot
+    block): ``n_shots`` concepts in a seeded order, alternating the two kinds so both are
+    shown. Every other concept is a test line."""
+    if not 1 <= n_shots < len(concepts.concepts):
+        raise BabelError(f"{n_shots} shots need 1 to {len(concepts.concepts) - 1} of "
+                         f"{len(concepts.concepts)} concepts")
+    rng = np.random.default_rng(seed)
+    by_kind = {k: [i for i in rng.permutation(len(concepts.concepts))
+                   if concepts.concepts[i].kind == k] for k in ("keyword", "identifier")}
+    out = []
+    while len(out) < n_shots:
+        for k in ("keyword", "identifier"):
+            if by_kind[k] and len(out) < n_shots:
+                out.append(int(by_kind[k].pop(0)))
+    return out
 
 
 def build_items(concepts: ConceptSet, tokenizer, n_shots: int = 4, max_positions: int = 8,
@@ -286,11 +295,19 @@ def build_items(concepts: ConceptSet, tokenizer, n_shots: int = 4, max_positions
                 ) -> tuple[list[TranslationItem], list[dict]]:
     """Tokenised translation items for every (pair, test concept) -> (items, dropped).
     An item whose context does not end on a token boundary (the tokenizer merges the
-    last context token with the continuation) is dropped with the reason."""
+    last context token with the continuation) is dropped with the reason. Where the
+    few-shot block (its lines and the newline after them) tokenises as a prefix of the
+    item, ``prefix_len`` says so and the lens computes that block once per pair."""
+    shots_idx = shot_ids(concepts, n_shots, seed)
+    shots = [concepts.concepts[j] for j in shots_idx]
     items, dropped = [], []
     for source, target in (pairs or concepts.pairs):
+        block, _ = translation_text(shots[:-1], shots[-1], source, target)
+        block = block + " " + shots[-1].snippet(target) + "\n"
+        block_ids = tokenizer(block, add_special_tokens=False)["input_ids"]
         for ti, test in enumerate(concepts.concepts):
-            shots = [concepts.concepts[j] for j in shot_ids(concepts, ti, n_shots, seed)]
+            if ti in shots_idx:
+                continue
             context, cont = translation_text(shots, test, source, target)
             ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
             full = tokenizer(context + cont, add_special_tokens=False)["input_ids"]
@@ -299,10 +316,12 @@ def build_items(concepts: ConceptSet, tokenizer, n_shots: int = 4, max_positions
                                 "reason": "the context's last token merges with the "
                                           "target snippet"})
                 continue
+            shared = len(block_ids) if (full[:len(block_ids)] == block_ids
+                                        and len(block_ids) < len(ctx)) else 0
             n_read = min(max_positions, len(full) - len(ctx))
             items.append(TranslationItem(source, target, test.id, test.kind,
                                          tuple(s.id for s in shots), context + cont,
-                                         list(full), len(ctx), n_read))
+                                         list(full), len(ctx), n_read, shared))
     return items, dropped
 
 
@@ -327,36 +346,72 @@ def item_class_measures(top_ids: np.ndarray, top_probs: np.ndarray, true_next: n
     return out
 
 
+def read_states(lens, items, pad: int):
+    """Hidden states at the read positions of ``items``, which share one prefix of
+    ``items[0].prefix_len`` tokens: the prefix runs once (its KV cache is copied for the
+    batch), the rest of every item right-padded after it. -> list of (n_layers+1, n_read,
+    H) tensors. Equal to running each item whole (tested)."""
+    import copy
+
+    import torch
+
+    from babeltower.probes.lens import pad_batch
+
+    plen = items[0].prefix_len
+    cache = None
+    if plen:
+        prefix = torch.tensor([items[0].input_ids[:plen]])
+        with torch.inference_mode():
+            cache = lens.decoder(input_ids=prefix, use_cache=True).cache
+    # right padding: a real token never attends to a pad, positions stay as they are
+    ids, mask = pad_batch([it.input_ids[plen:] for it in items], pad, "right")
+    pos = plen + torch.arange(ids.shape[1]).expand(ids.shape)
+    full_mask = torch.cat([torch.ones((len(items), plen), dtype=mask.dtype), mask], dim=1)
+    if cache is not None:
+        cache = copy.deepcopy(cache)
+        if len(items) > 1:
+            cache.batch_repeat_interleave(len(items))
+    with torch.inference_mode():
+        out = lens.decoder(input_ids=ids, attention_mask=full_mask, position_ids=pos,
+                           cache=cache, use_cache=cache is not None,
+                           output_hidden_states=True)
+    hs = out.hidden_states
+    res = []
+    for j, it in enumerate(items):
+        at = torch.arange(it.first - 1, it.first - 1 + it.n_read) - plen
+        res.append(torch.stack([h[j, at] for h in hs]))
+    return res
+
+
 def concept_lens(model, tokenizer, items: Sequence[TranslationItem], classes: VocabClasses,
                  top_k: int = 10, batch_size: int = 8, progress: bool = False,
                  keep_top1: bool = True):
     """Run the lens over ``items`` -> (measures, top1): ``measures`` a tidy DataFrame
     (source, target, concept, kind, layer, measure, value), one value per item, layer and
     ``MEASURES`` entry; ``top1`` (if ``keep_top1``) the top-1 token id per (item, layer,
-    read position) as a DataFrame (source, target, concept, layer, position, token_id)."""
+    read position) as a DataFrame (source, target, concept, layer, position, token_id).
+    Items of one pair share their few-shot block's forward (``prefix_len``)."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
-    from babeltower.probes.lens import LogitLens, pad_batch
+    from babeltower.probes.lens import LogitLens
 
     lens = LogitLens(model)
     n_l = lens.n_layers + 1
     rows, tops = [], []
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
-    bar = tqdm(range(0, len(order), batch_size), desc="concept lens", unit="batch",
-               disable=None if progress else True, leave=False)
-    for b in bar:
-        idx = order[b:b + batch_size]
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        key = (tuple(it.input_ids[:it.prefix_len]),) if it.prefix_len else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    batches = [g[b:b + batch_size] for g in groups.values()
+               for b in range(0, len(g), batch_size)]
+    for idx in tqdm(batches, desc="concept lens", unit="batch",
+                    disable=None if progress else True, leave=False):
         batch = [items[i] for i in idx]
-        # right padding: a real token never attends to a pad, positions stay as they are
-        ids, mask = pad_batch([it.input_ids for it in batch], pad, "right")
-        hs = lens.hidden_states(ids, mask)
-        for j, it in enumerate(batch):
-            pos = torch.arange(it.first - 1, it.first - 1 + it.n_read)
-            states = torch.stack([h[j, pos] for h in hs])          # (n_l, n_read, H)
+        for it, states in zip(batch, read_states(lens, batch, pad)):
             with torch.inference_mode():
                 probs = torch.softmax(lens.decode(states).float(), dim=-1)
                 p, t = probs.topk(top_k, dim=-1)
