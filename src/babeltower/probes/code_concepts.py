@@ -352,6 +352,7 @@ def read_states(lens, items, pad: int):
     batch), the rest of every item right-padded after it. -> list of (n_layers+1, n_read,
     H) tensors. Equal to running each item whole (tested)."""
     import copy
+    import inspect
 
     import torch
 
@@ -359,10 +360,13 @@ def read_states(lens, items, pad: int):
 
     plen = items[0].prefix_len
     cache = None
+    # transformers 5 names the KV cache argument and output ``cache``, 4.x ``past_key_values``
+    cache_kw = ("cache" if "cache" in inspect.signature(lens.decoder.forward).parameters
+                else "past_key_values")
     if plen:
         prefix = torch.tensor([items[0].input_ids[:plen]])
         with torch.inference_mode():
-            cache = lens.decoder(input_ids=prefix, use_cache=True).cache
+            cache = getattr(lens.decoder(input_ids=prefix, use_cache=True), cache_kw)
     # right padding: a real token never attends to a pad, positions stay as they are
     ids, mask = pad_batch([it.input_ids[plen:] for it in items], pad, "right")
     pos = plen + torch.arange(ids.shape[1]).expand(ids.shape)
@@ -373,7 +377,7 @@ def read_states(lens, items, pad: int):
             cache.batch_repeat_interleave(len(items))
     with torch.inference_mode():
         out = lens.decoder(input_ids=ids, attention_mask=full_mask, position_ids=pos,
-                           cache=cache, use_cache=cache is not None,
+                           use_cache=cache is not None, **{cache_kw: cache},
                            output_hidden_states=True)
     hs = out.hidden_states
     res = []
