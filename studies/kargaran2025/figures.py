@@ -102,3 +102,34 @@ def lape_heatmap(table, path: Path, model: str) -> None:
         fig.colorbar(im, ax=ax, fraction=0.03)
     fig.suptitle(f"{model}: LAPE")
     _save(fig, path)
+
+
+def _shown(token: str) -> str:
+    """A token as a cell label: spaces as a visible mark, newlines escaped, short."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")[:9]
+
+
+def lens_example(top1, read_tokens, path: Path, model: str, title: str) -> None:
+    """The paper's Figure 1 style for one prompt: layers x read positions, each cell the
+    top-1 lens token, coloured by its probability. ``read_tokens``: the true next token
+    at each read position (x axis)."""
+    plt = _plt()
+    n_pos = int(top1.position.max()) + 1
+    layers = sorted(top1.layer.unique())
+    prob = top1.pivot_table(index="layer", columns="position", values="prob")
+    text = top1.set_index(["layer", "position"]).token
+    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * n_pos, 0.28 * len(layers) + 1.5))
+    im = ax.imshow(prob.to_numpy(float), aspect="auto", cmap="RdBu", vmin=0, vmax=1,
+                   origin="lower")
+    for layer in layers:
+        for q in range(n_pos):
+            tok = _shown(text[(layer, q)])
+            ax.text(q, layer, tok, ha="center", va="center", fontsize=6.5,
+                    color="white" if prob.loc[layer, q] > 0.7 or prob.loc[layer, q] < 0.3
+                    else "black")
+    ax.set_xticks(range(n_pos), [_shown(t) for t in read_tokens], fontsize=8)
+    ax.set_xlabel("next token of the target snippet (teacher forced)")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="top-1 probability")
+    ax.set_title(f"{model}: {title}", fontsize=9)
+    _save(fig, path)

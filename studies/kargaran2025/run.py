@@ -299,6 +299,25 @@ def lape_language_markdown(table, boot_cols=True) -> str:
     return "\n".join(lines)
 
 
+def example_prompt(top1, concepts, tok, pair=("cpp", "rust"), concept="for-range"):
+    """One prompt for the Figure-1-style heatmap (the paper shows a for loop translated
+    into Rust): its top-1 rows, the read tokens and a title (the first prompt run if that
+    one was not)."""
+    sel = top1[(top1.source == pair[0]) & (top1.target == pair[1])
+               & (top1.concept == concept)]
+    if sel.empty:
+        sel = top1[(top1.source == top1.source.iloc[0]) & (top1.target == top1.target.iloc[0])
+                   & (top1.concept == top1.concept.iloc[0])]
+        pair, concept = (sel.source.iloc[0], sel.target.iloc[0]), sel.concept.iloc[0]
+    c = next(c for c in concepts.concepts if c.id == concept)
+    ids = tok(" " + c.snippet(pair[1]), add_special_tokens=False)["input_ids"]
+    n = int(sel.position.max()) + 1
+    read = [tok.decode([i]) for i in ids[:n]]
+    title = (f"{pair[0]} -> {pair[1]}, '{c.snippet(pair[0])}' -> "
+             f"'{c.snippet(pair[1])}' (top-1 lens token)")
+    return sel, read, title
+
+
 def top_tokens(top1, n_layers: int, k: int = 8):
     """The most frequent top-1 decoded tokens per quarter of depth (whitespace shown)."""
     import pandas as pd
@@ -401,6 +420,8 @@ def run(model_path, config_path, out, work, threads):
                                                     "applicability": app, "depth": depth})
     figures.lens_figure(overall, out / "lens_layers.png", name, len(concepts.pairs))
     figures.lens_kind_figure(by_kind, out / "lens_layers_by_kind.png", name)
+    ex_rows, ex_read, ex_title = example_prompt(top1, concepts, tok)
+    figures.lens_example(ex_rows, ex_read, out / "lens_example.png", name, ex_title)
     figures.lape_figure(table, out / "lape_layers.png", name)
     figures.lape_heatmap(table, out / "lape_languages.png", name)
     wall = time.time() - t_start

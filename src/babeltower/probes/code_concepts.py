@@ -392,8 +392,8 @@ def concept_lens(model, tokenizer, items: Sequence[TranslationItem], classes: Vo
                  keep_top1: bool = True):
     """Run the lens over ``items`` -> (measures, top1): ``measures`` a tidy DataFrame
     (source, target, concept, kind, layer, measure, value), one value per item, layer and
-    ``MEASURES`` entry; ``top1`` (if ``keep_top1``) the top-1 token id per (item, layer,
-    read position) as a DataFrame (source, target, concept, layer, position, token_id).
+    ``MEASURES`` entry; ``top1`` (if ``keep_top1``) the top-1 token id and probability per
+    (item, layer, read position): (source, target, concept, layer, position, token_id, prob).
     Items of one pair share their few-shot block's forward (``prefix_len``)."""
     import pandas as pd
     import torch
@@ -430,11 +430,11 @@ def concept_lens(model, tokenizer, items: Sequence[TranslationItem], classes: Vo
                 for layer in range(n_l):
                     for q in range(it.n_read):
                         tops.append((it.source, it.target, it.concept, layer, q,
-                                     int(t_np[layer, q, 0])))
+                                     int(t_np[layer, q, 0]), float(p_np[layer, q, 0])))
     cols = ["source", "target", "concept", "kind", "layer", "measure", "value"]
     measures = pd.DataFrame(rows, columns=cols)
     top1 = pd.DataFrame(tops, columns=["source", "target", "concept", "layer", "position",
-                                       "token_id"]) if keep_top1 else None
+                                       "token_id", "prob"]) if keep_top1 else None
     return measures, top1
 
 
