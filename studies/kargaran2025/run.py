@@ -189,23 +189,37 @@ def run_lens_part(model, tok, cfg: StudyConfig, work: Path, words, log):
     return measures, overall, by_kind, by_pair, top1, dropped, concepts
 
 
+#: how LAPE's windows are drawn (part of the work-part key: a change never reuses old counts)
+WINDOWS_METHOD = "evenly spread over all fetched text, v2"
+
+
 def lape_windows(cfg: StudyConfig, tok, code_dir: Path, english_files: list[Path]):
     from babeltower.probes.neurons import load_windows, windows_from_ids
 
     o = cfg.lape
+    n_win = max(1, o.n_tokens // o.seq_len)
+
+    def spread(all_win):
+        # windows spread evenly over ALL the text: the first n tokens would be one
+        # package's first files (or a manual's table of contents)
+        pick = np.linspace(0, len(all_win) - 1, num=min(n_win, len(all_win)))
+        return all_win[pick.round().astype(int)]
+
     data = {l: str(code_dir / l) for l in o.languages}
     used: dict = {}
-    win = load_windows(data, o.languages, tok, o.n_tokens, o.seq_len, used_files=used)
-    # English: every manual tokenised, then windows spread evenly over all of it - the
-    # first n tokens would be the manuals' tables of contents
+    every = load_windows(data, o.languages, tok, 1 << 40, o.seq_len, used_files=used)
+    win = {l: spread(w) for l, w in every.items()}
     ids: list[int] = []
     for f in english_files:
         ids += tok(f.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
         used.setdefault("english", []).append(str(f))
-    all_win = windows_from_ids(np.asarray(ids, dtype=np.int64), len(ids), o.seq_len)
-    n_win = max(1, o.n_tokens // o.seq_len)
-    pick = np.linspace(0, len(all_win) - 1, num=min(n_win, len(all_win))).round().astype(int)
-    win["english"] = all_win[pick]
+    win["english"] = spread(windows_from_ids(np.asarray(ids, dtype=np.int64), len(ids),
+                                             o.seq_len))
+    short = {l: len(w) for l, w in win.items() if len(w) < n_win}
+    if short:
+        raise BabelError(f"too little text for {n_win} windows of {o.seq_len} tokens: "
+                         + ", ".join(f"{l} has {n}" for l, n in short.items())
+                         + " (raise data.max_mb_per_language)")
     return win, used
 
 
@@ -219,7 +233,8 @@ def run_lape_part(model, tok, cfg: StudyConfig, work: Path, code_dir: Path, engl
     langs = list(o.languages) + ["english"]
     chunks = {}
     for lang in langs:
-        f = work / ("lape-" + sha256_json(o.model_dump())[:12]) / f"{lang}.npz"
+        f = work / ("lape-" + sha256_json({**o.model_dump(), "windows": WINDOWS_METHOD,
+                                           "data": cfg.data.model_dump()})[:12]) / f"{lang}.npz"
         if f.exists():
             z = np.load(f)
             chunks[lang] = (z["counts"], z["tokens"])
