@@ -63,7 +63,7 @@ class LapeStudyOptions(BaseModel):
 
 class DataOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_mb_per_language: float = 0.3
+    max_mb_per_language: float = 1.0
     english_packages: list[str] = ["debian-policy", "gnu-standards"]
     word_list_package: str = "wamerican"
 
