@@ -5,7 +5,6 @@ their data files), with expected values derived by hand or from an independent s
 from __future__ import annotations
 
 import keyword
-from pathlib import Path
 
 import numpy as np
 import pytest

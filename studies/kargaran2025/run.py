@@ -17,7 +17,6 @@ an interrupted run resumes from what it finished (per language pair, per LAPE la
 from __future__ import annotations
 
 import gzip
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Optional
 
 import numpy as np
 import typer
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +31,8 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))   # figures.py beside this file
 
 from babeltower.errors import BabelError  # noqa: E402
-from babeltower.io import (atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: E402
+from babeltower.io import (atomic_dir, atomic_write_bytes, atomic_write_json,  # noqa: E402
+                           atomic_write_text,
                            provenance, sha256_file, sha256_json)
 
 
@@ -384,13 +383,86 @@ def resolve_model(spec) -> Path:
     return Path(finder())
 
 
+def write_outputs(d: Path, *, name, cfg, overall, by_kind, by_pair, top1, table, sel, app,
+                  depth, tokens, concepts, measures, tok, n_layers, wall, t_lens, t_lape,
+                  model_path, words_path, eng_files, code_dir, ref, dropped, used) -> None:
+    """Tables, figures, README and provenance into ``d``."""
+    import torch
+
+    import figures
+    from babeltower.checkpoints import weights_sha256
+
+    atomic_write_bytes(d / "lens_layers.csv", overall.to_csv(index=False).encode())
+    atomic_write_bytes(d / "lens_layers_by_kind.csv", by_kind.to_csv(index=False).encode())
+    atomic_write_bytes(d / "lens_layers_by_pair.csv", by_pair.to_csv(index=False).encode())
+    tt = top_tokens(top1, n_layers)
+    atomic_write_bytes(d / "lens_top_tokens.csv", tt.to_csv(index=False).encode())
+    atomic_write_bytes(d / "lape_layers.csv", table.to_csv(index=False).encode())
+    atomic_write_json(d / "lape_selection.json", {**sel.to_json(),
+                                                    "applicability": app, "depth": depth})
+    figures.lens_figure(overall, d / "lens_layers.png", name, len(concepts.pairs))
+    figures.lens_kind_figure(by_kind, d / "lens_layers_by_kind.png", name)
+    ex_rows, ex_read, ex_title = example_prompt(top1, concepts, tok)
+    figures.lens_example(ex_rows, ex_read, d / "lens_example.png", name, ex_title)
+    figures.lape_figure(table, d / "lape_layers.png", name)
+    figures.lape_heatmap(table, d / "lape_languages.png", name)
+    atomic_write_text(d / "README.md", "\n".join([
+        f"# Kargaran et al. 2025 at our scale: {name}",
+        "",
+        f"Made by `python studies/kargaran2025/run.py` ({wall:.0f} s wall, "
+        f"{torch.get_num_threads()} torch threads; lens {t_lens:.0f} s, LAPE {t_lape:.0f} s; "
+        "a resumed run counts only what it redid). Method and reading: docs/probes.md.",
+        "",
+        f"## Logit lens: {len(concepts.pairs)} language pairs x "
+        f"{measures.concept.nunique()} test concepts "
+        f"({measures.groupby(['source', 'target', 'concept']).ngroups} prompts; "
+        f"{cfg.lens.n_shots} few-shot lines)",
+        "",
+        "Probability mass of the top-10 lens tokens in each class, mean over prompts "
+        f"[95% bootstrap interval over prompts, {cfg.lens.n_boot} draws]:",
+        "",
+        lens_markdown(overall, n_layers),
+        "",
+        "Most frequent top-1 lens tokens per quarter of depth:",
+        "",
+        "| layers | top-1 tokens (share of reads) |", "|---|---|",
+        *[f"| {r.layers} | {r.tokens.replace('|', '&#124;')} |" for r in tt.itertuples()],
+        "",
+        f"## LAPE: {len(sel.languages)} languages, {min(tokens.values())}-"
+        f"{max(tokens.values())} tokens each",
+        "",
+        f"Applicable: {app['applicable']} (kept-neuron median normalised entropy "
+        f"{app['kept_entropy_median']:.3f}; {app['reason'] or 'both conditions hold'}).",
+        f"Depth: layers {depth['bottom_layers']} (the same share of depth as the paper's "
+        f"0-4 of 32) hold {100 * depth['n_specific_bottom_share']:.0f}% of the "
+        f"{depth['n_specific_total']:.0f} language-specific neurons and "
+        f"{100 * depth['n_exclusive_bottom_share']:.0f}% of the "
+        f"{depth['n_exclusive_total']:.0f} exclusive ones; layers {depth['top_layers']} "
+        f"(as 29-31 of 32) hold {100 * depth['n_specific_top_share']:.0f}% and "
+        f"{100 * depth['n_exclusive_top_share']:.0f}%.",
+        "",
+        lape_markdown(table),
+        "",
+        "Per language (the bootstrap intervals per layer and language are in lape_layers.csv):",
+        "",
+        lape_language_markdown(table),
+        ""]))
+    atomic_write_json(d / "provenance.json", provenance(
+        config={**cfg.model_dump(), "model": str(model_path)}, seed=cfg.seed,
+        data_hashes={"english_words": sha256_file(words_path),
+                     **{str(f): sha256_file(f) for f in eng_files},
+                     "code_sources": sha256_file(code_dir / "sources.json")},
+        weights_sha256=weights_sha256(ref), wall_seconds=wall, lens_seconds=t_lens,
+        lape_seconds=t_lape, torch_threads=torch.get_num_threads(),
+        lens_dropped=dropped, lape_tokens=tokens,
+        lape_files={k: len(v) for k, v in used.items()}))
+
+
 def run(model_path, config_path, out, work, threads):
     import torch
 
-    from babeltower.checkpoints import list_checkpoints, weights_sha256
+    from babeltower.checkpoints import list_checkpoints
     from babeltower.corpus.fetch import fetch_corpus
-
-    import figures
 
     t_start = time.time()
     if threads:
@@ -424,66 +496,14 @@ def run(model_path, config_path, out, work, threads):
                                                          eng_files, log)
     t_lape = time.time() - t_lape
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "lens_layers.csv", overall.to_csv(index=False).encode())
-    atomic_write_bytes(out / "lens_layers_by_kind.csv", by_kind.to_csv(index=False).encode())
-    atomic_write_bytes(out / "lens_layers_by_pair.csv", by_pair.to_csv(index=False).encode())
-    tt = top_tokens(top1, n_layers)
-    atomic_write_bytes(out / "lens_top_tokens.csv", tt.to_csv(index=False).encode())
-    atomic_write_bytes(out / "lape_layers.csv", table.to_csv(index=False).encode())
-    atomic_write_json(out / "lape_selection.json", {**sel.to_json(),
-                                                    "applicability": app, "depth": depth})
-    figures.lens_figure(overall, out / "lens_layers.png", name, len(concepts.pairs))
-    figures.lens_kind_figure(by_kind, out / "lens_layers_by_kind.png", name)
-    ex_rows, ex_read, ex_title = example_prompt(top1, concepts, tok)
-    figures.lens_example(ex_rows, ex_read, out / "lens_example.png", name, ex_title)
-    figures.lape_figure(table, out / "lape_layers.png", name)
-    figures.lape_heatmap(table, out / "lape_languages.png", name)
     wall = time.time() - t_start
-    atomic_write_text(out / "README.md", "\n".join([
-        f"# Kargaran et al. 2025 at our scale: {name}",
-        "",
-        f"Made by `python studies/kargaran2025/run.py` ({wall:.0f} s wall, "
-        f"{torch.get_num_threads()} torch threads; lens {t_lens:.0f} s, LAPE {t_lape:.0f} s; "
-        "a resumed run counts only what it redid). Method and reading: docs/probes.md.",
-        "",
-        f"## Logit lens: {len(concepts.pairs)} language pairs x "
-        f"{measures.concept.nunique()} test concepts "
-        f"({measures.groupby(['source', 'target', 'concept']).ngroups} prompts; "
-        f"{cfg.lens.n_shots} few-shot lines)",
-        "",
-        "Probability mass of the top-10 lens tokens in each class, mean over prompts "
-        f"[95% bootstrap interval over prompts, {cfg.lens.n_boot} draws]:",
-        "",
-        lens_markdown(overall, n_layers),
-        "",
-        "Most frequent top-1 lens tokens per quarter of depth:",
-        "",
-        "| layers | top-1 tokens (share of reads) |", "|---|---|",
-        *[f"| {r.layers} | {r.tokens.replace('|', '&#124;')} |" for r in tt.itertuples()],
-        "",
-        f"## LAPE: {len(sel.languages)} languages, {min(tokens.values())}-"
-        f"{max(tokens.values())} tokens each",
-        "",
-        f"Applicable: {app['applicable']} (kept-neuron median normalised entropy "
-        f"{app['kept_entropy_median']:.3f}; {app['reason'] or 'both conditions hold'}).",
-        f"Depth: {json.dumps(depth)}",
-        "",
-        lape_markdown(table),
-        "",
-        "Per language (the bootstrap intervals per layer and language are in lape_layers.csv):",
-        "",
-        lape_language_markdown(table),
-        ""]))
-    atomic_write_json(out / "provenance.json", provenance(
-        config={**cfg.model_dump(), "model": str(model_path)}, seed=cfg.seed,
-        data_hashes={"english_words": sha256_file(words_path),
-                     **{str(f): sha256_file(f) for f in eng_files},
-                     "code_sources": sha256_file(code_dir / "sources.json")},
-        weights_sha256=weights_sha256(ref), wall_seconds=wall, lens_seconds=t_lens,
-        lape_seconds=t_lape, torch_threads=torch.get_num_threads(),
-        lens_dropped=dropped, lape_tokens=tokens,
-        lape_files={k: len(v) for k, v in used.items()}))
+    with atomic_dir(out, overwrite=True) as d:
+        write_outputs(d, name=name, cfg=cfg, overall=overall, by_kind=by_kind,
+                      by_pair=by_pair, top1=top1, table=table, sel=sel, app=app,
+                      depth=depth, tokens=tokens, concepts=concepts, measures=measures,
+                      tok=tok, n_layers=n_layers, wall=wall, t_lens=t_lens, t_lape=t_lape,
+                      model_path=model_path, words_path=words_path, eng_files=eng_files,
+                      code_dir=code_dir, ref=ref, dropped=dropped, used=used)
     log(f"done: {out} ({wall:.0f} s)")
 
 
