@@ -318,3 +318,17 @@ def test_every_pair_builds_on_smollm2s_tokenizer_with_its_snippet_tokens():
     vocab = {tok.decode([i]).strip() for i in range(len(tok))}
     for word in ("def", "function", "fn", "func", "return", "class", "import", "for"):
         assert word in vocab
+
+
+def test_depth_summary_defaults_are_the_papers_layers_at_32():
+    """The paper's bottom (0-4) and top (29-31) layers of a 32-layer model; the same
+    fractions of depth elsewhere."""
+    import pandas as pd
+
+    t = pd.DataFrame({"layer": range(32), "language": "(any)", "n_specific": 1,
+                      "n_exclusive": [0] * 29 + [1, 1, 1]})
+    d = ll.depth_summary(t, 32)
+    assert (d["bottom_layers"], d["top_layers"]) == ("0-4", "29-31")
+    assert d["n_specific_bottom_share"] == pytest.approx(5 / 32)
+    assert d["n_exclusive_top_share"] == 1.0
+    assert (ll.depth_summary(t[t.layer < 30], 30)["top_layers"]) == "27-29"
