@@ -78,10 +78,11 @@ def test_english_word_list_reader(tmp_path):
 
     fake = ["".join(t) for t in itertools.islice(
         itertools.product(string.ascii_lowercase, repeat=3), 1500)]
-    f.write_text("\n".join(fake + ["dog's", "café", "Apple"]))
+    f.write_text("\n".join(fake + ["dog's", "café", "apple", "Ed", "Boston"]))
     words = cc.load_english_words(f)
     assert len(words) == 1501
     assert "apple" in words and "dog's" not in words and "café" not in words
+    assert "ed" not in words and "boston" not in words        # proper names left out
     f.write_text("one\ntwo\n")
     with pytest.raises(BabelError, match="only 2"):
         cc.load_english_words(f)

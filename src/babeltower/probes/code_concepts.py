@@ -19,7 +19,8 @@ for English):
 
 ===============  ==========================================================================
 ``english``      an ASCII word of >= 2 letters that is in the English word list (Debian's
-                 ``wamerican``, ``/usr/share/dict/american-english``; case-folded)
+                 ``wamerican``, ``/usr/share/dict/american-english``, its lower-case
+                 entries: no proper names; the token is case-folded)
 ``english_only`` English, and no keyword or built-in of any language in the keyword file
 ``keyword_any``  a keyword or built-in of ANY language in ``keywords.yaml`` (10 languages)
 ``source``       a keyword or built-in of the source language A
@@ -166,11 +167,13 @@ def load_keywords(path: str | os.PathLike | None = None) -> dict[str, frozenset[
 
 
 def load_english_words(path: str | os.PathLike) -> frozenset[str]:
-    """Case-folded alphabetic words of a word list, one a line (``wamerican``);
-    possessives (``dog's``) and non-ASCII entries are left out."""
+    """The lower-case alphabetic words of a word list, one a line (``wamerican``):
+    proper names (``Ed``, ``Al``: entries with a capital, which would make word pieces
+    like ``ed`` count as English), possessives (``dog's``) and non-ASCII entries are
+    left out. Tokens are matched case-folded (``TokenClassifier.is_english``)."""
     text = read_text_file(path, "English word list")
-    words = frozenset(w.strip().lower() for w in text.splitlines()
-                      if w.strip().isascii() and w.strip().isalpha())
+    words = frozenset(w.strip() for w in text.splitlines()
+                      if w.strip().isascii() and w.strip().isalpha() and w.strip().islower())
     if len(words) < 1000:
         raise BabelError(f"English word list {path} has only {len(words)} words")
     return words
