@@ -147,9 +147,12 @@ def run_lens_part(model, tok, cfg: StudyConfig, work: Path, words, log):
     from babeltower.probes import code_concepts as cc
 
     concepts = cc.load_concepts()
-    concepts = concepts.model_copy(update={
+    n_c = len(concepts.concepts)
+    keep = (range(n_c) if cfg.lens.max_concepts is None or cfg.lens.max_concepts >= n_c
+            else np.linspace(0, n_c - 1, cfg.lens.max_concepts).round().astype(int))
+    concepts = concepts.model_copy(update={   # an even spread keeps both kinds of concept
         "pairs": concepts.pairs[:cfg.lens.max_pairs],
-        "concepts": concepts.concepts[:cfg.lens.max_concepts]})
+        "concepts": [concepts.concepts[i] for i in keep]})
     clf = cc.TokenClassifier(cc.load_keywords(), words)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     classes = clf.vocabulary_table(cc.decoded_vocabulary(tok, vocab))
