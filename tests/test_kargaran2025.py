@@ -335,3 +335,24 @@ def test_depth_summary_defaults_are_the_papers_layers_at_32():
     assert d["n_specific_bottom_share"] == pytest.approx(5 / 32)
     assert d["n_exclusive_top_share"] == 1.0
     assert (ll.depth_summary(t[t.layer < 30], 30)["top_layers"]) == "27-29"
+
+
+def test_band_intervals_by_hand():
+    import pandas as pd
+
+    rows = []
+    # two prompts, layers 0-3; prob_target = layer index (prompt a) or 2x (prompt b)
+    for concept, scale in (("a", 1.0), ("b", 2.0)):
+        for layer in range(4):
+            rows.append(("go", "rust", concept, "keyword", layer, "prob_target", scale * layer))
+            rows.append(("go", "rust", concept, "keyword", layer, "prob_source", 1.0))
+    df = pd.DataFrame(rows, columns=["source", "target", "concept", "kind", "layer",
+                                     "measure", "value"])
+    b = cc.band_intervals(df, {"mid": (1, 2), "out": (3, 3)}, n_boot=500, seed=0)
+    b = b.set_index(["band", "measure"])
+    # prompt a: mean(1, 2) = 1.5; prompt b: mean(2, 4) = 3 -> 2.25; interval spans 1.5..3
+    assert b.loc[("mid", "prob_target"), "mean"] == pytest.approx(2.25)
+    assert b.loc[("mid", "prob_target"), "lo"] == pytest.approx(1.5)
+    assert b.loc[("mid", "prob_target"), "hi"] == pytest.approx(3.0)
+    assert b.loc[("out", "prob_target-prob_source"), "mean"] == pytest.approx((3 + 6) / 2 - 1)
+    assert b.loc[("mid", "prob_source"), "lo"] == b.loc[("mid", "prob_source"), "hi"] == 1.0

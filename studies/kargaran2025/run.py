@@ -186,9 +186,15 @@ def run_lens_part(model, tok, cfg: StudyConfig, work: Path, words, log):
     by_kind = cc.layer_intervals(measures, by=["kind"], n_boot=cfg.lens.n_boot, seed=cfg.seed)
     by_pair = measures.groupby(["source", "target", "measure", "layer"])["value"].mean() \
         .reset_index()
+    n_l = int(measures.layer.max())
+    half = (n_l + 1) // 2          # blocks 1..n_l-1 split in halves; n_l is the output
+    bands = cc.band_intervals(measures, {f"layers 1-{half}": (1, half),
+                                         f"layers {half + 1}-{n_l - 1}": (half + 1, n_l - 1),
+                                         f"layer {n_l} (output)": (n_l, n_l)},
+                              n_boot=2 * cfg.lens.n_boot, seed=cfg.seed)
     texts = cc.decoded_vocabulary(tok, vocab)
     top1["token"] = [texts[t] for t in top1.token_id]
-    return measures, overall, by_kind, by_pair, top1, dropped, concepts
+    return measures, overall, by_kind, by_pair, bands, top1, dropped, concepts
 
 
 #: how LAPE's windows are drawn (part of the work-part key: a change never reuses old counts)
@@ -283,6 +289,20 @@ def lens_markdown(overall, n_layers: int) -> str:
             r = overall[(overall.measure == c) & (overall.layer == layer)].iloc[0]
             cells.append(_fmt(r["mean"], r["lo"], r["hi"]))
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bands_markdown(bands) -> str:
+    cols = list(dict.fromkeys(bands.band))
+    rows = ["prob_english", "prob_english_only", "prob_keyword_any", "prob_source",
+            "prob_target", "prob_target-prob_source", "prob_correct"]
+    lines = ["| measure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in rows:
+        cells = []
+        for c in cols:
+            r = bands[(bands.band == c) & (bands.measure == m)].iloc[0]
+            cells.append(_fmt(r["mean"], r["lo"], r["hi"]))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -386,7 +406,8 @@ def resolve_model(spec) -> Path:
     return Path(finder())
 
 
-def write_outputs(d: Path, *, name, cfg, overall, by_kind, by_pair, top1, table, sel, app,
+def write_outputs(d: Path, *, name, cfg, overall, by_kind, by_pair, bands, top1, table, sel,
+                  app,
                   depth, tokens, concepts, measures, tok, n_layers, wall, t_lens, t_lape,
                   model_path, words_path, eng_files, code_dir, ref, dropped, used) -> None:
     """Tables, figures, README and provenance into ``d``."""
@@ -398,6 +419,7 @@ def write_outputs(d: Path, *, name, cfg, overall, by_kind, by_pair, top1, table,
     atomic_write_bytes(d / "lens_layers.csv", overall.to_csv(index=False).encode())
     atomic_write_bytes(d / "lens_layers_by_kind.csv", by_kind.to_csv(index=False).encode())
     atomic_write_bytes(d / "lens_layers_by_pair.csv", by_pair.to_csv(index=False).encode())
+    atomic_write_bytes(d / "lens_bands.csv", bands.to_csv(index=False).encode())
     tt = top_tokens(top1, n_layers)
     atomic_write_bytes(d / "lens_top_tokens.csv", tt.to_csv(index=False).encode())
     atomic_write_bytes(d / "lape_layers.csv", table.to_csv(index=False).encode())
@@ -425,6 +447,11 @@ def write_outputs(d: Path, *, name, cfg, overall, by_kind, by_pair, top1, table,
         f"[95% bootstrap interval over prompts, {cfg.lens.n_boot} draws]:",
         "",
         lens_markdown(overall, n_layers),
+        "",
+        "The same over bands of layers (each prompt's mean over the band; "
+        f"{2 * cfg.lens.n_boot} bootstrap draws over prompts):",
+        "",
+        bands_markdown(bands),
         "",
         "Most frequent top-1 lens tokens per quarter of depth:",
         "",
@@ -491,7 +518,7 @@ def run(model_path, config_path, out, work, threads):
     n_layers = int(mdl.config.num_hidden_layers)
     log(f"model loaded: {n_layers} layers")
     t_lens = time.time()
-    measures, overall, by_kind, by_pair, top1, dropped, concepts = run_lens_part(
+    measures, overall, by_kind, by_pair, bands, top1, dropped, concepts = run_lens_part(
         mdl, tok, cfg, work, words, log)
     t_lens = time.time() - t_lens
     t_lape = time.time()
@@ -502,7 +529,7 @@ def run(model_path, config_path, out, work, threads):
     wall = time.time() - t_start
     with atomic_dir(out, overwrite=True) as d:
         write_outputs(d, name=name, cfg=cfg, overall=overall, by_kind=by_kind,
-                      by_pair=by_pair, top1=top1, table=table, sel=sel, app=app,
+                      by_pair=by_pair, bands=bands, top1=top1, table=table, sel=sel, app=app,
                       depth=depth, tokens=tokens, concepts=concepts, measures=measures,
                       tok=tok, n_layers=n_layers, wall=wall, t_lens=t_lens, t_lape=t_lape,
                       model_path=model_path, words_path=words_path, eng_files=eng_files,

@@ -469,6 +469,35 @@ def layer_intervals(measures, by: Sequence[str] = (), n_boot: int = 1000, seed: 
     return pd.DataFrame(out, columns=keys + ["layer", "mean", "lo", "hi", "n"])
 
 
+def band_intervals(measures, bands: Mapping[str, tuple[int, int]], n_boot: int = 2000,
+                   seed: int = 0, level: float = 0.95, pairs_of: Sequence[tuple[str, str]] = (
+                       ("prob_target", "prob_source"),)):
+    """Per band of layers (name -> (first, last), inclusive) and measure: the mean over
+    prompts of each prompt's mean over the band's layers, with a percentile bootstrap
+    over prompts; ``pairs_of`` adds differences (a minus b, per prompt) as measures
+    ``"a-b"``. -> DataFrame (band, measure, mean, lo, hi, n)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    keys = ["source", "target", "concept"]
+    wide = measures.pivot_table(index=keys + ["layer"], columns="measure", values="value")
+    for a, b in pairs_of:
+        if a in wide and b in wide:
+            wide[f"{a}-{b}"] = wide[a] - wide[b]
+    out = []
+    for name, (lo, hi) in bands.items():
+        sel = wide[(wide.index.get_level_values("layer") >= lo)
+                   & (wide.index.get_level_values("layer") <= hi)]
+        per_prompt = sel.groupby(level=keys).mean()
+        x = per_prompt.to_numpy(dtype=float)                # (n_prompts, n_measures)
+        n = x.shape[0]
+        boot = np.nanmean(x[rng.integers(0, n, size=(n_boot, n))], axis=1)
+        q = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        for j, m in enumerate(per_prompt.columns):
+            out.append((name, m, float(np.nanmean(x[:, j])), float(q[0, j]), float(q[1, j]), n))
+    return pd.DataFrame(out, columns=["band", "measure", "mean", "lo", "hi", "n"])
+
+
 def peak_layer(intervals, measure: str):
     """The layer where ``measure``'s mean peaks (ties: the first), with its row."""
     sel = intervals[intervals.measure == measure]
