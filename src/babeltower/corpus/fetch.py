@@ -244,6 +244,24 @@ class _AptCache:
         return d, json.loads((d / ".done").read_text())
 
 
+def debian_package_trees(names: list[str], cache_dir: str | os.PathLike | None = None,
+                         progress: bool = False) -> dict[str, tuple[Path, dict]]:
+    """Debian packages downloaded (``apt-get download``) and extracted (``dpkg-deb -x``)
+    into the fetch cache, nothing installed: name -> (extracted tree, {version, license,
+    deb}). Data that is not code (an English word list, documentation text) comes this
+    way. A package that cannot be had is a BabelError naming it and why."""
+    from rich.console import Console
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    apt = _AptCache(cache, Console(stderr=True, quiet=not progress).log)
+    failed = apt.ensure(list(names))
+    if failed:
+        raise BabelError("cannot get Debian package(s): " + "; ".join(
+            f"{n}: {why}" for n, why in failed.items()))
+    return {n: apt.tree(n) for n in names}
+
+
 def _walk_files(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames

@@ -8,6 +8,9 @@
   ``lape_select``, ``summarize_neurons``); ``lape_applicability``: whether a selection
   can mean "language-specific" (too few languages, kept neurons' entropy).
 * ``ablate``: zero a neuron set, per-language loss change (``run_ablate``).
+* ``code_concepts``: the few-shot code-translation lens of Kargaran et al. 2025 (token
+  classes: English, keywords of any/source/target language); ``lape_layers``: LAPE's
+  specific and exclusive neurons per layer with a bootstrap over text chunks.
 * ``plots``: figures (kept apart from computing).
 """
 
