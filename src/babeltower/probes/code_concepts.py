@@ -52,6 +52,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from babeltower.analysis.statistics import percentile_interval
 from babeltower.errors import BabelError
 from babeltower.io import read_text_file
 from babeltower.languages import canonical, get_language
@@ -359,7 +360,7 @@ def read_states(lens, items, pad: int):
 
     import torch
 
-    from babeltower.probes.lens import pad_batch
+    from babeltower.batching import pad_batch
 
     plen = items[0].prefix_len
     cache = None
@@ -461,7 +462,7 @@ def layer_intervals(measures, by: Sequence[str] = (), n_boot: int = 1000, seed: 
         n = x.shape[0]
         draws = rng.integers(0, n, size=(n_boot, n))
         boot = np.nanmean(x[draws], axis=1)                   # (n_boot, n_layers)
-        lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        lo, hi = percentile_interval(boot, level, axis=0)
         mean = np.nanmean(x, axis=0)
         key = key if isinstance(key, tuple) else (key,)
         for li, layer in enumerate(wide.columns):
@@ -492,7 +493,7 @@ def band_intervals(measures, bands: Mapping[str, tuple[int, int]], n_boot: int =
         x = per_prompt.to_numpy(dtype=float)                # (n_prompts, n_measures)
         n = x.shape[0]
         boot = np.nanmean(x[rng.integers(0, n, size=(n_boot, n))], axis=1)
-        q = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        q = np.asarray(percentile_interval(boot, level, axis=0))
         for j, m in enumerate(per_prompt.columns):
             out.append((name, m, float(np.nanmean(x[:, j])), float(q[0, j]), float(q[1, j]), n))
     return pd.DataFrame(out, columns=["band", "measure", "mean", "lo", "hi", "n"])

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from babeltower.analysis.statistics import percentile_interval
 from babeltower.errors import BabelError
 from babeltower.probes.neurons import LapeSelection, collect_stats, lape_select
 
@@ -156,11 +157,9 @@ def bootstrap_layer_counts(chunks: Mapping[str, tuple[np.ndarray, np.ndarray]],
                           **select_kwargs)
         samples.append(layer_table(sel)[["layer", "language", "n_specific", "n_exclusive"]])
     allb = pd.concat(samples, keys=range(n_boot), names=["draw", None]).reset_index(level=0)
-    q = ((1 - level) / 2, (1 + level) / 2)
     out = []
     for m in ("n_specific", "n_exclusive"):
-        g = allb.groupby(["layer", "language"])[m]
-        lo, hi = g.quantile(q[0]), g.quantile(q[1])
-        for (layer, lang), v in lo.items():
-            out.append((int(layer), lang, m, float(v), float(hi[(layer, lang)])))
+        for (layer, lang), v in allb.groupby(["layer", "language"])[m]:
+            lo, hi = percentile_interval(v.to_numpy(dtype=float), level)
+            out.append((int(layer), lang, m, float(lo), float(hi)))
     return pd.DataFrame(out, columns=["layer", "language", "measure", "lo", "hi"])
