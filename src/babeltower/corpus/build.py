@@ -26,7 +26,7 @@ import tempfile
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -76,7 +76,8 @@ def minhash_signature(text: str, num_perm: int, shingle_size: int) -> np.ndarray
     return m.hashvalues.astype(np.uint64)
 
 
-def _item_language(item: InputItem, head: bytes | None) -> str | None:
+def item_language(item: InputItem, head: bytes | None) -> str | None:
+    """Language of an input: a row's own field, else its name/shebang (``head``)."""
     if item.language is not None:
         try:
             return canonical(item.language)
@@ -89,14 +90,9 @@ def _item_language(item: InputItem, head: bytes | None) -> str | None:
     return lang
 
 
-def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
-    """Language, filters, hash and MinHash of one input. Never raises for bad content."""
-    rec = {"source_index": source_index, "source": item.source, "path": item.path,
-           "row": item.row, "package": item.package, "license": item.license,
-           "version": item.version, "group": item.group, "language": None, "bytes": 0,
-           "status": "dropped", "reason": None, "sha256": None}
-    data: bytes | None = item.data
-    text: str | None = item.text
+def measure_item(item: InputItem) -> tuple[int, bytes | None]:
+    """Size in bytes and, where the name alone does not tell the language, the first
+    256 bytes (for a shebang). Reads no more of an on-disk file than that."""
     size = item.size
     head = None
     if item.file is not None:
@@ -107,26 +103,20 @@ def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
                     head = f.read(256)
         except OSError as e:
             raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
-    elif data is not None:
-        head = data[:256]
-        size = len(data)
-    elif text is not None:
-        head = text[:256].encode("utf-8", "replace")
-        size = len(text.encode("utf-8", "replace"))
-    rec["bytes"] = int(size or 0)
+    elif item.data is not None:
+        head = item.data[:256]
+        size = len(item.data)
+    elif item.text is not None:
+        head = item.text[:256].encode("utf-8", "replace")
+        size = len(item.text.encode("utf-8", "replace"))
+    return int(size or 0), head
 
-    lang = _item_language(item, head)
-    rec["language"] = lang
-    if lang is None:
-        rec["reason"] = "unknown_language"
-        return rec
-    if cfg.languages is not None and lang not in cfg.languages:
-        rec["reason"] = "excluded_language"
-        return rec
-    if rec["bytes"] > cfg.filters.max_bytes:
-        rec["reason"] = "too_large"
-        return rec
+
+def item_text(item: InputItem) -> tuple[str | None, str | None]:
+    """(text, None), or (None, drop reason) for binary or non-UTF-8 content."""
+    text = item.text
     if text is None:
+        data = item.data
         if data is None:
             try:
                 with open(item.file, "rb") as f:
@@ -134,16 +124,39 @@ def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
             except OSError as e:
                 raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
         if is_binary(data):
-            rec["reason"] = "binary"
-            return rec
+            return None, "binary"
         text = decode_utf8(data)
         if text is None:
-            rec["reason"] = "undecodable"
-            return rec
+            return None, "undecodable"
     elif "\x00" in text[:8192]:
-        rec["reason"] = "binary"
-        return rec
-    reason = content_filter_reason(text, cfg.filters)
+        return None, "binary"
+    return text, None
+
+
+def language_reason(lang: str | None, cfg: BuildConfig) -> str | None:
+    if lang is None:
+        return "unknown_language"
+    if cfg.languages is not None and lang not in cfg.languages:
+        return "excluded_language"
+    return None
+
+
+def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
+    """Language, filters, hash and MinHash of one input. Never raises for bad content."""
+    rec = {"source_index": source_index, "source": item.source, "path": item.path,
+           "row": item.row, "package": item.package, "license": item.license,
+           "version": item.version, "group": item.group, "language": None, "bytes": 0,
+           "status": "dropped", "reason": None, "sha256": None}
+    rec["bytes"], head = measure_item(item)
+    lang = rec["language"] = item_language(item, head)
+    reason = language_reason(lang, cfg)
+    if reason is None and rec["bytes"] > cfg.filters.max_bytes:
+        reason = "too_large"
+    text = None
+    if reason is None:
+        text, reason = item_text(item)
+    if reason is None:
+        reason = content_filter_reason(text, cfg.filters)
     if reason is not None:
         rec["reason"] = reason
         return rec
@@ -262,7 +275,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
 
 # ---------------------------------------------------------------- whole-corpus work (step 3)
 
-class _UnionFind:
+class UnionFind:
     """Union-find whose root is always the smallest index (a deterministic representative)."""
 
     def __init__(self, n: int):
@@ -299,7 +312,7 @@ def near_duplicate_clusters(signatures: list[np.ndarray], threshold: float,
     """
     from datasketch import LeanMinHash, MinHashLSH
 
-    uf = _UnionFind(len(signatures))
+    uf = UnionFind(len(signatures))
     if len(signatures) < 2:
         return [uf.find(i) for i in range(len(signatures))]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -346,7 +359,7 @@ def assign_splits(kept: list[dict], cfg: BuildConfig, links: Iterable[tuple[int,
     seeded hash and handed out greedily per language until validation and test reach
     their share of the language's bytes.
     """
-    uf = _UnionFind(len(kept))
+    uf = UnionFind(len(kept))
     first_of_group: dict[str, int] = {}
     for i, rec in enumerate(kept):
         g = _group_key(rec, cfg.split.group_by)
@@ -397,8 +410,14 @@ def _ledger_row(rec: dict) -> dict:
 # record table, the clusters and the split map, which a split would pass around whole
 def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out: Path,
              overwrite: bool = False, extra_manifest: dict | None = None,
-             spill: TextSpill | None = None) -> Path:
-    """Step 3 over the whole corpus; writes ``out`` atomically."""
+             spill: TextSpill | None = None,
+             near_clusters: Callable[[list[dict]], list[int]] | None = None) -> Path:
+    """Step 3 over the whole corpus; writes ``out`` atomically.
+
+    ``near_clusters(kept)``: the cluster root (smallest member index) of every kept record
+    after exact dedup; by default MinHash LSH over the records' ``minhash`` signatures here
+    (the datatrove build passes the clusters its distributed LSH stage found).
+    """
     import pandas as pd
 
     records = sorted(records, key=record_key)
@@ -427,8 +446,9 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
     links: list[tuple[int, int]] = []
     n_clusters = 0
     if cfg.dedup.near and kept:
-        roots = near_duplicate_clusters([r["minhash"] for r in kept], cfg.dedup.threshold,
-                                        cfg.dedup.num_perm)
+        roots = near_clusters(kept) if near_clusters is not None else \
+            near_duplicate_clusters([r["minhash"] for r in kept], cfg.dedup.threshold,
+                                    cfg.dedup.num_perm)
         for i, root in enumerate(roots):
             kept[i]["near_cluster"] = record_id(kept[root])
             if root != i:

@@ -160,3 +160,39 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise BabelError(f"--shard {spec}: need 0 <= i < n")
     return i, n
+
+
+class SlurmConfig(_Strict):
+    """Slurm job arrays for ``executor: slurm`` (the sbatch script is datatrove's)."""
+
+    partition: str = "cpu"
+    time: str = Field("04:00:00", description="per-task wall time limit, HH:MM:SS")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: int = Field(2, ge=1)
+    job_name: str = "babeltower-corpus"
+    env_command: str | None = Field(
+        None, description="shell line that activates the environment on a node "
+                          "(e.g. 'source /path/.venv/bin/activate')")
+    sbatch_args: dict[str, str] = Field(default_factory=dict,
+                                        description="extra #SBATCH directives (account, qos)")
+
+
+class RayConfig(_Strict):
+    """``executor: ray``: an existing cluster (``address``) or, with none, a local one."""
+
+    address: str | None = Field(None, description="ray://... or host:port; None = start a local Ray")
+    cpus_per_task: int = Field(1, ge=1)
+
+
+class EngineConfig(_Strict):
+    """How ``corpus build`` runs: ``builtin`` (the in-process multiprocessing builder) or
+    datatrove pipelines on one of its executors. The corpus is the same for all of them."""
+
+    executor: Literal["builtin", "local", "slurm", "ray"] = "builtin"
+    tasks: int = Field(1, ge=1, description="datatrove tasks (ranks) of the scan and LSH stages")
+    workers: int = Field(0, ge=0, description="local: tasks run at once; 0 = min(tasks, cores)")
+    work_dir: str | None = Field(
+        None, description="stage outputs and completion markers (resume); default: "
+                          "'.<out name>.datatrove' next to the output")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
