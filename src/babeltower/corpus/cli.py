@@ -74,16 +74,49 @@ def build_command(
     shard: Optional[str] = typer.Option(
         None, "--shard", help="i/n: scan a stable 1/n of the inputs into a shard dir "
                               "(finish with 'corpus merge')."),
-    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores); with a "
+                                                     "datatrove executor: tasks run at once."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="builtin (default), or datatrove's local, slurm or ray "
+                                 "(config: an 'engine:' section of --config)."),
+    tasks: Optional[int] = typer.Option(None, "--tasks", help="datatrove tasks (ranks)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", help="BuildConfig YAML."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detect, filter, deduplicate (exact + MinHash LSH) and split code into a corpus dir."""
     from babeltower.corpus.build import build_corpus
-    from babeltower.corpus.config import BuildConfig, parse_shard
+    from babeltower.corpus.config import BuildConfig, EngineConfig, parse_shard
 
     data = _load_yaml(config, "build")
+    engine_data = dict(_load_yaml(config).get("engine") or {}) if config else {}
+    data.pop("engine", None)
+    if executor is not None:
+        engine_data["executor"] = executor
+    if tasks is not None:
+        engine_data["tasks"] = tasks
+    engine_data.setdefault("workers", workers)
+    engine = _validate(EngineConfig, engine_data, str(config or "engine options"))
+    if engine.executor != "builtin":
+        from babeltower.corpus.pipeline import build_corpus_datatrove
+
+        if shard:
+            from babeltower.errors import BabelError
+
+            raise BabelError("--shard is the builtin builder's fan-out; datatrove splits "
+                             "the work by --tasks")
+        data["workers"] = workers
+        if languages is not None:
+            data["languages"] = languages
+        if seed is not None:
+            data["seed"] = seed
+        cfg = _validate(BuildConfig, data, str(config or "build options"))
+        path = build_corpus_datatrove(source, out, cfg, engine, overwrite=overwrite)
+        if engine.executor == "slurm":
+            typer.echo(f"submitted; the corpus appears at {path} when the last job ends "
+                       f"(logs: {path.parent / ('.' + path.name + '.datatrove')}/logs)", err=True)
+        typer.echo(str(path))
+        return
     i, n = parse_shard(shard)
     data.update(shard_index=i, num_shards=n, workers=workers)
     if languages is not None:

@@ -237,12 +237,14 @@ class MinHashLSHEdges(PipelineStep):
             order = np.argsort(inverse, kind="stable")
             bounds = np.cumsum(counts)[:-1]
             for members in np.split(order, bounds):
-                for x in range(len(members)):
-                    for y in range(x + 1, len(members)):
-                        i, j = int(members[x]), int(members[y])
-                        if (i, j) not in edges and \
-                                float(np.mean(sigs[i] == sigs[j])) >= threshold:
-                            edges.add((i, j))
+                if len(members) < 2:
+                    continue
+                members = np.sort(members)
+                for x in range(len(members) - 1):
+                    rest = members[x + 1:]
+                    agree = np.mean(sigs[rest] == sigs[members[x]], axis=1)
+                    i = int(members[x])
+                    edges.update((i, int(j)) for j in rest[agree >= threshold])
                 self.stat_update("buckets")
         pairs = np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
         self.stat_update("edges", value=len(pairs))
@@ -449,10 +451,15 @@ def _run_local(pipelines: dict, engine: EngineConfig, work: Path, progress: bool
     for stage, pipeline in pipelines.items():
         tasks = _tasks_of(stage, engine)
         workers = min(tasks, engine.workers or os.cpu_count() or 1)
-        _say(progress, f"stage {stage}: {tasks} task(s) on {workers} worker(s)")
         start = "fork" if sys.platform == "linux" else "spawn"
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, start_method=start,
-                              logging_dir=str(work / "logs" / stage)).run()
+        executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers,
+                                         start_method=start,
+                                         logging_dir=str(work / "logs" / stage))
+        done = tasks - len(executor.get_incomplete_ranks())
+        _say(progress, f"stage {stage}: {tasks} task(s), {done} already done (resumed), "
+                       f"on {workers} worker(s)" if done else
+                       f"stage {stage}: {tasks} task(s) on {workers} worker(s)")
+        executor.run()
 
 
 def _run_ray(pipelines: dict, engine: EngineConfig, work: Path, progress: bool) -> None:
