@@ -284,3 +284,32 @@ echo "Submitted batch job $n"
             assert done.returncode == 0, (stage, task, done.stderr[-2000:])
     ref = build_corpus(srcs, tmp_path / "ref", cfg, progress=False)
     _same_corpus(ref, out)
+
+
+def test_cli_executor_local_and_its_errors_are_one_line(sources, tmp_path, capsys):
+    from babeltower.cli import main
+
+    srcs, _, _ = sources
+    args = ["corpus", "build", "--source", srcs[0], "--source", srcs[1], "--languages",
+            "python,go,javascript"]
+    assert main([*args, "--out", str(tmp_path / "b"), "--workers", "1"]) == 0
+    assert main([*args, "--out", str(tmp_path / "d"), "--executor", "local", "--tasks", "3",
+                 "--workers", "2"]) == 0
+    ma, mb = (json.loads((tmp_path / x / "manifest.json").read_text()) for x in "bd")
+    assert ma["files_sha256"] == mb["files_sha256"] and mb["engine"]["tasks"] == 3
+    capsys.readouterr()
+    # a row that breaks the reader inside a task: one line, non-zero, no output
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"content": "x = 1\\n", "lang": "python"}\n{"content": 5, "lang": "python"}\n')
+    for extra in (["--tasks", "2", "--workers", "2"], ["--tasks", "1"]):
+        rc = main(["corpus", "build", "--source", str(bad), "--out", str(tmp_path / "e"),
+                   "--executor", "local", *extra])
+        lines = capsys.readouterr().err.strip().splitlines()
+        err = [x for x in lines if not x.startswith("corpus build: stage ")]  # progress
+        assert rc != 0 and len(err) == 1 and err[0].startswith("babeltower: error: row 1"), lines
+        assert not (tmp_path / "e").exists()
+    rc = main([*args, "--out", str(tmp_path / "f"), "--executor", "local", "--shard", "0/2"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.splitlines() == [err] and "--tasks" in err
+    rc = main([*args, "--out", str(tmp_path / "g"), "--executor", "spark"])
+    assert rc != 0 and len(capsys.readouterr().err.strip().splitlines()) == 1
