@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -182,34 +183,42 @@ def _many_near_duplicates(root: Path, n: int) -> None:
         (root / f"d{i:04d}" / "m.py").write_text(python_source(rng, n_funcs=4))
 
 
-def _build_argv(src: Path, out: Path, tasks: int) -> list[str]:
+def _build_argv(src: Path, out: Path, tasks: int, workers: int) -> list[str]:
     return [sys.executable, "-m", "babeltower.cli", "corpus", "build", "--source", str(src),
             "--out", str(out), "--languages", "python", "--executor", "local",
-            "--tasks", str(tasks), "--workers", "1"]
+            "--tasks", str(tasks), "--workers", str(workers)]
 
 
-def test_sigkill_in_the_dedup_stage_then_resume(tmp_path):
-    """SIGKILL the whole build while its LSH stage is part done; the rerun skips the
-    finished tasks (completion markers) and writes the uninterrupted build's corpus."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_in_the_dedup_stage_then_resume(tmp_path, sig):
+    """SIGKILL (or Ctrl-C) the whole build while its LSH stage is part done, its tasks on
+    a pool of 2 workers; the rerun skips the finished tasks (completion markers) and
+    writes the uninterrupted build's corpus. Ctrl-C is one line and exit 130."""
     from procs import run, started
 
     src, out, tasks = tmp_path / "src", tmp_path / "out", 8
     _many_near_duplicates(src, 200)
     env = {**os.environ, "PYTHONPATH": SRC}
     done = work_dir_of(out, EngineConfig()) / "logs" / "lsh" / "completions"
-    with started(_build_argv(src, out, tasks), env=env, stdout=open(os.devnull, "w"),
-                 stderr=open(os.devnull, "w")) as proc:
+    argv = _build_argv(src, out, tasks, workers=2)
+    with open(tmp_path / "err", "w") as err, \
+            started(argv, env=env, stdout=subprocess.DEVNULL, stderr=err) as proc:
         deadline = time.monotonic() + 60
         while not (done.is_dir() and any(done.iterdir())):
             assert proc.poll() is None, "the build ended before its dedup stage"
             assert time.monotonic() < deadline
             time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, sig)
+        rc = proc.wait(timeout=30)
     finished = len(list(done.iterdir()))
-    assert 1 <= finished < tasks, finished        # killed part-way through the LSH stage
+    assert 1 <= finished < tasks, finished        # stopped part-way through the LSH stage
     assert not out.exists()                       # no half-written corpus
-    rerun = run(_build_argv(src, out, tasks), env=env, timeout=120)
+    if sig == signal.SIGINT:
+        lines = [x for x in (tmp_path / "err").read_text().splitlines()
+                 if not x.startswith("corpus build: stage ")]
+        assert rc == 130 and lines == ["babeltower: interrupted; run the same command to "
+                                       "resume"], (rc, lines)
+    rerun = run(argv, env=env, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"stage scan: {tasks} task(s), {tasks} already done" in rerun.stderr
     assert f"stage lsh: {tasks} task(s), {finished} already done" in rerun.stderr
@@ -313,3 +322,57 @@ def test_cli_executor_local_and_its_errors_are_one_line(sources, tmp_path, capsy
     assert rc != 0 and err.splitlines() == [err] and "--tasks" in err
     rc = main([*args, "--out", str(tmp_path / "g"), "--executor", "spark"])
     assert rc != 0 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_cluster_on_loopback_builds_the_same_corpus(sources, tmp_path):
+    """A Ray head with 2 worker CPUs started here on 127.0.0.1 (its own process group,
+    killed at the end); the build connects to it and writes the local build's corpus."""
+    import shutil
+    import tempfile
+
+    import ray  # the [ray] extra: installed by make install, so this cannot be skipped
+
+    from procs import started
+
+    srcs, _, _ = sources
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="bt-ray-", dir="/tmp")  # unix socket paths stay short
+    env = {**os.environ, "PYTHONPATH": SRC, "RAY_USAGE_STATS_ENABLED": "0"}
+    argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    cfg = BuildConfig(**CFG)
+    try:
+        with started(argv, env=env, stdout=open(tmp_path / "ray.log", "w"),
+                     stderr=open(tmp_path / "ray.err", "w")):
+            address = f"127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:   # the head is up once a driver can connect
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                    break
+                except (ConnectionError, RuntimeError):
+                    assert time.monotonic() < deadline, (tmp_path / "ray.err").read_text()[-2000:]
+                    time.sleep(0.5)
+            try:
+                assert ray.cluster_resources().get("CPU") == 2
+                engine = EngineConfig.model_validate({
+                    "executor": "ray", "tasks": 4,
+                    "ray": {"address": address, "mem_per_cpu_gb": 0.25}})
+                out = build_corpus_datatrove(srcs, tmp_path / "ray", cfg, engine,
+                                             progress=False)
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    ref = build_corpus(srcs, tmp_path / "ref", cfg, progress=False)
+    _same_corpus(ref, out)
+    assert json.loads((out / "manifest.json").read_text())["engine"]["executor"] == "ray"

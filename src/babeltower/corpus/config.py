@@ -182,6 +182,7 @@ class RayConfig(_Strict):
 
     address: str | None = Field(None, description="ray://... or host:port; None = start a local Ray")
     cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(2.0, gt=0, description="memory Ray reserves per CPU of a task")
 
 
 class EngineConfig(_Strict):

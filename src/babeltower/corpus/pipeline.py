@@ -60,6 +60,19 @@ WORK_FORMAT = "babeltower-datatrove-work/1"
 
 # ---------------------------------------------------------------- stage 1: scan
 
+def ignore_sigint_in_pool_worker() -> None:
+    """In a local executor's pool worker: Ctrl-C reaches the whole process group, and the
+    driver answers it (one line, exit 130, the pool ended); a worker printing its own
+    KeyboardInterrupt traceback would bury that line. Slurm/Ray tasks are main processes
+    and keep their signals."""
+    import signal
+
+    import multiprocess
+
+    if multiprocess.current_process().name != "MainProcess":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SourceReader(PipelineStep):
     """Every input file or row of every source whose stable shard is this rank."""
 
@@ -72,6 +85,7 @@ class SourceReader(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0,
             world_size: int = 1) -> DocumentsPipeline:
+        ignore_sigint_in_pool_worker()
         for si, s in enumerate(self.sources):
             knowledge = is_knowledge_source(s)
             for item in (iter_knowledge_inputs(s) if knowledge else iter_inputs(s)):
@@ -225,6 +239,7 @@ class MinHashLSHEdges(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0,
             world_size: int = 1) -> DocumentsPipeline:
+        ignore_sigint_in_pool_worker()
         shas, sigs = load_signatures(self.signatures)
         threshold = self.cfg.dedup.threshold
         edges: set[tuple[int, int]] = set()
@@ -297,6 +312,7 @@ class FinalizeCorpus(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0,
             world_size: int = 1) -> DocumentsPipeline:
+        ignore_sigint_in_pool_worker()
         work = Path(self.work)
         with tempfile.TemporaryDirectory(prefix=".spill-", dir=work) as d:
             spill = TextSpill(d)
@@ -481,6 +497,7 @@ def _run_ray(pipelines: dict, engine: EngineConfig, work: Path, progress: bool) 
             tasks = _tasks_of(stage, engine)
             _say(progress, f"stage {stage}: {tasks} Ray task(s)")
             RayPipelineExecutor(pipeline, tasks=tasks, cpus_per_task=engine.ray.cpus_per_task,
+                                mem_per_cpu_gb=engine.ray.mem_per_cpu_gb,
                                 logging_dir=str(work / "logs" / stage)).run()
     finally:
         if started:
