@@ -317,9 +317,6 @@ def test_cli_executor_local_and_its_errors_are_one_line(sources, tmp_path, capsy
         err = [x for x in lines if not x.startswith("corpus build: stage ")]  # progress
         assert rc != 0 and len(err) == 1 and err[0].startswith("babeltower: error: row 1"), lines
         assert not (tmp_path / "e").exists()
-    rc = main([*args, "--out", str(tmp_path / "f"), "--executor", "local", "--shard", "0/2"])
-    err = capsys.readouterr().err.strip()
-    assert rc != 0 and err.splitlines() == [err] and "--tasks" in err
     rc = main([*args, "--out", str(tmp_path / "g"), "--executor", "spark"])
     assert rc != 0 and len(capsys.readouterr().err.strip().splitlines()) == 1
 

@@ -8,10 +8,9 @@ A pipeline of small steps:
 3. ``finalize`` runs over the WHOLE corpus: exact dedup, MinHash-LSH near dedup,
    the group-aware train/validation/test split, and writes the output directory.
 
-Fan-out on a cluster: ``build_corpus(..., shard=(i, n))`` does steps 1-2 for a stable
-1/n of the inputs (by a hash of source and path) and writes a *shard* directory;
-``merge_shards([...], out)`` then runs step 3 over all n shards. The result is
-identical to an unsharded build of the same sources and config.
+Past one machine, the same steps run as datatrove pipelines on Slurm or Ray
+(``babeltower.corpus.pipeline``: per-rank scan and LSH, then ``finalize``); the corpus is
+identical to this builder's.
 """
 
 from __future__ import annotations
@@ -34,16 +33,15 @@ from babeltower.corpus.config import BuildConfig
 from babeltower.corpus.filters import DROP_REASONS, content_filter_reason, decode_utf8, is_binary
 from babeltower.corpus.knowledge import (KNOWLEDGE_PACKAGE, is_knowledge_source,
                                          iter_knowledge_inputs, knowledge_manifest)
-from babeltower.corpus.sources import InputItem, iter_inputs, probe_source, shard_of
+from babeltower.corpus.sources import InputItem, iter_inputs, probe_source
 from babeltower.errors import BabelError
 from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
 from babeltower.languages import canonical, detect_language
 from babeltower.corpus.shards import SPLITS
 
 from babeltower.corpus.corpusdir import CORPUS_FORMAT  # noqa: E402
-SHARD_FORMAT = "babeltower-corpus-shard/1"
 MINHASH_SCHEME = "affine32"
-MINHASH_SEED = 1  # fixed: signatures from different shards/machines must be comparable
+MINHASH_SEED = 1  # fixed: signatures from different tasks/machines must be comparable
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -228,7 +226,7 @@ def _spill(rec: dict, spill: TextSpill | None) -> dict:
 
 def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True,
                  spill: TextSpill | None = None) -> list[dict]:
-    """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order.
+    """Steps 1-2 for all inputs, on ``cfg.workers`` processes, in input order.
     With ``spill``, kept texts go to disk as they arrive (``record_text`` reads them)."""
     for s in sources:
         probe_source(str(s))  # a missing, unreadable or malformed source fails before any work
@@ -238,8 +236,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
             if is_knowledge_source(s):
                 continue  # scanned below, in this process
             for item in iter_inputs(str(s)):
-                if shard_of(item, cfg.num_shards) == cfg.shard_index:
-                    yield si, item
+                yield si, item
 
     from tqdm.auto import tqdm
 
@@ -268,8 +265,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
     for si, s in enumerate(sources):
         if is_knowledge_source(s):
             out.extend(_spill(scan_item(item, no_near, si), spill)
-                       for item in iter_knowledge_inputs(s)
-                       if shard_of(item, cfg.num_shards) == cfg.shard_index)
+                       for item in iter_knowledge_inputs(s))
     return out
 
 
@@ -525,8 +521,7 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
             "packages": _fetch_packages(sources),
             "ledger": "ledger.parquet",
             "files_sha256": files_sha,
-            "config": cfg.model_dump(mode="json", exclude={"shard_index", "num_shards",
-                                                           "workers"}),
+            "config": cfg.model_dump(mode="json", exclude={"workers"}),
             "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
             **({"knowledge": knowledge} if knowledge else {}),
             **(extra_manifest or {}),
@@ -552,7 +547,7 @@ def _fetch_packages(sources: Sequence[str]) -> list[dict]:
 def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                  config: BuildConfig | None = None, overwrite: bool = False,
                  progress: bool = True) -> Path:
-    """Build a corpus directory (or, with ``config.num_shards > 1``, one shard of it).
+    """Build a corpus directory on this machine (``cfg.workers`` processes).
 
     Returns ``out``. Output layout: ``out/<lang>/{train,validation,test}.jsonl``,
     ``out/ledger.parquet`` (one row per input file: kept -> split, dropped -> reason),
@@ -571,87 +566,6 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
         spill = TextSpill(d)
         try:
             records = scan_sources(sources, cfg, progress=progress, spill=spill)
-            if cfg.num_shards == 1:
-                return finalize(records, cfg, sources, out, overwrite=overwrite, spill=spill)
-            return _write_shard(records, cfg, sources, out, overwrite, spill)
-        finally:
-            spill.close()
-
-
-def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool,
-                 spill: TextSpill | None = None) -> Path:
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        r = dict(r)
-        mh = r.pop("minhash", None)
-        r["minhash"] = None if mh is None else np.asarray(mh, dtype=np.uint64).tobytes()
-        r["text"] = record_text(r, spill) if r["status"] == "kept" else None
-        r.pop("text_ref", None)
-        rows.append(r)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        df = pd.DataFrame(rows)
-        if not df.empty:
-            df["row"] = df["row"].astype("Int64")
-        df.to_parquet(tmp / "records.parquet", index=False)
-        atomic_write_json(tmp / "manifest.json", {
-            "format": SHARD_FORMAT, "shard_index": cfg.shard_index,
-            "num_shards": cfg.num_shards, "inputs": len(rows),
-            "sources": sources,
-            "records_sha256": sha256_file(tmp / "records.parquet"),
-            "config": cfg.model_dump(mode="json"),
-            "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
-        })
-    return out
-
-
-def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                 overwrite: bool = False) -> Path:
-    """Finish a sharded build: whole-corpus dedup and split over all n shard outputs."""
-    if not shard_dirs:
-        raise BabelError("no shard directories given")
-    metas, frames = [], []
-    for d in shard_dirs:
-        mf = Path(d) / "manifest.json"
-        if not mf.is_file():
-            raise BabelError(f"not a corpus shard (no manifest.json): {d}")
-        try:
-            meta = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise BabelError(f"corrupt shard manifest {mf}: {e.msg}") from e
-        if meta.get("format") != SHARD_FORMAT:
-            raise BabelError(f"{d} is not a corpus shard (format {meta.get('format')!r})")
-        rp = Path(d) / "records.parquet"
-        if not rp.is_file() or sha256_file(rp) != meta.get("records_sha256"):
-            raise BabelError(f"shard {d}: records.parquet is missing or does not match its sha256")
-        metas.append(meta)
-        frames.append(rp)
-    n = metas[0]["num_shards"]
-    got = sorted(m["shard_index"] for m in metas)
-    if got != list(range(n)):
-        raise BabelError(f"need shards 0..{n - 1} exactly once, got {got}")
-    base = {k: v for k, v in metas[0]["config"].items() if k != "shard_index"}
-    for m in metas[1:]:
-        if {k: v for k, v in m["config"].items() if k != "shard_index"} != base \
-                or m["sources"] != metas[0]["sources"]:
-            raise BabelError("shards were built with different configs or sources")
-    cfg = BuildConfig.model_validate({**base, "shard_index": 0, "num_shards": 1})
-    import pyarrow.parquet as pq
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
-        spill = TextSpill(d)
-        try:
-            records = []
-            for rp in frames:  # batch by batch: texts go to the spill, not to memory
-                for batch in pq.ParquetFile(rp).iter_batches(batch_size=512):
-                    for r in batch.to_pylist():
-                        if r.get("minhash") is not None:
-                            r["minhash"] = np.frombuffer(r["minhash"], dtype=np.uint64)
-                        records.append(_spill(r, spill))
-            return finalize(records, cfg, metas[0]["sources"], out, overwrite=overwrite,
-                            extra_manifest={"merged_shards": n}, spill=spill)
+            return finalize(records, cfg, sources, out, overwrite=overwrite, spill=spill)
         finally:
             spill.close()

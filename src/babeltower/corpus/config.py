@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from babeltower.config import Config
 from babeltower.errors import BabelError
@@ -109,8 +109,6 @@ class BuildConfig(_Strict):
     languages: list[str] | None = Field(None, description="keep only these; None = all known")
     seed: int = 0
     workers: int = Field(0, ge=0, description="processes for per-file work; 0 = all cores")
-    shard_index: int = Field(0, ge=0)
-    num_shards: int = Field(1, ge=1)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -119,12 +117,6 @@ class BuildConfig(_Strict):
     @classmethod
     def _langs(cls, v):
         return canonical_languages(v)
-
-    @model_validator(mode="after")
-    def _shard(self):
-        if self.shard_index >= self.num_shards:
-            raise BabelError(f"shard {self.shard_index}/{self.num_shards}: index must be < count")
-        return self
 
 
 class TokenizerConfig(_Strict):
@@ -147,19 +139,6 @@ class TokenizerConfig(_Strict):
 class PackConfig(_Strict):
     batch_docs: int = Field(256, ge=1, description="documents per encode batch")
     workers: int = Field(0, ge=0, description="tokenizer processes; 0 = all cores")
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'i/n' -> (i, n); BabelError on anything else."""
-    if spec is None or spec == "":
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise BabelError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise BabelError(f"--shard {spec}: need 0 <= i < n")
-    return i, n
 
 
 class SlurmConfig(_Strict):

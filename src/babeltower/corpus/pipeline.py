@@ -407,9 +407,6 @@ def build_corpus_datatrove(sources: Sequence[str | os.PathLike], out: str | os.P
     engine = engine or EngineConfig(executor="local")
     if engine.executor == "builtin":
         raise BabelError("executor 'builtin' is build_corpus, not a datatrove executor")
-    if cfg.num_shards != 1:
-        raise BabelError("--shard is the builtin builder's fan-out; datatrove splits the "
-                         "work by --tasks")
     sources = [str(s) for s in sources]
     if not sources:
         raise BabelError("no --source given")
