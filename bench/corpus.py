@@ -157,10 +157,17 @@ def compare_engines(args) -> int:
     def builtin(n):
         return lambda out: build_corpus(sources, out, BuildConfig(workers=n), progress=False)
 
+    stage_s: dict = {}
+
     def datatrove(n):
-        return lambda out: build_corpus_datatrove(
-            sources, out, BuildConfig(workers=1),
-            EngineConfig(executor="local", tasks=n, workers=n), progress=False)
+        def run(out):
+            t = {}
+            build_corpus_datatrove(sources, out, BuildConfig(workers=1),
+                                   EngineConfig(executor="local", tasks=n, workers=n),
+                                   progress=False, timings=t)
+            for stage, sec in t.items():
+                stage_s.setdefault((n, stage), []).append(sec)
+        return run
 
     runs = {("builtin", 1): builtin(1), ("datatrove", 1): datatrove(1),
             ("builtin", 2): builtin(2), ("datatrove", 2): datatrove(2)}
@@ -188,6 +195,8 @@ def compare_engines(args) -> int:
         sd = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
         print(f"ratio datatrove/builtin at {n} task(s): {statistics.mean(ratios):.2f} "
               f"+- {sd:.2f} (per-run pairs)")
+    print("datatrove stage wall times (mean s over runs):", ", ".join(
+        f"{n} task(s) {stage} {statistics.mean(v):.1f}" for (n, stage), v in stage_s.items()))
     print(f"same corpus from every build: {len(digests) == 1}")
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -394,12 +394,13 @@ def _prepare_work(work: Path, fingerprint: dict) -> None:
 def build_corpus_datatrove(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                            config: BuildConfig | None = None,
                            engine: EngineConfig | None = None, overwrite: bool = False,
-                           progress: bool = True) -> Path:
+                           progress: bool = True, timings: dict | None = None) -> Path:
     """The corpus of ``build_corpus``, built by datatrove on ``engine.executor``.
 
     Local and Ray return when the corpus is written; Slurm returns once the three job
     arrays are submitted (the corpus appears at ``out`` when the last one finishes).
-    Run it again after an interruption: finished tasks are skipped.
+    Run it again after an interruption: finished tasks are skipped. ``timings``, if
+    given, receives each stage's wall time in seconds (local and Ray).
     """
     import datatrove
 
@@ -433,9 +434,9 @@ def build_corpus_datatrove(sources: Sequence[str | os.PathLike], out: str | os.P
         return out
     with _datatrove_logs(progress):
         if engine.executor == "local":
-            _run_local(pipelines, engine, work, progress)
+            _run_local(pipelines, engine, work, progress, timings)
         else:
-            _run_ray(pipelines, engine, work, progress)
+            _run_ray(pipelines, engine, work, progress, timings)
     if not out.exists():
         raise BabelError(f"the datatrove build finished without writing {out} "
                          f"(task logs: {work / 'logs'})")
@@ -458,7 +459,10 @@ def _say(progress: bool, msg: str) -> None:
         print(f"corpus build: {msg}", file=sys.stderr, flush=True)
 
 
-def _run_local(pipelines: dict, engine: EngineConfig, work: Path, progress: bool) -> None:
+def _run_local(pipelines: dict, engine: EngineConfig, work: Path, progress: bool,
+               timings: dict | None) -> None:
+    import time
+
     from datatrove.executor import LocalPipelineExecutor
 
     for stage, pipeline in pipelines.items():
@@ -472,10 +476,16 @@ def _run_local(pipelines: dict, engine: EngineConfig, work: Path, progress: bool
         _say(progress, f"stage {stage}: {tasks} task(s), {done} already done (resumed), "
                        f"on {workers} worker(s)" if done else
                        f"stage {stage}: {tasks} task(s) on {workers} worker(s)")
+        t0 = time.perf_counter()
         executor.run()
+        if timings is not None:
+            timings[stage] = time.perf_counter() - t0
 
 
-def _run_ray(pipelines: dict, engine: EngineConfig, work: Path, progress: bool) -> None:
+def _run_ray(pipelines: dict, engine: EngineConfig, work: Path, progress: bool,
+             timings: dict | None) -> None:
+    import time
+
     try:
         import ray
         from datatrove.executor.ray import RayPipelineExecutor
@@ -493,9 +503,12 @@ def _run_ray(pipelines: dict, engine: EngineConfig, work: Path, progress: bool) 
         for stage, pipeline in pipelines.items():
             tasks = _tasks_of(stage, engine)
             _say(progress, f"stage {stage}: {tasks} Ray task(s)")
+            t0 = time.perf_counter()
             RayPipelineExecutor(pipeline, tasks=tasks, cpus_per_task=engine.ray.cpus_per_task,
                                 mem_per_cpu_gb=engine.ray.mem_per_cpu_gb,
                                 logging_dir=str(work / "logs" / stage)).run()
+            if timings is not None:
+                timings[stage] = time.perf_counter() - t0
     finally:
         if started:
             ray.shutdown()
