@@ -373,3 +373,45 @@ def test_ray_cluster_on_loopback_builds_the_same_corpus(sources, tmp_path):
     ref = build_corpus(srcs, tmp_path / "ref", cfg, progress=False)
     _same_corpus(ref, out)
     assert json.loads((out / "manifest.json").read_text())["engine"]["executor"] == "ray"
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 16])
+def test_lsh_stage_clusters_equal_datasketch_lsh(tmp_path, world_size):
+    """On signatures with planted similar pairs at Jaccard estimates around the threshold
+    (0.55-0.95 agreement) the edges of all ranks give the clusters of datasketch's
+    MinHashLSH + confirmation (the builtin builder), whatever the number of ranks."""
+    import numpy as np
+
+    from babeltower.corpus.build import near_duplicate_clusters
+    from babeltower.corpus.pipeline import MinHashLSHEdges, _atomic_npz, clusters_from_edges
+
+    rng = np.random.default_rng(7)
+    sigs = []
+    for _ in range(60):
+        base = rng.integers(0, 2**32, 128, dtype=np.uint64)
+        sigs.append(base)
+        for agree in rng.uniform(0.55, 0.95, size=rng.integers(0, 4)):
+            s = base.copy()
+            flip = rng.random(128) > agree
+            s[flip] = rng.integers(0, 2**32, int(flip.sum()), dtype=np.uint64)
+            sigs.append(s)
+    order = rng.permutation(len(sigs))
+    sigs = [sigs[i] for i in order]
+    shas = [f"{i:064x}" for i in range(len(sigs))]
+    # two scan ranks' signature files
+    half = len(sigs) // 2
+    for r, (lo, hi) in enumerate(((0, half), (half, len(sigs)))):
+        _atomic_npz(tmp_path / "sig" / f"{r:05d}.npz", sha=np.array(shas[lo:hi], dtype="S64"),
+                    sig=np.array(sigs[lo:hi], dtype=np.uint64))
+    cfg = BuildConfig()
+    for rank in range(world_size):
+        list(MinHashLSHEdges(cfg, str(tmp_path / "sig"), str(tmp_path / "edges"))
+             .run(None, rank, world_size))
+    edges = []
+    for p in sorted((tmp_path / "edges").glob("*.npz")):
+        with np.load(p) as z:
+            edges.extend(zip(z["a"].tolist(), z["b"].tolist()))
+    kept = [{"sha256": s} for s in shas]
+    want = near_duplicate_clusters(sigs, cfg.dedup.threshold, cfg.dedup.num_perm)
+    assert clusters_from_edges(kept, edges) == want
+    assert 10 < sum(r != i for i, r in enumerate(want)) < len(sigs) - 60  # mixed outcomes
