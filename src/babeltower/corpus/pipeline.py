@@ -27,7 +27,6 @@ confirmation rule, so the clusters are the builtin builder's, for any number of 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import shutil
@@ -288,8 +287,8 @@ def load_signatures(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- stage 3: final
 
-def _read_jsonl_gz(path: Path) -> Iterator[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)
 
@@ -318,12 +317,12 @@ class FinalizeCorpus(PipelineStep):
             spill = TextSpill(d)
             try:
                 records = []
-                for p in sorted((work / "kept").glob("*.jsonl.gz")):
-                    for rec in _read_jsonl_gz(p):
+                for p in sorted((work / "kept").glob("*.jsonl")):
+                    for rec in _read_jsonl(p):
                         rec["text_ref"] = spill.put(rec.pop("text"))
                         records.append(rec)
-                for p in sorted((work / "dropped").rglob("*.jsonl.gz")):
-                    records.extend(_read_jsonl_gz(p))
+                for p in sorted((work / "dropped").rglob("*.jsonl")):
+                    records.extend(_read_jsonl(p))
                 edges = []
                 for p in sorted((work / "edges").glob("*.npz")):
                     with np.load(p) as z:
@@ -356,8 +355,8 @@ def clusters_from_edges(kept: list[dict], edges: list[tuple[bytes, bytes]]) -> l
 def stage_pipelines(sources: Sequence[str], cfg: BuildConfig, out: Path, work: Path,
                     overwrite: bool, extra_manifest: dict) -> dict[str, list[PipelineStep]]:
     def excluded(name: str) -> JsonlWriter:
-        return JsonlWriter(str(work / "dropped" / name), output_filename="${rank}.jsonl.gz",
-                           adapter=dropped_row)
+        return JsonlWriter(str(work / "dropped" / name), output_filename="${rank}.jsonl",
+                           compression=None, adapter=dropped_row)
 
     scan = [SourceReader(sources),
             LanguageFilter(cfg, exclusion_writer=excluded("language")),
@@ -365,7 +364,9 @@ def stage_pipelines(sources: Sequence[str], cfg: BuildConfig, out: Path, work: P
             DecodeFilter(exclusion_writer=excluded("decode")),
             ContentFilter(cfg, exclusion_writer=excluded("content")),
             SignatureStep(cfg, str(work / "signatures")),
-            JsonlWriter(str(work / "kept"), output_filename="${rank}.jsonl.gz", adapter=kept_row)]
+            # uncompressed: an intermediate the final stage reads once; gzip would cost CPU
+            JsonlWriter(str(work / "kept"), output_filename="${rank}.jsonl", compression=None,
+                        adapter=kept_row)]
     lsh = [MinHashLSHEdges(cfg, str(work / "signatures"), str(work / "edges"))]
     final = [FinalizeCorpus(sources, cfg, str(out), str(work), overwrite, extra_manifest)]
     return {"scan": scan, "lsh": lsh, "final": final}
