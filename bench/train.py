@@ -68,7 +68,7 @@ def run_hf_trainer(cfg, data: Path, out: Path, warmup: int) -> float:
 
     from babeltower.corpus.shards import TokenShards
     from babeltower.mixture.sampler import MixtureSampler
-    from babeltower.train.loop import resolve_mixture
+    from babeltower.train.schedule import resolve_mixture
     from babeltower.train.presets import model_config
 
     shards = TokenShards(data)

@@ -20,7 +20,7 @@ import stat
 
 import pytest
 
-from babeltower.evaluate.execute import check_toolchains
+from babeltower.sandbox.execute import check_toolchains
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 # .ci/run's rerun as an unprivileged user: a toolchain installed only where root can reach

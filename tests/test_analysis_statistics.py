@@ -60,3 +60,34 @@ def test_a_non_monotone_share_tracked_by_the_curve_is_specific():
     lo, hi = out["curve"]["pearson_ci95"]
     assert lo < out["curve"]["pearson"] < hi
     assert fisher_interval(0.5, 3) is None
+
+
+def test_estimate_binomial_has_the_wilson_interval_and_the_binomial_se():
+    from babeltower.analysis.statistics import Estimate
+
+    e = Estimate.binomial(30, 100)
+    # Wilson 95% for 30/100 (z = 1.96): 0.2189 to 0.3958 (textbook value)
+    assert e.kind == "binomial" and e.n == 100 and e.value == 0.3
+    assert abs(e.lo - 0.2189) < 5e-4 and abs(e.hi - 0.3958) < 5e-4
+    assert abs(e.se - (0.3 * 0.7 / 100) ** 0.5) < 1e-12
+    assert Estimate.from_dict(e.to_dict()) == e
+
+
+def test_newcombe_interval_matches_newcombe_1998():
+    from babeltower.analysis.statistics import newcombe_interval
+
+    # Newcombe (1998), Stat Med 17:873, example (56/70 vs 48/80), method 10: 0.0524 to 0.3339
+    lo, hi = newcombe_interval(56, 70, 48, 80)
+    assert abs(lo - 0.0524) < 5e-4 and abs(hi - 0.3339) < 5e-4
+
+
+def test_estimate_over_seeds_is_a_student_t_interval():
+    from babeltower.analysis.statistics import Estimate
+
+    e = Estimate.over_seeds([1.0, 2.0, 3.0, None])
+    # sd 1, n 3: se 1/sqrt(3); t(0.975, 2) = 4.302653
+    assert e.n == 3 and e.kind == "seeds" and e.value == 2.0
+    assert abs(e.se - 3 ** -0.5) < 1e-12
+    assert abs((e.hi - e.value) - 4.302653 / 3 ** 0.5) < 1e-5
+    with pytest.raises(ValueError):
+        Estimate(0.5, None, None, None, 1, "guess")

@@ -51,6 +51,14 @@ def test_each_command_help_loads_nothing_heavy(command):
     assert _loaded_after(_help([command, "--help"])) == []
 
 
+def test_the_sandbox_and_pass_at_k_load_no_scipy_torch_or_transformers():
+    """CI reruns the sandbox suites as an unprivileged user with only numpy, pydantic and
+    tqdm staged: the sandbox and pass@k's scoring must import nothing heavier."""
+    loaded = _loaded_after("import babeltower.sandbox.execute, babeltower.sandbox.run, "
+                           "babeltower.sandbox.zygote, babeltower.evaluate.passk")
+    assert not {"torch", "scipy", "transformers", "pandas", "matplotlib"} & set(loaded), loaded
+
+
 def test_the_probe_itself_sees_heavy_imports():
     """The check above can fail: a command that does import torch is seen."""
     assert "torch" in _loaded_after("import babeltower.train.loop")

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from babeltower.errors import BabelError
-from babeltower.evaluate.execute import SUPPORTED, java_class_names, run_program, sample_programs
+from babeltower.sandbox.execute import SUPPORTED, java_class_names, run_program, sample_programs
 from sandbox_fixtures import loopback_listener, require_toolchain
 
 PROGRAMS = sample_programs()
@@ -16,7 +16,7 @@ PROGRAMS = sample_programs()
 def test_a_missing_toolchain_is_reported_with_its_package(language, monkeypatch):
     """What a machine without the toolchain gets: the status and the apt package, not a
     crash (simulated: an empty PATH and no fallback directories)."""
-    from babeltower.evaluate import execute
+    from babeltower.sandbox import execute
 
     monkeypatch.setattr(execute, "find_tool", lambda name: None)
     r = run_program(language, PROGRAMS[language][0], timeout=5)

@@ -157,15 +157,21 @@ def test_bad_inputs(data_dir, tmp_path):
 
 
 def test_document_bootstrap_interval():
-    from babeltower.evaluate.loss import bootstrap_ci
+    from babeltower.analysis.statistics import Estimate
 
     nats = np.array([10.0, 20.0, 30.0, 40.0])
     units = np.array([10.0, 10.0, 10.0, 10.0])
-    lo, hi = bootstrap_ci(nats, units)
-    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    e = Estimate.ratio_bootstrap(nats, units)
+    assert e.kind == "bootstrap" and e.n == 4 and e.value == 2.5
+    assert 1.0 <= e.lo < 2.5 < e.hi <= 4.0
+    # equal units: the ratio is the mean of 1, 2, 3, 4, whose bootstrap se is the
+    # population sd over sqrt(n) = sqrt(1.25) / 2
+    assert abs(e.se - np.sqrt(1.25) / 2) < 0.05
     # identical documents: no spread at all
-    assert bootstrap_ci(np.full(5, 3.0), np.full(5, 2.0)) == (1.5, 1.5)
-    assert bootstrap_ci(np.array([3.0]), np.array([2.0])) == (1.5, 1.5)
+    same = Estimate.ratio_bootstrap(np.full(5, 3.0), np.full(5, 2.0))
+    assert (same.lo, same.hi, same.se) == (1.5, 1.5, 0.0)
+    one = Estimate.ratio_bootstrap(np.array([3.0]), np.array([2.0]))
+    assert (one.lo, one.hi, one.se) == (1.5, 1.5, None)
 
 
 def test_rows_carry_intervals_around_the_point(data_dir):

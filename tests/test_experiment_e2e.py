@@ -83,6 +83,30 @@ def test_report_and_results_written(experiment):
     assert results["provenance"]["versions"]["torch"]
 
 
+def _checkpoint_rows(o):
+    """Every checkpoint row anywhere in results.json (lists under a 'checkpoints' key)."""
+    if isinstance(o, dict):
+        for k, v in o.items():
+            if k == "checkpoints" and isinstance(v, list) and v and isinstance(v[0], dict):
+                yield from v
+            else:
+                yield from _checkpoint_rows(v)
+    elif isinstance(o, list):
+        for v in o:
+            yield from _checkpoint_rows(v)
+
+
+def test_every_checkpoint_row_key_is_declared_in_checkpoint_row(experiment, knowledge_experiment):
+    from babeltower.results import CheckpointRow
+
+    declared = set(CheckpointRow.__annotations__)
+    for work in (experiment[0], knowledge_experiment):
+        rows = list(_checkpoint_rows(json.loads((work / "results.json").read_text())))
+        assert rows
+        written = set().union(*rows)
+        assert written <= declared, sorted(written - declared)
+
+
 def test_continual_pretraining_learns_the_new_language(experiment):
     work, _, _ = experiment
     r = json.loads((work / "results.json").read_text())

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from babeltower.errors import BabelError
-from babeltower.experiment.analysis import compare, mean_ci, performance_curve
+from babeltower.analysis.statistics import t_interval
+from babeltower.experiment.analysis import compare, performance_curve
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.experiment.pipeline import check_feasible, original_corpus
 
@@ -88,20 +89,24 @@ def test_performance_falls_back_to_bpb_when_cloze_is_flat():
     c = cfg()
     rows = [{"tokens": t, "cloze_new": {"php": 0.0 if t != 8 else 0.01},
              "bpb": {"php": 4.0 - 0.1 * i}} for i, t in enumerate([0, 1, 2, 4, 8, 16, 32, 64])]
-    x, y, label = performance_curve(c, rows, "php")
-    assert "bits per byte" in label and y[0] == -4.0 and y[-1] > y[0]
+    pc = performance_curve(c, rows, "php")
+    assert "bits per byte" in pc.label and pc.y[0] == -4.0 and pc.y[-1] > pc.y[0]
+    assert pc.measure == "bpb" and pc.noise is None     # no bpb_se recorded: no noise model
+    with_se = [{**r, "bpb_se": {"php": 0.01}} for r in rows]
+    assert list(performance_curve(c, with_se, "php").noise.se) == [0.01] * len(rows)
     rising = [{"tokens": r["tokens"], "cloze_new": {"php": 0.05 * i}, "bpb": r["bpb"],
                "cloze_new_n": {"php": 100}} for i, r in enumerate(rows)]
-    assert "cloze" in performance_curve(c, rising, "php")[2]
+    pc = performance_curve(c, rising, "php")
+    assert "cloze" in pc.label and pc.measure == "cloze" and list(pc.noise.trials) == [100] * len(rows)
     # the same rising curve without the prompt counts behind it cannot be tested
     blind = [{k: v for k, v in r.items() if k != "cloze_new_n"} for r in rising]
-    assert "no prompt counts" in performance_curve(c, blind, "php")[2]
+    assert "no prompt counts" in performance_curve(c, blind, "php").label
 
 
-def test_mean_ci_matches_student_t():
-    m, lo, hi = mean_ci([1.0, 3.0])
+def test_t_interval_matches_student_t():
+    m, lo, hi = t_interval([1.0, 3.0])
     assert m == 2.0 and math.isclose(hi - m, 12.706 * 1.0, rel_tol=1e-3)
-    assert math.isnan(mean_ci([1.0])[1])
+    assert math.isnan(t_interval([1.0])[1])
 
 
 def _run(mixture, seed, bpb):
@@ -151,7 +156,7 @@ def test_answer_says_nothing_to_compare_when_optimized_is_natural():
     """A difference of exactly 0 between the same runs is no finding: the report's answer
     says the corpora are identical instead of 'not established'; with separate runs it
     reports the Holm-corrected difference."""
-    from babeltower.report.study import answer_section
+    from babeltower.report.sections import answer_section
 
     def row(mixture, diff=0.0, p=None):
         return {"mixture": mixture, "language": "mean", "measure": "bpb", "mean": 3.0 + diff,

@@ -172,6 +172,69 @@ def test_no_function_longer_than_80_lines_without_a_reason():
     assert not bad, "functions over 80 lines without a '# long:' reason:\n" + "\n".join(bad)
 
 
+# Interval arithmetic (quantiles of replicates, distribution quantiles, z = 1.96) lives in
+# analysis/statistics.py only, so there is one definition of every interval. What else may
+# call such a function, and why it is not an interval:
+INTERVAL_CALLS = {"quantile", "nanquantile", "percentile", "nanpercentile", "ppf", "isf"}
+NOT_INTERVALS = {
+    # the threshold model's latent: the normal quantile of each checkpoint's mean accuracy
+    ("babeltower.analysis.item_power", "ppf"),
+    # quartiles that describe a distribution of LAPE entropies (a summary, not an interval)
+    ("babeltower.probes.lape_applicability", "quantile"),
+}
+
+
+def _interval_uses(mods: dict[str, Path]) -> list[str]:
+    found = []
+    for mod, path in mods.items():
+        if mod == "babeltower.analysis.statistics":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = None
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name not in INTERVAL_CALLS or (mod, name) in NOT_INTERVALS:
+                    continue
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, float)
+                  and abs(node.value - 1.96) < 1e-3):
+                name = str(node.value)     # z of a 95% interval, however rounded
+            else:
+                continue
+            found.append(f"{mod}:{node.lineno} {name}")
+    return found
+
+
+def test_intervals_are_computed_in_analysis_statistics_only():
+    found = _interval_uses(_modules())
+    assert not found, ("intervals computed outside analysis/statistics.py (use Estimate, "
+                       "wilson_interval, t_interval, percentile_interval):\n" + "\n".join(found))
+
+
+def test_experiment_and_report_compute_no_measure():
+    """The experiment composes the library's measures and the report shows them: neither
+    imports torch or transformers (a forward pass there would be a second way to measure)."""
+    bad = []
+    for mod, path in _modules().items():
+        if not mod.startswith(HIGH):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{mod}:{node.lineno} {n}" for n in names
+                    if n.split(".")[0] in ("torch", "transformers")]
+    assert not bad, bad
+
+
+def test_interval_rule_catches_a_planted_interval(tmp_path):
+    pkg = tmp_path / "babeltower"
+    (pkg / "evaluate").mkdir(parents=True)
+    (pkg / "evaluate" / "x.py").write_text(
+        "import numpy as np\nlo = np.quantile([1, 2], 0.025)\nz = 1.96\n")
+    mods = {"babeltower.evaluate.x": pkg / "evaluate" / "x.py"}
+    assert len(_interval_uses(mods)) == 2
+
+
 @pytest.mark.parametrize("rule", [test_no_import_cycles, test_no_private_names_across_modules])
 def test_rules_catch_a_planted_violation(rule, tmp_path, monkeypatch):
     """The checks can fail: a planted cycle and a planted private import are found."""

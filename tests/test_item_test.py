@@ -15,7 +15,7 @@ from babeltower.analysis.item_power import (SCENARIOS, ChurnModel, ItemDesign, c
                                             fit_churn, item_power, simulate_items)
 from babeltower.analysis.item_test import (ItemSeries, ItemTestOptions, cluster_weights,
                                            drop_statistics, item_stage_test, residuals,
-                                           seed_replication)
+                                           seed_drops, seed_replication, seed_t)
 from babeltower.analysis.power import Effect
 from babeltower.analysis.stages import stage_result_from_items
 from babeltower.errors import BabelError
@@ -101,39 +101,81 @@ def test_monotone_mean_with_churn_is_not_called_a_drop_more_often_than_alpha(sce
         assert _too_many(m["binomial_per_run"]["hits"], m["binomial_per_run"]["sims"]), m
 
 
-def test_planted_drop_is_found_at_the_documented_power():
+@pytest.mark.parametrize("seeds,pooled_at_least,pooled_at_most", [(3, 0.15, 0.6), (6, 0.8, 1.0)])
+def test_planted_drop_is_found_at_the_documented_power(seeds, pooled_at_least, pooled_at_most):
     """A 30% drop after a peak of 0.5 at 30% of CPT, persistent churn, 120 items in 12
-    clusters, 21 checkpoints, 3 seeds: docs/stages.md documents detection >= 0.9 per run
-    and >= 0.7 pooled (the seed t-test has 2 degrees of freedom)."""
-    design = ItemDesign(X, n_items=120, n_clusters=12, n_seeds=3)
+    clusters, 21 checkpoints: detection >= 0.85 per run at any number of seeds; pooled,
+    the split-sample seed test is the bottleneck: with 3 seeds one locates and two are
+    scored (a t-test on 1 degree of freedom, measured 0.35), with 6 seeds two locate and
+    four are scored (3 degrees of freedom, measured 0.95) - docs/stages.md."""
+    design = ItemDesign(X, n_items=120, n_clusters=12, n_seeds=seeds)
     r = item_power(design, SCENARIOS["persistent churn"], Effect(peak_at=0.3, drop=0.3, base=0.5),
                    sims=150, options=OPTS, seed=5, curves=("effect",))
     e = r["effect"]
     assert e["per_run"]["rate"] >= 0.85, e
-    assert e["pooled"]["rate"] >= 0.6, e
+    assert pooled_at_least <= e["pooled"]["rate"] <= pooled_at_most, e
 
 
 def test_seed_shock_defeats_within_run_resampling_but_the_seed_test_holds_it():
     """A shock common to all items of one run (seed-level): the items-only pooled p-value
-    calls drops far above alpha; requiring the cross-fitted seed test too brings the
-    pooled call down to a few percent."""
+    calls drops far above alpha; requiring the split-sample seed test too brings the
+    pooled call back to alpha."""
     design = ItemDesign(X, n_items=120, n_clusters=12, n_seeds=3)
     model = ChurnModel(item=0.4, churn=0.3, churn_rho=0.8, seed=0.05, seed_rho=0.5)
     r = item_power(design, model, Effect(peak_at=0.3, drop=0.3, base=0.5), sims=200,
                    options=OPTS, seed=2, curves=("monotone",))
     m = r["monotone"]
     assert m["pooled_items_only"]["rate"] > 0.2, m
-    assert m["pooled"]["rate"] < m["pooled_items_only"]["rate"] / 3, m
+    assert not _too_many(m["pooled"]["hits"], m["pooled"]["sims"]), m
 
 
-def test_seed_replication_reads_each_seed_where_the_others_locate_the_drop():
+def test_seed_replication_scores_the_other_seeds_where_the_first_locates_the_drop():
     base = np.array([.1, .3, .5, .5, .3, .3, .3])
     curves = np.stack([base + d for d in (0.0, 0.01, -0.01)])
     out = seed_replication(curves, np.full(7, 0.01))
-    assert np.allclose(out["seed_drops"], 0.2, atol=1e-9)
-    assert out["p_seeds"] == 0.0 or out["p_seeds"] < 1e-3
+    # seed 0 locates (top block = checkpoints 2-3, trough 4-6); seeds 1 and 2 are read
+    # there: 0.5 - 0.3 each, whatever their level
+    assert out["seed_drops"][0] is None and out["locating_seeds"] == [0]
+    assert np.allclose(out["seed_drops"][1:], 0.2, atol=1e-9)
+    assert out["df"] == 1
     rising = np.stack([np.linspace(0.1, 0.6, 7) + d for d in (0.0, 0.02, -0.02)])
     assert seed_replication(rising, np.full(7, 0.01))["mean_drop"] < 0
+
+
+def test_seed_drops_locate_on_the_first_seeds_only():
+    """Six seeds: the first two locate. A dip planted in seed 0 alone moves the location
+    to that dip, so the scored seeds (flat rises) read a drop <= 0 there; the same dip in
+    a scored seed shows as that seed's positive drop."""
+    k = 9
+    rise = np.linspace(0.1, 0.5, k)
+    curves = np.tile(rise, (6, 1))
+    dip = rise.copy()
+    dip[5:] -= 0.3
+    a = curves.copy()
+    a[0] = dip
+    d = seed_drops(a[None], np.full((1, k), 0.01))[0]
+    assert d.shape == (4,) and np.all(d <= 1e-12)
+    b = a.copy()
+    b[3] = dip
+    d3 = seed_drops(b[None], np.full((1, k), 0.01))[0]
+    assert d3[1] > 0.1 and np.allclose(np.delete(d3, 1), d[[0, 2, 3]])
+
+
+def test_seed_t_is_calibrated_under_run_level_shocks():
+    """Monotone mean with a run-level shock (every item of a run dips together): the
+    split-sample seed test's false positives stay at alpha (1000 simulated designs of 3
+    seeds: measured 0.053; the cross-fitted version it replaced gives 0.085 here, above
+    the bound 0.068)."""
+    rng = np.random.default_rng(11)
+    x = np.linspace(0, 1, 21)
+    mean = 0.25 + 0.25 * np.minimum(x / 0.2, 1.0)
+    vals = simulate_items(mean, SCENARIOS["seed-level shock"], 200, np.arange(200) % 20, 3,
+                          1000, rng)
+    curves = vals.mean(axis=2)
+    se = np.sqrt(curves.mean(axis=1) * (1 - curves.mean(axis=1)) / 600).clip(1e-3)
+    p = seed_t(seed_drops(curves, se))[1]
+    rate = float((p <= 0.05).mean())
+    assert rate <= 0.05 + 2.6 * np.sqrt(0.05 * 0.95 / 1000), rate
 
 
 def test_item_stage_test_on_a_clear_rise_then_drop_gives_three_stages():

@@ -334,6 +334,11 @@ def test_prepare_injects_checks_tokens_and_rebuilds_on_change(tmp_path):
     man = json.loads((tmp_path / "out/corpus/manifest.json").read_text())
     assert man["knowledge"]["documents"] == len(_docs(tmp_path / "out/knowledge"))
     assert (data / "manifest.json").is_file()
+    # the layout object finds every step's output from the returned data dir alone
+    from babeltower.corpus.prepare import PreparedData
+    layout = PreparedData.of_data_dir(data)
+    assert layout.facts_path == tmp_path / "out/knowledge/facts.json" and layout.data == data
+    assert layout.facts_path.is_file() and (layout.tokenizer / "tokenizer.json").is_file()
     sha = man["knowledge"]["sources"][0]["documents_sha256"]
     prepare_data([src], tmp_path / "out", languages=["python", "php"], vocab_size=400,
                  progress=False, knowledge={**kcfg, "seed": 9})

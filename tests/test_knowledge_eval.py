@@ -199,6 +199,10 @@ def test_classes_behave_as_defined_on_a_primary_only_model(tmp_path):
                  "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["chance"] == 0.25 and res["provenance"]["config"]["split"] is None
+    # through the series runner: every checkpoint's weights hash recorded, resume state
+    # removed once the output is written
+    assert len(res["provenance"]["weights_sha256"]) == 3
+    assert not (tmp_path / "knowledge.json.partial").exists()
     curves = {(r["step"], r["class"], r["language"]): (r["k"], r["n"]) for r in res["curves"]}
     assert {r["key"] for r in res["curves"]} == {"same"} and len(curves) == len(res["curves"])
     assert sorted({s for s, _, _ in curves}) == [0, 80, 160]

@@ -6,9 +6,9 @@ import pytest
 
 from babeltower.errors import BabelError
 from babeltower.analysis.stages import StageOptions
-from babeltower.mixture.optimize import (Algorithm1Options, CPTCurve, algorithm1,
-                                         calibration_table, estimate_beta, read_cpt_runs,
-                                         system_proportion)
+from babeltower.mixture.calibration import calibration_table
+from babeltower.mixture.curves import CPTCurve, estimate_beta, read_cpt_runs, system_proportion
+from babeltower.mixture.optimize import Algorithm1Options, algorithm1
 from babeltower.mixture.spec import MixtureSpec
 
 TOKENS = [0] + [1000 * 2 ** k for k in range(13)]                      # 14 checkpoints
@@ -135,7 +135,7 @@ def test_target_range_and_loss_that_never_fell():
 
 def test_eq2_inverts_algorithm1():
     """Algorithm 1 solves Eq. 2 for eta_t: plugging the target back gives P* again."""
-    from babeltower.mixture.optimize import mixed_corpus_share
+    from babeltower.mixture.curves import mixed_corpus_share
 
     runs = {"php": curve(loss_curve(), peaked(3)), "go": curve(loss_curve(), peaked(2))}
     r = algorithm1(runs, {"python": 11000, "php": 23000, "go": 11000}, primary="python",

@@ -13,8 +13,9 @@ import torch
 from babeltower.cli import main
 from babeltower.errors import BabelError
 from babeltower.io import sha256_file
-from babeltower.probes.lens import (LogitLens, aggregate_items, lens_items, pad_batch,
-                                    run_lens, summarize_lens)
+from babeltower.batching import pad_batch
+from babeltower.probes.lens import (LogitLens, aggregate_items, lens_items, run_lens,
+                                    summarize_lens)
 from babeltower.probes.suite import load_suite
 from test_probes_helpers import save_run, tiny_model, tiny_tokenizer
 

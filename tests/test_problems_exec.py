@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from babeltower.evaluate.execute import run_program
+from babeltower.sandbox.execute import run_program
 from babeltower.evaluate.problems import available_languages, load_problems, program
 
 INTERPRETED = ("python", "javascript", "php")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from babeltower.errors import BabelError
-from babeltower.evaluate.execute import run_program
+from babeltower.sandbox.execute import run_program
 from babeltower.evaluate.problems import (
     STOP_TOKENS,
     _build,

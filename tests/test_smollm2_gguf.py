@@ -60,7 +60,8 @@ def test_lens_last_layer_is_the_gguf_models_own_logits(smol, checked):
     """Reference: transformers' own load of the GGUF file, not babeltower's conversion."""
     from transformers import AutoModelForCausalLM
 
-    from babeltower.probes.lens import LogitLens, lens_items, pad_batch
+    from babeltower.batching import pad_batch
+    from babeltower.probes.lens import LogitLens, lens_items
 
     ref_model = AutoModelForCausalLM.from_pretrained(
         smol.gguf.parent, gguf_file=smol.gguf.name, dtype=torch.float32).eval()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from babeltower.errors import BabelError
 from babeltower.train.checkpointing import checkpoint_steps
 from babeltower.train.config import CheckpointSchedule, TrainConfig, apply_overrides
-from babeltower.train.loop import lr_at, plan_steps
+from babeltower.train.schedule import lr_at, plan_steps
 from babeltower.train.presets import (PRESETS, count_parameters, flops_per_token,
                                       model_config, preset_config)
 

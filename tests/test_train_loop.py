@@ -103,7 +103,7 @@ def test_training_learns_and_logs(run):
 
 def test_init_is_seeded(data, run):
     from babeltower.corpus.shards import TokenShards
-    from babeltower.train.loop import build_model
+    from babeltower.train.model import build_model
 
     cfg = _cfg(data, "unused")
     m, _ = build_model(cfg, TokenShards(data))

@@ -97,6 +97,11 @@ def list_checkpoints(source: str | os.PathLike, revisions: list[str] | None = No
     return refs
 
 
+def last_checkpoint(source: str | os.PathLike) -> CheckpointRef:
+    """The last checkpoint of a source in training order (a run's final weights)."""
+    return list_checkpoints(source)[-1]
+
+
 def _list(source: str | os.PathLike, revisions: list[str] | None) -> list[CheckpointRef]:
     s = str(source)
     if s.startswith("hub:"):

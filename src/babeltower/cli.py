@@ -21,6 +21,7 @@ import sys
 # Commands that pick up where an interrupted run stopped when run again (checkpoints,
 # *.partial.jsonl, cached steps); the others write their outputs only when complete.
 RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k",
+                      "eval knowledge",
                       "probe lens", "probe neurons", "probe ablate", "corpus build --executor"}
 
 

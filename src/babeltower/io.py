@@ -71,6 +71,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def refuse_existing(out: str | os.PathLike | None, overwrite: bool) -> None:
+    """A finished output is not silently replaced: the one refusal every writer uses."""
+    if out is not None and Path(out).exists() and not overwrite:
+        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` only if the block succeeds.
@@ -79,8 +85,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     and ``path`` is left as it was.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise BabelError(f"output {path} already exists (pass --overwrite to replace it)")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     tmp.mkdir()

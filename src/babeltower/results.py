@@ -28,7 +28,8 @@ PerLanguage = dict[str, float | None]
 
 
 class CheckpointRow(TypedDict, total=False):
-    """One checkpoint of one run, every measure taken on it (``experiment.measure``)."""
+    """One checkpoint of one run, every measure taken on it (``experiment.measure``).
+    tests/test_experiment_e2e.py checks that every key a real run writes is declared here."""
     checkpoint: str
     step: int
     tokens: int                                   # training tokens seen (this run)
@@ -42,6 +43,7 @@ class CheckpointRow(TypedDict, total=False):
     cloze_new: PerLanguage
     cloze_primary: PerLanguage
     cloze_new_n: dict[str, int]                   # prompts behind the cloze accuracy
+    cloze_items: dict[str, list[int]]             # per prompt: 1 right, 0 wrong (item test)
     doc_bits: dict[str, list[float]]              # bits of every held-out document
     doc_bytes: dict[str, list[int]]
     lens_new_share_last: PerLanguage
@@ -53,6 +55,15 @@ class CheckpointRow(TypedDict, total=False):
     transfer_count: dict[str, int]
     transfer_ratio: PerLanguage
     transfer_by_layer: dict[str, list[int]]
+    lape_point: str                               # activation point LAPE read (act_fn, ...)
+    lape_assign: str                              # how neurons are assigned to languages
+    lape_languages: list[str]                     # the languages LAPE's probabilities span
+    lape_applicable: bool                         # whether LAPE's selection means anything
+    lape_reason: str                              # why (not): the applicability check
+    lape_entropy: dict[str, Any]                  # entropy summary of activation probs
+    lape_tokens: dict[str, int]                   # what LAPE read, per language
+    lape_documents: dict[str, int]
+    lape_splits: dict[str, str]                   # which split each language was read from
 
 
 class CptRun(TypedDict, total=False):

@@ -277,10 +277,6 @@ def write_outputs(out: str | os.PathLike, writer: Callable[[Path], None],
         result.close()
 
 
-def refuse_existing(out: str | os.PathLike | None, overwrite: bool) -> None:
-    """A finished output is not silently replaced."""
-    if out is not None and Path(out).exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
 
 
 def state_dir_for(out: str | os.PathLike | None) -> Path | None:

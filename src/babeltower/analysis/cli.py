@@ -15,16 +15,13 @@ from typing import Optional
 import typer
 
 from babeltower.errors import BabelError
+from babeltower.io import refuse_existing
 from babeltower.options import output_file
 
 app = typer.Typer(help="Stage test (docs/stages.md): detect stages, or compute its power.",
                   no_args_is_help=True)
 
 
-def check_out(out: Optional[Path], overwrite: bool) -> None:
-    """Refuse to replace an existing output unless asked to."""
-    if out is not None and out.exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
 
 
 def _sizes(text: str) -> list[float]:
@@ -75,7 +72,7 @@ def power_command(
     from babeltower.analysis.stages import BinomialNoise, GaussianNoise, StageOptions
     from babeltower.io import atomic_write_json, provenance
 
-    check_out(out, overwrite)
+    refuse_existing(out, overwrite)
     if (eval_size is None) == (se is None) and not find:
         raise BabelError("give exactly one of --eval-size (binomial n) or --se")
     effect = Effect(peak_at, drop, base, start, transition)
@@ -143,7 +140,7 @@ def power_items_command(
     from babeltower.analysis.power import Effect, schedule
     from babeltower.io import atomic_write_json, provenance
 
-    check_out(out, overwrite)
+    refuse_existing(out, overwrite)
     if churn_from is not None:
         if not language:
             raise BabelError("--churn-from needs --language (the new language of the fit)")

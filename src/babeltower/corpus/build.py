@@ -35,7 +35,8 @@ from babeltower.corpus.knowledge import (KNOWLEDGE_PACKAGE, is_knowledge_source,
                                          iter_knowledge_inputs, knowledge_manifest)
 from babeltower.corpus.sources import InputItem, iter_inputs, probe_source
 from babeltower.errors import BabelError
-from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
+from babeltower.io import (atomic_dir, atomic_write_json, provenance, refuse_existing,
+                           sha256_file)
 from babeltower.languages import canonical, detect_language
 from babeltower.corpus.shards import SPLITS
 
@@ -559,8 +560,7 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     if not sources:
         raise BabelError("no --source given")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
         spill = TextSpill(d)

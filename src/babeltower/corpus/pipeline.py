@@ -44,7 +44,7 @@ from babeltower.corpus.filters import content_filter_reason
 from babeltower.corpus.knowledge import is_knowledge_source, iter_knowledge_inputs
 from babeltower.corpus.sources import iter_inputs, probe_source, shard_of
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_json, sha256_json
+from babeltower.io import atomic_write_json, refuse_existing, sha256_json
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -413,8 +413,7 @@ def build_corpus_datatrove(sources: Sequence[str | os.PathLike], out: str | os.P
     if not sources:
         raise BabelError("no --source given")
     out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     for s in sources:
         probe_source(s)  # a missing, unreadable or malformed source fails before any work
     work = work_dir_of(out, engine).absolute()

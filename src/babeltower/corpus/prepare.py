@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +32,39 @@ from babeltower.corpus.pack import DATA_FORMAT, pack_corpus
 from babeltower.corpus.tokenizer import TOKENIZER_META, train_tokenizer
 from babeltower.errors import BabelError
 from babeltower.io import sha256_file, sha256_json
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Where ``prepare_data`` puts each step's output under one root (module doc): the
+    one place that knows the layout, so callers never rebuild paths from a data dir."""
+
+    root: Path
+
+    @classmethod
+    def of_data_dir(cls, data_dir: str | os.PathLike) -> "PreparedData":
+        """The layout a packed data dir (``prepare_data``'s return value) belongs to."""
+        return cls(Path(data_dir).parent)
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def knowledge(self) -> Path:
+        return self.root / "knowledge"
+
+    @property
+    def facts_path(self) -> Path:
+        return self.knowledge / "facts.json"
 
 
 def _read_json(p: Path) -> dict | None:
@@ -94,8 +128,9 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
                                         sample_mb_per_language=sample_mb_per_language, seed=seed)
     pcfg = pack or PackConfig()
 
-    corpus_dir, tok_dir, data_dir = root / "corpus", root / "tokenizer", root / "data"
-    kdir = root / "knowledge"
+    layout = PreparedData(root)
+    corpus_dir, tok_dir, data_dir, kdir = (layout.corpus, layout.tokenizer, layout.data,
+                                           layout.knowledge)
     if knowledge is not None:
         kcfg = load_knowledge_config(knowledge)
         if not _knowledge_is_current(kdir, kcfg):

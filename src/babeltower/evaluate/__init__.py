@@ -3,7 +3,8 @@
 * ``loss.evaluate_loss(source_or_model, data, languages, max_tokens_per_language)``
 * ``cloze.evaluate_cloze(model, tokenizer, suites)`` / ``cloze.evaluate_cloze_series``
 * ``passk.pass_at_k(source, problems, out=..., n=..., k=[...])`` (+ ``references=True``)
-* ``execute.run_program(language, source, timeout=...)`` -> ``ExecResult`` (sandboxed)
+* ``run_program(language, source, timeout=...)`` -> ``ExecResult``: sandboxed, from
+  ``babeltower.sandbox`` (the containment lives there)
 * ``transfer.knowledge_transfer(primary_only, new_only, checkpoints)``
 
 Names are imported lazily, so ``import babeltower.evaluate`` stays cheap.
@@ -16,8 +17,9 @@ _EXPORTS = {
     "evaluate_cloze": "cloze", "evaluate_cloze_series": "cloze",
     "pass_at_k": "passk", "PassKConfig": "passk", "Problem": "passk",
     "estimate_pass_at_k": "passk", "load_problem_set": "passk",
-    "run_program": "execute", "ExecResult": "execute",
-    "run_sandboxed": "sandbox", "Limits": "sandbox", "SandboxUnavailable": "sandbox",
+    "run_program": "babeltower.sandbox.execute", "ExecResult": "babeltower.sandbox.execute",
+    "run_sandboxed": "babeltower.sandbox.run", "Limits": "babeltower.sandbox.fences",
+    "SandboxUnavailable": "babeltower.sandbox.run",
     "knowledge_transfer": "transfer", "load_humaneval": "humaneval",
 }
 
@@ -26,5 +28,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(import_module(f"babeltower.evaluate.{_EXPORTS[name]}"), name)
+        mod = _EXPORTS[name]
+        return getattr(import_module(mod if "." in mod else f"babeltower.evaluate.{mod}"), name)
     raise AttributeError(f"module 'babeltower.evaluate' has no attribute {name!r}")

@@ -172,8 +172,8 @@ def run_cmd(
     """Run one program in the sandbox and print its status (exit 0 = pass, 1 = it ran and
     did not pass, 2 = bad input)."""
     from babeltower.errors import BabelError
-    from babeltower.evaluate.execute import run_program
-    from babeltower.evaluate.sandbox import isolation_line
+    from babeltower.sandbox.execute import run_program
+    from babeltower.sandbox.run import isolation_line
     from babeltower.io import read_text_file
     from babeltower.languages import canonical, detect_language
 
@@ -201,7 +201,7 @@ def run_cmd(
 @app.command("toolchains")
 def toolchains_cmd():
     """Which languages can be executed here (missing ones: scripts/install-toolchains.sh)."""
-    from babeltower.evaluate.execute import SUPPORTED, toolchain_status
+    from babeltower.sandbox.execute import SUPPORTED, toolchain_status
 
     for lang in SUPPORTED:
         st = toolchain_status(lang)

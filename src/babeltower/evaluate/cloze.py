@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 
+from babeltower.batching import pad_batch
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, provenance
 from babeltower.probes.suite import ProbeSuite, load_suite
@@ -55,12 +56,7 @@ def score_items(model, items, batch_size: int = 16) -> list[dict]:
     for b in range(0, len(items), batch_size):
         batch = items[b:b + batch_size]
         seqs = [list(it.prompt_ids) + list(it.target_ids[:-1]) for it in batch]
-        T = max(len(s) for s in seqs)
-        inp = torch.zeros((len(batch), T), dtype=torch.long)
-        att = torch.zeros((len(batch), T), dtype=torch.long)
-        for r, s in enumerate(seqs):  # right padding: positions of real tokens unchanged
-            inp[r, :len(s)] = torch.tensor(s)
-            att[r, :len(s)] = 1
+        inp, att = pad_batch(seqs, 0, "right")   # positions of real tokens unchanged
         with torch.no_grad():
             logp = torch.log_softmax(
                 model(input_ids=inp.to(device), attention_mask=att.to(device)).logits.float(), -1)

@@ -35,11 +35,13 @@ import json
 import os
 from typing import Mapping
 
-from babeltower.checkpoints import list_checkpoints
+from babeltower.analysis.statistics import (newcombe_interval, percentile_interval,
+                                            wilson_interval)
+from babeltower.batching import pad_batch
 from babeltower.corpus.knowledge import TAUGHT_CLASSES, encode_queries, load_facts
 from babeltower.errors import BabelError
-from babeltower.evaluate.transfer import wilson_interval
-from babeltower.io import PartialRows, atomic_write_json, provenance
+from babeltower.io import atomic_write_json, provenance
+from babeltower.series import SeriesOptions, run_series, state_dir_for
 
 ROW_KEYS = ("query", "fact", "class", "target", "key", "language", "side", "form", "split")
 # one row per query (``knowledge_items``); a stable schema, documented in docs/knowledge.md
@@ -94,12 +96,8 @@ def knowledge_items(model, tokenizer, facts, batch_size: int = 32,
     out: dict[int, dict] = {}
     for b in range(0, len(by_len), batch_size):
         idx = by_len[b:b + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        inp = torch.zeros((len(idx), T), dtype=torch.long)
-        att = torch.zeros((len(idx), T), dtype=torch.long)
-        for r, i in enumerate(idx):  # right padding: positions of real tokens unchanged
-            inp[r, :len(prompts[i])] = torch.tensor(prompts[i])
-            att[r, :len(prompts[i])] = 1
+        # right padding: positions of real tokens unchanged
+        inp, att = pad_batch([prompts[i] for i in idx], 0, "right")
         ends = att.sum(1) - 1
         with torch.inference_mode():
             last = _last_logits(model, inp.to(device), att.to(device), ends.to(device)).float().cpu()
@@ -244,8 +242,9 @@ def shuffled_null(rows, n_perm: int = 1000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     perms = np.argsort(rng.random((n_perm, n)), axis=1)   # n_perm uniform permutations
     null = (pred[None, :] == key[perms]).mean(axis=1)
+    lo, hi = percentile_interval(null)
     return {"n": n, "observed": observed, "expected": expected,
-            "lo95": float(np.quantile(null, 0.025)), "hi95": float(np.quantile(null, 0.975)),
+            "lo95": float(lo), "hi95": float(hi),
             "p_above": float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm))}
 
 
@@ -289,19 +288,6 @@ def knowledge_nulls(rows_by_checkpoint, n_answers: int | None = None, split: str
 
 
 # ------------------------------------------------------------------ per-fact agreement
-
-
-def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = 1.96):
-    """Newcombe's hybrid score interval (his method 10) for p1 - p2 of two independent
-    proportions, from the two Wilson intervals; (None, None) when either n is 0."""
-    if n1 == 0 or n2 == 0:
-        return None, None
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1, z)
-    l2, u2 = wilson_interval(k2, n2, z)
-    d = p1 - p2
-    return (d - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5,
-            d + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5)
 
 
 def _spearman(x, y):
@@ -399,8 +385,8 @@ def _same_wrong(a: dict, b: dict, wrong: list, n_perm: int, rng) -> dict:
         block = np.concatenate([np.full(len(v), i) for i, v in enumerate(strata.values())])
         perms = np.argsort(rng.random((n_perm, len(wrong))) + 2.0 * block[None, :], axis=1)
         null = (pa[None, :] == pb[perms]).mean(axis=1)
-        same.update(null_mean=float(null.mean()), null_lo95=float(np.quantile(null, 0.025)),
-                    null_hi95=float(np.quantile(null, 0.975)),
+        nlo, nhi = percentile_interval(null)
+        same.update(null_mean=float(null.mean()), null_lo95=float(nlo), null_hi95=float(nhi),
                     p_value=float((1 + np.sum(null >= observed / len(wrong) - 1e-12)) / (1 + n_perm)))
     return same
 
@@ -419,9 +405,9 @@ def _spearman_boot(la, lb, n_boot: int, rng) -> dict:
         den = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
         ok = den > 0                                            # a constant resample has no rho
         boot = (rx * ry).sum(1)[ok] / den[ok]
-    return {"rho": rho, "n": len(la),
-            "lo95": float(np.quantile(boot, 0.025)) if boot.size else None,
-            "hi95": float(np.quantile(boot, 0.975)) if boot.size else None}
+    lo, hi = percentile_interval(boot) if boot.size else (None, None)
+    return {"rho": rho, "n": len(la), "lo95": None if lo is None else float(lo),
+            "hi95": None if hi is None else float(hi)}
 
 
 def agreement_table(rows_by_checkpoint, primary: str, classes_sets=None, keys=TAUGHT_KEYS,
@@ -463,42 +449,64 @@ def knowledge_summary(rows, n_answers: int, primary: str, agreement: bool = True
     return out
 
 
+class KnowledgeMeasure:
+    """Knowledge items as a series measure (``babeltower.series``): one row per held-out
+    query (``knowledge_items``). ``queries``: score only these ids, except at checkpoints
+    named in ``everything_at`` (every query there)."""
+
+    name = "knowledge"
+
+    def __init__(self, facts, batch_size: int = 32, split: str | None = None, eos: bool = True,
+                 queries: set[str] | None = None, everything_at=frozenset()):
+        self.facts = _as_facts(facts)
+        self.batch_size, self.split, self.eos = batch_size, split, eos
+        self.queries, self.everything_at = queries, set(everything_at)
+
+    def config(self) -> dict:
+        return {"facts": self.facts.get("config_sha256"), "split": self.split, "eos": self.eos,
+                "queries": None if self.queries is None else len(self.queries),
+                "everything_at": sorted(self.everything_at)}
+
+    def data_hashes(self) -> dict:
+        return {"facts": self.facts.get("config_sha256")}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        scope = None if ref.name in self.everything_at else self.queries
+        return knowledge_items(model, tokenizer, self.facts, self.batch_size, self.split,
+                               eos=self.eos, queries=scope)
+
+
 def evaluate_knowledge_series(source: str | os.PathLike, facts, out=None,
                               batch_size: int = 32, split: str | None = None,
-                              progress: bool = True, eos: bool = True) -> dict:
+                              progress: bool = True, eos: bool = True,
+                              series: SeriesOptions | None = None) -> dict:
     """Items, curves (per key, and per key x form), transfer shares, nulls and per-fact
-    agreement for every checkpoint of ``source``.
+    agreement for every checkpoint of ``source`` (``KnowledgeMeasure`` through
+    ``run_series``: one load per checkpoint, torchrun-split, resumable).
 
     With ``out`` (JSON): all of them + provenance; a rerun resumes past checkpoints already
-    in ``<out>.partial.jsonl``. Returns {"items", "curves", "form_curves", "shares",
-    "nulls"} (DataFrames) and "agreement" (a list of dicts).
+    in ``<out>.partial/``. Returns {"items", "curves", "form_curves", "shares", "nulls"}
+    (DataFrames) and "agreement" (a list of dicts).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    fobj = _as_facts(facts)
-    refs = list_checkpoints(source)
-    partial = PartialRows(str(out) + ".partial.jsonl" if out is not None else None, "checkpoint")
-    done = partial.done
-    series: list[tuple[str, int | None, list[dict]]] = []
-    for ref in tqdm(refs, desc="knowledge", unit="ckpt", disable=not progress):
-        if ref.name in done and all(r.get("eos") == eos for r in done[ref.name]):
-            rows = done[ref.name]
-        else:
-            model, tok = ref.load()
-            rows = [{"checkpoint": ref.name, "step": ref.step, **r}
-                    for r in knowledge_items(model, tok, fobj, batch_size, split, eos=eos)]
-            partial.append(rows)
-        series.append((ref.name, ref.step, rows))
+    measure = KnowledgeMeasure(facts, batch_size, split, eos)
+    fobj = measure.facts
+    res = run_series(source, [measure], state=state_dir_for(out),
+                     options=series or SeriesOptions(progress=progress))
+    by_ckpt: dict[str, list[dict]] = {}
+    for r in res.rows["knowledge"]:
+        by_ckpt.setdefault(r["checkpoint"], []).append(r)
+    series_rows = [(ref.name, ref.step, by_ckpt.get(ref.name, [])) for ref in res.refs]
     n_answers = len(fobj["answers"])
     primary = fobj["config"]["primary"]
-    result = {"items": pd.DataFrame([r for _, _, rows in series for r in rows]),
-              "curves": knowledge_curves(series, n_answers, by=CURVE_BY),
-              "form_curves": knowledge_curves(series, n_answers, by=CURVE_BY + ("form",)),
-              "shares": transfer_shares(series),
-              "nulls": knowledge_nulls(series, n_answers)}
-    agreement = agreement_table(series, primary)
-    if out is not None:
+    result = {"items": pd.DataFrame([r for _, _, rows in series_rows for r in rows]),
+              "curves": knowledge_curves(series_rows, n_answers, by=CURVE_BY),
+              "form_curves": knowledge_curves(series_rows, n_answers, by=CURVE_BY + ("form",)),
+              "shares": transfer_shares(series_rows),
+              "nulls": knowledge_nulls(series_rows, n_answers)}
+    agreement = agreement_table(series_rows, primary)
+    if out is not None and res.is_writer:
         atomic_write_json(out, {
             "metric": "top-1 among the answer set after held-out knowledge queries",
             "chance": 1 / n_answers, "row_schema": list(ROW_SCHEMA),
@@ -506,8 +514,9 @@ def evaluate_knowledge_series(source: str | os.PathLike, facts, out=None,
             "agreement": agreement,
             "provenance": provenance(source=str(source), config={
                 "batch_size": batch_size, "split": split, "eos": eos,
-                "facts_config_sha256": fobj.get("config_sha256")}),
+                "facts_config_sha256": fobj.get("config_sha256")},
+                weights_sha256=res.weights),
         })
-        partial.close()
+        res.close()
     result["agreement"] = agreement
     return result

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
+from babeltower.analysis.statistics import Estimate
+from babeltower.batching import pad_batch
 from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.corpus.shards import TokenShards
@@ -197,16 +199,12 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
         bs = max(1, min(batch_size, max_logits_elements // max(1, longest * vocab)))
         batch = items[i:i + bs]
         i += bs
-        T = longest
-        inp = torch.zeros((len(batch), T), dtype=torch.long)
-        lab = torch.full((len(batch), T), -100, dtype=torch.long)
-        att = torch.zeros((len(batch), T), dtype=torch.long)
+        inp, att = pad_batch([np.asarray(ids[:-1], dtype=np.int64) for ids, _, _ in batch], 0,
+                             "right")
+        lab = torch.full(inp.shape, -100, dtype=torch.long)
         for r, (ids, new, _) in enumerate(batch):
-            L = len(ids) - 1
-            t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-            inp[r, :L] = t[:-1]
-            att[r, :L] = 1
-            lab[r, L - new:L] = t[1:][L - new:]
+            L = len(ids) - 1      # only the window's new tokens are scored
+            lab[r, L - new:L] = torch.as_tensor(np.asarray(ids[1:], dtype=np.int64)[L - new:])
         with torch.no_grad():
             logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits
             # flattened (B*T, V): the class dimension contiguous is ~3x faster on CPU
@@ -228,35 +226,20 @@ def score_documents(model, docs: list[Document], prefix_id: int, context: int,
             "doc_bytes": np.array([d.n_bytes for d in docs], dtype=np.float64)}
 
 
-def bootstrap_ci(doc_nats, doc_units, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of sum(nats)/sum(units) over documents resampled with replacement.
-
-    Documents, not tokens, are the independent units (tokens of one file are correlated),
-    so the interval says how much the number would move with another held-out sample.
-    """
-    n = len(doc_nats)
-    if n < 2:
-        v = float(doc_nats.sum() / doc_units.sum()) if n else float("nan")
-        return v, v
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    ratios = doc_nats[idx].sum(1) / np.maximum(doc_units[idx].sum(1), 1e-12)
-    a = (1 - level) / 2
-    return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
-
-
 def loss_row(stats: dict) -> dict:
-    """Point estimates and document-bootstrap 95% intervals (loss and bits-per-byte)."""
+    """Point estimates with document-bootstrap 95% intervals (loss and bits-per-byte) and
+    the bpb's standard error (the replicates' sd): documents, not tokens, are the
+    independent units (tokens of one file are correlated), so the interval says how much
+    the number would move with another held-out sample."""
     t, b = stats["tokens"], stats["bytes"]
     row = {k: v for k, v in stats.items() if not k.startswith("doc_")}
     row["loss"] = stats["nats"] / t if t else float("nan")
     row["bits_per_byte"] = stats["nats"] / LN2 / b if b else float("nan")
     if "doc_nats" in stats:
-        lo, hi = bootstrap_ci(stats["doc_nats"], stats["doc_tokens"])
-        row["loss_lo95"], row["loss_hi95"] = lo, hi
-        lo, hi = bootstrap_ci(stats["doc_nats"] / LN2, stats["doc_bytes"])
-        row["bpb_lo95"], row["bpb_hi95"] = lo, hi
+        loss = Estimate.ratio_bootstrap(stats["doc_nats"], stats["doc_tokens"])
+        row["loss_lo95"], row["loss_hi95"] = loss.lo, loss.hi
+        bpb = Estimate.ratio_bootstrap(stats["doc_nats"] / LN2, stats["doc_bytes"])
+        row["bpb_lo95"], row["bpb_hi95"], row["bpb_se"] = bpb.lo, bpb.hi, bpb.se
     return row
 
 
@@ -372,9 +355,9 @@ class LossMeasure:
     name = "loss"
 
     def __init__(self, cfg: LossConfig, shard_docs: dict | None, eos: int | None, text,
-                 data_hashes: dict, progress: bool = False):
+                 data_hashes: dict, progress: bool = False, per_document: bool = False):
         self.cfg, self.shard_docs, self.eos, self.text = cfg, shard_docs, eos, text
-        self.hashes, self.progress = data_hashes, progress
+        self.hashes, self.progress, self.per_document = data_hashes, progress, per_document
         self.walked = walk_loss_text(text, cfg.languages) if text is not None else None
 
     def config(self) -> dict:
@@ -396,4 +379,4 @@ class LossMeasure:
             prefix = _prefix_id(tokenizer, None)
         meta = {"tokens_seen": getattr(ref, "tokens", None)}
         return [{**meta, **r} for r in evaluate_model_loss(model, docs, prefix, self.cfg,
-                                                           self.progress)]
+                                                           self.progress, self.per_document)]

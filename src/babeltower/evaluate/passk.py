@@ -44,15 +44,16 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from babeltower.checkpoints import list_checkpoints
+from babeltower.analysis.statistics import percentile_interval
 from babeltower.errors import BabelError
-from babeltower.evaluate.execute import run_program
+from babeltower.sandbox.execute import run_program
 from babeltower.evaluate.humaneval import load_humaneval
 from babeltower.evaluate.problems import load_problems
-from babeltower.evaluate.sandbox import isolation_line
+from babeltower.sandbox.run import isolation_line
 from babeltower.io import (PartialRows, atomic_dir, atomic_write_json, atomic_write_text,
                            provenance, sha256_json)
 from babeltower.languages import canonical
+from babeltower.series import SeriesOptions, run_series
 
 
 class Problem(BaseModel):
@@ -302,8 +303,7 @@ def summarize(problems: list[Problem], rows: list[dict], ks: list[int]) -> dict:
         if complete:  # bootstrap over problems: how much another problem sample would move it
             v = np.asarray(vals)
             boots = v[rng.integers(0, len(v), size=(1000, len(v)))].mean(1)
-            summary[f"pass@{k}_ci95"] = [float(np.quantile(boots, 0.025)),
-                                         float(np.quantile(boots, 0.975))]
+            summary[f"pass@{k}_ci95"] = [float(b) for b in percentile_interval(boots)]
     summary["solved"] = sum(r["correct"] > 0 for r in per_problem)
     summary["statuses"] = dict(Counter(r["status"] for r in rows))
     # what the programs really ran under: one line each, with how many samples
@@ -436,23 +436,48 @@ def pass_at_k(source=None, problems: str | list[Problem] = "humaneval",
     else:
         if source is None:
             raise BabelError("pass@k needs a SOURCE (a checkpoint or run), a model, or --references")
-        for ref in list_checkpoints(source):
-            ck = {"name": ref.name, "path": ref.path, "step": ref.step, "tokens": ref.tokens}
-            sub = out_root / ref.name
-            if (sub / "summary.json").exists():  # finished earlier: resume past it
-                s = json.loads((sub / "summary.json").read_text())
-            else:
-                m, tok = ref.load()
-                s = _evaluate_one(probs, cfg, sub, m, tok, checkpoint=ck, progress=progress)
-                del m
-            rows.append({"checkpoint": ref.name, "step": ref.step, "tokens": ref.tokens,
-                         **_headline(s, cfg)})
+        # one load per checkpoint through the series runner (torchrun-split; finished
+        # checkpoints are skipped without loading, a half-sampled one resumes per sample)
+        measure = PassKMeasure(probs, cfg, out_root, progress)
+        res = run_series(source, [measure], state=out_root / ".series",
+                         options=SeriesOptions(progress=False))
+        rows += res.rows[measure.name]
+        if not res.is_writer:
+            return {"checkpoints": rows, "out": str(out_root)}
+        res.close()
     top = {"checkpoints": rows, "provenance": provenance(
         config=cfg, seed=cfg.seed, source=str(source) if source is not None else None,
         data_hashes={"problems": sha256_json([p.model_dump() for p in probs])})}
     atomic_write_json(out_root / "summary.json", top)
     top["out"] = str(out_root)
     return top
+
+
+class PassKMeasure:
+    """pass@k as a series measure (``babeltower.series``): one headline row per
+    checkpoint; samples, results and the summary go to ``out_root/<checkpoint>/``."""
+
+    name = "pass_at_k"
+
+    def __init__(self, problems: list[Problem], cfg: PassKConfig, out_root: Path,
+                 progress: bool = True):
+        self.problems, self.cfg, self.out_root, self.progress = problems, cfg, out_root, progress
+
+    def config(self) -> dict:
+        return self.cfg.model_dump(mode="json")
+
+    def data_hashes(self) -> dict:
+        return {"problems": sha256_json([p.model_dump() for p in self.problems])}
+
+    def measure(self, model, tokenizer, ref) -> list[dict]:
+        sub = self.out_root / ref.name
+        if (sub / "summary.json").exists():  # finished earlier: resume past it
+            s = json.loads((sub / "summary.json").read_text())
+        else:
+            ck = {"name": ref.name, "path": ref.path, "step": ref.step, "tokens": ref.tokens}
+            s = _evaluate_one(self.problems, self.cfg, sub, model, tokenizer, checkpoint=ck,
+                              progress=self.progress)
+        return [{"tokens": ref.tokens, **_headline(s, self.cfg)}]
 
 
 def _headline(summary: dict, cfg: PassKConfig) -> dict:

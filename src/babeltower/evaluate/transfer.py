@@ -28,11 +28,11 @@ the table says so.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from babeltower.analysis.statistics import wilson_interval
 from babeltower.errors import BabelError
 from babeltower.io import read_text_file
 
@@ -105,16 +105,6 @@ def load_series(out_dir: str | Path, solved_if="any", key=problem_key
         raise BabelError(f"{top} lists no checkpoints")
     return [(r["checkpoint"], r.get("step"), load_results(d / r["checkpoint"], solved_if, key))
             for r in rows]
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | tuple[None, None]:
-    if n == 0:
-        return None, None
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def primary_specific_subset(primary_only: Mapping[str, bool], new_only: Mapping[str, bool]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,13 +20,14 @@ from babeltower.analysis.power import Effect, stage_power
 from babeltower.analysis.stages import (BinomialNoise, GaussianNoise, StageOptions, detect_stages,
                                         detect_stages_multi, stage_result_from_items)
 from babeltower.analysis.statistics import (benjamini_hochberg, correlation_with_controls, holm,
-                                            paired_t)
+                                            paired_t, t_interval)
 from babeltower.errors import BabelError
 from babeltower.experiment.config import ExperimentConfig
-from babeltower.evaluate.transfer import wilson_interval
 from babeltower.experiment.items import (across_seeds, bpb_series, knowledge_rows,
                                          knowledge_series)
-from babeltower.mixture.optimize import Algorithm1Options, CPTCurve, algorithm1, calibration_table
+from babeltower.mixture.calibration import calibration_table
+from babeltower.mixture.curves import CPTCurve
+from babeltower.mixture.optimize import Algorithm1Options, algorithm1
 
 
 # ------------------------------------------------------------------- per-checkpoint curves
@@ -91,20 +93,45 @@ TRANSFER_LABEL = "knowledge transfer: primary-only facts asked in {lang}"
 KNOWLEDGE_LABEL = "knowledge: every fact asked in {lang} (validation queries)"
 
 
-def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tuple[list, list, str]:
-    """The per-checkpoint performance signal chosen in the config (higher is better).
+@dataclass
+class PerformanceCurve:
+    """The per-checkpoint performance signal and its noise model, chosen together so
+    that nothing re-derives the noise from the label later. ``noise`` is None when the
+    measurement did not record the uncertainty behind the curve."""
+
+    x: list
+    y: list
+    label: str
+    measure: str                    # "knowledge" | "cloze" | "bpb"
+    noise: BinomialNoise | GaussianNoise | None
+
+
+def _bpb_curve(rows: list[dict], lang: str, label: str) -> PerformanceCurve:
+    rows_b = [r for r in rows if (r.get("bpb") or {}).get(lang) is not None]
+    x, y = curve(rows_b, "bpb", lang)
+    # the document bootstrap's se of every checkpoint (evaluate.loss: Estimate.ratio_bootstrap)
+    se = per_checkpoint(rows_b, "bpb_se", lang)
+    return PerformanceCurve(x, [-v for v in y], label, "bpb",
+                            None if se is None else GaussianNoise(se))
+
+
+def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> PerformanceCurve:
+    """The per-checkpoint performance signal chosen in the config (higher is better),
+    with its noise model: binomial over the knowledge queries or the cloze prompts, or
+    the bits per byte's document-bootstrap standard errors.
 
     ``cloze`` falls back to negative bits-per-byte when the stage test calls the cloze
     curve flat or undetermined (a tiny model rarely gets an identifier right, so the
     curve is a floor with single-prompt blips), or when the prompt counts behind it were
-    not recorded; the returned label says which signal was used.
+    not recorded; the label says which signal was used.
     """
     if cfg.evaluation.performance == "knowledge":
         # every class asked in the new language: the paper's "performance in the new
         # language", with n = all validation facts (the stage test's power needs n ~150);
         # the transfer curve (primary-only facts) is tested on its own in the report
-        x, y, _ = knowledge_curve(rows, lang, cls=None)
-        return x, y, KNOWLEDGE_LABEL.format(lang=lang)
+        x, y, ns = knowledge_curve(rows, lang, cls=None)
+        noise = BinomialNoise(ns) if ns else None
+        return PerformanceCurve(x, y, KNOWLEDGE_LABEL.format(lang=lang), "knowledge", noise)
     if cfg.evaluation.performance == "cloze":
         rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
         x, y = curve(rows_c, "cloze_new", lang)
@@ -114,28 +141,11 @@ def performance_curve(cfg: ExperimentConfig, rows: list[dict], lang: str) -> tup
             call = detect_stages(x, y, BinomialNoise(trials), options=StageOptions(n_bootstrap=99),
                                  name=f"{lang} cloze").call
         if call not in (None, "flat", "undetermined"):
-            return x, y, f"cloze accuracy ({lang} prompts, first-token)"
+            return PerformanceCurve(x, y, f"cloze accuracy ({lang} prompts, first-token)",
+                                    "cloze", BinomialNoise(trials))
         why = "cloze was flat" if call else "cloze untested: no prompt counts"
-        x, y = curve(rows, "bpb", lang)
-        return x, [-v for v in y], f"-bits per byte ({lang}, validation; {why})"
-    x, y = curve(rows, "bpb", lang)
-    return x, [-v for v in y], f"-bits per byte ({lang}, validation)"
-
-
-def performance_noise(rows: list[dict], lang: str, label: str):
-    """The stage test's noise model for the curve ``performance_curve`` chose: binomial
-    over the cloze prompts, or the bpb standard errors (``bpb_se``, from the measurement's
-    document bootstrap); None when the measurement did not record them."""
-    if label.startswith("knowledge"):
-        _, _, n = knowledge_curve(rows, lang, cls=None)
-        return BinomialNoise(n) if n else None
-    if label.startswith("cloze"):
-        rows_c = [r for r in rows if (r.get("cloze_new") or {}).get(lang) is not None]
-        trials = cloze_trials(rows_c, lang)
-        return None if trials is None else BinomialNoise(trials)
-    se = per_checkpoint([r for r in rows if (r.get("bpb") or {}).get(lang) is not None],
-                        "bpb_se", lang)
-    return None if se is None else GaussianNoise(se)
+        return _bpb_curve(rows, lang, f"-bits per byte ({lang}, validation; {why})")
+    return _bpb_curve(rows, lang, f"-bits per byte ({lang}, validation)")
 
 
 _CORROBORATING = (("working-language share (last layer)", "lens_new_share_last", True),
@@ -143,9 +153,9 @@ _CORROBORATING = (("working-language share (last layer)", "lens_new_share_last",
                   ("transferring-neuron ratio |T|/|S_new|", "transfer_ratio", False))
 
 
-def _stages(rows: list[dict], lang: str, x: list, perf: list, label: str):
+def _stages(rows: list[dict], lang: str, pc: PerformanceCurve):
     """(stage dict for results.json, StageResult or None) of one language's CPT run."""
-    noise = performance_noise(rows, lang, label)
+    x, perf, label, noise = pc.x, pc.y, pc.label, pc.noise
     if noise is None:
         return ({"performance": {"call": "undetermined", "kind": "undetermined",
                                  "reason": "no per-checkpoint uncertainty recorded for "
@@ -267,8 +277,9 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
     stages, curves, perf_label, calibration, stage_objs = {}, {}, {}, {}, {}
     for lang, run in cpt.items():
         rows = run["checkpoints"]
-        x, perf, label = performance_curve(cfg, rows, lang)
-        binom, st = _stages(rows, lang, x, perf, label)
+        pc = performance_curve(cfg, rows, lang)
+        x, perf, label = pc.x, pc.y, pc.label
+        binom, st = _stages(rows, lang, pc)
         items = _item_stages(cfg, run, lang, items_meta) if items_meta else None
         if items is not None:
             stages[lang] = items["stages"]
@@ -283,7 +294,7 @@ def analyse_cpt(cfg: ExperimentConfig, cpt: dict[str, dict], corpus0: dict[str, 
                                                   seed=cfg.seed)
         else:
             stages[lang] = binom
-            stages[lang]["power"] = stage_power_at(x, performance_noise(rows, lang, label), perf)
+            stages[lang]["power"] = stage_power_at(x, pc.noise, perf)
         perf_label[lang] = label
         if st is not None:
             stage_objs[lang] = st
@@ -429,20 +440,6 @@ def optimized_mixture(alg: dict, corpus0: dict[str, int]) -> dict:
 
 
 # ---------------------------------------------------------------------------- comparison
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a Student-t interval over seeds (wide for 2 seeds - honestly so)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return (float("nan"),) * 3
-    m = float(v.mean())
-    if v.size < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - half, m + half
-
-
 def compare(cfg: ExperimentConfig, runs: list[dict]) -> dict:
     """Per protocol, mixture and language: test bpb and cloze, mean and 95% t-interval over
     seeds, plus the paired (same seed) difference against the natural mixture."""
@@ -465,8 +462,8 @@ def compare(cfg: ExperimentConfig, runs: list[dict]) -> dict:
                             diffs.append(None if bv is None else v - bv)
                     if all(v is None for v in vals):
                         continue
-                    mean, lo, hi = mean_ci(vals)
-                    dm, dlo, dhi = mean_ci([d for d in diffs if d is not None])
+                    mean, lo, hi = t_interval(vals)
+                    dm, dlo, dhi = t_interval([d for d in diffs if d is not None])
                     table.append({"mixture": m, "language": lang, "measure": measure,
                                   "mean": mean, "ci_low": lo, "ci_high": hi,
                                   "n_seeds": sum(v is not None for v in vals),
@@ -566,7 +563,7 @@ def _seed_end_rates(run: dict, lang: str, cls: str, query_language: str) -> list
 def _over_seeds(values: list[float]) -> dict | None:
     if not values:
         return None
-    m, lo, hi = mean_ci(values)
+    m, lo, hi = t_interval(values)
     return {"mean": m, "ci_low": lo, "ci_high": hi, "per_seed": values, "n_seeds": len(values)}
 
 

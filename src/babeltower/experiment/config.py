@@ -8,12 +8,11 @@ bad config fails in a second, not an hour in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from babeltower.config import Config, apply_overrides
+from babeltower.config import Config
 from babeltower.errors import BabelError
 from babeltower.languages import canonical
 
@@ -170,6 +169,8 @@ class RegMixSettings(_Strict):
 
 
 class ExperimentConfig(_Strict):
+    config_name: ClassVar[str] = "experiment config"
+
     name: str = "default"
     workdir: Path = Path("runs/default")
     primary: str = "python"
@@ -237,27 +238,11 @@ class ExperimentConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | dict | None = None,
                   ) -> "ExperimentConfig":
-        from babeltower.io import read_yaml_mapping
-
-        raw = read_yaml_mapping(path, "experiment config")
-        if "primary" not in raw:
-            raise BabelError(f"{path}: missing 'primary' (the primary language, e.g. python)")
+        """The base ``Config.from_yaml`` with two additions: overrides may be a mapping,
+        and a missing ``primary`` is named (it has no sensible default)."""
         if isinstance(overrides, dict):
             overrides = [f"{k}={v}" for k, v in overrides.items()]
-        apply_overrides(raw, overrides or [])
+        raw = cls.read_yaml(path, overrides)
+        if "primary" not in raw:
+            raise BabelError(f"{path}: missing 'primary' (the primary language, e.g. python)")
         return cls.from_dict(raw, where=str(path))
-
-    @classmethod
-    def from_dict(cls, raw: dict, where: str = "config") -> "ExperimentConfig":
-        from babeltower.errors import validation_error
-
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            raise validation_error(e, where) from None
-
-    def to_yaml(self, path: str | Path) -> Path:
-        from babeltower.io import atomic_write_text
-
-        return atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
-

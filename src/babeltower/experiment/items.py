@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from babeltower.analysis.item_test import ItemSeries
+from babeltower.analysis.statistics import t_half_widths
 from babeltower.errors import BabelError
 
 
@@ -112,15 +113,13 @@ def across_seeds(series: ItemSeries) -> dict:
     """Per-seed curves and their mean with a Student-t 95% interval over seeds at every
     checkpoint (seed as the unit), plus the mean's item-bootstrap se (items as the unit,
     one seed's view). Orientation of the measure (accuracy, or bits per byte)."""
-    from scipy import stats
-
     c = series.curves() if series.higher_is_better else -series.curves()
     s = c.shape[0]
     mean = c.mean(axis=0)
     out = {"x": series.x.tolist(), "per_seed": c.tolist(), "mean": mean.tolist(),
            "n_seeds": s, "n_items": int(series.values.shape[1])}
     if s >= 2:
-        half = stats.t.ppf(0.975, s - 1) * c.std(axis=0, ddof=1) / np.sqrt(s)
+        half = t_half_widths(c.std(axis=0, ddof=1), s)
         out["ci95"] = [(mean - half).tolist(), (mean + half).tolist()]
         out["between_seed_sd"] = c.std(axis=0, ddof=1).tolist()
     return out

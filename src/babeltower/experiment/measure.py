@@ -30,8 +30,8 @@ import numpy as np
 
 from babeltower.checkpoints import list_checkpoints
 from babeltower.corpus.shards import TokenShards
-from babeltower.evaluate.knowledge import knowledge_curves, knowledge_items, transfer_shares
-from babeltower.evaluate.loss import LN2, LossConfig, documents_from_shards, evaluate_model_loss
+from babeltower.evaluate.knowledge import KnowledgeMeasure, knowledge_curves, transfer_shares
+from babeltower.evaluate.loss import LN2, LossConfig, LossMeasure, documents_from_shards
 from babeltower.experiment.config import ExperimentConfig
 from babeltower.probes.lens import lens_controls, lens_controls_summary, lens_items
 from babeltower.probes.lens_controls import MARGIN_COLUMNS
@@ -99,23 +99,23 @@ class _Loss:
 
     def __init__(self, docs, eos: int, cfg, name: str = "loss"):
         self.docs, self.eos, self.cfg, self.name = docs, eos, cfg, name
+        self.loss = LossMeasure(cfg, docs, eos, text=None, data_hashes={}, per_document=True)
 
     def config(self) -> dict:
         return {**self.cfg.model_dump(mode="json"), "languages": sorted(self.docs)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        lrows = evaluate_model_loss(model, self.docs, self.eos, self.cfg, progress=False,
-                                    per_document=True)
-        # the document bootstrap's 95% interval as a standard error (the binomial-era
-        # stage test's noise); the per-document bits are the paired items of the
-        # item-level test (the same documents at every checkpoint)
+        lrows = self.loss.measure(model, tokenizer, ref)
+        # the document bootstrap's standard error (the Gaussian stage test's noise); the
+        # per-document bits are the paired items of the item-level test (the same
+        # documents at every checkpoint)
         return [{"loss": {r["language"]: r["loss"] for r in lrows},
                  "doc_bits": {r["language"]: [round(v / LN2, 4) for v in r["doc_nats"]]
                               for r in lrows},
                  "doc_bytes": {r["language"]: r["doc_bytes"] for r in lrows},
                  "bpb": {r["language"]: r["bits_per_byte"] for r in lrows},
-                 "bpb_se": {r["language"]: (r["bpb_hi95"] - r["bpb_lo95"]) / (2 * 1.96)
-                            for r in lrows if r.get("bpb_hi95") is not None},
+                 "bpb_se": {r["language"]: r["bpb_se"] for r in lrows
+                            if r.get("bpb_se") is not None},
                  "eval_documents": {lang: len(ds) for lang, ds in self.docs.items()},
                  "eval_tokens": {lang: int(sum(d.tokens.size for d in ds))
                                  for lang, ds in self.docs.items()}}]
@@ -197,16 +197,16 @@ class _Knowledge:
     def __init__(self, facts: dict, split: str, scope: set[str] | None = None,
                  everything_at: set[str] = frozenset()):
         self.facts, self.split = facts, split
-        self.scope, self.everything_at = scope, set(everything_at)
+        self.scope = scope
+        self.items = KnowledgeMeasure(facts, batch_size=128, split=split, queries=scope,
+                                      everything_at=everything_at)
 
     def config(self) -> dict:
         return {"facts": self.facts.get("config_sha256"), "split": self.split,
                 "scope": None if self.scope is None else len(self.scope)}
 
     def measure(self, model, tokenizer, ref) -> list[dict]:
-        scope = None if ref.name in self.everything_at else self.scope
-        items = knowledge_items(model, tokenizer, self.facts, batch_size=128, split=self.split,
-                                queries=scope)
+        items = self.items.measure(model, tokenizer, ref)
         series = [(ref.name, ref.step, items)]
         # every item's outcome at this checkpoint, in a fixed order (``knowledge_order``):
         # the item-level stage test and the per-fact agreement are computed from these

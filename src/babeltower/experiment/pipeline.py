@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from babeltower.checkpoints import list_checkpoints
+from babeltower.checkpoints import last_checkpoint
 from babeltower.corpus.config import BuildConfig, SplitConfig, TokenizerConfig
 from babeltower.corpus.fetch import fetch_corpus
 from babeltower.corpus.knowledge import KnowledgeConfig, load_facts, load_knowledge_config
-from babeltower.corpus.prepare import prepare_data
+from babeltower.corpus.prepare import PreparedData, prepare_data
 from babeltower.corpus.shards import TokenShards
 from babeltower.corpus.stats import corpus_stats, render_stats
 from babeltower.errors import BabelError
@@ -140,10 +140,6 @@ def _remove_stale_run(run_dir: Path, config_sha: str, console) -> None:
     if saved != config_sha:
         console.print(f"[yellow]{run_dir.name}: made with another config; starting it over[/yellow]")
         shutil.rmtree(run_dir)
-
-
-def _final_checkpoint(run_dir: str | Path) -> str:
-    return list_checkpoints(run_dir)[-1].path
 
 
 def check_feasible(cfg: ExperimentConfig, available: dict[str, int]) -> None:
@@ -278,10 +274,10 @@ def primary_step(cfg: ExperimentConfig, steps: StepCache, data_dir: Path, result
                       cfg.seed, eval_languages=cfg.languages, eval_tokens=4096)
     run = _train(steps, "primary", tc, f"{cfg.primary}-only, {p.tokens:,} tokens")
     results["primary_run"] = run
-    last = list_checkpoints(run)[-1]
+    last = last_checkpoint(run)
     results["primary_exposures"] = run_exposures(
         cfg, data_dir, tc.mixture, cfg.seed, [{"tokens": int(last.manifest.get("tokens_seen") or 0)}])
-    return _final_checkpoint(run)
+    return last_checkpoint(run).path
 
 
 REPLAY_ARMS = {"none": "", "replay": "-replay", "replay_nofacts": "-replay-nofacts"}
@@ -457,11 +453,11 @@ def facts_of(cfg: ExperimentConfig, data_dir: Path) -> dict | None:
     """The injected facts and their held-out queries (written next to the data dir)."""
     if cfg.corpus.knowledge is None:
         return None
-    return load_facts(Path(data_dir).parent / "knowledge" / "facts.json")
+    return load_facts(PreparedData.of_data_dir(data_dir).facts_path)
 
 
 # bump when the stage analysis changes what it computes from the same rows
-STAGES_VERSION = 2
+STAGES_VERSION = 3   # 3: split-sample seed test; noise chosen with the curve
 
 # an interval larger than any series: loss / bpb (or LAPE) at the first and last
 # checkpoints only

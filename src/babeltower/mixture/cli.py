@@ -15,6 +15,7 @@ import typer
 
 from babeltower.analysis.cli import app as power_app, power_command, power_items_command
 from babeltower.errors import BabelError
+from babeltower.io import refuse_existing
 from babeltower.options import output_file
 
 
@@ -45,9 +46,6 @@ def _available(data: Optional[Path], available: Optional[str], split: str) -> di
     return out
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
 
 
 def mixture_command(
@@ -67,7 +65,7 @@ def mixture_command(
     from babeltower.io import provenance
     from babeltower.mixture.generators import make_baseline
 
-    _check_out(out, overwrite)
+    refuse_existing(out, overwrite)
     avail = _available(data, available, split)
     spec = make_baseline(generator, avail, total_tokens, max_epochs)
     spec.meta["provenance"] = provenance(
@@ -128,11 +126,12 @@ def optimize_command(
 ) -> None:
     """Algorithm 1: down-sample each new language to its best CPT stage; write YAML + JSON."""
     from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import Algorithm1Options, algorithm1, read_cpt_runs
+    from babeltower.mixture.curves import read_cpt_runs
+    from babeltower.mixture.optimize import Algorithm1Options, algorithm1
 
     json_out = out.with_suffix(".json")
-    _check_out(out, overwrite)
-    _check_out(json_out, overwrite)
+    refuse_existing(out, overwrite)
+    refuse_existing(json_out, overwrite)
     cpt = read_cpt_runs(runs)
     avail = _available(data, available, split)
     opts = Algorithm1Options(beta=beta, beta_k=beta_k, beta_tail_from=beta_tail_from,
@@ -182,10 +181,10 @@ def stages_detect_command(
 
     from babeltower.analysis.stages import StageOptions, detect_stages
     from babeltower.io import atomic_write_json, provenance, sha256_file
-    from babeltower.mixture.optimize import read_cpt_runs
+    from babeltower.mixture.curves import read_cpt_runs
 
     if out is not None:
-        _check_out(out, overwrite)
+        refuse_existing(out, overwrite)
     opts = StageOptions(alpha=alpha, n_bootstrap=n_bootstrap, null=null, seed=seed)
     results = {}
     for lang, c in read_cpt_runs(runs).items():

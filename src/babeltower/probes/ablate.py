@@ -19,10 +19,10 @@ import numpy as np
 
 from babeltower.architectures import neuron_modules
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+from babeltower.io import atomic_write_bytes, atomic_write_json, provenance, refuse_existing
 from babeltower.languages import canonical
 from babeltower.probes.neurons import load_windows, n_neurons, read_neuron_sets
-from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes,
                                run_series, safe_name, state_dir_for, write_outputs)
 
 

@@ -51,16 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from babeltower.batching import pad_batch
 from babeltower.architectures import final_norm, unembedding
 from babeltower.errors import BabelError
-from babeltower.io import atomic_write_bytes, atomic_write_json, provenance
+from babeltower.io import atomic_write_bytes, atomic_write_json, provenance, refuse_existing
 from babeltower.checkpoints import convert_gguf
 from babeltower.probes.lens_controls import (CONTROL_MEASURES, CONTROLS, lens_controls,
                                              lens_controls_summary)
 from babeltower.probes.prefix_tree import build_tree, supports_tree, tree_batches
 from babeltower.probes.suite import (ATTRIBUTION, CheckedItem, CheckedSuite, ProbeSuite,
                                      load_suite)
-from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes,
                                run_series, state_dir_for, write_outputs)
 
 #: measures that need the full-vocabulary distribution at every layer (argmax, probabilities)
@@ -179,24 +180,6 @@ class LogitLens:
 
 
 # --------------------------------------------------------------------------- batching
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
-    """(input_ids, attention_mask) tensors for a list of token id lists."""
-    import torch
-
-    if side not in ("left", "right"):
-        raise BabelError(f"padding side must be 'left' or 'right', not {side!r}")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "left":
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        else:
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def _pad_id(tokenizer) -> int:

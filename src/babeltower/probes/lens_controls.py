@@ -41,6 +41,7 @@ kinds that would read as a counterpart effect. ``control="all"`` is the earlier 
 
 from __future__ import annotations
 
+from babeltower.analysis.statistics import percentile_interval
 from babeltower.errors import BabelError
 
 #: control A's unrelated primary tokens: same-kind pairs only (default) or all other pairs
@@ -118,7 +119,6 @@ def _controls_frame(units: dict, clusters: list[int], n_boot: int, seed: int,
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
     weights = draws[:, clusters] * 1.0                       # (n_boot, n_units)
-    alpha = (1.0 - confidence) / 2
     out = pd.DataFrame(index=units["share"].columns)
     ones = np.ones((1, n_units))
 
@@ -126,7 +126,7 @@ def _controls_frame(units: dict, clusters: list[int], n_boot: int, seed: int,
         out[name] = _boot_means(x, ones)[0]
         if prefix is not None:
             boot = _boot_means(x, weights)
-            lo, hi = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
+            lo, hi = percentile_interval(boot, confidence, axis=0)
             out[f"{prefix}ci_low"], out[f"{prefix}ci_high"] = lo, hi
 
     for name, x in (("share", share), ("control_a", ca), ("control_b", cb),
@@ -239,7 +239,7 @@ def lens_controls_summary(item_df, side: str = "new", kind: str | None = None,
             s = (sel[sel.measure == m].groupby("prompt")["value"].mean()
                  .reindex(units["share"].index).to_numpy(float))
             boot = _boot_means(s[:, None], weights)[:, 0]
-            lo, hi = np.nanquantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+            lo, hi = percentile_interval(boot, confidence)
             s = s[~np.isnan(s)]
             row[[col, f"{col}_ci_low", f"{col}_ci_high"]] = [s.mean(), lo, hi]
             if col == "share":

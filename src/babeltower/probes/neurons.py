@@ -51,13 +51,13 @@ from babeltower.architectures import neuron_modules
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import (atomic_write_bytes, atomic_write_json, provenance, read_json,
-                           sha256_file)
+                           refuse_existing, sha256_file)
 from babeltower.languages import canonical
 from babeltower.probes.lape_applicability import (  # noqa: F401 (re-exported)
     LAPE_MAX_MEDIAN_ENTROPY, LAPE_MIN_LANGUAGES, entropy_summary, lape_applicability,
     normalised_entropy)
 from babeltower.textfiles import TextFiles, walk_text
-from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes, refuse_existing,
+from babeltower.series import (SeriesOptions, checkpoints_of, parquet_bytes,
                                run_series, safe_name, state_dir_for, write_outputs)
 
 # --------------------------------------------------------------------------- model

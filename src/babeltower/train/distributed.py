@@ -4,7 +4,7 @@ The loop asks the strategy, never ``if ddp / if fsdp``, for the five things that
 (after litgpt's ``Strategy``/Fabric split):
 
 * ``wrap(model)``: DDP wrapper, FSDP2 ``fully_shard`` of every block (as the loop's
-  ``_find_blocks`` names them) and the root, or nothing;
+  ``train.model.find_blocks`` names them) and the root, or nothing;
 * ``grad_sync(model, sync)``: a context for one micro-step; gradients are only
   reduced on the last micro-step of an optimizer step (DDP ``no_sync``, FSDP
   ``set_requires_gradient_sync``);

@@ -1,4 +1,4 @@
-"""The training loop: ``train(config) -> run_dir``.
+"""The training loop: ``train(config) -> run_dir`` = ``setup`` + ``fit``.
 
 A nanoGPT-like loop over a seekable mixture sampler, with HF models, so every
 checkpoint is an ordinary ``from_pretrained`` directory. What it guarantees:
@@ -39,206 +39,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from babeltower.architectures import blocks as model_blocks
-from babeltower.checkpoints import convert_gguf, list_checkpoints, quiet_hf, verify_checkpoint
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, provenance
 from babeltower.languages import canonical
-from babeltower.mixture.generators import natural
-from babeltower.mixture.sampler import MixtureSampler, available_tokens
+from babeltower.mixture.sampler import MixtureSampler
 from babeltower.mixture.spec import MixtureSpec
 from babeltower.train import checkpointing as ck
 from babeltower.train.config import TrainConfig
 from babeltower.train.distributed import Strategy, make_strategy
 from babeltower.train.metrics import MetricsLog
 from babeltower.train.mfu import cached_peak_flops, mfu
-from babeltower.train.presets import count_parameters, flops_per_token, model_config
+from babeltower.train.presets import count_parameters, flops_per_token
+from babeltower.train.model import build_model, find_blocks, load_model, unsharded_copy
+from babeltower.train.schedule import lr_at, make_optimizer, plan_steps, resolve_mixture
+from babeltower.train.validation import validation_loss, validation_windows
 
-__all__ = ["train", "setup", "fit", "train_step", "write_checkpoint", "Run", "TrainState",
-           "validation_loss", "validation_windows", "build_model", "make_optimizer", "lr_at",
-           "plan_steps", "resolve_mixture"]
-
-
-# ---------------------------------------------------------------------------------------
-# pieces (each usable on its own from a notebook)
-# ---------------------------------------------------------------------------------------
-
-def resolve_mixture(config: TrainConfig, shards: TokenShards) -> MixtureSpec:
-    """The run's ``MixtureSpec``: the configured one, or natural over all training data."""
-    if config.mixture is None:
-        return natural(available_tokens(shards, "train"))
-    return MixtureSpec.from_any(config.mixture)
+__all__ = ["train", "setup", "fit", "train_step", "write_checkpoint", "Run", "TrainState"]
 
 
-def lr_at(step: int, config: TrainConfig, max_steps: int) -> float:
-    """Learning rate after ``step`` updates: linear warmup, then cosine/linear/constant."""
-    lr = config.optimizer.lr
-    sch = config.schedule
-    min_lr = sch.min_lr if sch.min_lr is not None else 0.1 * lr
-    warmup = sch.warmup_steps if sch.warmup_steps is not None else int(
-        round(sch.warmup_fraction * max_steps))
-    if step < warmup:
-        return lr * (step + 1) / (warmup + 1)
-    if sch.decay == "constant" or max_steps <= warmup:
-        return lr
-    frac = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    if sch.decay == "linear":
-        return min_lr + (lr - min_lr) * (1.0 - frac)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * frac))
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool | None = None):
-    """AdamW with weight decay on matrices only; fused kernel where torch has one."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    oc = config.optimizer
-    groups = [{"params": decay, "weight_decay": oc.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    kw = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, **kw)
-
-
-def plan_steps(config: TrainConfig, n_sequences: int, world: int = 1) -> int:
-    """Optimizer steps of the run: max_steps, or the token budget, or one mixture pass."""
-    per_step = config.micro_batch_size * config.grad_accum * world
-    if config.max_steps is not None:
-        return config.max_steps
-    if config.tokens is not None:
-        return max(1, math.ceil(config.tokens / (per_step * config.seq_len)))
-    return max(1, n_sequences // per_step)
-
-
-def validation_windows(shards: TokenShards, languages: list[str], seq_len: int,
-                       tokens_per_language: int, split: str = "validation",
-                       ) -> dict[str, torch.Tensor]:
-    """Fixed evaluation windows per language, spread evenly over the split.
-
-    ``tokens_per_language // seq_len`` non-overlapping windows of ``seq_len + 1`` tokens
-    (fewer if the split is short). The same windows at every evaluation, so the
-    per-checkpoint curve measures the model, not the sample.
-    """
-    out = {}
-    for lang in languages:
-        if not shards.has(lang, split):
-            continue
-        tokens = shards.split(lang, split).tokens
-        win = seq_len + 1
-        have = len(tokens) // win
-        n = min(have, max(1, tokens_per_language // seq_len))
-        if have == 0 or n == 0:
-            continue
-        idx = np.unique(np.linspace(0, have - 1, n).round().astype(np.int64))
-        out[lang] = torch.from_numpy(np.stack([
-            np.asarray(tokens[i * win:(i + 1) * win], dtype=np.int64) for i in idx]))
-    return out
-
-
-@torch.no_grad()
-def validation_loss(model, windows: dict[str, torch.Tensor], device, batch_size: int = 16,
-                    autocast=contextlib.nullcontext) -> dict[str, float]:
-    """Mean next-token cross-entropy (nats/token) per language over fixed windows.
-
-    The in-loop validation (cheap, fixed windows); ``babeltower.evaluate.loss`` is the
-    full per-document evaluation of a checkpoint series.
-    """
-    was_training = model.training
-    model.eval()
-    out = {}
-    for lang, w in windows.items():
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        for i in range(0, w.shape[0], batch_size):
-            b = w[i:i + batch_size].to(device)
-            with autocast():
-                logits = model(input_ids=b[:, :-1]).logits
-            total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                     b[:, 1:].reshape(-1), reduction="sum").double()
-            count += b[:, 1:].numel()
-        out[lang] = float(total.item() / max(1, count))
-    model.train(was_training)
-    return out
-
-
-def _tokenizer_vocab(path: Path) -> dict | None:
-    f = path / "tokenizer.json"
-    if not f.exists():
-        return None
-    try:
-        return json.loads(f.read_text()).get("model", {}).get("vocab")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-
-
-def load_model(path: str | Path, what: str = "", **kw) -> torch.nn.Module:
-    """An HF causal LM in fp32, train mode; a load failure is one BabelError line."""
-    # transformers is imported here, not at the top: it costs ~1.5 s of CLI start-up
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with quiet_hf():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise BabelError(f"cannot load {what}{path}: {str(e).splitlines()[0]}") from None
-    model.train()
-    return model
-
-
-def build_model(config: TrainConfig, shards: TokenShards):
-    """Fresh model from a preset/config (seeded init) or weights from ``init_from``."""
-    from transformers import AutoModelForCausalLM   # lazy: see load_model
-
-    torch.manual_seed(config.seed)
-    if config.init_from:
-        ref = list_checkpoints(config.init_from)[-1]   # a run dir: its last checkpoint
-        kw = {}
-        if ref.gguf_file:
-            path = convert_gguf(Path(ref.path) / ref.gguf_file)
-        elif ref.revision is not None:
-            path, kw = ref.path, {"revision": ref.revision}
-        else:
-            path = Path(ref.path)
-            verify_checkpoint(path)   # sha256 of the weights against its manifest
-        model = load_model(path, "init_from ", **kw)
-        if model.config.vocab_size != shards.vocab_size:
-            raise BabelError(f"init_from {ref.path} has vocab_size {model.config.vocab_size} but "
-                             f"the data's tokenizer has {shards.vocab_size} ids")
-        theirs = _tokenizer_vocab(Path(ref.path))
-        ours = _tokenizer_vocab(shards.tokenizer_dir)
-        if theirs is not None and ours is not None and theirs != ours:
-            raise BabelError(f"init_from {ref.path} was trained with a different tokenizer than "
-                             f"the data in {shards.root} (same size, different vocabulary)")
-        return model, {"init_from": str(ref.path), "init_step": ref.step}
-    bos = shards.manifest.get("bos_id")
-    cfg = model_config(config.model, shards.vocab_size, config.seq_len,
-                       bos_token_id=bos,
-                       eos_token_id=shards.eos_id)
-    if getattr(cfg, "n_positions", None) is not None and cfg.n_positions < config.seq_len:
-        raise BabelError(f"model {config.model} has n_positions {cfg.n_positions} < "
-                         f"seq_len {config.seq_len}")
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
-    model.train()
-    return model, {"init_from": None}
-
-
-def _find_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks, the FSDP sharding unit (from the architecture table)."""
-    return model_blocks(model)
-
-
-def _unsharded_copy(model):
-    """A plain CPU model of the same config (FSDP saves go through it on rank 0)."""
-    from transformers import AutoModelForCausalLM   # lazy: see load_model
-
-    return AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-
+# The pieces (each usable on its own from a notebook) live beside this module: the model
+# (train.model), the schedule and optimizer (train.schedule), validation (train.validation).
 
 # ---------------------------------------------------------------------------------------
 # the run: train = setup + fit
@@ -308,7 +133,7 @@ def train(config: TrainConfig, force: bool = False) -> Path:
     fill_memory = torch.utils.deterministic.fill_uninitialized_memory
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    strategy = make_strategy(config.strategy, config.device, _find_blocks)
+    strategy = make_strategy(config.strategy, config.device, find_blocks)
     try:
         return fit(*setup(config, strategy, force))
     finally:
@@ -456,7 +281,7 @@ def write_checkpoint(run: Run, state: TrainState, val_loss: dict[str, float]) ->
         try:
             save_model = run.base_model
             if model_sd is not None:   # sharded: gathered into a plain copy
-                save_model = _unsharded_copy(run.base_model)
+                save_model = unsharded_copy(run.base_model)
                 save_model.load_state_dict(model_sd)
             ck.save_checkpoint(run.run_dir, state.step, save_model, training_state, manifest,
                                tokenizer_dir=run.shards.tokenizer_dir)

@@ -49,8 +49,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from babeltower.errors import BabelError
-from babeltower.evaluate.fences import TOOLCHAIN_MOUNT_ROOT
-from babeltower.evaluate.sandbox import (Limits, SandboxResult, new_sandbox_dir,
+from babeltower.sandbox.fences import TOOLCHAIN_MOUNT_ROOT
+from babeltower.sandbox.run import (Limits, SandboxResult, new_sandbox_dir,
                                          remove_dir_later, run_sandboxed)
 from babeltower.languages import get_language
 

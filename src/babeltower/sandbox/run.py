@@ -70,8 +70,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from babeltower.errors import BabelError
-from babeltower.evaluate import zygote
-from babeltower.evaluate.fences import FENCE_LETTERS, Limits, make_preexec
+from babeltower.sandbox import zygote
+from babeltower.sandbox.fences import FENCE_LETTERS, Limits, make_preexec
 
 __all__ = ["Limits", "SandboxResult", "SandboxUnavailable", "STATUSES", "run_sandboxed",
            "new_sandbox_dir", "remove_dir_later", "defer_cleanup", "default_env",

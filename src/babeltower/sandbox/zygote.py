@@ -44,7 +44,7 @@ import socket
 import struct
 import sys
 
-from babeltower.evaluate.fences import Limits, host_mounts, make_preexec, seccomp_unavailable
+from babeltower.sandbox.fences import Limits, host_mounts, make_preexec, seccomp_unavailable
 
 # ----------------------------------------------------------------------------- server side
 
