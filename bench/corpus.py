@@ -1,6 +1,13 @@
 """Corpus build throughput (MB/s) on >= 50 MB of real code, against a named peer.
 
     .venv/bin/python bench/corpus.py [--mb-per-language 10] [--workers 2] [--out DIR]
+    .venv/bin/python bench/corpus.py --engines [--sources DIR ...] [--repeats 3]
+
+``--engines``: the datatrove build (local executor) against the builtin builder on the
+same sources (the fetched ones, or ``--sources``): each at 1 task / 1 worker (MB/s per
+task, one core) and at 2 tasks / 2 workers (the machine), ``--repeats`` runs each,
+mean +- standard deviation, the ratio datatrove/builtin, and a check that every build
+gave the same corpus (jsonl files and ledger).
 
 1. ``fetch_corpus`` (cached after the first run) gathers real code for 7 languages.
 2. ``build_corpus`` over it (language detection, filters, sha256, MinHash, LSH, split,
@@ -39,7 +46,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--fetch-dir", type=Path,
                     default=Path.home() / ".cache" / "babeltower" / "bench-fetch")
+    ap.add_argument("--engines", action="store_true",
+                    help="datatrove local vs the builtin builder (see the module doc)")
+    ap.add_argument("--sources", type=Path, nargs="*", default=None,
+                    help="--engines: these sources instead of a fetch")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.engines:
+        return compare_engines(args)
 
     from babeltower.corpus.build import build_corpus
     from babeltower.corpus.config import BuildConfig, PackConfig, TokenizerConfig
@@ -106,6 +120,93 @@ def main() -> int:
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _source_bytes(sources) -> tuple[int, int]:
+    files = [p for s in sources for p in Path(s).rglob("*")
+             if p.is_file() and p.name != "sources.json"]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _digest(corpus: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(corpus.rglob("*.jsonl")) + [corpus / "ledger.parquet"]:
+        h.update(p.relative_to(corpus).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def compare_engines(args) -> int:
+    """datatrove local vs builtin: MB/s per task (1 task, 1 core) and on 2 tasks."""
+    import statistics
+
+    from babeltower.corpus.build import build_corpus
+    from babeltower.corpus.config import BuildConfig, EngineConfig
+    from babeltower.corpus.pipeline import build_corpus_datatrove
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="bt-bench-engines-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sources = args.sources or [fetch_sources(args)]
+    n_files, total = _source_bytes(sources)
+    mb = total / 1e6
+    print(f"sources: {', '.join(map(str, sources))}: {n_files} files, {mb:.1f} MB; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+
+    def builtin(n):
+        return lambda out: build_corpus(sources, out, BuildConfig(workers=n), progress=False)
+
+    stage_s: dict = {}
+
+    def datatrove(n):
+        def run(out):
+            t = {}
+            build_corpus_datatrove(sources, out, BuildConfig(workers=1),
+                                   EngineConfig(executor="local", tasks=n, workers=n),
+                                   progress=False, timings=t)
+            for stage, sec in t.items():
+                stage_s.setdefault((n, stage), []).append(sec)
+        return run
+
+    runs = {("builtin", 1): builtin(1), ("datatrove", 1): datatrove(1),
+            ("builtin", 2): builtin(2), ("datatrove", 2): datatrove(2)}
+    rates: dict = {k: [] for k in runs}
+    digests = set()
+    for rep in range(args.repeats):
+        for key, build in runs.items():   # interleaved: drifting load hits both alike
+            out = work / f"{key[0]}-{key[1]}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            build(out)
+            dt = time.perf_counter() - t0
+            rates[key].append(mb / dt)
+            digests.add(_digest(out))
+            print(f"  run {rep + 1}: {key[0]:9s} {key[1]} task(s)/worker(s): {dt:6.1f} s "
+                  f"= {mb / dt:.2f} MB/s", flush=True)
+    print()
+    print("| build | tasks x workers | MB/s (mean +- sd, n runs) | MB/s per task |")
+    print("| --- | --- | --- | --- |")
+    for (name, n), r in rates.items():
+        m, sd = statistics.mean(r), (statistics.stdev(r) if len(r) > 1 else float("nan"))
+        print(f"| {name} | {n} x {n} | {m:.2f} +- {sd:.2f} ({len(r)}) | {m / n:.2f} |")
+    for n in (1, 2):
+        ratios = [d / b for d, b in zip(rates[("datatrove", n)], rates[("builtin", n)])]
+        sd = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
+        print(f"ratio datatrove/builtin at {n} task(s): {statistics.mean(ratios):.2f} "
+              f"+- {sd:.2f} (per-run pairs)")
+    print("datatrove stage wall times (mean s over runs):", ", ".join(
+        f"{n} task(s) {stage} {statistics.mean(v):.1f}" for (n, stage), v in stage_s.items()))
+    print(f"same corpus from every build: {len(digests) == 1}")
+    if args.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if len(digests) == 1 else 1
+
+
+def fetch_sources(args) -> Path:
+    from babeltower.corpus.fetch import fetch_corpus
+
+    return fetch_corpus(args.fetch_dir, None, args.mb_per_language, overwrite=True)
 
 
 if __name__ == "__main__":

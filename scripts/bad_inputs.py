@@ -85,7 +85,6 @@ def cases(run: Path, out: Path) -> dict[str, dict[str, list[str] | None]]:
                                    "--workers", "abc"]),
         "corpus build --config": (["corpus", "build", "--source", r, "--config", X, "--out", o],
                                   None, None),
-        "corpus merge SHARDS": (["corpus", "merge", X, "--out", o], None, None),
         "corpus pack --corpus": (["corpus", "pack", "--corpus", X, "--tokenizer", X,
                                   "--out", o], None,
                                  ["corpus", "pack", "--corpus", r, "--tokenizer", r,

@@ -1,5 +1,5 @@
 """corpus build: filters with counts by reason, exact + near dedup, group-aware splits,
-determinism, sharding, every input accounted for, all source kinds, the real stdlib."""
+determinism, every input accounted for, all source kinds, the real stdlib."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from babeltower.corpus.build import build_corpus, merge_shards
+from babeltower.corpus.build import build_corpus
 from babeltower.corpus.config import BuildConfig, DedupConfig, FilterConfig, SplitConfig
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.shards import SPLITS
@@ -187,22 +187,6 @@ def test_deterministic_across_runs_and_worker_counts(tree, tmp_path):
     lc, ld = (pd.read_parquet(x / "ledger.parquet") for x in (c, d))
     assert (lc["status"] == ld["status"]).all()
     assert not (lc["split"].fillna("") == ld["split"].fillna("")).all()
-
-
-def test_sharded_build_then_merge_equals_unsharded(tree, tmp_path):
-    root, info = tree
-    full = build_corpus([root], tmp_path / "full", BuildConfig(**CFG), progress=False)
-    shard_dirs = []
-    for i in range(3):
-        d = build_corpus([root], tmp_path / f"shard{i}",
-                         BuildConfig(**CFG, shard_index=i, num_shards=3), progress=False)
-        shard_dirs.append(d)
-    sizes = [json.loads((d / "manifest.json").read_text())["inputs"] for d in shard_dirs]
-    assert sum(sizes) == info["inputs"] and all(s > 0 for s in sizes)
-    merged = merge_shards(list(reversed(shard_dirs)), tmp_path / "merged")
-    assert read_outputs(merged) == read_outputs(full)
-    pd.testing.assert_frame_equal(pd.read_parquet(merged / "ledger.parquet"),
-                                  pd.read_parquet(full / "ledger.parquet"))
 
 
 def test_archives_give_the_same_corpus_as_the_directory(tree, tmp_path):

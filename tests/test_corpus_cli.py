@@ -40,13 +40,10 @@ def test_cli_build_tokenize_pack_stats(tmp_path, capsys):
     assert main(["corpus", "stats", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "python" in out and "near_duplicate=2" in out and "binary=1" in out
-    # sharded through the CLI, then merged
-    for i in range(2):
-        assert main(["corpus", "build", "--source", str(tmp_path / "src"), "--out",
-                     str(tmp_path / f"s{i}"), "--languages", "python,go", "--workers", "1",
-                     "--shard", f"{i}/2"]) == 0
-    assert main(["corpus", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
-                 "--out", str(tmp_path / "m")]) == 0
+    # the same build as datatrove tasks (the cluster path: --executor slurm|ray)
+    assert main(["corpus", "build", "--source", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "m"), "--languages", "python,go", "--workers", "1",
+                 "--executor", "local", "--tasks", "2"]) == 0
     a = json.loads((tmp_path / "m" / "manifest.json").read_text())
     b = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert a["dropped"] == b["dropped"] and a["files_sha256"] == b["files_sha256"]
@@ -80,13 +77,12 @@ def test_bad_inputs_are_one_line_errors_without_output(tmp_path, capsys):
     (tmp_path / "nocontent.jsonl").write_text('{"text": "x = 1\\n"}\n')
     cases["nocontent"] = ["corpus", "build", "--source", str(tmp_path / "nocontent.jsonl"),
                           "--out", str(out)]
-    cases["shard"] = ["corpus", "build", "--source", str(good), "--out", str(out),
-                      "--shard", "3/2"]
+    cases["executor"] = ["corpus", "build", "--source", str(good), "--out", str(out),
+                         "--executor", "spark"]
     cases["stats"] = ["corpus", "stats", str(tmp_path / "nowhere")]
     cases["tokenizer"] = ["tokenizer", "train", "--corpus", str(good), "--out", str(out)]
     cases["pack"] = ["corpus", "pack", "--corpus", str(good), "--tokenizer", str(good),
                      "--out", str(out)]
-    cases["merge"] = ["corpus", "merge", str(good), "--out", str(out)]
     cases["fetch-lang"] = ["corpus", "fetch", "--out", str(out), "--languages", "cobol"]
     cases["fetch-cap"] = ["corpus", "fetch", "--out", str(out), "--max-mb-per-language", "x=1"]
     messages = {}

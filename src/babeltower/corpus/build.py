@@ -8,10 +8,9 @@ A pipeline of small steps:
 3. ``finalize`` runs over the WHOLE corpus: exact dedup, MinHash-LSH near dedup,
    the group-aware train/validation/test split, and writes the output directory.
 
-Fan-out on a cluster: ``build_corpus(..., shard=(i, n))`` does steps 1-2 for a stable
-1/n of the inputs (by a hash of source and path) and writes a *shard* directory;
-``merge_shards([...], out)`` then runs step 3 over all n shards. The result is
-identical to an unsharded build of the same sources and config.
+Past one machine, the same steps run as datatrove pipelines on Slurm or Ray
+(``babeltower.corpus.pipeline``: per-rank scan and LSH, then ``finalize``); the corpus is
+identical to this builder's.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import tempfile
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -34,16 +33,16 @@ from babeltower.corpus.config import BuildConfig
 from babeltower.corpus.filters import DROP_REASONS, content_filter_reason, decode_utf8, is_binary
 from babeltower.corpus.knowledge import (KNOWLEDGE_PACKAGE, is_knowledge_source,
                                          iter_knowledge_inputs, knowledge_manifest)
-from babeltower.corpus.sources import InputItem, iter_inputs, probe_source, shard_of
+from babeltower.corpus.sources import InputItem, iter_inputs, probe_source
 from babeltower.errors import BabelError
-from babeltower.io import atomic_dir, atomic_write_json, provenance, sha256_file
+from babeltower.io import (atomic_dir, atomic_write_json, provenance, refuse_existing,
+                           sha256_file)
 from babeltower.languages import canonical, detect_language
 from babeltower.corpus.shards import SPLITS
 
 from babeltower.corpus.corpusdir import CORPUS_FORMAT  # noqa: E402
-SHARD_FORMAT = "babeltower-corpus-shard/1"
 MINHASH_SCHEME = "affine32"
-MINHASH_SEED = 1  # fixed: signatures from different shards/machines must be comparable
+MINHASH_SEED = 1  # fixed: signatures from different tasks/machines must be comparable
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -76,7 +75,8 @@ def minhash_signature(text: str, num_perm: int, shingle_size: int) -> np.ndarray
     return m.hashvalues.astype(np.uint64)
 
 
-def _item_language(item: InputItem, head: bytes | None) -> str | None:
+def item_language(item: InputItem, head: bytes | None) -> str | None:
+    """Language of an input: a row's own field, else its name/shebang (``head``)."""
     if item.language is not None:
         try:
             return canonical(item.language)
@@ -89,14 +89,9 @@ def _item_language(item: InputItem, head: bytes | None) -> str | None:
     return lang
 
 
-def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
-    """Language, filters, hash and MinHash of one input. Never raises for bad content."""
-    rec = {"source_index": source_index, "source": item.source, "path": item.path,
-           "row": item.row, "package": item.package, "license": item.license,
-           "version": item.version, "group": item.group, "language": None, "bytes": 0,
-           "status": "dropped", "reason": None, "sha256": None}
-    data: bytes | None = item.data
-    text: str | None = item.text
+def measure_item(item: InputItem) -> tuple[int, bytes | None]:
+    """Size in bytes and, where the name alone does not tell the language, the first
+    256 bytes (for a shebang). Reads no more of an on-disk file than that."""
     size = item.size
     head = None
     if item.file is not None:
@@ -107,26 +102,20 @@ def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
                     head = f.read(256)
         except OSError as e:
             raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
-    elif data is not None:
-        head = data[:256]
-        size = len(data)
-    elif text is not None:
-        head = text[:256].encode("utf-8", "replace")
-        size = len(text.encode("utf-8", "replace"))
-    rec["bytes"] = int(size or 0)
+    elif item.data is not None:
+        head = item.data[:256]
+        size = len(item.data)
+    elif item.text is not None:
+        head = item.text[:256].encode("utf-8", "replace")
+        size = len(item.text.encode("utf-8", "replace"))
+    return int(size or 0), head
 
-    lang = _item_language(item, head)
-    rec["language"] = lang
-    if lang is None:
-        rec["reason"] = "unknown_language"
-        return rec
-    if cfg.languages is not None and lang not in cfg.languages:
-        rec["reason"] = "excluded_language"
-        return rec
-    if rec["bytes"] > cfg.filters.max_bytes:
-        rec["reason"] = "too_large"
-        return rec
+
+def item_text(item: InputItem) -> tuple[str | None, str | None]:
+    """(text, None), or (None, drop reason) for binary or non-UTF-8 content."""
+    text = item.text
     if text is None:
+        data = item.data
         if data is None:
             try:
                 with open(item.file, "rb") as f:
@@ -134,16 +123,39 @@ def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
             except OSError as e:
                 raise BabelError(f"cannot read {item.file}: {e.strerror or e}") from e
         if is_binary(data):
-            rec["reason"] = "binary"
-            return rec
+            return None, "binary"
         text = decode_utf8(data)
         if text is None:
-            rec["reason"] = "undecodable"
-            return rec
+            return None, "undecodable"
     elif "\x00" in text[:8192]:
-        rec["reason"] = "binary"
-        return rec
-    reason = content_filter_reason(text, cfg.filters)
+        return None, "binary"
+    return text, None
+
+
+def language_reason(lang: str | None, cfg: BuildConfig) -> str | None:
+    if lang is None:
+        return "unknown_language"
+    if cfg.languages is not None and lang not in cfg.languages:
+        return "excluded_language"
+    return None
+
+
+def scan_item(item: InputItem, cfg: BuildConfig, source_index: int = 0) -> dict:
+    """Language, filters, hash and MinHash of one input. Never raises for bad content."""
+    rec = {"source_index": source_index, "source": item.source, "path": item.path,
+           "row": item.row, "package": item.package, "license": item.license,
+           "version": item.version, "group": item.group, "language": None, "bytes": 0,
+           "status": "dropped", "reason": None, "sha256": None}
+    rec["bytes"], head = measure_item(item)
+    lang = rec["language"] = item_language(item, head)
+    reason = language_reason(lang, cfg)
+    if reason is None and rec["bytes"] > cfg.filters.max_bytes:
+        reason = "too_large"
+    text = None
+    if reason is None:
+        text, reason = item_text(item)
+    if reason is None:
+        reason = content_filter_reason(text, cfg.filters)
     if reason is not None:
         rec["reason"] = reason
         return rec
@@ -215,7 +227,7 @@ def _spill(rec: dict, spill: TextSpill | None) -> dict:
 
 def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True,
                  spill: TextSpill | None = None) -> list[dict]:
-    """Steps 1-2 for this shard's inputs, on ``cfg.workers`` processes, in input order.
+    """Steps 1-2 for all inputs, on ``cfg.workers`` processes, in input order.
     With ``spill``, kept texts go to disk as they arrive (``record_text`` reads them)."""
     for s in sources:
         probe_source(str(s))  # a missing, unreadable or malformed source fails before any work
@@ -225,8 +237,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
             if is_knowledge_source(s):
                 continue  # scanned below, in this process
             for item in iter_inputs(str(s)):
-                if shard_of(item, cfg.num_shards) == cfg.shard_index:
-                    yield si, item
+                yield si, item
 
     from tqdm.auto import tqdm
 
@@ -255,14 +266,13 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
     for si, s in enumerate(sources):
         if is_knowledge_source(s):
             out.extend(_spill(scan_item(item, no_near, si), spill)
-                       for item in iter_knowledge_inputs(s)
-                       if shard_of(item, cfg.num_shards) == cfg.shard_index)
+                       for item in iter_knowledge_inputs(s))
     return out
 
 
 # ---------------------------------------------------------------- whole-corpus work (step 3)
 
-class _UnionFind:
+class UnionFind:
     """Union-find whose root is always the smallest index (a deterministic representative)."""
 
     def __init__(self, n: int):
@@ -299,7 +309,7 @@ def near_duplicate_clusters(signatures: list[np.ndarray], threshold: float,
     """
     from datasketch import LeanMinHash, MinHashLSH
 
-    uf = _UnionFind(len(signatures))
+    uf = UnionFind(len(signatures))
     if len(signatures) < 2:
         return [uf.find(i) for i in range(len(signatures))]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -346,7 +356,7 @@ def assign_splits(kept: list[dict], cfg: BuildConfig, links: Iterable[tuple[int,
     seeded hash and handed out greedily per language until validation and test reach
     their share of the language's bytes.
     """
-    uf = _UnionFind(len(kept))
+    uf = UnionFind(len(kept))
     first_of_group: dict[str, int] = {}
     for i, rec in enumerate(kept):
         g = _group_key(rec, cfg.split.group_by)
@@ -397,8 +407,14 @@ def _ledger_row(rec: dict) -> dict:
 # record table, the clusters and the split map, which a split would pass around whole
 def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out: Path,
              overwrite: bool = False, extra_manifest: dict | None = None,
-             spill: TextSpill | None = None) -> Path:
-    """Step 3 over the whole corpus; writes ``out`` atomically."""
+             spill: TextSpill | None = None,
+             near_clusters: Callable[[list[dict]], list[int]] | None = None) -> Path:
+    """Step 3 over the whole corpus; writes ``out`` atomically.
+
+    ``near_clusters(kept)``: the cluster root (smallest member index) of every kept record
+    after exact dedup; by default MinHash LSH over the records' ``minhash`` signatures here
+    (the datatrove build passes the clusters its distributed LSH stage found).
+    """
     import pandas as pd
 
     records = sorted(records, key=record_key)
@@ -427,8 +443,9 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
     links: list[tuple[int, int]] = []
     n_clusters = 0
     if cfg.dedup.near and kept:
-        roots = near_duplicate_clusters([r["minhash"] for r in kept], cfg.dedup.threshold,
-                                        cfg.dedup.num_perm)
+        roots = near_clusters(kept) if near_clusters is not None else \
+            near_duplicate_clusters([r["minhash"] for r in kept], cfg.dedup.threshold,
+                                    cfg.dedup.num_perm)
         for i, root in enumerate(roots):
             kept[i]["near_cluster"] = record_id(kept[root])
             if root != i:
@@ -505,8 +522,7 @@ def finalize(records: list[dict], cfg: BuildConfig, sources: Sequence[str], out:
             "packages": _fetch_packages(sources),
             "ledger": "ledger.parquet",
             "files_sha256": files_sha,
-            "config": cfg.model_dump(mode="json", exclude={"shard_index", "num_shards",
-                                                           "workers"}),
+            "config": cfg.model_dump(mode="json", exclude={"workers"}),
             "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
             **({"knowledge": knowledge} if knowledge else {}),
             **(extra_manifest or {}),
@@ -532,7 +548,7 @@ def _fetch_packages(sources: Sequence[str]) -> list[dict]:
 def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                  config: BuildConfig | None = None, overwrite: bool = False,
                  progress: bool = True) -> Path:
-    """Build a corpus directory (or, with ``config.num_shards > 1``, one shard of it).
+    """Build a corpus directory on this machine (``cfg.workers`` processes).
 
     Returns ``out``. Output layout: ``out/<lang>/{train,validation,test}.jsonl``,
     ``out/ledger.parquet`` (one row per input file: kept -> split, dropped -> reason),
@@ -544,94 +560,12 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     if not sources:
         raise BabelError("no --source given")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BabelError(f"output {out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
         spill = TextSpill(d)
         try:
             records = scan_sources(sources, cfg, progress=progress, spill=spill)
-            if cfg.num_shards == 1:
-                return finalize(records, cfg, sources, out, overwrite=overwrite, spill=spill)
-            return _write_shard(records, cfg, sources, out, overwrite, spill)
-        finally:
-            spill.close()
-
-
-def _write_shard(records, cfg: BuildConfig, sources, out: Path, overwrite: bool,
-                 spill: TextSpill | None = None) -> Path:
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        r = dict(r)
-        mh = r.pop("minhash", None)
-        r["minhash"] = None if mh is None else np.asarray(mh, dtype=np.uint64).tobytes()
-        r["text"] = record_text(r, spill) if r["status"] == "kept" else None
-        r.pop("text_ref", None)
-        rows.append(r)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        df = pd.DataFrame(rows)
-        if not df.empty:
-            df["row"] = df["row"].astype("Int64")
-        df.to_parquet(tmp / "records.parquet", index=False)
-        atomic_write_json(tmp / "manifest.json", {
-            "format": SHARD_FORMAT, "shard_index": cfg.shard_index,
-            "num_shards": cfg.num_shards, "inputs": len(rows),
-            "sources": sources,
-            "records_sha256": sha256_file(tmp / "records.parquet"),
-            "config": cfg.model_dump(mode="json"),
-            "provenance": provenance(config=cfg.model_dump(mode="json"), seed=cfg.seed),
-        })
-    return out
-
-
-def merge_shards(shard_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                 overwrite: bool = False) -> Path:
-    """Finish a sharded build: whole-corpus dedup and split over all n shard outputs."""
-    if not shard_dirs:
-        raise BabelError("no shard directories given")
-    metas, frames = [], []
-    for d in shard_dirs:
-        mf = Path(d) / "manifest.json"
-        if not mf.is_file():
-            raise BabelError(f"not a corpus shard (no manifest.json): {d}")
-        try:
-            meta = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise BabelError(f"corrupt shard manifest {mf}: {e.msg}") from e
-        if meta.get("format") != SHARD_FORMAT:
-            raise BabelError(f"{d} is not a corpus shard (format {meta.get('format')!r})")
-        rp = Path(d) / "records.parquet"
-        if not rp.is_file() or sha256_file(rp) != meta.get("records_sha256"):
-            raise BabelError(f"shard {d}: records.parquet is missing or does not match its sha256")
-        metas.append(meta)
-        frames.append(rp)
-    n = metas[0]["num_shards"]
-    got = sorted(m["shard_index"] for m in metas)
-    if got != list(range(n)):
-        raise BabelError(f"need shards 0..{n - 1} exactly once, got {got}")
-    base = {k: v for k, v in metas[0]["config"].items() if k != "shard_index"}
-    for m in metas[1:]:
-        if {k: v for k, v in m["config"].items() if k != "shard_index"} != base \
-                or m["sources"] != metas[0]["sources"]:
-            raise BabelError("shards were built with different configs or sources")
-    cfg = BuildConfig.model_validate({**base, "shard_index": 0, "num_shards": 1})
-    import pyarrow.parquet as pq
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as d:
-        spill = TextSpill(d)
-        try:
-            records = []
-            for rp in frames:  # batch by batch: texts go to the spill, not to memory
-                for batch in pq.ParquetFile(rp).iter_batches(batch_size=512):
-                    for r in batch.to_pylist():
-                        if r.get("minhash") is not None:
-                            r["minhash"] = np.frombuffer(r["minhash"], dtype=np.uint64)
-                        records.append(_spill(r, spill))
-            return finalize(records, cfg, metas[0]["sources"], out, overwrite=overwrite,
-                            extra_manifest={"merged_shards": n}, spill=spill)
+            return finalize(records, cfg, sources, out, overwrite=overwrite, spill=spill)
         finally:
             spill.close()

@@ -1,4 +1,4 @@
-"""CLI: ``babeltower corpus fetch|build|merge|pack|stats`` and ``babeltower tokenizer train``.
+"""CLI: ``babeltower corpus fetch|build|pack|stats`` and ``babeltower tokenizer train``.
 
 Thin: every command parses options into the step's config and calls one library
 function (``babeltower.corpus``) that a notebook can call the same way.
@@ -71,39 +71,45 @@ def build_command(
                                      help="Directory, zip/tar archive, JSONL/Parquet rows, or hf:ORG/NAME."),
     out: Path = typer.Option(..., "--out", callback=output_dir),
     languages: Optional[str] = typer.Option(None, "--languages", help="Comma-separated; default all."),
-    shard: Optional[str] = typer.Option(
-        None, "--shard", help="i/n: scan a stable 1/n of the inputs into a shard dir "
-                              "(finish with 'corpus merge')."),
-    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores); with a "
+                                                     "datatrove executor: tasks run at once."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="builtin (default), or datatrove's local, slurm or ray "
+                                 "(config: an 'engine:' section of --config)."),
+    tasks: Optional[int] = typer.Option(None, "--tasks", help="datatrove tasks (ranks)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", help="BuildConfig YAML."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Detect, filter, deduplicate (exact + MinHash LSH) and split code into a corpus dir."""
-    from babeltower.corpus.build import build_corpus
-    from babeltower.corpus.config import BuildConfig, parse_shard
+    from babeltower.corpus.config import BuildConfig, EngineConfig
 
     data = _load_yaml(config, "build")
-    i, n = parse_shard(shard)
-    data.update(shard_index=i, num_shards=n, workers=workers)
+    engine_data = dict(data.pop("engine", None) or _load_yaml(config).get("engine") or {}) \
+        if config else {}
+    for key, value in (("executor", executor), ("tasks", tasks)):
+        if value is not None:
+            engine_data[key] = value
+    engine_data.setdefault("workers", workers)
+    data["workers"] = workers
     if languages is not None:
         data["languages"] = languages
     if seed is not None:
         data["seed"] = seed
+    engine = _validate(EngineConfig, engine_data, str(config or "engine options"))
     cfg = _validate(BuildConfig, data, str(config or "build options"))
-    typer.echo(str(build_corpus(source, out, cfg, overwrite=overwrite)))
+    if engine.executor == "builtin":
+        from babeltower.corpus.build import build_corpus
 
+        typer.echo(str(build_corpus(source, out, cfg, overwrite=overwrite)))
+        return
+    from babeltower.corpus.pipeline import build_corpus_datatrove, work_dir_of
 
-@app.command("merge")
-def merge_command(
-    shards: List[Path] = typer.Argument(..., help="The n shard dirs of 'build --shard i/n'."),
-    out: Path = typer.Option(..., "--out", callback=output_dir),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-) -> None:
-    """Finish a sharded build: whole-corpus dedup and split over all shards."""
-    from babeltower.corpus.build import merge_shards
-
-    typer.echo(str(merge_shards(shards, out, overwrite=overwrite)))
+    path = build_corpus_datatrove(source, out, cfg, engine, overwrite=overwrite)
+    if engine.executor == "slurm":
+        typer.echo(f"submitted; the corpus appears at {path} when the last job ends "
+                   f"(task logs: {work_dir_of(path, engine) / 'logs'})", err=True)
+    typer.echo(str(path))
 
 
 @app.command("pack")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from babeltower.config import Config
 from babeltower.errors import BabelError
@@ -109,8 +109,6 @@ class BuildConfig(_Strict):
     languages: list[str] | None = Field(None, description="keep only these; None = all known")
     seed: int = 0
     workers: int = Field(0, ge=0, description="processes for per-file work; 0 = all cores")
-    shard_index: int = Field(0, ge=0)
-    num_shards: int = Field(1, ge=1)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -119,12 +117,6 @@ class BuildConfig(_Strict):
     @classmethod
     def _langs(cls, v):
         return canonical_languages(v)
-
-    @model_validator(mode="after")
-    def _shard(self):
-        if self.shard_index >= self.num_shards:
-            raise BabelError(f"shard {self.shard_index}/{self.num_shards}: index must be < count")
-        return self
 
 
 class TokenizerConfig(_Strict):
@@ -149,14 +141,38 @@ class PackConfig(_Strict):
     workers: int = Field(0, ge=0, description="tokenizer processes; 0 = all cores")
 
 
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'i/n' -> (i, n); BabelError on anything else."""
-    if spec is None or spec == "":
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise BabelError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise BabelError(f"--shard {spec}: need 0 <= i < n")
-    return i, n
+class SlurmConfig(_Strict):
+    """Slurm job arrays for ``executor: slurm`` (the sbatch script is datatrove's)."""
+
+    partition: str = "cpu"
+    time: str = Field("04:00:00", description="per-task wall time limit, HH:MM:SS")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: int = Field(2, ge=1)
+    job_name: str = "babeltower-corpus"
+    env_command: str | None = Field(
+        None, description="shell line that activates the environment on a node "
+                          "(e.g. 'source /path/.venv/bin/activate')")
+    sbatch_args: dict[str, str] = Field(default_factory=dict,
+                                        description="extra #SBATCH directives (account, qos)")
+
+
+class RayConfig(_Strict):
+    """``executor: ray``: an existing cluster (``address``) or, with none, a local one."""
+
+    address: str | None = Field(None, description="ray://... or host:port; None = start a local Ray")
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(2.0, gt=0, description="memory Ray reserves per CPU of a task")
+
+
+class EngineConfig(_Strict):
+    """How ``corpus build`` runs: ``builtin`` (the in-process multiprocessing builder) or
+    datatrove pipelines on one of its executors. The corpus is the same for all of them."""
+
+    executor: Literal["builtin", "local", "slurm", "ray"] = "builtin"
+    tasks: int = Field(1, ge=1, description="datatrove tasks (ranks) of the scan and LSH stages")
+    workers: int = Field(0, ge=0, description="local: tasks run at once; 0 = min(tasks, cores)")
+    work_dir: str | None = Field(
+        None, description="stage outputs and completion markers (resume); default: "
+                          "'.<out name>.datatrove' next to the output")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
