@@ -262,6 +262,22 @@ def quiet_hf():
             hf_logging.enable_progress_bar()
 
 
+def resolve(ref: CheckpointRef, verify: bool = True) -> tuple[str | Path, dict]:
+    """Where ``from_pretrained`` reads a checkpoint, and with which keyword arguments: a
+    GGUF file is converted once into the cache, a hub revision is read from the offline
+    cache, a directory has its weights checked against its manifest (``verify``). The
+    one place that knows the three kinds of model source."""
+    if ref.gguf_file:
+        return convert_gguf(Path(ref.path) / ref.gguf_file), {}
+    if ref.revision is not None:
+        return ref.path, {"revision": ref.revision}
+    path = Path(ref.path)
+    if verify:
+        verify_checkpoint(path)
+    _read_config(path)
+    return path, {}
+
+
 def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=None):
     """Load (model, tokenizer) for a checkpoint, in eval mode; fp32 on CPU by default.
     The weights are read straight onto ``device`` in ``dtype``."""
@@ -270,16 +286,7 @@ def load_checkpoint(ref: CheckpointRef, dtype=None, verify: bool = True, device=
 
     dtype = dtype or torch.float32
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if ref.gguf_file:
-        path = convert_gguf(Path(ref.path) / ref.gguf_file)
-    elif ref.revision is not None:
-        path = ref.path
-    else:
-        path = Path(ref.path)
-        if verify:
-            verify_checkpoint(path)
-        _read_config(path)
-    kw: dict = {"revision": ref.revision} if ref.revision else {}
+    path, kw = resolve(ref, verify)
     if device.type != "cpu":
         kw["device_map"] = {"": str(device)}   # no CPU copy of a large model on the way
     try:

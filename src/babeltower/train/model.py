@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from babeltower.architectures import blocks as model_blocks
-from babeltower.checkpoints import convert_gguf, last_checkpoint, quiet_hf, verify_checkpoint
+from babeltower.checkpoints import last_checkpoint, quiet_hf, resolve
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
 from babeltower.train.config import TrainConfig
@@ -49,14 +49,7 @@ def build_model(config: TrainConfig, shards: TokenShards):
     torch.manual_seed(config.seed)
     if config.init_from:
         ref = last_checkpoint(config.init_from)   # a run dir: its last checkpoint
-        kw = {}
-        if ref.gguf_file:
-            path = convert_gguf(Path(ref.path) / ref.gguf_file)
-        elif ref.revision is not None:
-            path, kw = ref.path, {"revision": ref.revision}
-        else:
-            path = Path(ref.path)
-            verify_checkpoint(path)   # sha256 of the weights against its manifest
+        path, kw = resolve(ref)   # a GGUF converted, a revision, or a verified dir
         model = load_model(path, "init_from ", **kw)
         if model.config.vocab_size != shards.vocab_size:
             raise BabelError(f"init_from {ref.path} has vocab_size {model.config.vocab_size} but "
