@@ -277,7 +277,7 @@ def test_minhash_estimates_the_jaccard_of_token_5grams():
 
     import numpy as np
 
-    from babeltower.corpus.build import minhash_signature, shingle_hashes
+    from babeltower.corpus.scan import minhash_signature, shingle_hashes
 
     def grams(text):
         toks = re.findall(r"\w+|[^\w\s]", text)

@@ -365,7 +365,7 @@ def test_lsh_stage_clusters_equal_datasketch_lsh(tmp_path, world_size):
     MinHashLSH + confirmation (the builtin builder), whatever the number of ranks."""
     import numpy as np
 
-    from babeltower.corpus.build import near_duplicate_clusters
+    from babeltower.corpus.dedup import near_duplicate_clusters
     from babeltower.corpus.pipeline import MinHashLSHEdges, _atomic_npz, clusters_from_edges
 
     rng = np.random.default_rng(7)

@@ -37,11 +37,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from babeltower.corpus.build import (TextSpill, UnionFind, finalize, item_language, item_text,
-                                     language_reason, measure_item, minhash_signature)
+from babeltower.corpus.build import finalize
 from babeltower.corpus.config import BuildConfig, EngineConfig
+from babeltower.corpus.dedup import UnionFind
 from babeltower.corpus.filters import content_filter_reason
 from babeltower.corpus.knowledge import is_knowledge_source, iter_knowledge_inputs
+from babeltower.corpus.scan import (TextSpill, item_language, item_text, language_reason,
+                                    measure_item, minhash_signature)
 from babeltower.corpus.sources import iter_inputs, probe_source, shard_of
 from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json, refuse_existing, sha256_json
