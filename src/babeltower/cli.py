@@ -18,6 +18,11 @@ from __future__ import annotations
 
 import sys
 
+from babeltower import interrupts
+
+# before anything heavy loads: a SIGINT is recorded even where a library swallows it
+interrupts.install()
+
 # Commands that pick up where an interrupted run stopped when run again (checkpoints,
 # *.partial.jsonl, cached steps); the others write their outputs only when complete.
 RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k",
@@ -236,14 +241,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with command.make_context("babeltower", args) as ctx:
             command.invoke(ctx)
-    except BabelError as e:
-        print(f"babeltower: error: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         return _interrupted(_words(args))
-    except Exit as e:  # --help, ctx.exit(code)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:
+        if interrupts.requested():   # a SIGINT that surfaced as another error (interrupts)
+            return _interrupted(_words(args))
+        return _failed(e, command, args, debug)
+    if interrupts.requested():       # swallowed on the way, and the command still finished
+        return _interrupted(_words(args))
+    return 0
+
+
+def _failed(e: Exception, command, args: list[str], debug: bool) -> int:
+    """The exit code (and one line) of a command that raised ``e`` (module doc)."""
+    if isinstance(e, BabelError):
+        print(f"babeltower: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, Exit):          # --help, ctx.exit(code)
         return int(e.exit_code)
-    except TyperException as e:  # a usage error: its message as one line
+    if isinstance(e, TyperException):  # a usage error: its message as one line
         if type(e).__name__ == "NoArgsIsHelpError":
             e.show()  # the help text itself
         else:
@@ -251,17 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"babeltower: error: {' '.join(e.format_message().split())} ({hint})",
                   file=sys.stderr)
         return int(e.exit_code)
-    except Abort:
+    if isinstance(e, Abort):
         return _interrupted(_words(args))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BrokenPipeError as e:
-        if _stdout_gone():   # `babeltower ... | head`: the reader left; stop quietly
-            return 141       # as a shell reports a death by SIGPIPE
-        return _unexpected(e, args, debug)
-    except Exception as e:
-        return _unexpected(e, args, debug)
-    return 0
+    if isinstance(e, BrokenPipeError) and _stdout_gone():
+        return 141   # `babeltower ... | head`: the reader left; stop quietly, as SIGPIPE
+    return _unexpected(e, args, debug)
 
 
 def _stdout_gone() -> bool:

@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from babeltower.checkpoints import CheckpointRef, list_checkpoints, weights_sha256
 from babeltower.errors import BabelError
+from babeltower.interrupts import raise_if_interrupted
 from babeltower.io import PartialRows, atomic_dir, atomic_write_json, read_json, sha256_json
 
 META = ("checkpoint", "step", "weights_sha256", "config_sha256", "data_sha256")
@@ -232,6 +233,7 @@ def _walk(refs: list[CheckpointRef], measures: Sequence[Measure], state: Path | 
     bar = tqdm(refs, desc="+".join(m.name for m in measures), unit="ckpt",
                disable=None if opts.progress else True)
     for ref in bar:
+        raise_if_interrupted()   # a Ctrl-C a library swallowed still stops the series
         t0 = time.perf_counter()
         wsha = weights_sha256(ref)
         out["weights"][ref.name] = wsha

@@ -19,6 +19,7 @@ from babeltower.corpus.filters import content_filter_reason, decode_utf8, is_bin
 from babeltower.corpus.knowledge import is_knowledge_source, iter_knowledge_inputs
 from babeltower.corpus.sources import InputItem, iter_inputs, probe_source
 from babeltower.errors import BabelError
+from babeltower.interrupts import raise_if_interrupted
 from babeltower.languages import canonical, detect_language
 
 
@@ -249,6 +250,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
     try:
         if n == 1:
             for si, item in tasks():
+                raise_if_interrupted()
                 out.append(_spill(scan_item(item, cfg, si), spill))
                 bar.update()
         else:
@@ -256,6 +258,7 @@ def scan_sources(sources: Sequence[str], cfg: BuildConfig, progress: bool = True
             with ctx.Pool(n, initializer=_init_worker,
                           initargs=(cfg.model_dump_json(),)) as pool:
                 for rec in pool.imap(_scan_task, tasks(), chunksize=16):
+                    raise_if_interrupted()   # a swallowed Ctrl-C still stops the scan
                     out.append(_spill(rec, spill))
                     bar.update()
     finally:

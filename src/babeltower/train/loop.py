@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from babeltower.corpus.shards import TokenShards
 from babeltower.errors import BabelError
+from babeltower.interrupts import raise_if_interrupted
 from babeltower.io import atomic_write_json, provenance
 from babeltower.languages import canonical
 from babeltower.mixture.sampler import MixtureSampler
@@ -200,6 +201,7 @@ def fit(run: Run, state: TrainState) -> Path:
     window = _LogWindow(run.strategy.device)
     try:
         while state.step < run.max_steps:
+            raise_if_interrupted()   # a Ctrl-C a library swallowed still stops the run
             t0 = time.perf_counter()
             grad_norm = train_step(run, state, window.loss_sum)
             if grad_norm is not None:
