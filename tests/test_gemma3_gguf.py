@@ -29,6 +29,7 @@ import torch
 
 from babeltower.checkpoints import convert_gguf, gemma3_gguf, list_checkpoints, weights_sha256
 from gemma3_reference import STDLIB, checked_suite, loss_text, reference_path, tensor_sha256
+from lape_reference import count_gate_positives
 
 pytestmark = pytest.mark.slow
 
@@ -147,17 +148,6 @@ def test_cloze_agrees_with_the_reference(gemma, checked):
             <= int((logits > target - eps).sum())
 
 
-def _count_gate_positives(model, sink: list):
-    """Independent count: GELU-tanh(x) > 0 exactly when x > 0, so count gate_proj's
-    outputs > 0 (another module than the act_fn output that LAPE reads)."""
-    def hook(i):
-        def count(mod, args, out):
-            sink[i] += (out > 0).reshape(-1, out.shape[-1]).sum(0).numpy()
-        return count
-    return [layer.mlp.gate_proj.register_forward_hook(hook(i))
-            for i, layer in enumerate(model.model.layers)]
-
-
 def test_lape_hooks_on_python_and_javascript(gemma):
     import matplotlib
 
@@ -172,7 +162,7 @@ def test_lape_hooks_on_python_and_javascript(gemma):
     probs = []
     for lang in ("python", "javascript"):
         sink = [np.zeros(2048, dtype=np.int64) for _ in range(18)]
-        hooks = _count_gate_positives(gemma.model, sink)
+        hooks = count_gate_positives(gemma.model, sink)
         try:
             st = collect_stats(gemma.model, {lang: win[lang]})
         finally:

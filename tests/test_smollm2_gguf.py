@@ -22,6 +22,7 @@ import torch
 
 from babeltower.checkpoints import list_checkpoints, smollm2_gguf, weights_sha256
 from babeltower.probes.suite import load_suite
+from lape_reference import count_gate_positives
 
 pytestmark = pytest.mark.slow
 
@@ -113,17 +114,6 @@ def _lape_text() -> dict:
     return {"python": [STDLIB / "textwrap.py", STDLIB / "heapq.py"], "javascript": [js]}
 
 
-def _count_gate_positives(model, sink: list):
-    """Independent count: SiLU(x) > 0 exactly when x > 0, so count gate_proj outputs > 0
-    (another module than the act_fn output that LAPE reads)."""
-    def hook(i):
-        def count(mod, args, out):
-            sink[i] += (out > 0).reshape(-1, out.shape[-1]).sum(0).numpy()
-        return count
-    return [layer.mlp.gate_proj.register_forward_hook(hook(i))
-            for i, layer in enumerate(model.model.layers)]
-
-
 def test_lape_on_python_and_javascript(smol):
     from babeltower.probes.neurons import collect_stats, lape_select, load_windows, neuron_table
 
@@ -133,7 +123,7 @@ def test_lape_on_python_and_javascript(smol):
     sel_counts = {}
     for lang in LANGS:     # selection half (windows 0-3), with the independent count
         sink = [np.zeros(1536, dtype=np.int64) for _ in range(30)]
-        hooks = _count_gate_positives(smol.model, sink)
+        hooks = count_gate_positives(smol.model, sink)
         try:
             st = collect_stats(smol.model, {lang: win[lang][:4]})
         finally:
