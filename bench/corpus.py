@@ -3,11 +3,13 @@
     .venv/bin/python bench/corpus.py [--mb-per-language 10] [--workers 2] [--out DIR]
     .venv/bin/python bench/corpus.py --engines [--sources DIR ...] [--repeats 3]
 
-``--engines``: the datatrove build (local executor) against the builtin builder on the
-same sources (the fetched ones, or ``--sources``): each at 1 task / 1 worker (MB/s per
-task, one core) and at 2 tasks / 2 workers (the machine), ``--repeats`` runs each,
-mean +- standard deviation, the ratio datatrove/builtin, and a check that every build
-gave the same corpus (jsonl files and ledger).
+``--engines``: the datatrove build (local executor, the one pipeline since the in-process
+builder was retired) against that builder's serial form (``tests/corpus_reference.py``:
+the same per-file steps and whole-corpus step, one input after another, no ranks; what
+the retired builder did at 1 worker) on the same sources (the fetched ones, or
+``--sources``): datatrove at 1 task (MB/s per task, one core) and at 2 tasks / 2 workers
+(the machine), ``--repeats`` interleaved runs each, mean +- standard deviation, the
+ratios datatrove/serial, and a check that every build gave the same corpus.
 
 1. ``fetch_corpus`` (cached after the first run) gathers real code for 7 languages.
 2. ``build_corpus`` over it (language detection, filters, sha256, MinHash, LSH, split,
@@ -47,7 +49,7 @@ def main() -> int:
     ap.add_argument("--fetch-dir", type=Path,
                     default=Path.home() / ".cache" / "babeltower" / "bench-fetch")
     ap.add_argument("--engines", action="store_true",
-                    help="datatrove local vs the builtin builder (see the module doc)")
+                    help="datatrove local vs the serial reference builder (see the module doc)")
     ap.add_argument("--sources", type=Path, nargs="*", default=None,
                     help="--engines: these sources instead of a fetch")
     ap.add_argument("--repeats", type=int, default=3)
@@ -56,7 +58,7 @@ def main() -> int:
         return compare_engines(args)
 
     from babeltower.corpus.build import build_corpus
-    from babeltower.corpus.config import BuildConfig, PackConfig, TokenizerConfig
+    from babeltower.corpus.config import BuildConfig, EngineConfig, PackConfig, TokenizerConfig
     from babeltower.corpus.fetch import fetch_corpus
     from babeltower.corpus.pack import pack_corpus
     from babeltower.corpus.tokenizer import train_tokenizer
@@ -74,7 +76,8 @@ def main() -> int:
     corpus = work / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)
     t0 = time.perf_counter()
-    build_corpus([fetched], corpus, BuildConfig(workers=args.workers), progress=False)
+    build_corpus([fetched], corpus, BuildConfig(),
+                 EngineConfig(tasks=args.workers, workers=args.workers), progress=False)
     t_build = time.perf_counter() - t0
     build_rate = total / 1e6 / t_build
 
@@ -109,7 +112,7 @@ def main() -> int:
     t_peer = time.perf_counter() - t0
     peer_rate = text_bytes / 1e6 / t_peer
 
-    print(f"build  (babeltower build_corpus, {args.workers} workers): {total / 1e6:.1f} MB in "
+    print(f"build  (babeltower build_corpus, datatrove local, {args.workers} tasks): {total / 1e6:.1f} MB in "
           f"{t_build:.1f} s = {build_rate:.2f} MB/s")
     print(f"pack   (babeltower pack_corpus, {args.workers} workers): {corpus_text / 1e6:.1f} MB in "
           f"{t_pack:.1f} s = {pack_rate:.2f} MB/s")
@@ -139,12 +142,14 @@ def _digest(corpus: Path) -> str:
 
 
 def compare_engines(args) -> int:
-    """datatrove local vs builtin: MB/s per task (1 task, 1 core) and on 2 tasks."""
+    """datatrove local vs the serial reference: MB/s per task (1 task, 1 core) and on 2 tasks."""
     import statistics
 
     from babeltower.corpus.build import build_corpus
     from babeltower.corpus.config import BuildConfig, EngineConfig
-    from babeltower.corpus.pipeline import build_corpus_datatrove
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from corpus_reference import reference_build
 
     work = args.out or Path(tempfile.mkdtemp(prefix="bt-bench-engines-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -154,23 +159,23 @@ def compare_engines(args) -> int:
     print(f"sources: {', '.join(map(str, sources))}: {n_files} files, {mb:.1f} MB; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
 
-    def builtin(n):
-        return lambda out: build_corpus(sources, out, BuildConfig(workers=n), progress=False)
+    def serial(n):
+        return lambda out: reference_build(sources, out, BuildConfig())
 
     stage_s: dict = {}
 
     def datatrove(n):
         def run(out):
             t = {}
-            build_corpus_datatrove(sources, out, BuildConfig(workers=1),
-                                   EngineConfig(executor="local", tasks=n, workers=n),
-                                   progress=False, timings=t)
+            build_corpus(sources, out, BuildConfig(),
+                         EngineConfig(executor="local", tasks=n, workers=n),
+                         progress=False, timings=t)
             for stage, sec in t.items():
                 stage_s.setdefault((n, stage), []).append(sec)
         return run
 
-    runs = {("builtin", 1): builtin(1), ("datatrove", 1): datatrove(1),
-            ("builtin", 2): builtin(2), ("datatrove", 2): datatrove(2)}
+    runs = {("serial", 1): serial(1), ("datatrove", 1): datatrove(1),
+            ("datatrove", 2): datatrove(2)}
     rates: dict = {k: [] for k in runs}
     digests = set()
     for rep in range(args.repeats):
@@ -191,10 +196,10 @@ def compare_engines(args) -> int:
         m, sd = statistics.mean(r), (statistics.stdev(r) if len(r) > 1 else float("nan"))
         print(f"| {name} | {n} x {n} | {m:.2f} +- {sd:.2f} ({len(r)}) | {m / n:.2f} |")
     for n in (1, 2):
-        ratios = [d / b for d, b in zip(rates[("datatrove", n)], rates[("builtin", n)])]
+        ratios = [d / b for d, b in zip(rates[("datatrove", n)], rates[("serial", 1)])]
         sd = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
-        print(f"ratio datatrove/builtin at {n} task(s): {statistics.mean(ratios):.2f} "
-              f"+- {sd:.2f} (per-run pairs)")
+        print(f"ratio datatrove at {n} task(s) / serial reference (1 core): "
+              f"{statistics.mean(ratios):.2f} +- {sd:.2f} (per-run pairs)")
     print("datatrove stage wall times (mean s over runs):", ", ".join(
         f"{n} task(s) {stage} {statistics.mean(v):.1f}" for (n, stage), v in stage_s.items()))
     print(f"same corpus from every build: {len(digests) == 1}")

@@ -1,10 +1,11 @@
-"""Does the datatrove build give the corpus the builtin builder gives, on real sources?
+"""Does the datatrove build give the serial reference builder's corpus, on real sources?
 
     .venv/bin/python scripts/corpus_engines_equal.py runs/default/data/corpus [--tasks 1 4]
 
 Reads the sources and the build config from an existing corpus's manifest (e.g. the
-default experiment's, built by ``make run``), rebuilds it with the builtin builder and
-with datatrove's local executor at each ``--tasks``, and compares: the kept files (path,
+default experiment's, built by ``make run``), rebuilds it with the serial reference
+builder (``tests/corpus_reference.py``: the retired in-process builder, one input after
+another) and with datatrove's local executor at each ``--tasks``, and compares: the kept files (path,
 text), every input's status and drop reason, every kept file's split, the jsonl bytes
 and the manifest's counts. Prints one table; exit status 1 on any difference.
 """
@@ -38,21 +39,22 @@ def main() -> int:
 
     from babeltower.corpus.build import build_corpus
     from babeltower.corpus.config import BuildConfig, EngineConfig
-    from babeltower.corpus.pipeline import build_corpus_datatrove
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from corpus_reference import reference_build
 
     m = json.loads((args.corpus / "manifest.json").read_text())
     sources = m["sources"]
-    cfg = BuildConfig.model_validate({**m["config"], "workers": args.workers})
+    cfg = BuildConfig.model_validate({k: v for k, v in m["config"].items() if k != "workers"})
     work = args.out or Path(tempfile.mkdtemp(prefix="bt-engines-equal-"))
     work.mkdir(parents=True, exist_ok=True)
     builds = {}
     t0 = time.perf_counter()
-    builds["builtin"] = build_corpus(sources, work / "builtin", cfg, overwrite=True,
-                                     progress=False)
-    times = {"builtin": time.perf_counter() - t0}
+    builds["serial"] = reference_build(sources, work / "serial", cfg)
+    times = {"serial": time.perf_counter() - t0}
     for n in args.tasks:
         t0 = time.perf_counter()
-        builds[f"datatrove-{n}"] = build_corpus_datatrove(
+        builds[f"datatrove-{n}"] = build_corpus(
             sources, work / f"datatrove-{n}", cfg,
             EngineConfig(executor="local", tasks=n, workers=args.workers), overwrite=True,
             progress=False)
@@ -65,7 +67,7 @@ def main() -> int:
                 "kept": man["kept"], "dropped": man["dropped"],
                 "clusters": man["near_duplicate_clusters"]}
 
-    ref = summary(builds["builtin"])
+    ref = summary(builds["serial"])
     ok = True
     print(f"sources: {sources}")
     print(f"config (from {args.corpus / 'manifest.json'}): languages={cfg.languages} "
@@ -85,7 +87,7 @@ def main() -> int:
         print(f"| {name} | {times[name]:.1f} | {s['inputs']} | {s['kept']} | {s['clusters']} | "
               f"{drops} | {same_status} | {same_split} | {same_bytes} |")
     existing = _digests(args.corpus)
-    print(f"\nthe existing corpus at {args.corpus} has the same jsonl bytes as the builtin "
+    print(f"\nthe existing corpus at {args.corpus} has the same jsonl bytes as the serial "
           f"rebuild: {existing == ref['jsonl']}")
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -16,11 +16,11 @@ if __name__ == "__main__":
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
     from babeltower.corpus.config import BuildConfig, EngineConfig
-    from babeltower.corpus.pipeline import build_corpus_datatrove
+    from babeltower.corpus.build import build_corpus
 
     out, cfg, sources = sys.argv[1], BuildConfig.model_validate_json(sys.argv[2]), sys.argv[3:]
     timings: dict = {}
-    build_corpus_datatrove(sources, out, cfg, EngineConfig.model_validate(
+    build_corpus(sources, out, cfg, EngineConfig.model_validate(
         {"executor": "ray", "tasks": 2, "ray": {"mem_per_cpu_gb": 0.25}}), progress=True,
         timings=timings)
     print(json.dumps(timings))

@@ -333,17 +333,56 @@ def _build_argv(src: Path, out: Path) -> list[str]:
     return ["corpus", "build", "--source", str(src), "--out", str(out), "--workers", "2"]
 
 
-@pytest.mark.parametrize("at", SIGINT_AFTER)
-def test_sigint_to_corpus_build_at_any_moment_is_130_and_leaves_nothing(tmp_path, big_source,
-                                                                        at):
-    out = tmp_path / "corpus"
-    rc, err = _interrupt_at(_build_argv(big_source, out), at=at)
-    _assert_interrupted(rc, err, START_AGAIN)
+def _build_messages(err: str) -> list[str]:
+    return [x for x in _messages(err) if not x.startswith("corpus build: ")]   # its progress
+
+
+def _only_the_work_dir(root: Path, out: Path) -> None:
+    """An interrupted build leaves no corpus and no temporaries - only its work dir (the
+    completion markers it resumes from), if it got that far."""
     assert not out.exists()
-    _no_temporaries(tmp_path)
+    work = out.parent / f".{out.name}.datatrove"
+    stray = [p for p in root.rglob(".*") if p != work and work not in p.parents]
+    assert not stray, stray
 
 
-def test_sigint_to_corpus_build_with_its_scan_workers_up(tmp_path, big_source):
+@pytest.fixture(scope="module")
+def big_corpus(big_source, tmp_path_factory) -> Path:
+    """The uninterrupted build of ``big_source``, for the resumed builds to equal."""
+    out = tmp_path_factory.mktemp("bigref") / "corpus"
+    assert main(_build_argv(big_source, out)) == 0
+    return out
+
+
+def _resumes_to(argv: list[str], reference: Path) -> None:
+    import pandas as pd
+
+    from test_corpus_build import read_outputs
+
+    rerun = run_process([sys.executable, "-m", "babeltower.cli", *argv], timeout=300,
+                        env=_env())
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    out = Path(argv[argv.index("--out") + 1])
+    assert read_outputs(out) == read_outputs(reference)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "ledger.parquet"),
+                                  pd.read_parquet(reference / "ledger.parquet"))
+    assert not (out.parent / f".{out.name}.datatrove").exists()
+
+
+@pytest.mark.parametrize("at", SIGINT_AFTER)
+def test_sigint_to_corpus_build_at_any_moment_is_130_and_resumes(tmp_path, big_source,
+                                                                 big_corpus, at):
+    out = tmp_path / "corpus"
+    argv = _build_argv(big_source, out)
+    rc, err = _interrupt_at(argv, at=at)
+    assert rc == 130 and "Traceback" not in err, err
+    assert _build_messages(err) == [RESUME], err
+    _only_the_work_dir(tmp_path, out)
+    if at == SIGINT_AFTER[-1]:   # mid-scan: the rerun resumes to the uninterrupted corpus
+        _resumes_to(argv, big_corpus)
+
+
+def test_sigint_to_corpus_build_with_its_scan_workers_up(tmp_path, big_source, big_corpus):
     out = tmp_path / "corpus"
     seen: list[float] = []
 
@@ -352,10 +391,12 @@ def test_sigint_to_corpus_build_with_its_scan_workers_up(tmp_path, big_source):
             seen.append(time.monotonic())
         return bool(seen) and time.monotonic() - seen[0] > 0.3
 
-    rc, err = _interrupt(_build_argv(big_source, out), ready=pool_up)
-    _assert_interrupted(rc, err, START_AGAIN)
-    assert not out.exists()
-    _no_temporaries(tmp_path)
+    argv = _build_argv(big_source, out)
+    rc, err = _interrupt(argv, ready=pool_up)
+    assert rc == 130 and "Traceback" not in err, err
+    assert _build_messages(err) == [RESUME], err
+    _only_the_work_dir(tmp_path, out)
+    _resumes_to(argv, big_corpus)
 
 
 # ---- unexpected errors ----

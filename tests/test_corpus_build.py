@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from babeltower.corpus.build import build_corpus
-from babeltower.corpus.config import BuildConfig, DedupConfig, FilterConfig, SplitConfig
+from babeltower.corpus.config import (BuildConfig, DedupConfig, EngineConfig, FilterConfig,
+                                      SplitConfig)
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.shards import SPLITS
 
@@ -89,7 +90,7 @@ def make_tree(root: Path, seed: int = 0) -> dict:
     return {"files": files, "dropped": expected, "inputs": len(files)}
 
 
-CFG = dict(languages=["python", "go", "javascript"], workers=1,
+CFG = dict(languages=["python", "go", "javascript"],
            filters=FilterConfig(max_bytes=20_000))
 
 
@@ -169,9 +170,10 @@ def test_near_duplicate_clusters_stay_in_one_split(tree, tmp_path, seed):
 
 def test_deterministic_across_runs_and_worker_counts(tree, tmp_path):
     root, _ = tree
-    a = build_corpus([root], tmp_path / "a", BuildConfig(**CFG), progress=False)
-    b = build_corpus([root], tmp_path / "b", BuildConfig(**{**CFG, "workers": 2}),
+    a = build_corpus([root], tmp_path / "a", BuildConfig(**CFG), EngineConfig(tasks=1),
                      progress=False)
+    b = build_corpus([root], tmp_path / "b", BuildConfig(**CFG),
+                     EngineConfig(tasks=3, workers=2), progress=False)
     assert read_outputs(a) == read_outputs(b)
     pd.testing.assert_frame_equal(pd.read_parquet(a / "ledger.parquet"),
                                   pd.read_parquet(b / "ledger.parquet"))
@@ -235,7 +237,7 @@ def test_stack_shaped_rows_group_by_repository(tmp_path, fmt):
     else:
         payload = "".join(json.dumps(r) + "\n" for r in rows).encode()
         src.write_bytes(gzip.compress(payload) if fmt.endswith("gz") else payload)
-    cfg = BuildConfig(workers=1, split=SplitConfig(validation=0.25, test=0.25))
+    cfg = BuildConfig(split=SplitConfig(validation=0.25, test=0.25))
     out = build_corpus([src], tmp_path / "out", cfg, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["inputs"] == len(rows)
@@ -254,7 +256,7 @@ def test_real_cpython_stdlib_subset(tmp_path):
     sources = [std / "json", std / "email", std / "asyncio"]
     n_files = sum(1 for s in sources for p in s.rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts)
-    out = build_corpus(sources, tmp_path / "out", BuildConfig(workers=2, languages="python"),
+    out = build_corpus(sources, tmp_path / "out", BuildConfig(languages="python"),
                        progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["inputs"] == n_files

@@ -1,6 +1,7 @@
-"""corpus build on datatrove: the same corpus as the builtin builder (1 and 4 tasks, drop
-and group modes), planted near-duplicates found across packages and sources, SIGKILL in
-the dedup stage then resume, Slurm's generated scripts run locally, and Ray."""
+"""corpus build on datatrove: the same corpus as the serial reference builder
+(tests/corpus_reference.py; 1 and 4 tasks, drop and group modes), planted near-duplicates
+found across packages and sources, SIGKILL in the dedup stage then resume, Slurm's
+generated scripts run locally, and Ray."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import pytest
 
 from babeltower.corpus.build import build_corpus
 from babeltower.corpus.config import BuildConfig, DedupConfig, EngineConfig, SplitConfig
-from babeltower.corpus.pipeline import build_corpus_datatrove, work_dir_of
+from babeltower.corpus.engine import work_dir_of
+
+from corpus_reference import reference_build
 
 from test_corpus_build import CFG, go_source, make_tree, python_source, read_outputs
 
@@ -87,10 +90,9 @@ def sources(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(sources, tmp_path_factory):
-    """The builtin builder's corpus of ``sources`` with the default test config."""
+    """The serial reference builder's corpus of ``sources`` with the default test config."""
     srcs, _, _ = sources
-    return build_corpus(srcs, tmp_path_factory.mktemp("ref") / "ref", BuildConfig(**CFG),
-                        progress=False)
+    return reference_build(srcs, tmp_path_factory.mktemp("ref") / "ref", BuildConfig(**CFG))
 
 
 def _ledger(out: Path) -> pd.DataFrame:
@@ -104,16 +106,16 @@ def _same_corpus(a: Path, b: Path) -> None:
     differ = {k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k)}
     # provenance has the build time; engine says datatrove, which executor and tasks
     assert differ <= {"provenance", "engine"}, differ
-    assert mb["engine"]["name"] == "datatrove"
+    assert "engine" not in ma and mb["engine"]["name"] == "datatrove"
 
 
 @pytest.mark.parametrize("tasks", [1, 4])
-def test_datatrove_local_build_equals_the_builtin_builder(sources, reference, tmp_path, tasks):
+def test_datatrove_local_build_equals_the_serial_reference(sources, reference, tmp_path, tasks):
     srcs, _, _ = sources
     cfg = BuildConfig(**CFG)
-    out = build_corpus_datatrove(srcs, tmp_path / "dt", cfg,
-                                 EngineConfig(executor="local", tasks=tasks, workers=2),
-                                 progress=False)
+    out = build_corpus(srcs, tmp_path / "dt", cfg,
+                       EngineConfig(executor="local", tasks=tasks, workers=2),
+                       progress=False)
     _same_corpus(reference, out)
     assert not work_dir_of(out, EngineConfig()).exists()   # the work dir is gone
 
@@ -127,9 +129,9 @@ def test_planted_near_duplicates_across_packages_and_sources(sources, tmp_path):
     assert _jaccard(planted["pkg_q/base.go"], planted["pkg_s/variant.go"]) > 0.85
     assert _jaccard(info["files"]["pkg_a/mod1.py"].decode(), planted["pkg_u/mod1_variant.py"]) > 0.9
     assert _jaccard(planted["pkg_p/base.py"], planted["pkg_s/far.py"]) < 0.5
-    out = build_corpus_datatrove(srcs, tmp_path / "dt", BuildConfig(**CFG),
-                                 EngineConfig(executor="local", tasks=4, workers=2),
-                                 progress=False)
+    out = build_corpus(srcs, tmp_path / "dt", BuildConfig(**CFG),
+                       EngineConfig(executor="local", tasks=4, workers=2),
+                       progress=False)
     led = _ledger(out)
     row = {(r.source, r.path): r for r in led.itertuples()}
     expected = {  # member -> the file it duplicates (the first in source/path order)
@@ -147,17 +149,17 @@ def test_planted_near_duplicates_across_packages_and_sources(sources, tmp_path):
     assert not led[(led.source == pl) & led.path.str.startswith("fill_")].reason.notna().any()
 
 
-def test_group_mode_keeps_clusters_in_one_split_as_the_builtin_does(sources, tmp_path):
+def test_group_mode_keeps_clusters_in_one_split_as_the_reference_does(sources, tmp_path):
     """near_duplicates=group, split file by file: every planted cluster lands in one
-    split, and the split of every file is the builtin builder's."""
+    split, and the split of every file is the reference builder's."""
     srcs, _, _ = sources
     tree, pl = srcs
     cfg = BuildConfig(**CFG, seed=3, dedup=DedupConfig(near_duplicates="group"),
                       split=SplitConfig(validation=0.3, test=0.3, group_by="file"))
-    ref = build_corpus(srcs, tmp_path / "ref", cfg, progress=False)
-    out = build_corpus_datatrove(srcs, tmp_path / "dt", cfg,
-                                 EngineConfig(executor="local", tasks=4, workers=2),
-                                 progress=False)
+    ref = reference_build(srcs, tmp_path / "ref", cfg)
+    out = build_corpus(srcs, tmp_path / "dt", cfg,
+                       EngineConfig(executor="local", tasks=4, workers=2),
+                       progress=False)
     _same_corpus(ref, out)
     clusters = ([(pl, "pkg_p/base.py"), (pl, "pkg_q/copy1.py"), (pl, "pkg_r/copy2.py")],
                 [(pl, "pkg_q/base.go"), (pl, "pkg_s/variant.go")],
@@ -222,15 +224,14 @@ def test_kill_in_the_dedup_stage_then_resume(tmp_path, sig):
     assert not out.exists()                       # no half-written corpus
     if sig == signal.SIGINT:
         lines = [x for x in (tmp_path / "err").read_text().splitlines()
-                 if not x.startswith("corpus build: stage ")]
+                 if not x.startswith("corpus build: ")]
         assert rc == 130 and lines == ["babeltower: interrupted; run the same command to "
                                        "resume"], (rc, lines)
     rerun = run(argv, env=env, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"stage scan: {tasks} task(s), {tasks} already done" in rerun.stderr
     assert f"stage lsh: {tasks} task(s), {finished} already done" in rerun.stderr
-    ref = build_corpus([src], tmp_path / "ref", BuildConfig(languages=["python"], workers=1),
-                       progress=False)
+    ref = reference_build([src], tmp_path / "ref", BuildConfig(languages=["python"]))
     _same_corpus(ref, out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["dropped"]["near_duplicate"] == 149      # the planted cluster, one file kept
@@ -267,7 +268,7 @@ echo "Submitted batch job $n"
         "slurm": {"partition": "cpu-test", "time": "00:20:00", "cpus_per_task": 2,
                   "sbatch_args": {"account": "babel"}}})
     out = tmp_path / "dt"
-    assert build_corpus_datatrove(srcs, out, cfg, engine, progress=False) == out.absolute()
+    assert build_corpus(srcs, out, cfg, engine, progress=False) == out.absolute()
     assert not out.exists()   # submitted, not built
     jobs = {}
     for sh in sorted(subs.glob("*.sh")):
@@ -326,7 +327,7 @@ def test_cli_executor_local_and_its_errors_are_one_line(sources, reference, tmp_
         rc = main(["corpus", "build", "--source", str(bad), "--out", str(tmp_path / "e"),
                    "--executor", "local", *extra])
         lines = capsys.readouterr().err.strip().splitlines()
-        err = [x for x in lines if not x.startswith("corpus build: stage ")]  # progress
+        err = [x for x in lines if not x.startswith("corpus build: ")]  # progress
         assert rc != 0 and len(err) == 1 and err[0].startswith("babeltower: error: row 1"), lines
         assert not (tmp_path / "e").exists()
     rc = main([*args, "--out", str(tmp_path / "g"), "--executor", "spark"])
@@ -366,7 +367,7 @@ def test_lsh_stage_clusters_equal_datasketch_lsh(tmp_path, world_size):
     import numpy as np
 
     from babeltower.corpus.dedup import near_duplicate_clusters
-    from babeltower.corpus.pipeline import MinHashLSHEdges, _atomic_npz, clusters_from_edges
+    from babeltower.corpus.build import MinHashLSHEdges, atomic_npz, clusters_from_edges
 
     rng = np.random.default_rng(7)
     sigs = []
@@ -384,7 +385,7 @@ def test_lsh_stage_clusters_equal_datasketch_lsh(tmp_path, world_size):
     # two scan ranks' signature files
     half = len(sigs) // 2
     for r, (lo, hi) in enumerate(((0, half), (half, len(sigs)))):
-        _atomic_npz(tmp_path / "sig" / f"{r:05d}.npz", sha=np.array(shas[lo:hi], dtype="S64"),
+        atomic_npz(tmp_path / "sig" / f"{r:05d}.npz", sha=np.array(shas[lo:hi], dtype="S64"),
                     sig=np.array(sigs[lo:hi], dtype=np.uint64))
     cfg = BuildConfig()
     for rank in range(world_size):

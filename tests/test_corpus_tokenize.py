@@ -42,7 +42,7 @@ def corpus(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tok")
     src = _tree(base / "src")
     return build_corpus([src], base / "corpus",
-                        BuildConfig(workers=1, split=SplitConfig(validation=0.2, test=0.2)),
+                        BuildConfig(split=SplitConfig(validation=0.2, test=0.2)),
                         progress=False)
 
 

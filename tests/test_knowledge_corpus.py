@@ -302,7 +302,7 @@ def test_build_keeps_every_injected_document_in_train_and_lists_it(tmp_path):
     docs = _docs(kd)
     assert len({d["text"] for d in docs}) < len(docs)
     out = build_corpus([str(_organic(tmp_path / "src")), str(knowledge_source(kd))],
-                       tmp_path / "corpus", BuildConfig(workers=1), progress=False)
+                       tmp_path / "corpus", BuildConfig(), progress=False)
     corpus = CorpusDir(out)
     corpus.verify()
     listed = [json.loads(x) for x in (out / "knowledge.jsonl").read_text().splitlines()]

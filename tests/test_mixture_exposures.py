@@ -45,7 +45,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("expo")
     kd = write_knowledge(KCFG, root / "knowledge")
     corpus = build_corpus([str(_organic(root / "src")), str(knowledge_source(kd))],
-                          root / "corpus", BuildConfig(workers=1), progress=False)
+                          root / "corpus", BuildConfig(), progress=False)
     tok = train_tokenizer(corpus, root / "tok", TokenizerConfig(vocab_size=320,
                           languages=["python", "php"]), progress=False)
     data = pack_corpus(corpus, tok, root / "data", PackConfig(workers=1), progress=False)

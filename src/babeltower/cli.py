@@ -27,7 +27,7 @@ interrupts.install()
 # *.partial.jsonl, cached steps); the others write their outputs only when complete.
 RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k",
                       "eval knowledge",
-                      "probe lens", "probe neurons", "probe ablate", "corpus build --executor"}
+                      "probe lens", "probe neurons", "probe ablate", "corpus build"}
 
 
 def _interrupted(path: str) -> int:
@@ -49,18 +49,7 @@ def _words(args: list[str]) -> str:
     """The command words of a raw command line, before any command is loaded."""
     words = [a for a in args if not a.startswith("-")][:2]
     two = " ".join(words)
-    if two == "corpus build" and _executor(args) not in (None, "builtin"):
-        return "corpus build --executor"   # datatrove: completion markers resume it
     return two if two in RESUMABLE_COMMANDS else " ".join(words[:1])
-
-
-def _executor(args: list[str]) -> str | None:
-    for i, a in enumerate(args):
-        if a == "--executor" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--executor="):
-            return a.split("=", 1)[1]
-    return None
 
 
 try:  # the boundary holds from here: a Ctrl-C while the CLI loads is one line too

@@ -71,41 +71,39 @@ def build_command(
                                      help="Directory, zip/tar archive, JSONL/Parquet rows, or hf:ORG/NAME."),
     out: Path = typer.Option(..., "--out", callback=output_dir),
     languages: Optional[str] = typer.Option(None, "--languages", help="Comma-separated; default all."),
-    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores); with a "
-                                                     "datatrove executor: tasks run at once."),
     executor: Optional[str] = typer.Option(
-        None, "--executor", help="builtin (default), or datatrove's local, slurm or ray "
-                                 "(config: an 'engine:' section of --config)."),
-    tasks: Optional[int] = typer.Option(None, "--tasks", help="datatrove tasks (ranks)."),
+        None, "--executor", help="datatrove executor: local (default), slurm or ray "
+                                 "(their settings: an 'engine:' section of --config)."),
+    tasks: Optional[int] = typer.Option(None, "--tasks",
+                                        help="Tasks (ranks); default one per core (local)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Local: tasks run at once (default: all cores)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", help="BuildConfig YAML."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Detect, filter, deduplicate (exact + MinHash LSH) and split code into a corpus dir."""
+    """Detect, filter, deduplicate (exact + MinHash LSH) and split code into a corpus dir.
+
+    Interrupted, it leaves no corpus, only its work dir next to it: run the same command
+    again and it resumes.
+    """
+    from babeltower.corpus.build import build_corpus
     from babeltower.corpus.config import BuildConfig, EngineConfig
+    from babeltower.corpus.engine import work_dir_of
 
     data = _load_yaml(config, "build")
     engine_data = dict(data.pop("engine", None) or _load_yaml(config).get("engine") or {}) \
         if config else {}
-    for key, value in (("executor", executor), ("tasks", tasks)):
+    for key, value in (("executor", executor), ("tasks", tasks), ("workers", workers)):
         if value is not None:
             engine_data[key] = value
-    engine_data.setdefault("workers", workers)
-    data["workers"] = workers
     if languages is not None:
         data["languages"] = languages
     if seed is not None:
         data["seed"] = seed
     engine = _validate(EngineConfig, engine_data, str(config or "engine options"))
     cfg = _validate(BuildConfig, data, str(config or "build options"))
-    if engine.executor == "builtin":
-        from babeltower.corpus.build import build_corpus
-
-        typer.echo(str(build_corpus(source, out, cfg, overwrite=overwrite)))
-        return
-    from babeltower.corpus.pipeline import build_corpus_datatrove, work_dir_of
-
-    path = build_corpus_datatrove(source, out, cfg, engine, overwrite=overwrite)
+    path = build_corpus(source, out, cfg, engine, overwrite=overwrite)
     if engine.executor == "slurm":
         typer.echo(f"submitted; the corpus appears at {path} when the last job ends "
                    f"(task logs: {work_dir_of(path, engine) / 'logs'})", err=True)

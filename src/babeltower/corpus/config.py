@@ -108,7 +108,6 @@ class SplitConfig(_Strict):
 class BuildConfig(_Strict):
     languages: list[str] | None = Field(None, description="keep only these; None = all known")
     seed: int = 0
-    workers: int = Field(0, ge=0, description="processes for per-file work; 0 = all cores")
     filters: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -165,11 +164,13 @@ class RayConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    """How ``corpus build`` runs: ``builtin`` (the in-process multiprocessing builder) or
-    datatrove pipelines on one of its executors. The corpus is the same for all of them."""
+    """Where the datatrove stages of ``corpus build`` run: datatrove's local executor (the
+    default, embedded, no server), Slurm job arrays or a Ray cluster. The corpus is the
+    same for all of them and for any number of tasks."""
 
-    executor: Literal["builtin", "local", "slurm", "ray"] = "builtin"
-    tasks: int = Field(1, ge=1, description="datatrove tasks (ranks) of the scan and LSH stages")
+    executor: Literal["local", "slurm", "ray"] = "local"
+    tasks: int = Field(0, ge=0, description="tasks (ranks) of the scan and LSH stages; "
+                                            "0 = one per core (local only)")
     workers: int = Field(0, ge=0, description="local: tasks run at once; 0 = min(tasks, cores)")
     work_dir: str | None = Field(
         None, description="stage outputs and completion markers (resume); default: "

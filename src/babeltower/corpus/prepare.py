@@ -76,7 +76,7 @@ def _read_json(p: Path) -> dict | None:
 
 def _corpus_is_current(out: Path, cfg: BuildConfig, sources: list[str]) -> bool:
     m = _read_json(out / "manifest.json")
-    want = cfg.model_dump(mode="json", exclude={"workers"})
+    want = cfg.model_dump(mode="json")
     return (bool(m) and m.get("config") == want and m.get("sources") == sources
             and m.get("knowledge", {}).get("sources", []) == knowledge_fingerprint(sources))
 
