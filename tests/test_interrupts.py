@@ -80,3 +80,39 @@ def test_the_boundary_answers_an_error_after_a_sigint_as_an_interruption(recorde
     rc = cli.main(["--plain"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "internal error" in err[0], (rc, err)
+
+
+def test_a_sigint_inside_a_deferred_section_is_raised_when_it_ends(recorded):
+    """A SIGINT inside ``deferred`` lets the section finish, then raises."""
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+            done.append(True)
+    assert done == [True] and interrupts.requested()
+
+
+def test_a_sigint_during_a_deferred_import_lets_the_import_finish(tmp_path):
+    """torch's import must not be interrupted (a KeyboardInterrupt inside its C++
+    initialisers aborts the process: measured, SIGABRT, 'terminate called after throwing
+    an instance of pybind11::error_already_set'). A stand-in package whose import sends
+    itself SIGINT mid-way: with the hook it finishes (its last line runs), then the
+    interrupt is raised; not deferred, it stops at the signal."""
+    from procs import run
+
+    (tmp_path / "slowpkg").mkdir()
+    (tmp_path / "slowpkg" / "__init__.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "for _ in range(10000):\n    pass\nimport builtins\nbuiltins.FINISHED = True\n")
+    probe = ("import builtins, sys\nfrom babeltower import interrupts\n"
+             "interrupts.DEFERRED_IMPORTS = frozenset(sys.argv[1:])\ninterrupts.install()\n"
+             "try:\n    import slowpkg\nexcept KeyboardInterrupt:\n"
+             "    print('interrupted', getattr(builtins, 'FINISHED', False))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    deferred = run([sys.executable, "-c", probe, "slowpkg"], env=env, timeout=60)
+    plain = run([sys.executable, "-c", probe], env=env, timeout=60)
+    assert deferred.stdout.strip() == "interrupted True", deferred.stderr[-1000:]
+    assert plain.stdout.strip() == "interrupted False", plain.stderr[-1000:]
+    assert "torch" in interrupts.DEFERRED_IMPORTS
