@@ -270,6 +270,19 @@ class RankShardWriter(PipelineStep):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         writers: dict[tuple[str, str], ShardWriter] = {}
+        try:
+            self._write(data, tmp, writers)
+        except BaseException:
+            for w in writers.values():   # no file left open on a failing disk
+                w.discard()
+            raise
+        for w in writers.values():
+            w.close()
+        os.replace(tmp, final)
+        yield from ()
+
+    def _write(self, data: DocumentsPipeline, tmp: Path,
+               writers: dict[tuple[str, str], ShardWriter]) -> None:
         with open(tmp / KNOWLEDGE_INDEX, "w", encoding="utf-8") as kf:
             for doc in data:
                 m = doc.metadata
@@ -284,10 +297,6 @@ class RankShardWriter(PipelineStep):
                                          "fact_spans": m["fact_spans"]},
                                         ensure_ascii=False) + "\n")
                 self.stat_update("documents")
-        for w in writers.values():
-            w.close()
-        os.replace(tmp, final)
-        yield from ()
 
 
 # ---------------------------------------------------------------- stage 2: merge
