@@ -304,3 +304,24 @@ echo "Submitted batch job $n"
     assert _files(out) == _files(ref)
     assert _manifest(out) == {**_manifest(ref), "corpus": _manifest(out)["corpus"]}
     assert json.loads((out / "manifest.json").read_text())["engine"]["executor"] == "slurm"
+
+
+def test_cli_pack_config_and_engine_options(built, tmp_path, capsys):
+    from babeltower.cli import main
+
+    corpus, tok = built
+    cfg = tmp_path / "pack.yaml"
+    cfg.write_text("pack:\n  batch_docs: 2\nengine:\n  tasks: 2\n  workers: 1\n")
+    out = tmp_path / "data"
+    assert main(["corpus", "pack", "--corpus", str(corpus), "--tokenizer", str(tok),
+                 "--out", str(out), "--config", str(cfg), "--tasks", "3"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"] == {"batch_docs": 2}
+    assert (m["engine"]["executor"], m["engine"]["tasks"]) == ("local", 3)  # option wins
+    capsys.readouterr()
+    cfg.write_text("pack:\n  workers: 2\n")   # PackConfig.workers is gone: the engine's
+    assert main(["corpus", "pack", "--corpus", str(corpus), "--tokenizer", str(tok),
+                 "--out", str(tmp_path / "d2"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "workers" in err, err
+    assert not (tmp_path / "d2").exists()
