@@ -325,3 +325,27 @@ def test_cli_pack_config_and_engine_options(built, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "workers" in err, err
     assert not (tmp_path / "d2").exists()
+
+
+def test_ray_on_a_loopback_only_network_packs_the_same_data(built, tmp_path):
+    """The Ray executor's own local cluster (2 worker CPUs on 127.0.0.1) in a network
+    namespace whose only interface is the loopback (as the build's Ray test); the whole
+    process group is killed at the end; HOME is the test's own."""
+    import ray  # noqa: F401  the [ray] extra: installed by make install, never skipped
+
+    from procs import run
+
+    corpus, tok = built
+    (tmp_path / "home").mkdir()
+    env = {**os.environ, "PYTHONPATH": SRC, "HOME": str(tmp_path / "home"),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    out = tmp_path / "ray"
+    helper = Path(__file__).with_name("ray_loopback_pack.py")
+    done = run(["unshare", "--map-root-user", "--net", sys.executable, str(helper),
+                str(corpus), str(tok), str(out)], env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stage tokenize: 2 Ray task(s)" in done.stderr
+    ref = pack_corpus(corpus, tok, tmp_path / "ref", progress=False,
+                      engine=EngineConfig(tasks=1, workers=1))
+    assert _files(out) == _files(ref) and _manifest(out) == _manifest(ref)
+    assert json.loads((out / "manifest.json").read_text())["engine"]["executor"] == "ray"
