@@ -14,8 +14,8 @@ ratios datatrove/serial, and a check that every build gave the same corpus.
 1. ``fetch_corpus`` (cached after the first run) gathers real code for 7 languages.
 2. ``build_corpus`` over it (language detection, filters, sha256, MinHash, LSH, split,
    writing) - timed: input MB / s.
-3. A tokenizer is trained (not timed) and ``pack_corpus`` tokenizes the built corpus -
-   timed: MB / s.
+3. A tokenizer is trained (not timed) and ``pack_corpus`` (datatrove local, ``--workers``
+   tasks) tokenizes the built corpus - timed: MB / s.
 4. Peer, in the same run: the SAME input text (every fetched file, decoded) tokenized
    with ``datasets.Dataset.map(batched=True, num_proc=2)`` and the same tokenizer
    (``AutoTokenizer``) - MB / s.
@@ -85,8 +85,8 @@ def main() -> int:
                           overwrite=True, progress=False)
     kept = sum(p.stat().st_size for p in corpus.rglob("*.jsonl"))
     t0 = time.perf_counter()
-    pack_corpus(corpus, tok, work / "data", PackConfig(workers=args.workers), overwrite=True,
-                progress=False)
+    pack_corpus(corpus, tok, work / "data", PackConfig(), overwrite=True, progress=False,
+                engine=EngineConfig(tasks=args.workers, workers=args.workers))
     t_pack = time.perf_counter() - t0
     corpus_text = 0
     for p in corpus.rglob("*.jsonl"):
@@ -114,7 +114,7 @@ def main() -> int:
 
     print(f"build  (babeltower build_corpus, datatrove local, {args.workers} tasks): {total / 1e6:.1f} MB in "
           f"{t_build:.1f} s = {build_rate:.2f} MB/s")
-    print(f"pack   (babeltower pack_corpus, {args.workers} workers): {corpus_text / 1e6:.1f} MB in "
+    print(f"pack   (babeltower pack_corpus, datatrove local, {args.workers} tasks): {corpus_text / 1e6:.1f} MB in "
           f"{t_pack:.1f} s = {pack_rate:.2f} MB/s")
     print(f"peer   (datasets.map(batched=True, num_proc=2) + same tokenizer): "
           f"{text_bytes / 1e6:.1f} MB in {t_peer:.1f} s = {peer_rate:.2f} MB/s")

@@ -98,7 +98,8 @@ def _messages(err: str) -> list[str]:
     """stderr without progress bars (tqdm redraws with \\r) and notes: what the user is told."""
     lines = [ln.rsplit("\r", 1)[-1].strip() for ln in err.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("babeltower: note:")
-            and not ("it/s]" in ln or "s/it]" in ln)]
+            and not ("it/s]" in ln or "s/it]" in ln)
+            and not ln.startswith("corpus pack: stage ")]   # the pack's stage progress
 
 
 def _one_line(capsys, rc: int, *needles: str) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from babeltower.corpus.build import build_corpus
-from babeltower.corpus.config import BuildConfig, PackConfig, SplitConfig, TokenizerConfig
+from babeltower.corpus.config import (BuildConfig, EngineConfig, PackConfig, SplitConfig,
+                                      TokenizerConfig)
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.pack import encode_documents, pack_corpus
 from babeltower.corpus.prepare import prepare_data
@@ -88,10 +89,10 @@ def test_tokenizer_sample_is_language_balanced(corpus, tmp_path):
         assert info["documents"] < len(docs)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_pack_reads_back_equal_to_retokenization(corpus, tokenizer, tmp_path, workers):
-    data = pack_corpus(corpus, tokenizer, tmp_path / "data",
-                       PackConfig(workers=workers, batch_docs=3), progress=False)
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_pack_reads_back_equal_to_retokenization(corpus, tokenizer, tmp_path, tasks):
+    data = pack_corpus(corpus, tokenizer, tmp_path / "data", PackConfig(batch_docs=3),
+                       progress=False, engine=EngineConfig(tasks=tasks, workers=min(tasks, 2)))
     shards = TokenShards(data)
     shards.verify()
     c = CorpusDir(corpus)
@@ -192,18 +193,22 @@ def test_prepare_data_resumes_after_an_interrupted_pack(tmp_path, monkeypatch):
         return orig_add(self, ids, n_bytes, *args, **kwargs)
 
     monkeypatch.setattr(shards_mod.ShardWriter, "add", flaky_add)
+    in_process = EngineConfig(tasks=1, workers=1)   # the monkeypatch reaches the one task
     with pytest.raises(KeyboardInterrupt):
         prepare_data([src], tmp_path / "run", vocab_size=300, progress=False,
-                     pack=PackConfig(workers=1))
+                     engine=in_process)
     run = tmp_path / "run"
     assert (run / "corpus" / "manifest.json").is_file() and (run / "tokenizer").is_dir()
-    assert sorted(p.name for p in run.iterdir()) == ["corpus", "tokenizer"]  # no half data dir
+    # no half data dir; the pack's work dir stays for the rerun to resume
+    assert sorted(p.name for p in run.iterdir()) == [".data.datatrove-pack", "corpus",
+                                                     "tokenizer"]
     monkeypatch.setattr(shards_mod.ShardWriter, "add", orig_add)
     calls = []
     for name in ("build_corpus", "train_tokenizer", "pack_corpus"):
         orig = getattr(prep, name)
         monkeypatch.setattr(prep, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n),
                                                                            _o(*a, **k))[1])
-    data = prepare_data([src], run, vocab_size=300, progress=False, pack=PackConfig(workers=1))
+    data = prepare_data([src], run, vocab_size=300, progress=False, engine=in_process)
     assert calls == ["pack_corpus"]
+    assert sorted(p.name for p in run.iterdir()) == ["corpus", "data", "tokenizer"]
     TokenShards(data).verify()

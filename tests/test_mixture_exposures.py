@@ -48,7 +48,7 @@ def built(tmp_path_factory):
                           root / "corpus", BuildConfig(), progress=False)
     tok = train_tokenizer(corpus, root / "tok", TokenizerConfig(vocab_size=320,
                           languages=["python", "php"]), progress=False)
-    data = pack_corpus(corpus, tok, root / "data", PackConfig(workers=1), progress=False)
+    data = pack_corpus(corpus, tok, root / "data", PackConfig(), progress=False)
     from tokenizers import Tokenizer
     return {"corpus": CorpusDir(corpus), "data": data, "facts": load_facts(kd),
             "tok": Tokenizer.from_file(str(data / "tokenizer" / "tokenizer.json"))}

@@ -27,7 +27,8 @@ interrupts.install()
 # *.partial.jsonl, cached steps); the others write their outputs only when complete.
 RESUMABLE_COMMANDS = {"train", "experiment", "eval loss", "eval cloze", "eval pass-at-k",
                       "eval knowledge",
-                      "probe lens", "probe neurons", "probe ablate", "corpus build"}
+                      "probe lens", "probe neurons", "probe ablate", "corpus build",
+                      "corpus pack"}
 
 
 def _interrupted(path: str) -> int:

@@ -88,20 +88,15 @@ def build_command(
     again and it resumes.
     """
     from babeltower.corpus.build import build_corpus
-    from babeltower.corpus.config import BuildConfig, EngineConfig
+    from babeltower.corpus.config import BuildConfig
     from babeltower.corpus.engine import work_dir_of
 
     data = _load_yaml(config, "build")
-    engine_data = dict(data.pop("engine", None) or _load_yaml(config).get("engine") or {}) \
-        if config else {}
-    for key, value in (("executor", executor), ("tasks", tasks), ("workers", workers)):
-        if value is not None:
-            engine_data[key] = value
+    engine = _engine_options(config, data, executor, tasks, workers)
     if languages is not None:
         data["languages"] = languages
     if seed is not None:
         data["seed"] = seed
-    engine = _validate(EngineConfig, engine_data, str(config or "engine options"))
     cfg = _validate(BuildConfig, data, str(config or "build options"))
     path = build_corpus(source, out, cfg, engine, overwrite=overwrite)
     if engine.executor == "slurm":
@@ -110,16 +105,41 @@ def build_command(
     typer.echo(str(path))
 
 
+def _engine_options(config: Optional[Path], data: dict, executor, tasks, workers):
+    """The EngineConfig of a build or pack: the 'engine:' section of --config (inside the
+    step's section or at the top level), then the command-line options."""
+    engine_data = dict(data.pop("engine", None) or _load_yaml(config).get("engine") or {}) \
+        if config else {}
+    for key, value in (("executor", executor), ("tasks", tasks), ("workers", workers)):
+        if value is not None:
+            engine_data[key] = value
+    from babeltower.corpus.config import EngineConfig
+
+    return _validate(EngineConfig, engine_data, str(config or "engine options"))
+
+
 @app.command("pack")
 def pack_command(
     corpus: Path = typer.Option(..., "--corpus", help="A built corpus dir."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="A trained tokenizer dir."),
     out: Path = typer.Option(..., "--out", callback=output_dir),
-    workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="datatrove executor: local (default), slurm or ray "
+                                 "(their settings: an 'engine:' section of --config)."),
+    tasks: Optional[int] = typer.Option(None, "--tasks",
+                                        help="Tokenize tasks (ranks); default one per core (local)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Local: tasks run at once (default: all cores)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PackConfig YAML."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Tokenize every language/split into token shards (TokenShards reads them)."""
+    """Tokenize every language/split into token shards (TokenShards reads them).
+
+    Interrupted, it leaves no data dir, only its work dir next to it: run the same
+    command again and it resumes.
+    """
     from babeltower.corpus.config import PackConfig
+    from babeltower.corpus.engine import work_dir_of
     from babeltower.corpus.pack import pack_corpus
     from babeltower.errors import BabelError
 
@@ -127,8 +147,15 @@ def pack_command(
         raise BabelError(f"corpus not found: {corpus}")
     if not tokenizer.exists():
         raise BabelError(f"tokenizer not found: {tokenizer}")
-    typer.echo(str(pack_corpus(corpus, tokenizer, out, PackConfig(workers=workers),
-                               overwrite=overwrite)))
+    data = _load_yaml(config, "pack")
+    engine = _engine_options(config, data, executor, tasks, workers)
+    cfg = _validate(PackConfig, data, str(config or "pack options"))
+    path = pack_corpus(corpus, tokenizer, out, cfg, overwrite=overwrite, engine=engine)
+    if engine.executor == "slurm":
+        typer.echo(f"submitted; the data dir appears at {path} when the last job ends "
+                   f"(task logs: {work_dir_of(path, engine, 'datatrove-pack') / 'logs'})",
+                   err=True)
+    typer.echo(str(path))
 
 
 @app.command("stats")

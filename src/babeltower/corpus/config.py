@@ -136,8 +136,10 @@ class TokenizerConfig(_Strict):
 
 
 class PackConfig(_Strict):
+    """What a pack computes (how it is spread over processes is the ``EngineConfig``'s:
+    the packed data is the same for any number of tasks and workers)."""
+
     batch_docs: int = Field(256, ge=1, description="documents per encode batch")
-    workers: int = Field(0, ge=0, description="tokenizer processes; 0 = all cores")
 
 
 class SlurmConfig(_Strict):
@@ -164,16 +166,19 @@ class RayConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    """Where the datatrove stages of ``corpus build`` run: datatrove's local executor (the
-    default, embedded, no server), Slurm job arrays or a Ray cluster. The corpus is the
-    same for all of them and for any number of tasks."""
+    """Where the datatrove stages of ``corpus build`` and ``corpus pack`` run: datatrove's
+    local executor (the default, embedded, no server), Slurm job arrays or a Ray cluster.
+    The corpus (and the packed data) is the same for all of them and for any number of
+    tasks."""
 
     executor: Literal["local", "slurm", "ray"] = "local"
-    tasks: int = Field(0, ge=0, description="tasks (ranks) of the scan and LSH stages; "
+    tasks: int = Field(0, ge=0, description="tasks (ranks) of the scan, LSH and tokenize "
+                                            "stages; "
                                             "0 = one per core (local only)")
     workers: int = Field(0, ge=0, description="local: tasks run at once; 0 = min(tasks, cores)")
     work_dir: str | None = Field(
         None, description="stage outputs and completion markers (resume); default: "
-                          "'.<out name>.datatrove' next to the output")
+                          "'.<out name>.datatrove' (build) or "
+                          "'.<out name>.datatrove-pack' (pack) next to the output")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

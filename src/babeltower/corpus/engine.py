@@ -215,15 +215,23 @@ def _datatrove_logs(progress: bool):
 
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        sinks[id(logfile)] = logger.add(logfile, level="DEBUG", format=fmt, colorize=False)
+        # catch=False: a log write that fails (a full disk) raises, as any write of the
+        # task does, instead of loguru printing its own traceback on the console
+        sinks[id(logfile)] = logger.add(logfile, level="DEBUG", format=fmt, colorize=False,
+                                        catch=False)
         logger.info(f"Launching pipeline for {rank=}")
         return logfile
 
     def close_task_logger(logfile):
-        logger.complete()
-        with contextlib.suppress(ValueError, KeyError):
-            logger.remove(sinks.pop(id(logfile)))
-        logfile.close()
+        # always closed, even when its last write fails (a full disk): an open file would
+        # keep the disk busy after the task's error has been reported
+        try:
+            logger.complete()
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                logger.remove(sinks.pop(id(logfile)))
+        finally:
+            with contextlib.suppress(OSError):
+                logfile.close()
 
     saved = base.add_task_logger, base.close_task_logger
     logger.remove()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from babeltower.corpus.build import build_corpus
-from babeltower.corpus.config import (BuildConfig, PackConfig, TokenizerConfig,
+from babeltower.corpus.config import (BuildConfig, EngineConfig, PackConfig, TokenizerConfig,
                                       canonical_languages)
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.knowledge import (KnowledgeConfig, check_answer_tokens,
@@ -109,7 +109,8 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
                  sample_mb_per_language: float = 8.0, seed: int = 0,
                  build: BuildConfig | None = None, tokenizer: TokenizerConfig | None = None,
                  pack: PackConfig | None = None, progress: bool = True,
-                 knowledge: KnowledgeConfig | dict | None = None) -> Path:
+                 knowledge: KnowledgeConfig | dict | None = None,
+                 engine: EngineConfig | None = None) -> Path:
     """build -> tokenizer -> pack into ``out_root``; returns the packed data dir.
 
     ``languages`` (and ``seed``) apply to the build and the tokenizer unless explicit
@@ -117,6 +118,8 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
     ``sample_mb_per_language`` configure the tokenizer. ``knowledge``: inject synthetic
     facts (written to ``out_root/knowledge``, added as a source; every answer is checked
     to be one token of the trained tokenizer before packing - BabelError otherwise).
+    ``engine``: where the build's and the pack's datatrove stages run (default: local,
+    one task per core); the data is the same for any engine.
     """
     root = Path(out_root)
     sources = [str(s) for s in sources]
@@ -137,12 +140,13 @@ def prepare_data(sources: Sequence[str | os.PathLike], out_root: str | os.PathLi
             write_knowledge(kcfg, kdir, overwrite=True)
         sources.append(str(knowledge_source(kdir)))
     if not _corpus_is_current(corpus_dir, bcfg, sources):
-        build_corpus(sources, corpus_dir, bcfg, overwrite=True, progress=progress)
+        build_corpus(sources, corpus_dir, bcfg, engine, overwrite=True, progress=progress)
     corpus_sha = CorpusDir(corpus_dir).manifest_sha256
     if not _tokenizer_is_current(tok_dir, tcfg, corpus_sha):
         train_tokenizer(corpus_dir, tok_dir, tcfg, overwrite=True, progress=progress)
     if knowledge is not None:
         check_answer_tokens(tok_dir, kdir)
     if not _data_is_current(data_dir, pcfg, corpus_sha, tok_dir):
-        pack_corpus(corpus_dir, tok_dir, data_dir, pcfg, overwrite=True, progress=progress)
+        pack_corpus(corpus_dir, tok_dir, data_dir, pcfg, overwrite=True, progress=progress,
+                    engine=engine)
     return data_dir

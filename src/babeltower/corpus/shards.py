@@ -32,6 +32,7 @@ readable: it just knows no document identity and no knowledge documents):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,14 @@ class ShardWriter:
         self._docs.append((self._pos, int(ids.size), int(n_bytes)))
         self._pos += int(ids.size) + 1
         return len(self._docs) - 1
+
+    def discard(self) -> None:
+        """Close the files without finishing them (a failed or interrupted writer); a
+        close that fails (its buffer cannot be flushed to a full disk) is ignored."""
+        for f in (self._bin, self._paths):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
     def close(self) -> dict:
         self._bin.close()
