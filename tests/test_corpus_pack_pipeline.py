@@ -349,3 +349,31 @@ def test_ray_on_a_loopback_only_network_packs_the_same_data(built, tmp_path):
                       engine=EngineConfig(tasks=1, workers=1))
     assert _files(out) == _files(ref) and _manifest(out) == _manifest(ref)
     assert json.loads((out / "manifest.json").read_text())["engine"]["executor"] == "ray"
+
+
+def test_killed_after_the_last_rename_the_rerun_finishes(built, tmp_path):
+    """Killed between the last stage renaming its output into place and datatrove marking
+    that stage done: the output is whole and only the work dir is left. The same command
+    then finishes (the output's manifest carries the job's fingerprint hash) - for the
+    build and for the pack - while any other job still refuses the existing output."""
+    corpus, tok = built
+    src = Path(json.loads((corpus / "manifest.json").read_text())["sources"][0])
+    engine = EngineConfig(tasks=1, workers=1)
+    for out, again, other in (
+            (tmp_path / "corpus",
+             lambda o: build_corpus([src], o, BuildConfig(), engine, progress=False),
+             lambda o: build_corpus([src], o, BuildConfig(seed=1), engine, progress=False)),
+            (tmp_path / "data",
+             lambda o: pack_corpus(corpus, tok, o, engine=engine, progress=False),
+             lambda o: pack_corpus(corpus, tok, o, PackConfig(batch_docs=7), engine=engine,
+                                   progress=False))):
+        again(out)
+        before = _files(out)
+        kind = "datatrove" if out.name == "corpus" else "datatrove-pack"
+        work = work_dir_of(out.absolute(), engine, kind)
+        work.mkdir()                       # what the kill left next to the whole output
+        assert again(out) == out.absolute() and _files(out) == before
+        assert not work.exists()
+        work.mkdir()
+        with pytest.raises(BabelError, match="already exists"):
+            other(out)

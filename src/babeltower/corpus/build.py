@@ -43,7 +43,8 @@ import numpy as np
 from babeltower.corpus.config import BuildConfig, EngineConfig
 from babeltower.corpus.dedup import UnionFind
 from babeltower.corpus.engine import (datatrove_version, ignore_sigint_in_pool_worker,
-                                      prepare_work, resolve_engine, run_stages, work_dir_of)
+                                      prepare_work, resolve_engine, run_stages, work_dir_of,
+                                      written_before)
 from babeltower.corpus.filters import content_filter_reason
 from babeltower.corpus.finalize import finalize
 from babeltower.corpus.knowledge import is_knowledge_source, iter_knowledge_inputs
@@ -407,15 +408,17 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     if not sources:
         raise BabelError("no --source given")
     out = Path(out).absolute()
+    work = work_dir_of(out, engine).absolute()
+    fingerprint = {"format": WORK_FORMAT, "sources": sources, "out": str(out),
+                   "tasks": engine.tasks, "config": cfg.model_dump(mode="json"),
+                   "datatrove": datatrove_version()}
+    if written_before(out, work, fingerprint):
+        return out    # killed between the final stage's rename and its completion marker
     refuse_existing(out, overwrite)
     for s in sources:
         probe_source(s)  # a missing, unreadable or malformed source fails before any work
     if not any(next(_inputs_of(s), None) is not None for s in sources):
         raise BabelError("no input files found in the sources")   # before any stage starts
-    work = work_dir_of(out, engine).absolute()
-    fingerprint = {"format": WORK_FORMAT, "sources": sources, "out": str(out),
-                   "tasks": engine.tasks, "config": cfg.model_dump(mode="json"),
-                   "datatrove": datatrove_version()}
     prepare_work(work, fingerprint, last_stage="final")
     extra = {"engine": {"name": "datatrove", "version": fingerprint["datatrove"],
                         "executor": engine.executor, "tasks": engine.tasks,

@@ -77,6 +77,23 @@ def prepare_work(work: Path, fingerprint: dict, last_stage: str) -> None:
         atomic_write_json(meta, fingerprint)
 
 
+def written_before(out: Path, work: Path, fingerprint: dict) -> bool:
+    """True when ``out`` is this very job's output and only its work dir is left: the last
+    stage renamed ``out`` into place and was killed before datatrove marked it complete.
+    The work dir is removed then (the output records the job's fingerprint hash in its
+    manifest's ``engine.work_sha256``)."""
+    from babeltower.io import sha256_json
+
+    if not (work.is_dir() and (out / "manifest.json").is_file()):
+        return False
+    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+        manifest = json.loads((out / "manifest.json").read_text())
+        if manifest.get("engine", {}).get("work_sha256") == sha256_json(fingerprint):
+            shutil.rmtree(work, ignore_errors=True)
+            return True
+    return False
+
+
 def run_stages(pipelines: dict, engine: EngineConfig, work: Path, what: str,
                single: tuple[str, ...] = (), progress: bool = True,
                timings: dict | None = None) -> bool:

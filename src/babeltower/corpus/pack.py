@@ -43,7 +43,8 @@ import numpy as np
 from babeltower.corpus.config import EngineConfig, PackConfig
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.engine import (datatrove_version, ignore_sigint_in_pool_worker,
-                                      prepare_work, resolve_engine, run_stages, work_dir_of)
+                                      prepare_work, resolve_engine, run_stages, work_dir_of,
+                                      written_before)
 from babeltower.corpus.shards import (KNOWLEDGE_INDEX, PATH_KEYS, SPLITS, ShardWriter,
                                       dtype_for_vocab, write_manifest)
 from babeltower.corpus.tokenizer import load_tokenizer_meta
@@ -496,16 +497,20 @@ def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
         if lang not in corpus.languages:
             raise BabelError(f"corpus {corpus.root} has no language {lang!r}")
     out = Path(out).absolute()
-    refuse_existing(out, overwrite)
+    work = work_dir_of(out, engine, "datatrove-pack").absolute()
+    if not overwrite and out.exists() and not work.is_dir():
+        refuse_existing(out, overwrite)   # before counting documents: nothing to resume
     plan = [(lang, split, count_documents(corpus.path(lang, split)))
             for lang in langs for split in SPLITS if corpus.path(lang, split).is_file()]
-    work = work_dir_of(out, engine, "datatrove-pack").absolute()
     fingerprint = {"format": WORK_FORMAT, "corpus": str(corpus.root.absolute()),
                    "corpus_manifest_sha256": corpus.manifest_sha256,
                    "tokenizer": str(tok_dir.absolute()),
                    "tokenizer_sha256": sha256_file(tok_dir / "tokenizer.json"),
                    "out": str(out), "plan": [list(p) for p in plan], "tasks": engine.tasks,
                    "config": cfg.model_dump(mode="json"), "datatrove": datatrove_version()}
+    if written_before(out, work, fingerprint):
+        return out    # killed between the merge's rename and its completion marker
+    refuse_existing(out, overwrite)
     prepare_work(work, fingerprint, last_stage="merge")
     extra = {"engine": {"name": "datatrove", "version": fingerprint["datatrove"],
                         "executor": engine.executor, "tasks": engine.tasks,
