@@ -24,6 +24,25 @@ from babeltower.errors import BabelError
 from babeltower.io import atomic_write_json
 
 
+_CHILDREN_IGNORE_SIGINT = {"on": False}
+
+
+def _child_ignores_sigint() -> None:
+    if _CHILDREN_IGNORE_SIGINT["on"]:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Every process a local stage forks (datatrove's pool workers) ignores SIGINT from its
+# first instruction, not only once its task starts: a worker interrupted while it waits
+# for work can die holding the pool's task-queue lock, and the driver's Pool.terminate()
+# then waits for that lock forever (multiprocessing's known Ctrl-C hang; one SIGINT test
+# of corpus build once hung for its 300 s timeout, not reproduced in 25 more). The
+# driver alone answers a Ctrl-C; terminating the pool ends the workers.
+os.register_at_fork(after_in_child=_child_ignores_sigint)
+
+
 def ignore_sigint_in_pool_worker() -> None:
     """In a local executor's pool worker: Ctrl-C reaches the whole process group, and the
     driver answers it (one line, exit 130, the pool ended); a worker printing its own
@@ -134,7 +153,10 @@ def _completions(progress: bool, what: str, stage: str, folder: Path, tasks: int
                 now = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
                 if now > seen:
                     seen = now
-                    _say(True, f"{what}: stage {stage}: {now}/{tasks} task(s) done")
+                    # os.write, not print: this thread runs while the stage forks its
+                    # workers, and a child forked while it held the stderr lock would
+                    # block on its own first print
+                    os.write(2, f"{what}: stage {stage}: {now}/{tasks} task(s) done\n".encode())
 
     thread = threading.Thread(target=watch, daemon=True) if progress and tasks > 1 else None
     if thread:
@@ -163,8 +185,12 @@ def _run_local(pipelines: dict, engine: EngineConfig, work: Path, what: str,
                        f"(resumed), on {workers} worker(s)" if done else
                        f"{what}: stage {stage}: {tasks} task(s) on {workers} worker(s)")
         t0 = time.perf_counter()
-        with _completions(progress, what, stage, logs / "completions", tasks, done):
-            executor.run()
+        _CHILDREN_IGNORE_SIGINT["on"] = True
+        try:
+            with _completions(progress, what, stage, logs / "completions", tasks, done):
+                executor.run()
+        finally:
+            _CHILDREN_IGNORE_SIGINT["on"] = False
         if timings is not None:
             timings[stage] = time.perf_counter() - t0
 
