@@ -12,9 +12,7 @@ import random
 import re
 import signal
 import stat
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +196,8 @@ def test_kill_in_the_tokenize_stage_then_resume(built, big, tmp_path, sig):
     """SIGKILL (or Ctrl-C) the whole pack once some of its 12 tokenize tasks (~0.1 s
     each, one at a time) have finished; the rerun skips them (completion markers) and
     writes the uninterrupted pack's bytes."""
-    from procs import run, started
+    from procs import run
+    from stage_kill import kill_part_way
 
     _, tok = built
     corpus, ref = big
@@ -206,21 +205,10 @@ def test_kill_in_the_tokenize_stage_then_resume(built, big, tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": SRC}
     done = work_dir_of(out, EngineConfig(), "datatrove-pack") / "logs" / "tokenize" / "completions"
     argv = _pack_argv(corpus, tok, out, tasks, workers=1)
-    with open(tmp_path / "err", "w") as err, \
-            started(argv, env=env, stdout=subprocess.DEVNULL, stderr=err) as proc:
-        deadline = time.monotonic() + 60
-        while not (done.is_dir() and any(done.iterdir())):
-            assert proc.poll() is None, "the pack ended before its tokenize stage"
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        os.killpg(proc.pid, sig)
-        rc = proc.wait(timeout=30)
-    finished = len(list(done.iterdir()))
+    rc, finished, lines = kill_part_way(argv, env, done, sig, tmp_path / "err", "corpus pack: ")
     assert 1 <= finished < tasks, finished     # stopped part-way through the tokenize stage
     assert not out.exists()                    # no half-written data dir
     if sig == signal.SIGINT:
-        lines = [x for x in (tmp_path / "err").read_text().splitlines()
-                 if not x.startswith("corpus pack: ")]
         assert rc == 130 and lines == ["babeltower: interrupted; run the same command to "
                                        "resume"], (rc, lines)
     rerun = run(argv, env=env, timeout=120)

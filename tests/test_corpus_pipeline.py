@@ -11,9 +11,7 @@ import random
 import re
 import signal
 import stat
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -203,28 +201,18 @@ def test_kill_in_the_dedup_stage_then_resume(tmp_path, sig):
     """SIGKILL (or Ctrl-C) the whole build while its LSH stage is part done, its tasks on
     a pool of 2 workers; the rerun skips the finished tasks (completion markers) and
     writes the uninterrupted build's corpus. Ctrl-C is one line and exit 130."""
-    from procs import run, started
+    from procs import run
+    from stage_kill import kill_part_way
 
     src, out, tasks = tmp_path / "src", tmp_path / "out", 4
     _many_near_duplicates(src, 150)
     env = {**os.environ, "PYTHONPATH": SRC}
     done = work_dir_of(out, EngineConfig()) / "logs" / "lsh" / "completions"
     argv = _build_argv(src, out, tasks, workers=2)
-    with open(tmp_path / "err", "w") as err, \
-            started(argv, env=env, stdout=subprocess.DEVNULL, stderr=err) as proc:
-        deadline = time.monotonic() + 60
-        while not (done.is_dir() and any(done.iterdir())):
-            assert proc.poll() is None, "the build ended before its dedup stage"
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        os.killpg(proc.pid, sig)
-        rc = proc.wait(timeout=30)
-    finished = len(list(done.iterdir()))
+    rc, finished, lines = kill_part_way(argv, env, done, sig, tmp_path / "err", "corpus build: ")
     assert 1 <= finished < tasks, finished        # stopped part-way through the LSH stage
     assert not out.exists()                       # no half-written corpus
     if sig == signal.SIGINT:
-        lines = [x for x in (tmp_path / "err").read_text().splitlines()
-                 if not x.startswith("corpus build: ")]
         assert rc == 130 and lines == ["babeltower: interrupted; run the same command to "
                                        "resume"], (rc, lines)
     rerun = run(argv, env=env, timeout=120)

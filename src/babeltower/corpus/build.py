@@ -43,7 +43,7 @@ import numpy as np
 from babeltower.corpus.config import BuildConfig, EngineConfig
 from babeltower.corpus.dedup import UnionFind
 from babeltower.corpus.engine import (datatrove_version, ignore_sigint_in_pool_worker,
-                                      prepare_work, resolve_engine, run_stages, work_dir_of,
+                                      prepare_work, resolve_engine, run_job, work_dir_of,
                                       written_before)
 from babeltower.corpus.filters import content_filter_reason
 from babeltower.corpus.finalize import finalize
@@ -426,18 +426,5 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     pipelines = stage_pipelines(sources, cfg, out, work, overwrite, extra, progress)
     if not cfg.dedup.near:
         del pipelines["lsh"]
-    try:
-        ran = run_stages(pipelines, engine, work, "corpus build", single=("final",),
-                         progress=progress, timings=timings)
-    except BabelError:
-        # bad input (no file left, a knowledge document dropped): the same build would
-        # fail the same way, so there is nothing to resume - leave nothing behind
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if not ran:
-        return out   # Slurm: submitted
-    if not out.exists():
-        raise BabelError(f"the build finished without writing {out} "
-                         f"(task logs: {work / 'logs'})")
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+    return run_job(pipelines, engine, work, out, "corpus build", single=("final",),
+                   progress=progress, timings=timings)

@@ -131,6 +131,31 @@ def run_stages(pipelines: dict, engine: EngineConfig, work: Path, what: str,
     return True
 
 
+def run_job(pipelines: dict, engine: EngineConfig, work: Path, out: Path, what: str,
+            single: tuple[str, ...], progress: bool = True,
+            timings: dict | None = None) -> Path:
+    """``run_stages``, then what a build and a pack both owe their work dir: removed once
+    ``out`` is written; kept after an interruption (a Ctrl-C, or any failure after one),
+    so the same command resumes; removed after any other failure - bad input or a full
+    disk fail the same way again, and the work dir is as large as the output."""
+    from babeltower.interrupts import requested
+
+    try:
+        ran = run_stages(pipelines, engine, work, what, single=single, progress=progress,
+                         timings=timings)
+    except Exception:
+        if not requested():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if not ran:
+        return out   # Slurm: submitted
+    if not out.exists():
+        raise BabelError(f"the {what} finished without writing {out} "
+                         f"(task logs: {work / 'logs'})")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def _tasks(stage: str, engine: EngineConfig, single: tuple[str, ...]) -> int:
     return 1 if stage in single else engine.tasks
 

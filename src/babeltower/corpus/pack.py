@@ -43,7 +43,7 @@ import numpy as np
 from babeltower.corpus.config import EngineConfig, PackConfig
 from babeltower.corpus.corpusdir import CorpusDir
 from babeltower.corpus.engine import (datatrove_version, ignore_sigint_in_pool_worker,
-                                      prepare_work, resolve_engine, run_stages, work_dir_of,
+                                      prepare_work, resolve_engine, run_job, work_dir_of,
                                       written_before)
 from babeltower.corpus.shards import (KNOWLEDGE_INDEX, PATH_KEYS, SPLITS, ShardWriter,
                                       dtype_for_vocab, write_manifest)
@@ -524,22 +524,5 @@ def pack_corpus(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                               cfg, plan, langs, engine.tasks, shards, overwrite, extra,
                               names=(str(corpus.root), str(tok_dir)))],
     }
-    try:
-        ran = run_stages(pipelines, engine, work, "corpus pack", single=("merge",),
-                         progress=progress, timings=timings)
-    except Exception:
-        # bad input, or a full disk: the same pack would fail the same way, and the work
-        # dir is as large as the output - leave nothing behind. An interruption
-        # (KeyboardInterrupt, or any failure after a Ctrl-C) keeps it: the rerun resumes.
-        from babeltower.interrupts import requested
-
-        if not requested():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if not ran:
-        return out   # Slurm: submitted
-    if not out.exists():
-        raise BabelError(f"the pack finished without writing {out} "
-                         f"(task logs: {work / 'logs'})")
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+    return run_job(pipelines, engine, work, out, "corpus pack", single=("merge",),
+                   progress=progress, timings=timings)
